@@ -38,6 +38,11 @@ OVERFLOW_MODES = ("saturate", "wrap")
 U24_BITS = 24  # width of the uniform integers that drive stochastic rounding (see quant.rng)
 
 
+def _is_tensor(x) -> bool:
+    """True for a torch tensor (checked by type name, so this module never imports torch)."""
+    return type(x).__module__.startswith("torch")
+
+
 def _check_bits(bits: int, name: str = "bits", lo: int = 1, hi: int = 63) -> None:
     if not isinstance(bits, (int, np.integer)) or isinstance(bits, bool) or not lo <= bits <= hi:
         raise ValueError(f"{name}={bits!r} is invalid; allowed: an int in [{lo}, {hi}]")
@@ -202,30 +207,31 @@ def shift_round(x, shift: int, rounding: str, u24=None):
     """
     if not isinstance(shift, (int, np.integer)) or shift < 0:
         raise ValueError(f"shift={shift!r} is invalid; allowed: an int >= 0")
-    scalar = isinstance(x, (int, np.integer))
-    x = np.asarray(x, dtype=np.int64)
     if rounding not in ROUNDING_MODES:
         raise ValueError(f"rounding={rounding!r} is invalid; allowed: {ROUNDING_MODES}")
+    scalar = isinstance(x, (int, np.integer))
+    if not _is_tensor(x):  # torch int64 tensors run the same operator-only code below
+        x = np.asarray(x, dtype=np.int64)
     if shift == 0:
-        out = x.copy()
+        out = x + 0
     else:
         q = x >> shift
         r = x - (q << shift)  # in [0, 2**shift)
         if rounding == "floor":
             out = q
         elif rounding == "nearest_even":
-            half = np.int64(1) << (shift - 1)
+            half = 1 << (shift - 1)
             up = (r > half) | ((r == half) & ((q & 1) == 1))
-            out = q + up.astype(np.int64)
+            out = q + up * 1
         else:
             if u24 is None:
                 raise ValueError("u24 is None; allowed: uniform ints in [0, 2**24) for rounding='stochastic'")
-            u = np.asarray(u24, dtype=np.int64)
+            u = u24 if _is_tensor(u24) else np.asarray(u24, dtype=np.int64)
             if shift <= U24_BITS:
                 up = (u >> (U24_BITS - shift)) < r
             else:
                 up = u < (r >> (shift - U24_BITS))
-            out = q + up.astype(np.int64)
+            out = q + up * 1
     return int(out) if scalar and out.ndim == 0 else out
 
 
@@ -256,18 +262,19 @@ def requantize(acc, multiplier: int, shift: int, rounding: str, u24=None):
     if not isinstance(multiplier, (int, np.integer)) or isinstance(multiplier, bool):
         raise ValueError(f"multiplier={multiplier!r} is invalid; allowed: an int")
     scalar = isinstance(acc, (int, np.integer))
-    a = np.asarray(acc, dtype=np.int64)
-    amax = int(np.abs(a).max()) if a.size else 0
+    a = acc if _is_tensor(acc) else np.asarray(acc, dtype=np.int64)
+    n = a.numel() if _is_tensor(a) else a.size
+    amax = int(abs(a).max()) if n else 0
     if amax * abs(int(multiplier)) >= 2**62:
         raise ValueError(
             f"multiplier={multiplier} with max|acc|={amax} overflows int64; allowed: "
             "max|acc| * |multiplier| < 2**62"
         )
-    prod = a * np.int64(multiplier)
+    prod = a * int(multiplier)
     if shift < 0:
         if amax * abs(int(multiplier)) * 2 ** (-shift) >= 2**62:
             raise ValueError(f"shift={shift} overflows int64; allowed: a smaller left shift")
-        out = prod << np.int64(-shift)
+        out = prod << int(-shift)
     else:
         out = shift_round(prod, int(shift), rounding, u24)
     return int(out) if scalar else out

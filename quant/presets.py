@@ -1,0 +1,107 @@
+"""Named hardware presets: a plain dict registry with :func:`get_preset` / :func:`register_preset`.
+
+=========  ==========================  =================  ========  =========  ===========================
+name       weights                     state              acc_bits  rounding   update (hidden, shift, SR)
+=========  ==========================  =================  ========  =========  ===========================
+fp32       float32                     float (None)       None      --         None (float)
+int8       int8 narrow, per-channel,   u8, frac_bits=7    32, sat   nearest    16 bits, >>8, stochastic
+           max_abs
+int4       int4 narrow, per-channel,   u8, frac_bits=7    24, sat   nearest    16 bits, >>8, stochastic
+           max_abs
+ternary    {-1,0,1}, per-channel, TWN  u8, frac_bits=7    24, sat   nearest    16 bits, >>8, stochastic
+           (0.7 mean|w|, mse alpha)
+=========  ==========================  =================  ========  =========  ===========================
+
+State format choice: EqProp states are hard-sigmoid outputs in ``[0, 1]``. Unsigned 8-bit with
+``frac_bits = 7`` represents ``1.0`` exactly (code 128), so ``rho`` is the integer clamp
+``[0, 128]`` (129 levels, LSB 2**-7); the codes 129..255 are unused by the clamp but keep
+headroom for pre-activations quantised in the same format. ``int4`` and ``ternary`` keep 8-bit
+states (W4A8, W2A8): the EqProp gradient is a difference of nudged and free states, and with
+4-bit states (LSB 1/8) any nudge below one LSB vanishes.
+
+Accumulators: 24 bits for int4/ternary (a 784-input layer peaks at ``784 * 7 * 128 < 2**20``),
+which also keeps sums exact in float32 BLAS (``|acc| < 2**24``); 32 bits for int8.
+"""
+from __future__ import annotations
+
+from .formats import FixedPoint, UpdateSpec, WeightFormat
+from .spec import HardwareSpec
+
+_U8_STATE = FixedPoint(bits=8, frac_bits=7, signed=False)  # [0, 1.9921875], 1.0 = code 128
+_UPDATE = UpdateSpec(hidden_bits=16, lr_shift=8, lr_multiplier=1, stochastic=True)
+
+_PRESETS: dict[str, HardwareSpec] = {}
+
+
+def register_preset(spec: HardwareSpec, *, overwrite: bool = False) -> HardwareSpec:
+    """Add ``spec`` under ``spec.name``. Re-registering a name needs ``overwrite=True``.
+
+    >>> register_preset(HardwareSpec("int8"))
+    Traceback (most recent call last):
+    ...
+    ValueError: preset name='int8' is already registered; pass overwrite=True to replace it
+    """
+    if not isinstance(spec, HardwareSpec):
+        raise ValueError(f"spec={spec!r} is invalid; allowed: a HardwareSpec")
+    if spec.name in _PRESETS and not overwrite:
+        raise ValueError(f"preset name={spec.name!r} is already registered; pass overwrite=True to replace it")
+    _PRESETS[spec.name] = spec
+    return spec
+
+
+def get_preset(name: str) -> HardwareSpec:
+    """The registered preset ``name`` (specs are frozen, so sharing is safe).
+
+    >>> get_preset("int8").weights.bits
+    8
+    >>> get_preset("int9")
+    Traceback (most recent call last):
+    ...
+    ValueError: preset name='int9' is unknown; allowed: ['fp32', 'int8', 'int4', 'ternary']
+    """
+    if name not in _PRESETS:
+        raise ValueError(f"preset name={name!r} is unknown; allowed: {list(_PRESETS)}")
+    return _PRESETS[name]
+
+
+def list_presets() -> list[str]:
+    """Registered preset names, in registration order."""
+    return list(_PRESETS)
+
+
+register_preset(HardwareSpec(
+    name="fp32",
+    weights=WeightFormat("float32"),
+    state=None,            # float states
+    acc_bits=None,         # float accumulation
+    overflow="saturate",   # unused for float
+    rounding="nearest_even",
+    update=None,           # float update
+))
+register_preset(HardwareSpec(
+    name="int8",
+    weights=WeightFormat("int8", narrow_range=True, granularity="per_channel", scale_rule="max_abs"),
+    state=_U8_STATE,
+    acc_bits=32,
+    overflow="saturate",
+    rounding="nearest_even",
+    update=_UPDATE,
+))
+register_preset(HardwareSpec(
+    name="int4",
+    weights=WeightFormat("int4", narrow_range=True, granularity="per_channel", scale_rule="max_abs"),
+    state=_U8_STATE,
+    acc_bits=24,
+    overflow="saturate",
+    rounding="nearest_even",
+    update=_UPDATE,
+))
+register_preset(HardwareSpec(
+    name="ternary",
+    weights=WeightFormat("ternary", granularity="per_channel", scale_rule="mse", ternary_threshold=0.7),
+    state=_U8_STATE,
+    acc_bits=24,
+    overflow="saturate",
+    rounding="nearest_even",
+    update=_UPDATE,
+))
