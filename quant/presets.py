@@ -10,7 +10,22 @@ int4       int4 narrow, per-channel,   u8, frac_bits=7    24, sat   nearest    1
            max_abs
 ternary    {-1,0,1}, per-channel, TWN  u8, frac_bits=7    24, sat   nearest    16 bits, >>8, stochastic
            (0.7 mean|w|, mse alpha)
+analog_pcm float32 -> conductance pairs     u8, frac_bits=7    None      nearest    None; AnalogSpec, see below
 =========  ==========================  =================  ========  =========  ===========================
+
+``analog_pcm`` parameters come from the PCM statistical model of Nandakumar et al., ICECS 2019
+(doi:10.1109/ICECS46596.2019.8964852) as implemented in IBM aihwkit's ``PCMLikeNoiseModel``
+(``aihwkit/inference/noise/pcm.py``), evaluated at ``g = g_max``:
+
+* ``g_max_uS = 25``: the reference ``g_max`` of the fitted polynomials;
+* ``prog_noise_std = 0.042``: ``sigma_prog(g) = 0.26348 + 1.9650 x - 1.1731 x**2`` uS with
+  ``x = g / g_max`` gives 1.055 uS at ``x = 1``, i.e. 0.042 of ``g_max`` (0.0105 at ``x = 0``);
+* ``read_noise_std = 0.0088``: the 1/f read-noise amplitude ``Q_s`` at ``x = 1``; aihwkit scales
+  it by ``sqrt(ln((t + t_read) / (2 t_read)))`` (about 4.2 at 20 s, ``t_read = 250 ns``); here
+  it is the std of one read -- the analog issue decides the time dependence;
+* ``drift_nu = 0.049``, ``drift_t0_s = 20``: mean drift exponent at ``x = 1`` (the fit
+  ``-0.0155 ln x + 0.0244`` clamped to ``[0.049, 0.1]``) and the fit's first read time;
+* 8-bit DAC and ADC with full scale 1.0, no stuck-at faults: design choices, not measurements.
 
 State format choice: EqProp states are hard-sigmoid outputs in ``[0, 1]``. Unsigned 8-bit with
 ``frac_bits = 7`` represents ``1.0`` exactly (code 128), so ``rho`` is the integer clamp
@@ -24,7 +39,7 @@ which also keeps sums exact in float32 BLAS (``|acc| < 2**24``); 32 bits for int
 """
 from __future__ import annotations
 
-from .formats import FixedPoint, UpdateSpec, WeightFormat
+from .formats import AnalogSpec, FixedPoint, UpdateSpec, WeightFormat
 from .spec import HardwareSpec
 
 _U8_STATE = FixedPoint(bits=8, frac_bits=7, signed=False)  # [0, 1.9921875], 1.0 = code 128
@@ -57,7 +72,7 @@ def get_preset(name: str) -> HardwareSpec:
     >>> get_preset("int9")
     Traceback (most recent call last):
     ...
-    ValueError: preset name='int9' is unknown; allowed: ['fp32', 'int8', 'int4', 'ternary']
+    ValueError: preset name='int9' is unknown; allowed: ['fp32', 'int8', 'int4', 'ternary', 'analog_pcm']
     """
     if name not in _PRESETS:
         raise ValueError(f"preset name={name!r} is unknown; allowed: {list(_PRESETS)}")
@@ -104,4 +119,18 @@ register_preset(HardwareSpec(
     overflow="saturate",
     rounding="nearest_even",
     update=_UPDATE,
+))
+register_preset(HardwareSpec(
+    name="analog_pcm",
+    weights=WeightFormat("float32"),  # programmed as conductances, not integer codes
+    state=_U8_STATE,
+    acc_bits=None,                    # the crossbar sums currents in analog
+    overflow="saturate",
+    rounding="nearest_even",
+    update=None,
+    analog=AnalogSpec(
+        g_max_uS=25.0, g_min_uS=0.0, prog_noise_std=0.042, read_noise_std=0.0088,
+        drift_nu=0.049, drift_t0_s=20.0, stuck_at_gmin_frac=0.0, stuck_at_gmax_frac=0.0,
+        dac_bits=8, adc_bits=8, adc_range=1.0,
+    ),
 ))

@@ -84,7 +84,8 @@ def weight_scale(w, spec) -> np.ndarray:
     * ``max_abs``: ``max|w| / qmax``;
     * ``power_of_two``: ``2**ceil(log2(max|w| / qmax))`` (exact via ``frexp``), so no code clips;
     * ``mse``: ``r * max|w| / qmax`` with ``r`` in :data:`MSE_RATIOS` minimising
-      ``sum((w_hat - w)**2)`` per channel (first minimum on ties);
+      ``sum((w_hat - w)**2)`` per channel (errors measured in units of ``max|w|``; on exact
+      ties the largest ``r``). Not idempotent in general (a finite grid);
     * ternary: see module docstring.
 
     An all-zero tensor/channel gets scale 1.0 (its codes are 0 whatever the scale).
@@ -116,15 +117,20 @@ def weight_scale(w, spec) -> np.ndarray:
         mant, exp = np.frexp(m / qmax)  # s = mant * 2**exp, mant in [0.5, 1)
         scale = np.ldexp(1.0, np.where(mant == 0.5, exp - 1, exp))
     else:
-        best_err, scale = None, None
-        for r in MSE_RATIOS:
-            s = np.where(m > 0, r * m / qmax, 1.0)
-            err = ((np.clip(np.rint(w / s), fmt.qmin, qmax) * s - w) ** 2).sum(axis=axes, keepdims=keep)
+        # search in units of max|w| (scale invariant, no underflow of squared errors);
+        # ratios from 1.0 down, so exact ties keep the least clipping
+        m_safe = np.where(m > 0, m, 1.0)
+        wn = w / m_safe
+        best_err, best_r = None, None
+        for r in MSE_RATIOS[::-1]:
+            sn = r / qmax
+            err = ((np.clip(np.rint(wn / sn), fmt.qmin, qmax) * sn - wn) ** 2).sum(axis=axes, keepdims=keep)
             if best_err is None:
-                best_err, scale = err, s
+                best_err, best_r = err, np.full_like(err, r)
             else:
                 better = err < best_err
-                best_err, scale = np.where(better, err, best_err), np.where(better, s, scale)
+                best_err, best_r = np.where(better, err, best_err), np.where(better, r, best_r)
+        scale = best_r * m / qmax
     return np.where(m > 0, scale, 1.0).astype(np.float64)
 
 

@@ -25,6 +25,9 @@ def test_presets_contents():
         assert s.is_integer
         assert s.state.code_of(1.0) == 2 ** (s.state.bits - 1)  # 1.0 exactly representable
     assert get_preset("ternary").weights.qmin == -1 and get_preset("ternary").weights.qmax == 1
+    pcm = get_preset("analog_pcm").analog
+    sigma_prog_at_gmax_uS = 0.26348 + 1.9650 - 1.1731  # Nandakumar 2019 polynomial at g = g_max
+    assert abs(pcm.prog_noise_std - sigma_prog_at_gmax_uS / pcm.g_max_uS) < 5e-4
 
 
 def test_analog_spec_round_trip_inside_hardware_spec():
