@@ -33,6 +33,7 @@ from . import ops, rng
 from .formats import FixedPoint, UpdateSpec, WeightFormat
 from .spec import HardwareSpec
 
+_TINY = float(np.finfo(np.float64).tiny)  # smallest normal float64; scales never go below it
 MSE_RATIOS = np.linspace(0.3, 1.0, 71)  # clipping ratios (of max|w|) searched by scale_rule="mse"
 
 
@@ -88,7 +89,8 @@ def weight_scale(w, spec) -> np.ndarray:
       ties the largest ``r``). Not idempotent in general (a finite grid);
     * ternary: see module docstring.
 
-    An all-zero tensor/channel gets scale 1.0 (its codes are 0 whatever the scale).
+    An all-zero tensor/channel gets scale 1.0 (its codes are 0 whatever the scale); so does one
+    whose ``max|w| / qmax`` would be below the smallest normal float64 (its codes become 0).
 
     Args:
         w: numpy array or torch tensor, shape ``(out, ...)``.
@@ -109,8 +111,9 @@ def weight_scale(w, spec) -> np.ndarray:
     if fmt.kind == "ternary":
         return _ternary_params(w, fmt)[1]
     axes, keep = _reduce_axes(w, fmt)
-    m = np.abs(w).max(axis=axes, keepdims=keep) if w.size else np.zeros(())
     qmax = fmt.qmax
+    m = np.abs(w).max(axis=axes, keepdims=keep) if w.size else np.zeros(())
+    m = np.where(m >= qmax * _TINY, m, 0.0)  # scale would be subnormal: treat as an all-zero channel
     if fmt.scale_rule == "max_abs":
         scale = m / qmax
     elif fmt.scale_rule == "power_of_two":
@@ -189,6 +192,8 @@ def quantize_weights(w, spec) -> QuantizedTensor:
     if fmt.is_float:
         raise ValueError("weights.kind='float32' has no integer codes; allowed: an integer or ternary kind")
     w64 = _to_numpy64(w)
+    if not np.all(np.isfinite(w64)):
+        raise ValueError("w has non-finite values (nan/inf); allowed: finite weights")
     if fmt.kind == "ternary":
         delta, scale = _ternary_params(w64, fmt)
     else:

@@ -222,6 +222,10 @@ def test_scale_helpers():
         scale_to_shift(0.3)
     with pytest.raises(ValueError, match="float32"):
         weight_scale(np.ones((2, 2)), WeightFormat("float32"))
+    with pytest.raises(ValueError, match="non-finite"):
+        quantize_weights(np.array([[1.0, np.nan]]), WeightFormat("int8"))
+    tiny = quantize_weights(np.array([[5e-324, 0.0]]), WeightFormat("int8"))  # scale would underflow
+    assert tiny.codes.tolist() == [[0, 0]] and tiny.scale.tolist() == 1.0
 
 
 @settings(max_examples=80, deadline=None)
