@@ -225,7 +225,7 @@ def test_scale_helpers():
     with pytest.raises(ValueError, match="non-finite"):
         quantize_weights(np.array([[1.0, np.nan]]), WeightFormat("int8"))
     tiny = quantize_weights(np.array([[5e-324, 0.0]]), WeightFormat("int8"))  # scale would underflow
-    assert tiny.codes.tolist() == [[0, 0]] and tiny.scale.tolist() == 1.0
+    assert tiny.codes.tolist() == [[0, 0]] and tiny.scale.tolist() == [[1.0]]
 
 
 @settings(max_examples=80, deadline=None)
