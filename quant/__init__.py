@@ -15,6 +15,7 @@ from .quantizers import (
     hidden_to_code,
     quantize_state,
     quantize_weights,
+    requant_params,
     weight_scale,
 )
 from .spec import HardwareSpec
@@ -23,5 +24,5 @@ __all__ = [
     "AnalogSpec", "FixedPoint", "HardwareSpec", "QuantizedTensor", "UpdateSpec", "WeightFormat",
     "apply_update", "dequantize_state", "fake_quant_state", "fake_quant_weights", "get_preset",
     "hidden_to_code", "list_presets", "quantize_state", "quantize_weights", "register_preset",
-    "weight_scale",
+    "requant_params", "weight_scale",
 ]

@@ -378,3 +378,43 @@ def scale_to_shift(scale: float) -> int:
     if mant != 0.5:
         raise ValueError(f"scale={scale!r} is not a power of two; allowed: 2**k")
     return exp - 1
+
+
+def requant_params(q: QuantizedTensor, spec, multiplier_bits: int = 31) -> list[tuple[int, int]]:
+    """Integer ``(multiplier, shift)`` per output channel for ``acc -> next state code``.
+
+    With weights ``w = code_w * scale`` and input states ``s = code_s * 2**-f_in``, the
+    pre-activation in output-state LSBs (``2**-f_out``) is
+    ``acc * scale * 2**(f_out - f_in)`` with ``acc = code_w @ code_s``. This returns, per row
+    (one entry for a per-tensor scale), the pair of :func:`quant.ops.quantize_multiplier` for
+    that real factor, or ``(1, shift)`` exactly when it is a power of two. Apply with
+    :func:`quant.ops.requantize` (numpy or torch int64); this is the one place the factor is
+    derived, so the torch and numba paths agree bit for bit when both use it.
+
+    Args:
+        q: quantised weights (:func:`quantize_weights`).
+        spec: :class:`HardwareSpec` (input and output are ``spec.state``) or a
+            ``(FixedPoint_in, FixedPoint_out)`` tuple.
+        multiplier_bits: width of non power-of-two multipliers.
+
+    >>> w = quantize_weights(np.array([[1.0, -0.5]]), WeightFormat("int8", scale_rule="power_of_two"))
+    >>> requant_params(w, HardwareSpec())   # scale 2**-6 (1/127 rounded up): a pure shift
+    [(1, 6)]
+    >>> m, s = requant_params(quantize_weights(np.array([[1.0]]), WeightFormat('int8')), HardwareSpec())[0]
+    >>> (m, s) == ops.quantize_multiplier(1 / 127)
+    True
+    """
+    if isinstance(spec, HardwareSpec):
+        f_in = f_out = _state_format(spec)
+    else:
+        f_in, f_out = spec
+    scales = np.atleast_1d(_to_numpy64(q.scale)).reshape(-1)
+    out = []
+    for sc in scales.tolist():
+        real = math.ldexp(sc, f_out.frac_bits - f_in.frac_bits)
+        mant, exp = math.frexp(real)
+        if mant == 0.5:
+            out.append((1, 1 - exp))
+        else:
+            out.append(ops.quantize_multiplier(real, multiplier_bits))
+    return out

@@ -8,7 +8,7 @@ from hypothesis.extra.numpy import arrays
 
 from quant import (FixedPoint, HardwareSpec, UpdateSpec, WeightFormat, apply_update, dequantize_state,
                    fake_quant_state, fake_quant_weights, get_preset, hidden_to_code, quantize_state,
-                   quantize_weights, weight_scale)
+                   quantize_weights, requant_params, weight_scale)
 from quant.quantizers import scale_to_shift
 
 INT_PRESETS = ["int8", "int4", "ternary"]
@@ -233,3 +233,36 @@ def test_scale_helpers():
 def test_weight_codes_numpy_equal_torch_property(w, fmt):
     q_np, q_t = quantize_weights(w, fmt), quantize_weights(torch.from_numpy(w), fmt)
     assert np.array_equal(q_np.codes, q_t.codes.numpy())
+
+
+@pytest.mark.parametrize("rule", ["max_abs", "power_of_two", "mse"])
+@pytest.mark.parametrize("rounding", ["nearest_even", "floor"])
+def test_requant_params_integer_path_matches_exact_rational(rule, rounding):
+    """acc -> state code through (multiplier, shift) equals rounding the exact rational
+    acc * scale * 2**frac, up to the multiplier's 2**-31 relative error (power of two: exact)."""
+    from fractions import Fraction
+
+    from quant import ops
+
+    spec = get_preset("int8")
+    q = quantize_weights(_w((6, 30), seed=9), WeightFormat("int8", scale_rule=rule))
+    s_codes = np.random.default_rng(9).integers(0, 129, size=(30, 5))
+    acc = q.codes @ s_codes  # (6, 5) exact int64
+    params = requant_params(q, spec)
+    assert len(params) == 6
+    for row, (m, sh) in enumerate(params):
+        got = ops.requantize(acc[row], m, sh, rounding)
+        got_t = ops.requantize(torch.from_numpy(acc[row]), m, sh, rounding)
+        assert np.array_equal(got, got_t.numpy())
+        real = Fraction(float(q.scale.ravel()[row]))  # * 2**(f_out - f_in) = 1: same state format
+        exact = [Fraction(a) * real for a in acc[row].tolist()]
+        ref = [int(np.floor(e)) if rounding == "floor" else round(e) for e in exact]
+        diff = np.abs(np.array(got) - np.array(ref))
+        if rule == "power_of_two":
+            assert diff.max() == 0
+        else:
+            assert diff.max() <= 1  # only where the exact value sits within 2**-31 of a boundary
+            near = [abs(e - round(e)) if rounding == "floor" else abs(abs(e - int(np.floor(e))) - Fraction(1, 2))
+                    for e in exact]
+            for d, e, nb in zip(diff.tolist(), exact, near):
+                assert d == 0 or nb <= abs(e) * Fraction(1, 2**30)
