@@ -1,0 +1,192 @@
+"""Real MNIST / Fashion-MNIST loading, verification errors and the look-up order (never downloads)."""
+import gzip
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tracks import data
+from tracks.data import DataError, load_dataset, train_val_split
+
+MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
+TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"
+# Canonical label histogram of the MNIST test set (LeCun et al.).
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@pytest.fixture(autouse=True)
+def _no_download(monkeypatch, tmp_path):
+    monkeypatch.setenv("EQPROP_NO_DOWNLOAD", "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
+@pytest.fixture
+def mnist_dir():
+    if not (MNIST_DIR / TEST_LABELS).is_file():
+        pytest.fail(f"canonical MNIST expected at {MNIST_DIR}")
+    return MNIST_DIR
+
+
+def _copy_split(src: Path, dst: Path) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in (TEST_IMAGES, TEST_LABELS):
+        shutil.copyfile(src / f, dst / f)
+    return dst
+
+
+def _labels_bytes(src: Path) -> bytes:
+    return gzip.decompress((src / TEST_LABELS).read_bytes())
+
+
+def test_mnist_test_split(mnist_dir):
+    x, y = load_dataset("mnist", "test", data_dir=mnist_dir.parent)
+    assert x.shape == (10000, 784) and x.dtype == np.float32
+    assert y.shape == (10000,) and y.dtype == np.int64
+    assert x.min() == 0.0 and x.max() == 1.0
+    assert y[:5].tolist() == [7, 2, 1, 0, 4]
+    assert np.bincount(y, minlength=10).tolist() == MNIST_TEST_COUNTS
+
+
+def test_mnist_train_split(mnist_dir):
+    x, y = load_dataset("mnist", "train", data_dir=mnist_dir)  # the folder itself is accepted too
+    assert x.shape == (60000, 784) and y.shape == (60000,)
+    assert y[:5].tolist() == [5, 0, 4, 1, 9]
+    assert set(np.unique(y).tolist()) == set(range(10))
+
+
+def test_returns_fresh_arrays(mnist_dir):
+    x1, y1 = load_dataset("mnist", "test", data_dir=mnist_dir)
+    x1[:] = -1.0
+    y1[:] = -1
+    x2, y2 = load_dataset("mnist", "test", data_dir=mnist_dir)
+    assert x2.min() == 0.0 and y2[0] == 7
+
+
+def test_fashion_mnist_from_debian_package():
+    # CI installs dataset-fashion-mnist; a missing package is a failure, not a skip.
+    assert data.DEBIAN_FASHION_DIR.is_dir(), "apt-get install dataset-fashion-mnist"
+    x, y = load_dataset("fashion_mnist", "test", data_dir=None)
+    assert x.shape == (10000, 784) and x.dtype == np.float32 and y.dtype == np.int64
+    assert np.bincount(y, minlength=10).tolist() == [1000] * 10
+    assert 0.0 <= x.min() and x.max() <= 1.0
+
+
+def test_missing_lists_every_place(tmp_path, monkeypatch):
+    monkeypatch.setenv("EQPROP_DATA", str(tmp_path / "envroot"))
+    with pytest.raises(DataError) as e:
+        load_dataset("mnist", "test", data_dir=tmp_path / "argroot")
+    msg = str(e.value)
+    for place in (tmp_path / "argroot" / "mnist", tmp_path / "argroot", tmp_path / "envroot",
+                  tmp_path / "xdg-cache" / "eqprop-hwsim"):
+        assert str(place) in msg
+    assert "EQPROP_DATA" in msg and "--data-dir" in msg and "Download disabled" in msg
+
+
+def test_missing_fashion_mentions_apt_package(tmp_path):
+    msg = data._missing_message(data.DATASETS["fashion_mnist"], "test", tmp_path)
+    assert "apt-get install dataset-fashion-mnist" in msg and str(tmp_path) in msg
+
+
+def test_truncated_gzip(mnist_dir, tmp_path):
+    d = _copy_split(mnist_dir, tmp_path / "mnist")
+    blob = (mnist_dir / TEST_LABELS).read_bytes()
+    (d / TEST_LABELS).write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DataError, match="truncated") as e:
+        load_dataset("mnist", "test", data_dir=tmp_path)
+    assert TEST_LABELS in str(e.value)
+
+
+def test_not_gzip(mnist_dir, tmp_path):
+    d = _copy_split(mnist_dir, tmp_path / "mnist")
+    (d / TEST_LABELS).write_bytes(b"<html>404 not found</html>")
+    with pytest.raises(DataError, match="not a valid gzip"):
+        load_dataset("mnist", "test", data_dir=tmp_path)
+
+
+def test_bad_magic(mnist_dir, tmp_path):
+    d = _copy_split(mnist_dir, tmp_path / "mnist")
+    raw = bytearray(_labels_bytes(mnist_dir))
+    raw[:4] = struct.pack(">I", 0x00000803)
+    (d / TEST_LABELS).write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(DataError, match="magic") as e:
+        load_dataset("mnist", "test", data_dir=tmp_path)
+    assert TEST_LABELS in str(e.value)
+
+
+def test_wrong_count(mnist_dir, tmp_path):
+    d = _copy_split(mnist_dir, tmp_path / "mnist")
+    raw = _labels_bytes(mnist_dir)
+    raw = raw[:4] + struct.pack(">I", 9999) + raw[8:-1]
+    (d / TEST_LABELS).write_bytes(gzip.compress(raw))
+    with pytest.raises(DataError, match="9999 examples"):
+        load_dataset("mnist", "test", data_dir=tmp_path)
+
+
+def test_md5_mismatch(mnist_dir, tmp_path):
+    d = _copy_split(mnist_dir, tmp_path / "mnist")
+    raw = bytearray(_labels_bytes(mnist_dir))
+    raw[8] = 3  # first label 7 -> 3: structurally valid, wrong content
+    (d / TEST_LABELS).write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(DataError, match="MD5") as e:
+        load_dataset("mnist", "test", data_dir=tmp_path)
+    assert TEST_LABELS in str(e.value)
+
+
+def test_regzipped_and_uncompressed_copies_accepted(mnist_dir, tmp_path):
+    d = tmp_path / "mnist"
+    d.mkdir()
+    shutil.copyfile(mnist_dir / TEST_IMAGES, d / TEST_IMAGES)
+    (d / TEST_LABELS[:-3]).write_bytes(_labels_bytes(mnist_dir))  # decompressed twin
+    x, y = load_dataset("mnist", "test", data_dir=tmp_path)
+    assert y[:5].tolist() == [7, 2, 1, 0, 4]
+
+
+def test_mnist_files_offered_as_fashion(mnist_dir, tmp_path):
+    _copy_split(mnist_dir, tmp_path / "fashion_mnist")
+    with pytest.raises(DataError, match="It is the MNIST file"):
+        load_dataset("fashion_mnist", "test", data_dir=tmp_path)
+
+
+def test_argument_beats_env(mnist_dir, tmp_path, monkeypatch):
+    bad = _copy_split(mnist_dir, tmp_path / "bad" / "mnist")
+    (bad / TEST_LABELS).write_bytes(b"junk")
+    good = _copy_split(mnist_dir, tmp_path / "good" / "mnist")
+    monkeypatch.setenv("EQPROP_DATA", str(tmp_path / "bad"))
+    x, y = load_dataset("mnist", "test", data_dir=tmp_path / "good")
+    assert y[0] == 7
+    monkeypatch.setenv("EQPROP_DATA", str(tmp_path / "good"))
+    with pytest.raises(DataError) as e:
+        load_dataset("mnist", "test", data_dir=tmp_path / "bad")
+    assert str(bad) in str(e.value)
+    assert good.is_dir()
+
+
+def test_env_beats_cache(mnist_dir, tmp_path, monkeypatch):
+    cache = tmp_path / "xdg-cache" / "eqprop-hwsim" / "mnist"
+    _copy_split(mnist_dir, cache)
+    (cache / TEST_LABELS).write_bytes(b"junk")
+    _copy_split(mnist_dir, tmp_path / "env" / "mnist")
+    monkeypatch.setenv("EQPROP_DATA", str(tmp_path / "env"))
+    assert load_dataset("mnist", "test")[1][0] == 7
+
+
+def test_unknown_name_and_split():
+    with pytest.raises(DataError, match="fashion_mnist"):
+        load_dataset("cifar10", "test")
+    with pytest.raises(DataError, match="train_val_split"):
+        load_dataset("mnist", "val")
+
+
+def test_train_val_split_disjoint_and_seeded():
+    x = np.arange(100, dtype=np.float32)[:, None]
+    y = np.arange(100)
+    xt, yt, xv, yv = train_val_split(x, y, n_val=20, seed=1)
+    assert len(yv) == 20 and len(yt) == 80
+    assert not set(yt.tolist()) & set(yv.tolist())
+    assert np.array_equal(xv[:, 0], yv.astype(np.float32))
+    assert np.array_equal(train_val_split(x, y, 20, seed=1)[3], yv)
+    assert not np.array_equal(train_val_split(x, y, 20, seed=2)[3], yv)
+    with pytest.raises(ValueError, match="n_val"):
+        train_val_split(x, y, n_val=100, seed=0)
