@@ -1,0 +1,319 @@
+"""Run tracks, judge them against their criteria, and write ``results.json`` and ``report.md``.
+
+The runner never prints: it logs to ``eqprop_hwsim.tracks`` (and to ``<out>/suite.log`` while it
+runs) and calls ``on_done(TrackRun)`` as each track finishes so a CLI can print a table row. A track
+that raises fails on its own (message and traceback recorded); the others still run. Results are
+rewritten after every track, so an interrupted suite leaves valid, partial files.
+
+``results.json`` (DESIGN section 7)::
+
+    {"suite": {"version", "started", "finished", "argv", "machine", "commit", "out_dir",
+               "quick", "seeds", "device", "passed"},
+     "tracks": [{"id", "slug", "name", "claim", "passed", "criteria", "metrics", "artifacts",
+                 "seconds", "notes", "failure", "traceback"}]}
+
+Metrics are made JSON-safe by :func:`json_safe`: numpy scalars and arrays become Python numbers and
+lists, NaN and +-inf become ``null``.
+
+>>> json_safe({"a": float("nan"), "b": [1, 2.5], "c": (True, None)})
+{'a': None, 'b': [1, 2.5], 'c': [True, None]}
+>>> import numpy as np
+>>> json_safe({"x": np.float32(0.5), "v": np.arange(3), 7: np.array([np.inf])})
+{'x': 0.5, 'v': [0, 1, 2], '7': [None]}
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from . import Track, get_track
+from .base import TrackContext, TrackResult, evaluate
+from .machine import describe_machine
+
+log = logging.getLogger("eqprop_hwsim.tracks")
+
+RESULTS_FILE = "results.json"
+REPORT_FILE = "report.md"
+LOG_FILE = "suite.log"
+DEFAULT_RUNS_ROOT = Path("runs")
+
+
+class OutDirError(ValueError):
+    """The output folder exists and is not empty (results are never overwritten)."""
+
+
+def json_safe(obj: Any) -> Any:
+    """Recursively convert ``obj`` to JSON-serialisable Python (non-finite floats -> ``None``)."""
+    if obj is None or isinstance(obj, (bool, str, int)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, np.generic):
+        return json_safe(obj.item())
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return json_safe(obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj))
+    if hasattr(obj, "to_dict"):
+        return json_safe(obj.to_dict())
+    if hasattr(obj, "detach") and hasattr(obj, "tolist"):  # torch tensor
+        return json_safe(obj.detach().cpu().tolist())
+    if hasattr(obj, "tolist"):
+        return json_safe(obj.tolist())
+    return str(obj)
+
+
+@dataclass
+class TrackRun:
+    """The outcome of one track, as written to ``results.json``."""
+
+    id: int
+    slug: str
+    name: str
+    claim: str
+    passed: bool
+    criteria: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    artifacts: list[str]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+    failure: str | None = None
+    traceback: str | None = None
+    est_seconds: float | None = None  # the spec's estimate for this mode, for the report
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe(dataclasses.asdict(self))
+
+    def key_criterion(self) -> dict[str, Any] | None:
+        """The first criterion row (the headline number of the track), if any."""
+        return self.criteria[0] if self.criteria else None
+
+
+@dataclass
+class SuiteResult:
+    """All track outcomes of one run plus where they were written."""
+
+    out_dir: Path
+    suite: dict[str, Any]
+    tracks: list[TrackRun]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.tracks) and all(t.passed for t in self.tracks)
+
+    @property
+    def failed(self) -> list[TrackRun]:
+        return [t for t in self.tracks if not t.passed]
+
+    @property
+    def results_path(self) -> Path:
+        return self.out_dir / RESULTS_FILE
+
+    @property
+    def report_path(self) -> Path:
+        return self.out_dir / REPORT_FILE
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe({"suite": {**self.suite, "passed": self.passed},
+                          "tracks": [t.to_dict() for t in self.tracks]})
+
+
+def default_out_dir(root: str | os.PathLike = DEFAULT_RUNS_ROOT, now: _dt.datetime | None = None) -> Path:
+    """A new ``root/YYYYmmdd-HHMMSS`` folder name (suffixed ``-2``, ``-3``... if taken)."""
+    stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / stamp
+    cand, n = base, 1
+    while cand.exists():
+        n += 1
+        cand = Path(f"{base}-{n}")
+    return cand
+
+
+def prepare_out_dir(out_dir: str | os.PathLike | None) -> Path:
+    """Create the output folder; refuse an existing non-empty one.
+
+    Raises:
+        OutDirError: ``out_dir`` exists and holds files, or is a file.
+    """
+    path = default_out_dir() if out_dir is None else Path(out_dir)
+    if path.exists() and not path.is_dir():
+        raise OutDirError(f"--out {path} is a file; choose a folder, e.g. {default_out_dir()}")
+    if path.is_dir() and any(path.iterdir()):
+        raise OutDirError(f"output folder {path} exists and is not empty; results are never "
+                          f"overwritten. Choose another, e.g. --out {default_out_dir(path.parent or '.')}, "
+                          f"or omit --out for a new folder under {DEFAULT_RUNS_ROOT}/")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("eqprop-hwsim")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _now() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _relative_artifacts(paths: Iterable[Any], out_dir: Path) -> tuple[list[str], list[str]]:
+    """Artifact paths relative to ``out_dir`` when inside it; notes for missing files."""
+    rel, notes = [], []
+    out_abs = out_dir.resolve()
+    for p in paths:
+        p = Path(p)
+        absolute = p if p.is_absolute() else out_dir / p
+        if not absolute.exists():
+            notes.append(f"artifact {p} was reported but does not exist")
+        try:
+            rel.append(absolute.resolve().relative_to(out_abs).as_posix())
+        except ValueError:
+            rel.append(str(p))
+    return rel, notes
+
+
+def run_one(track: Track, ctx: TrackContext) -> TrackRun:
+    """Run a single track in ``ctx``, catching its exceptions; never raises (except KeyboardInterrupt)."""
+    spec = track.spec
+    est = None if spec is None else (spec.est_seconds_quick if ctx.quick else spec.est_seconds_full)
+    base = dict(id=track.id, slug=track.slug, name=track.name, claim=spec.claim if spec else "",
+                est_seconds=est)
+    if track.broken:
+        log.error("track %s is broken: %s", track.key, track.error.splitlines()[0])
+        crit = [{**c.to_dict(), "value": None, "passed": False} for c in (spec.criteria if spec else ())]
+        return TrackRun(**base, passed=False, criteria=crit, metrics={}, artifacts=[], seconds=0.0,
+                        failure=track.error.splitlines()[0], traceback=track.error)
+    log.info("track %s: start (quick=%s, seeds=%s, device=%s)", track.key, ctx.quick, ctx.seeds, ctx.device)
+    t0 = time.perf_counter()
+    tb = None
+    try:
+        result = track.run(ctx)
+        if not isinstance(result, TrackResult):
+            raise TypeError(f"run() returned {type(result).__name__}, expected TrackResult")
+    except Exception as e:  # noqa: BLE001 - one failing track must not stop the suite
+        tb = traceback.format_exc()
+        log.error("track %s raised %s: %s\n%s", track.key, type(e).__name__, e, tb)
+        result = TrackResult(metrics={}, failure=f"{type(e).__name__}: {e}")
+    seconds = time.perf_counter() - t0
+    metrics = json_safe(result.metrics)
+    passed, criteria = evaluate(spec, result)
+    artifacts, art_notes = _relative_artifacts(result.artifacts, Path(ctx.out_dir))
+    run = TrackRun(**base, passed=passed, criteria=json_safe(criteria), metrics=metrics, artifacts=artifacts,
+                   seconds=round(seconds, 3), notes=[str(n) for n in result.notes] + art_notes,
+                   failure=result.failure, traceback=tb)
+    log.info("track %s: %s in %.1f s", track.key, "PASS" if passed else "FAIL", seconds)
+    return run
+
+
+def run_tracks(
+    tracks: Sequence[Track | int | str],
+    out_dir: str | os.PathLike | None = None,
+    *,
+    quick: bool = False,
+    seeds: Sequence[int] = (0, 1, 2),
+    data_dir: str | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    overrides: dict[str, Any] | None = None,
+    argv: Sequence[str] | None = None,
+    on_start: Callable[[Track], None] | None = None,
+    on_done: Callable[[TrackRun], None] | None = None,
+) -> SuiteResult:
+    """Run ``tracks`` in order and write ``results.json`` and ``report.md`` into ``out_dir``.
+
+    Args:
+        tracks: :class:`tracks.Track` objects, ids or slugs (resolved with :func:`tracks.get_track`).
+        out_dir: output folder; ``None`` makes a new timestamped folder under ``runs/``. An existing
+            non-empty folder is refused (:class:`OutDirError`).
+        quick: the tracks' quick mode (smaller data, fewer steps).
+        seeds: seeds handed to every track.
+        data_dir: dataset root handed to tracks (see :func:`tracks.data.load_dataset`).
+        device: torch device string for tracks that use torch.
+        progress: whether tracks may show progress bars.
+        overrides: free-form per-run settings passed to ``ctx.overrides``.
+        argv: recorded in ``results.json`` (defaults to ``sys.argv``).
+        on_start: called with each track before it runs.
+        on_done: called with each :class:`TrackRun` as it finishes (a CLI prints a row here).
+
+    Returns:
+        The :class:`SuiteResult`; its ``passed`` is True when every track passed.
+    """
+    from .report import write_report  # report imports runner types; import here avoids a cycle
+
+    resolved = [t if isinstance(t, Track) else get_track(t) for t in tracks]
+    out = prepare_out_dir(out_dir)
+    handler = logging.FileHandler(out / LOG_FILE, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root_logger = logging.getLogger("eqprop_hwsim")
+    root_logger.addHandler(handler)  # records what the logger's level lets through (the CLI sets INFO)
+    try:
+        suite = {
+            "version": _version(), "started": _now(), "finished": None,
+            "argv": list(sys.argv if argv is None else argv), "machine": describe_machine(),
+            "commit": _git_commit(), "out_dir": str(out), "quick": quick, "seeds": list(seeds),
+            "device": device, "data_dir": data_dir,
+        }
+        result = SuiteResult(out_dir=out, suite=suite, tracks=[])
+        for track in resolved:
+            if on_start is not None:
+                on_start(track)
+            ctx = TrackContext(out_dir=out, quick=quick, seeds=tuple(int(s) for s in seeds), data_dir=data_dir,
+                               device=device, progress=progress, overrides=dict(overrides or {}))
+            run = run_one(track, ctx)
+            result.tracks.append(run)
+            _write(result, write_report)
+            if on_done is not None:
+                on_done(run)
+        result.suite["finished"] = _now()
+        result.suite["machine"] = describe_machine()  # now knows the GPU if a track imported torch
+        _write(result, write_report)
+        return result
+    finally:
+        root_logger.removeHandler(handler)
+        handler.close()
+
+
+def _write(result: SuiteResult, write_report: Callable[[dict[str, Any], Path], Path]) -> None:
+    data = result.to_dict()
+    tmp = result.results_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, result.results_path)
+    write_report(data, result.out_dir)
+
+
+def load_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a ``results.json`` (or the folder holding one)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / RESULTS_FILE
+    return json.loads(p.read_text(encoding="utf-8"))
