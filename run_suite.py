@@ -52,14 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_handler: logging.Handler | None = None
+
+
 def _setup_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    global _handler
+    lib = logging.getLogger("eqprop_hwsim")
+    if _handler is not None:  # main() may run more than once in a process (tests)
+        lib.removeHandler(_handler)
+    _handler = handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    lib = logging.getLogger("eqprop_hwsim")
     lib.addHandler(handler)
     lib.setLevel(logging.DEBUG if verbose else logging.INFO)  # INFO reaches suite.log, not the console
-    lib.propagate = False
 
 
 def _usage_error(msg: str) -> int:
