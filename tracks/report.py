@@ -110,7 +110,9 @@ def render_report(results: dict[str, Any]) -> str:
             "| --- | --- | --- | --- | --- |"]
     for t in tracks:
         crit = t.get("criteria") or []
-        key = _criterion_text(crit[0]) if crit else (t.get("failure") or "")
+        key = _criterion_text(crit[0]) if crit else ""
+        if t.get("failure"):
+            key = t["failure"].splitlines()[0][:200]
         out.append(f"| [{t['id']}](#{_anchor(t)}) | {_cell(t['name'])} | {_status(t['passed'])} | "
                    f"{t.get('seconds', 0):.1f} | {_cell(key)} |")
     for t in tracks:

@@ -12,6 +12,10 @@ rewritten after every track, so an interrupted suite leaves valid, partial files
      "tracks": [{"id", "slug", "name", "claim", "passed", "criteria", "metrics", "artifacts",
                  "seconds", "notes", "failure", "traceback"}]}
 
+Every track gets the same ``ctx.out_dir`` (the suite folder) and ``ctx.plots_dir`` (``<out>/plots``);
+tracks prefix their file names with ``tNN_`` so they do not collide, and return the paths in
+``TrackResult.artifacts`` (recorded relative to the suite folder).
+
 Metrics are made JSON-safe by :func:`json_safe`: numpy scalars and arrays become Python numbers and
 lists, NaN and +-inf become ``null``.
 

@@ -190,3 +190,26 @@ def test_train_val_split_disjoint_and_seeded():
     assert not np.array_equal(train_val_split(x, y, 20, seed=2)[3], yv)
     with pytest.raises(ValueError, match="n_val"):
         train_val_split(x, y, n_val=100, seed=0)
+
+
+def _local_mirror_info(mirror: Path):
+    info = data.DATASETS["mnist"]
+    return data.DatasetInfo(name=info.name, title=info.title, subdirs=info.subdirs,
+                            mirrors=(mirror.as_uri() + "/",), files=info.files, n_examples=info.n_examples)
+
+
+def test_download_verifies_then_renames(mnist_dir, tmp_path):
+    mirror = _copy_split(mnist_dir, tmp_path / "mirror")
+    dest = tmp_path / "cache" / "mnist"
+    got = data._download(_local_mirror_info(mirror), dest, TEST_LABELS)
+    assert got == dest / TEST_LABELS and got.read_bytes() == (mnist_dir / TEST_LABELS).read_bytes()
+    assert sorted(p.name for p in dest.iterdir()) == [TEST_LABELS]
+
+
+def test_download_rejects_corrupt_and_leaves_nothing(mnist_dir, tmp_path):
+    mirror = _copy_split(mnist_dir, tmp_path / "mirror")
+    (mirror / TEST_LABELS).write_bytes(b"corrupt")
+    dest = tmp_path / "cache" / "mnist"
+    with pytest.raises(DataError, match="MD5"):
+        data._download(_local_mirror_info(mirror), dest, TEST_LABELS)
+    assert list(dest.iterdir()) == []
