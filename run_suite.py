@@ -150,15 +150,20 @@ def run_main(argv: list[str]) -> int:
         if not os.path.isdir(data_dir):
             return _usage_error(f"--data-dir {args.data_dir} is not a folder")
         os.environ["EQPROP_DATA"] = data_dir  # child processes and data loaders see it too
+    try:
+        out = tracks.runner.prepare_out_dir(args.out)
+    except tracks.OutDirError as e:
+        return _usage_error(str(e))
     table = _Table(unique)
     table.header()
     t0 = time.perf_counter()
     try:
         suite = tracks.run_tracks(
-            unique, args.out, quick=args.quick, seeds=args.seeds, data_dir=data_dir, device=args.device,
+            unique, out, quick=args.quick, seeds=args.seeds, data_dir=data_dir, device=args.device,
             progress=not args.no_progress, argv=["run_suite.py", *argv], on_done=table.row)
-    except tracks.OutDirError as e:
-        return _usage_error(str(e))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; results of the finished tracks are in {out}", file=sys.stderr)
+        return 130
     n_pass = sum(r.passed for r in suite.tracks)
     print(f"\n{n_pass}/{len(suite.tracks)} tracks passed in {time.perf_counter() - t0:.1f} s")
     for r in suite.failed:

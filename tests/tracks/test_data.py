@@ -67,10 +67,17 @@ def test_returns_fresh_arrays(mnist_dir):
 def test_fashion_mnist_from_debian_package():
     # CI installs dataset-fashion-mnist; a missing package is a failure, not a skip.
     assert data.DEBIAN_FASHION_DIR.is_dir(), "apt-get install dataset-fashion-mnist"
-    x, y = load_dataset("fashion_mnist", "test", data_dir=None)
+    x, y = load_dataset("fashion_mnist", "test", data_dir=data.DEBIAN_FASHION_DIR)
     assert x.shape == (10000, 784) and x.dtype == np.float32 and y.dtype == np.int64
     assert np.bincount(y, minlength=10).tolist() == [1000] * 10
     assert 0.0 <= x.min() and x.max() <= 1.0
+    assert y[:5].tolist() == [9, 2, 1, 1, 6]
+
+
+def test_fashion_mnist_found_without_arguments(monkeypatch, tmp_path):
+    monkeypatch.setenv("EQPROP_DATA", str(tmp_path))  # nothing there: falls through to the package
+    x, y = load_dataset("fashion_mnist", "test")
+    assert x.shape == (10000, 784)
 
 
 def test_missing_lists_every_place(tmp_path, monkeypatch):
