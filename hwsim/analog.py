@@ -1,0 +1,545 @@
+"""Analog crossbar simulator of an :class:`~models.eqprop_mlp.EqPropMLP` (torch and numba paths).
+
+Device model (data in :class:`quant.AnalogSpec`, simulation options in :class:`AnalogSimConfig`).
+Conductances are kept in units of ``g_max`` (``g = G / g_max``, ``g_lo = g_min / g_max``):
+
+* **Mapping.** Layer ``i`` holds the augmented matrix ``A_i = [W_i | b_i]`` of shape
+  ``(n_i, n_{i-1} + 1)`` (the bias is a column driven by a constant input 1). Weights are first
+  quantised with the weight format (``int8``/``int4``/``ternary`` via
+  :func:`quant.quantize_weights`; biases stay float), then mapped per layer to differential pairs
+  ``g+ = g_lo + (1 - g_lo) max(A, 0) / w_max``, ``g- = g_lo + (1 - g_lo) max(-A, 0) / w_max``
+  with ``w_max = max |A_i|``. The normalised weight is ``omega = (g+ - g-) / (1 - g_lo)`` in
+  ``[-1, 1]`` and the real weight ``A = w_max * omega``.
+* **Stuck-at faults** (fixed per chip, ``seed``): a device with ``u24 < f_min 2**24`` is stuck at
+  ``g_lo``, with ``u24 < (f_min + f_max) 2**24`` at 1; stuck devices ignore programming, drift and
+  updates.
+* **Programming noise** (drawn once per programming): ``g = clip(g_target + sigma_p(g_target) z,
+  g_lo, 1)`` with ``sigma_p = prog_noise_std`` (``"constant"``) or the PCM polynomial of Nandakumar
+  et al. 2019 scaled to ``prog_noise_std`` at ``g = 1`` (``"pcm_poly"``:
+  ``sigma_p(x) = prog_noise_std * p(x) / p(1)``, ``p(x) = 0.26348 + 1.9650 x - 1.1731 x**2``).
+* **Drift**: read at ``t = t_inference_s`` after programming, ``g(t) = g (t / t0)**-nu`` with
+  ``nu = max(drift_nu + drift_nu_std z, 0)`` per device (no drift for ``t <= t0``); optional
+  global drift compensation multiplies every read by ``(t / t0)**drift_nu``.
+* **Read** (every read, i.e. every relaxation step): DAC ``u_q = rint(clip(u, 0, 1) L) / L``
+  (``L = 2**dac_bits - 1``), ideal dot product ``y = omega @ [u_q, 1]`` (forward) or
+  ``y = u_q @ omega[:, :-1]`` (transpose, the feedback ``W^T s`` of the same array), read noise,
+  ADC ``y_q = clip(rint(y / D), -Q, Q) D`` with ``Q = 2**(adc_bits-1) - 1``, ``D = adc_range / Q``;
+  the real pre-activation is ``w_max * gain * y_q``.
+* **Read noise** is fresh per device and per read, std ``read_noise_std`` on each of ``g+``, ``g-``.
+  A sum of independent Gaussians is Gaussian, so it is drawn output-referred, exactly in
+  distribution: ``y_k += sigma_r sqrt(2) / (1 - g_lo) * ||u_aug||_2 * z_k`` (one draw per output
+  instead of one per device; ``u_aug`` the DAC'd inputs the output sums over).
+* **In-situ update** (EqProp on the chip): ``dA = -lr * grad`` becomes
+  ``dg = (1 - g_lo) dA / w_max`` split as ``g+ += dg/2 (1 + eta z+)``, ``g- -= dg/2 (1 + eta z-)``
+  (``eta = update_noise_std``), clipped to ``[g_lo, 1]``; stuck devices stay.
+
+Paired seeds: every random draw is :mod:`quant.rng` with counters ``(seed, step, tensor_id,
+index)``: stuck map ``step=0``, programming ``step=`` programming count, reads ``step=`` read
+sweep count, updates ``step=`` update count; ``tensor_id`` from :func:`tensor_id`. The torch
+path (``backend="torch"``) and the numba path (``backend="numba"``) draw the same numbers.
+
+>>> import torch
+>>> from models.eqprop_mlp import EqPropMLP, EqPropConfig
+>>> from quant import AnalogSpec
+>>> net = EqPropMLP(EqPropConfig(sizes=(6, 5, 3)), seed=0).double()
+>>> xbar = AnalogCrossbarMLP(net, AnalogSpec(), seed=0)   # noiseless, ideal converters
+>>> x = torch.rand(4, 6, dtype=torch.float64)
+>>> s = xbar.relax(x, n_steps=40)
+>>> s_ref, _ = net.free_phase(x, n_steps=40)
+>>> bool(torch.allclose(s[-1], s_ref[-1], rtol=1e-12, atol=1e-12))
+True
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any, Sequence
+
+import numba
+import numpy as np
+import torch
+
+from quant import rng
+from quant.formats import AnalogSpec, WeightFormat
+from quant.quantizers import quantize_weights
+from quant.spec import HardwareSpec
+
+log = logging.getLogger("eqprop_hwsim.hwsim.analog")
+
+PROG_NOISE_MODELS = ("constant", "pcm_poly")
+BACKENDS = ("torch", "numba")
+_PCM_POLY = (0.26348, 1.9650, -1.1731)  # sigma_prog(x) in uS, x = g / g_max (Nandakumar 2019)
+
+# tensor ids (quant.rng counter convention): kind * 1000 + 2 * layer + side/direction
+_KIND_STUCK, _KIND_PROG, _KIND_DRIFT, _KIND_READ, _KIND_UPDATE = 1, 2, 3, 4, 5
+
+
+def tensor_id(kind: int, layer: int, side: int) -> int:
+    """Counter ``tensor_id`` of a draw: ``kind * 1000 + 2 * layer + side``.
+
+    ``kind``: 1 stuck map, 2 programming, 3 drift exponent, 4 read, 5 update; ``side``: 0 = ``g+``
+    (or forward read), 1 = ``g-`` (or transpose read).
+
+    >>> tensor_id(4, 1, 1)
+    4003
+    """
+    return kind * 1000 + 2 * layer + side
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalogSimConfig:
+    """How the chip is operated; what :class:`quant.AnalogSpec` does not hold.
+
+    Attributes:
+        prog_noise_model: ``"constant"`` (std ``prog_noise_std`` at every conductance) or
+            ``"pcm_poly"`` (Nandakumar 2019 polynomial, scaled to ``prog_noise_std`` at g_max).
+        t_inference_s: seconds between programming and the reads (drift); ``None`` = ``drift_t0_s``
+            (no drift).
+        drift_nu_std: device-to-device std of the drift exponent (aihwkit PCM: 0.008..0.045).
+        drift_compensation: multiply reads by ``(t / t0)**drift_nu`` (ideal global compensation).
+        update_noise_std: relative std of each in-situ conductance change (0 = exact updates).
+    """
+
+    prog_noise_model: str = "constant"
+    t_inference_s: float | None = None
+    drift_nu_std: float = 0.0
+    drift_compensation: bool = False
+    update_noise_std: float = 0.0
+
+    def __post_init__(self):
+        if self.prog_noise_model not in PROG_NOISE_MODELS:
+            raise ValueError(f"AnalogSimConfig.prog_noise_model={self.prog_noise_model!r} is invalid; "
+                             f"allowed: one of {PROG_NOISE_MODELS}")
+        if self.t_inference_s is not None and not (math.isfinite(self.t_inference_s) and self.t_inference_s > 0):
+            raise ValueError(f"AnalogSimConfig.t_inference_s={self.t_inference_s!r} is invalid; allowed: > 0 or None")
+        for name in ("drift_nu_std", "update_noise_std"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 <= v <= 10):
+                raise ValueError(f"AnalogSimConfig.{name}={v!r} is invalid; allowed: a float in [0, 10]")
+        if not isinstance(self.drift_compensation, bool):
+            raise ValueError(f"AnalogSimConfig.drift_compensation={self.drift_compensation!r}; allowed: True/False")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AnalogSimConfig":
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"AnalogSimConfig: unknown keys {sorted(unknown)}; "
+                             f"valid: {[f.name for f in dataclasses.fields(cls)]}")
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------- numba kernels
+_hash_nb = numba.njit(cache=True)(rng.hash_u32_scalar)
+
+
+@numba.njit(cache=True)
+def _normal_nb(seed, step, tid, index):
+    """numba twin of :func:`quant.rng.normal_f64_scalar`."""
+    h0 = _hash_nb(seed, step, tid, 2 * index)
+    h1 = _hash_nb(seed, step, tid, 2 * index + 1)
+    u1 = (h0 + 0.5) / 4294967296.0
+    u2 = h1 / 4294967296.0
+    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+
+@numba.njit(cache=True)
+def _rint_nb(v):
+    """Round half to even (matches ``torch.round`` / ``np.rint``)."""
+    r = math.floor(v + 0.5)
+    if r - v == 0.5 and (r % 2.0) != 0.0:
+        r -= 1.0
+    return r
+
+
+@numba.njit(cache=True)
+def _program_nb(target, seed, step, layer, side, g_lo, prog_std, poly, use_poly,
+                f_min, f_max, drift_nu, drift_nu_std, t_ratio):
+    """Stuck map + programming noise + drift, elementwise. Returns (g, stuck codes)."""
+    n_out, n_in = target.shape
+    g = np.empty_like(target)
+    stuck = np.zeros(target.shape, dtype=np.int8)
+    thr_min = f_min * 16777216.0
+    thr_max = (f_min + f_max) * 16777216.0
+    tid_s = 1000 * 1 + 2 * layer + side
+    tid_p = 1000 * 2 + 2 * layer + side
+    tid_d = 1000 * 3 + 2 * layer + side
+    p1 = poly[0] + poly[1] + poly[2]
+    for r in range(n_out):
+        for c in range(n_in):
+            idx = r * n_in + c
+            u = _hash_nb(seed, 0, tid_s, idx) >> 8
+            if u < thr_min:
+                g[r, c] = g_lo
+                stuck[r, c] = 1
+                continue
+            if u < thr_max:
+                g[r, c] = 1.0
+                stuck[r, c] = 2
+                continue
+            x = target[r, c]
+            v = x
+            if prog_std > 0.0:
+                sd = prog_std
+                if use_poly:
+                    sd = prog_std * (poly[0] + poly[1] * x + poly[2] * x * x) / p1
+                v = x + sd * _normal_nb(seed, step, tid_p, idx)
+            v = min(max(v, g_lo), 1.0)
+            if t_ratio > 1.0:
+                nu = drift_nu
+                if drift_nu_std > 0.0:
+                    nu = max(drift_nu + drift_nu_std * _normal_nb(seed, 0, tid_d, idx), 0.0)
+                v = v * t_ratio ** (-nu)
+            g[r, c] = v
+    return g, stuck
+
+
+@numba.njit(cache=True)
+def _read_nb(omega, u, transpose, seed, step, tid, sigma_out, dac_levels, adc_q, adc_delta, gain):
+    """One crossbar read of a batch ``u``; see module docstring. Returns real pre-activations."""
+    bsz = u.shape[0]
+    n_out, n_aug = omega.shape
+    n_in = n_aug - 1
+    n_o = n_in if transpose else n_out
+    k_in = n_out if transpose else n_in
+    out = np.empty((bsz, n_o))
+    uq = np.empty(k_in)
+    for b in range(bsz):
+        sq = 0.0 if transpose else 1.0  # bias input 1 in the forward read
+        for j in range(k_in):
+            v = u[b, j]
+            if dac_levels > 0:
+                v = _rint_nb(min(max(v, 0.0), 1.0) * dac_levels) / dac_levels
+            uq[j] = v
+            sq += v * v
+        noise_sd = sigma_out * math.sqrt(sq)
+        for k in range(n_o):
+            acc = 0.0
+            if transpose:
+                for j in range(k_in):
+                    acc += uq[j] * omega[j, k]
+            else:
+                for j in range(k_in):
+                    acc += omega[k, j] * uq[j]
+                acc += omega[k, n_in]
+            if noise_sd > 0.0:
+                acc += noise_sd * _normal_nb(seed, step, tid, b * n_o + k)
+            if adc_q > 0:
+                acc = min(max(_rint_nb(acc / adc_delta), -adc_q), adc_q) * adc_delta
+            out[b, k] = acc * gain
+    return out
+
+
+# --------------------------------------------------------------------------- torch kernels
+def _index(shape: Sequence[int], device) -> torch.Tensor:
+    return torch.as_tensor(rng.element_index(tuple(shape)), device=device)
+
+
+def _program_torch(target, seed, step, layer, side, g_lo, prog_std, use_poly, f_min, f_max,
+                   drift_nu, drift_nu_std, t_ratio):
+    idx = _index(target.shape, target.device)
+    u = rng.uniform_u24(seed, 0, tensor_id(_KIND_STUCK, layer, side), idx).to(torch.float64)
+    stuck = torch.zeros(target.shape, dtype=torch.int8, device=target.device)
+    stuck[u < f_min * 16777216.0] = 1
+    stuck[(u >= f_min * 16777216.0) & (u < (f_min + f_max) * 16777216.0)] = 2
+    v = target.clone()
+    if prog_std > 0.0:
+        sd = prog_std
+        if use_poly:
+            p = _PCM_POLY
+            sd = prog_std * (p[0] + p[1] * target + p[2] * target * target) / (p[0] + p[1] + p[2])
+        v = target + sd * rng.normal_f64(seed, step, tensor_id(_KIND_PROG, layer, side), idx)
+    v = v.clamp(g_lo, 1.0)
+    if t_ratio > 1.0:
+        if drift_nu_std > 0.0:
+            nu = (drift_nu + drift_nu_std * rng.normal_f64(seed, 0, tensor_id(_KIND_DRIFT, layer, side), idx)).clamp_min(0.0)
+            v = v * torch.pow(torch.as_tensor(t_ratio, dtype=torch.float64), -nu)
+        else:
+            v = v * t_ratio ** (-drift_nu)
+    v = torch.where(stuck == 1, torch.full_like(v, g_lo), v)
+    v = torch.where(stuck == 2, torch.ones_like(v), v)
+    return v, stuck
+
+
+def _read_torch(omega, u, transpose, seed, step, tid, sigma_out, dac_levels, adc_q, adc_delta, gain):
+    if dac_levels > 0:
+        u = torch.round(u.clamp(0.0, 1.0) * dac_levels) / dac_levels
+    if transpose:
+        y = u @ omega[:, :-1]
+        sq = (u * u).sum(dim=1, keepdim=True)
+    else:
+        y = torch.addmm(omega[:, -1], u, omega[:, :-1].t())
+        sq = (u * u).sum(dim=1, keepdim=True) + 1.0
+    if sigma_out > 0.0:
+        z = rng.normal_f64(seed, step, tid, _index(y.shape, y.device))
+        y = y + (sigma_out * torch.sqrt(sq)) * z
+    if adc_q > 0:
+        y = torch.clamp(torch.round(y / adc_delta), -adc_q, adc_q) * adc_delta
+    return y * gain
+
+
+# --------------------------------------------------------------------------- the simulator
+def _weight_format(weights) -> WeightFormat:
+    if isinstance(weights, str):
+        from quant.presets import get_preset
+        return get_preset(weights).weights
+    if isinstance(weights, HardwareSpec):
+        return weights.weights
+    if isinstance(weights, WeightFormat):
+        return weights
+    raise ValueError(f"weights={weights!r} is invalid; allowed: a preset name, HardwareSpec or WeightFormat")
+
+
+class AnalogCrossbarMLP:
+    """An :class:`EqPropMLP` programmed on noisy differential crossbars (one per layer).
+
+    The dynamics are those of the model (async: even layers, then odd) with every matrix product
+    replaced by a crossbar read (module docstring); ``W_{i+1}^T s_{i+1}`` is a transpose read of
+    layer ``i+1``'s array. States are float64 ``(B, n_i)`` lists; the chip is fixed after
+    :meth:`program` except for in-situ updates (:meth:`eqprop_update`).
+
+    Args:
+        net: trained model (its weights are copied; the model is not modified).
+        analog: device data (``quant.AnalogSpec``); e.g. ``get_preset("analog_pcm").analog``.
+        weights: weight precision before programming: preset name, ``HardwareSpec`` or
+            ``WeightFormat`` (``"fp32"`` = no quantisation).
+        sim: :class:`AnalogSimConfig` (defaults: constant programming noise, no drift time).
+        seed: chip seed (stuck map, programming, reads, updates).
+        backend: ``"torch"`` or ``"numba"`` (same draws, same results within float64 rounding).
+        program: program the weights at construction.
+    """
+
+    def __init__(self, net, analog: AnalogSpec, *, weights="fp32", sim: AnalogSimConfig | None = None,
+                 seed: int = 0, backend: str = "torch", program: bool = True):
+        if not isinstance(analog, AnalogSpec):
+            raise ValueError(f"analog={analog!r} is invalid; allowed: a quant.AnalogSpec "
+                             "(e.g. quant.get_preset('analog_pcm').analog)")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r} is invalid; allowed: one of {BACKENDS}")
+        if analog.adc_bits is not None and analog.adc_bits < 2:
+            raise ValueError(f"AnalogSpec.adc_bits={analog.adc_bits} is not simulable; allowed: >= 2 "
+                             "(a symmetric mid-tread ADC needs a sign bit and one magnitude bit)")
+        if not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+            raise ValueError(f"seed={seed!r} is invalid; allowed: an int in [0, 2**32)")
+        self.net = net
+        self.analog = analog
+        self.fmt = _weight_format(weights)
+        self.sim = sim or AnalogSimConfig()
+        self.seed = seed
+        self.backend = backend
+        self.n_layers = net.n_layers
+        self.sizes = tuple(net.sizes)
+        self.g_lo = analog.g_min_uS / analog.g_max_uS
+        self.read_step = 0       # read-sweep counter (rng step of read noise)
+        self.program_count = 0   # programming counter (rng step of programming noise)
+        self.update_count = 0    # in-situ update counter (rng step of update noise)
+        self.gp: list[torch.Tensor] = []
+        self.gm: list[torch.Tensor] = []
+        self.stuck_p: list[torch.Tensor] = []
+        self.stuck_m: list[torch.Tensor] = []
+        self.w_max: list[float] = []
+        self.gain = 1.0
+        if program:
+            self.program()
+
+    # ---------------------------------------------------------------- programming
+    def target_weights(self) -> list[torch.Tensor]:
+        """Augmented ``[W_i | b_i]`` (float64) after weight quantisation: what is programmed."""
+        out = []
+        for lin in self.net.layers:
+            w = lin.weight.detach().to(torch.float64).cpu()
+            if not self.fmt.is_float:
+                w = quantize_weights(w, self.fmt).dequantize()
+            out.append(torch.cat([w, lin.bias.detach().to(torch.float64).cpu()[:, None]], dim=1))
+        return out
+
+    def program(self, weights: Sequence[torch.Tensor] | None = None) -> None:
+        """Program ``weights`` (augmented ``[W|b]`` per layer; default :meth:`target_weights`).
+
+        Draws programming noise once (rng ``step = program_count``), applies the fixed stuck map
+        and the drift to ``t_inference_s``.
+        """
+        a = self.analog
+        weights = self.target_weights() if weights is None else [torch.as_tensor(w, dtype=torch.float64) for w in weights]
+        t = self.sim.t_inference_s
+        t_ratio = (t / a.drift_t0_s) if t is not None else 1.0
+        self.gain = t_ratio ** a.drift_nu if (self.sim.drift_compensation and t_ratio > 1.0) else 1.0
+        use_poly = self.sim.prog_noise_model == "pcm_poly"
+        self.gp, self.gm, self.stuck_p, self.stuck_m, self.w_max = [], [], [], [], []
+        for i, A in enumerate(weights):
+            exp = (self.sizes[i + 1], self.sizes[i] + 1)
+            if tuple(A.shape) != exp:
+                raise ValueError(f"weights[{i}] has shape {tuple(A.shape)}; expected {exp} ([W | b])")
+            w_max = float(A.abs().max())
+            w_max = w_max if w_max > 0 else 1.0
+            self.w_max.append(w_max)
+            for side, tgt in ((0, A.clamp_min(0.0)), (1, (-A).clamp_min(0.0))):
+                g_t = self.g_lo + (1.0 - self.g_lo) * tgt / w_max
+                args = (self.seed, self.program_count, i, side, self.g_lo, a.prog_noise_std)
+                rest = (a.stuck_at_gmin_frac, a.stuck_at_gmax_frac, a.drift_nu, self.sim.drift_nu_std, t_ratio)
+                if self.backend == "numba":
+                    g, st = _program_nb(g_t.numpy(), *args, np.array(_PCM_POLY), use_poly, *rest)
+                    g, st = torch.from_numpy(g), torch.from_numpy(st)
+                else:
+                    g, st = _program_torch(g_t, *args, use_poly, *rest)
+                (self.gp if side == 0 else self.gm).append(g)
+                (self.stuck_p if side == 0 else self.stuck_m).append(st)
+        self.program_count += 1
+
+    def omega(self, i: int) -> torch.Tensor:
+        """Normalised weights ``(g+ - g-) / (1 - g_lo)`` of layer ``i``, ``(n_i, n_{i-1} + 1)``."""
+        return (self.gp[i] - self.gm[i]) / (1.0 - self.g_lo)
+
+    def effective_weights(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(W_i, b_i)`` the chip holds now (noise-free read, drift compensation included)."""
+        out = []
+        for i in range(self.n_layers):
+            A = self.omega(i) * (self.w_max[i] * self.gain)
+            out.append((A[:, :-1], A[:, -1]))
+        return out
+
+    # ---------------------------------------------------------------- reads and dynamics
+    def _read(self, i: int, u: torch.Tensor, transpose: bool) -> torch.Tensor:
+        a = self.analog
+        sigma_out = a.read_noise_std * math.sqrt(2.0) / (1.0 - self.g_lo)
+        dac = (2 ** a.dac_bits - 1) if a.dac_bits is not None else 0
+        adc_q = (2 ** (a.adc_bits - 1) - 1) if a.adc_bits is not None else 0
+        adc_delta = a.adc_range / adc_q if adc_q else 1.0
+        tid = tensor_id(_KIND_READ, i, int(transpose))
+        gain = self.w_max[i] * self.gain
+        om = self.omega(i)
+        if self.backend == "numba":
+            y = _read_nb(om.numpy(), np.ascontiguousarray(u.numpy()), transpose, self.seed, self.read_step, tid,
+                         sigma_out, dac, adc_q, adc_delta, gain)
+            return torch.from_numpy(y)
+        return _read_torch(om, u, transpose, self.seed, self.read_step, tid, sigma_out, dac, adc_q, adc_delta, gain)
+
+    def preact(self, i: int, s: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``W_i s_{i-1} + b_i + W_{i+1}^T s_{i+1}`` as crossbar reads (noisy, converted)."""
+        a = self._read(i, x if i == 0 else s[i - 1], False)
+        if i + 1 < self.n_layers:
+            a = a + self._read(i + 1, s[i + 1], True)
+        return a
+
+    def step(self, s: list[torch.Tensor], x: torch.Tensor, beta: float = 0.0, y: torch.Tensor | None = None):
+        """One sweep (model's update order), then advance the read counter."""
+        n = self.n_layers
+        order = [list(range(n))] if self.net.config.update == "sync" else [list(range(0, n, 2)), list(range(1, n, 2))]
+        s = list(s)
+        for group in order:
+            src = list(s)
+            for i in group:
+                pre = self.preact(i, src if self.net.config.update == "sync" else s, x)
+                if i == n - 1 and beta != 0.0:
+                    pre = pre - beta * self.net.cost_grad(s[i], y)
+                s[i] = pre.clamp(0.0, 1.0)
+        self.read_step += 1
+        return s
+
+    def _check_x(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != self.sizes[0]:
+            shape = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
+            raise ValueError(f"input shape {shape} does not match the network: expected (B, {self.sizes[0]})")
+        return x.detach().to(torch.float64).cpu()
+
+    def relax(self, x: torch.Tensor, s0: list[torch.Tensor] | None = None, *, beta: float = 0.0,
+              y: torch.Tensor | None = None, n_steps: int = 30) -> list[torch.Tensor]:
+        """Relax ``n_steps`` sweeps from ``s0`` (zeros if None) through noisy reads.
+
+        Args:
+            x: inputs ``(B, n_0)`` in [0, 1].
+            beta: nudging (output ``- beta dL/ds_out``); needs ``y`` when non-zero.
+        Returns:
+            states ``[s_0 .. s_{L-1}]``, float64 ``(B, n_i)``.
+        """
+        x = self._check_x(x)
+        if beta != 0.0 and y is None:
+            raise ValueError("a nudged relaxation (beta != 0) needs the targets y")
+        if not isinstance(n_steps, int) or n_steps < 1:
+            raise ValueError(f"n_steps={n_steps!r} is invalid; allowed: an int >= 1")
+        s = ([torch.zeros(x.shape[0], n, dtype=torch.float64) for n in self.sizes[1:]] if s0 is None
+             else [t.detach().to(torch.float64).cpu() for t in s0])
+        with torch.no_grad():
+            for _ in range(n_steps):
+                s = self.step(s, x, beta, y)
+        return s
+
+    def predict(self, x: torch.Tensor, n_steps: int = 30, batch_size: int = 1000) -> torch.Tensor:
+        """Argmax of the output after a free relaxation, in batches of ``batch_size``."""
+        out = []
+        for a in range(0, x.shape[0], batch_size):
+            out.append(self.relax(x[a:a + batch_size], n_steps=n_steps)[-1].argmax(dim=1))
+        return torch.cat(out)
+
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor, n_steps: int = 30, batch_size: int = 1000) -> float:
+        """Fraction of ``argmax == y`` on the chip."""
+        return float((self.predict(x, n_steps, batch_size) == y.cpu()).double().mean())
+
+    # ---------------------------------------------------------------- in-situ learning
+    def eqprop_grads(self, x: torch.Tensor, y: torch.Tensor, *, beta: float, n_free_steps: int = 30,
+                     n_nudge_steps: int = 10, mode: str = "symmetric") -> list[torch.Tensor]:
+        """EqProp estimate of ``d mean L / d [W_i | b_i]`` from states relaxed on the chip.
+
+        ``g_i = -(s_i^{b2 T} [s_{i-1}^{b2}, 1] - s_i^{b1 T} [s_{i-1}^{b1}, 1]) / ((b2 - b1) B)``
+        with ``(b1, b2) = (-beta, beta)`` (symmetric) or ``(0, beta)`` (one-sided).
+        """
+        if mode not in ("symmetric", "one_sided"):
+            raise ValueError(f"mode={mode!r} is invalid; allowed: 'symmetric' or 'one_sided'")
+        if not beta > 0:
+            raise ValueError(f"beta={beta} must be > 0 (the sign is set by mode)")
+        x = self._check_x(x)
+        free = self.relax(x, n_steps=n_free_steps)
+        b1, b2 = (-beta, beta) if mode == "symmetric" else (0.0, beta)
+        s1 = free if b1 == 0.0 else self.relax(x, free, beta=b1, y=y, n_steps=n_nudge_steps)
+        s2 = self.relax(x, free, beta=b2, y=y, n_steps=n_nudge_steps)
+        bsz, scale = x.shape[0], -1.0 / (b2 - b1)
+        ones = torch.ones(bsz, 1, dtype=torch.float64)
+        grads = []
+        for i in range(self.n_layers):
+            p2 = torch.cat([x if i == 0 else s2[i - 1], ones], dim=1)
+            p1 = torch.cat([x if i == 0 else s1[i - 1], ones], dim=1)
+            grads.append((s2[i].t() @ p2 - s1[i].t() @ p1) * (scale / bsz))
+        return grads
+
+    def apply_update(self, delta: Sequence[torch.Tensor]) -> None:
+        """Add ``delta[i]`` (real units, augmented ``[dW | db]``) as conductance changes."""
+        eta = self.sim.update_noise_std
+        for i, d in enumerate(delta):
+            dg = (1.0 - self.g_lo) * torch.as_tensor(d, dtype=torch.float64) / self.w_max[i] / self.gain * 0.5
+            for side, g, st in ((0, self.gp[i], self.stuck_p[i]), (1, self.gm[i], self.stuck_m[i])):
+                step_g = dg if side == 0 else -dg
+                if eta > 0:
+                    z = rng.normal_f64(self.seed, self.update_count, tensor_id(_KIND_UPDATE, i, side),
+                                       _index(g.shape, g.device))
+                    step_g = step_g * (1.0 + eta * z)
+                new = torch.where(st == 0, (g + step_g).clamp(self.g_lo, 1.0), g)
+                g.copy_(new)
+        self.update_count += 1
+
+    def eqprop_update(self, x: torch.Tensor, y: torch.Tensor, *, lr: float, beta: float, n_free_steps: int = 30,
+                      n_nudge_steps: int = 10, mode: str = "symmetric") -> None:
+        """One in-situ EqProp SGD step: ``A_i <- A_i - lr * g_i`` applied to the conductances."""
+        if not lr > 0:
+            raise ValueError(f"lr={lr} must be > 0")
+        g = self.eqprop_grads(x, y, beta=beta, n_free_steps=n_free_steps, n_nudge_steps=n_nudge_steps, mode=mode)
+        self.apply_update([-lr * gi for gi in g])
+
+    def stuck_fraction(self) -> float:
+        """Measured fraction of stuck devices over all arrays."""
+        n = sum(int(s.numel()) for s in self.stuck_p + self.stuck_m)
+        k = sum(int((s != 0).sum()) for s in self.stuck_p + self.stuck_m)
+        return k / n if n else 0.0
+
+
+def adc_range_for(net, preact_range: float = 2.0) -> float:
+    """ADC full scale (units of the normalised dot product) covering ``[-preact_range, preact_range]``
+    of real pre-activation in every layer: ``max_i preact_range / w_max_i``.
+
+    The EqProp state clamps pre-activations to [0, 1], so a range of 2 clips nothing that matters
+    per read (a hidden pre-activation is the sum of two reads).
+    """
+    w_max = [float(torch.cat([l.weight.detach().abs().flatten(), l.bias.detach().abs()]).max()) for l in net.layers]
+    return max(preact_range / w for w in w_max if w > 0)
