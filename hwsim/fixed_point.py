@@ -1,0 +1,564 @@
+"""Integer (fixed-point) mirror of :class:`models.eqprop_mlp.EqPropMLP` under a :class:`quant.HardwareSpec`.
+
+The exact semantics are written down in ``docs/hwsim_semantics.md``; in short, for layer ``l``
+(0-based, ``L`` layers, state codes ``c_l`` of shape ``(B, n_l)``, input codes ``c_{-1}``)::
+
+    A_f = ovf(Wq_l @ c_{l-1} + bq_l)          forward accumulator, acc_bits, saturate/wrap
+    A_b = ovf(Fq_l @ c_{l+1})                 feedback accumulator (l < L-1), Fq_l = codes of W_{l+1}^T
+    p   = rq(A_f, mf_l, sf_l) + rq(A_b, mb_l, sb_l)          rq = quant.ops.requantize per row
+    p  += rq(t - c_L-1, beta_m, beta_s)        output layer only, when beta != 0 (t = code(1) one-hot)
+    c_l = clamp(p, 0, code(1.0))
+
+``Wq_l`` and ``Fq_l`` come from :func:`quant.quantize_weights` (``Fq_l`` quantises ``W_{l+1}.T``
+as its own tensor, so a per-channel scale is per row of *that* matrix; per-tensor gives
+``Fq_l == Wq_{l+1}.T`` exactly), the ``(m, s)`` pairs from :func:`quant.requant_params`, ``bq``
+is the bias in forward-accumulator LSBs. Stochastic rounding draws
+``quant.rng.uniform_u24(seed, step_offset + t, 4 * l + kind, b * n_l + j)`` with ``kind`` 0
+(forward), 1 (feedback), 2 (nudge).
+
+Products are computed in float32 / float64 BLAS when a per-row bound proves every partial sum is an
+exact integer (``sum_i |Wq[j, i]| * max code < 2**24`` resp. ``2**53``), else in int64 numba loops;
+rounding, overflow, clamp and the settling diagnostics run in numba kernels (pure functions).
+
+>>> import torch, quant
+>>> from models.eqprop_mlp import EqPropMLP, EqPropConfig
+>>> net = EqPropMLP(EqPropConfig(sizes=(6, 5, 3)), seed=0)
+>>> fp = FixedPointMLP.from_model(net, quant.get_preset("int8"))
+>>> x = fp.quantize_input(np.linspace(0, 1, 12).reshape(2, 6))
+>>> s, info = fp.relax(x, n_steps=20)
+>>> [t.shape for t in s], bool(info.converged.all()), int(s[0].max()) <= 128
+([(2, 5), (2, 3)], True, True)
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numba
+import numpy as np
+
+import quant
+from quant import ops, rng
+from quant.spec import HardwareSpec
+
+log = logging.getLogger(__name__)
+
+ROUNDING_CODES = {"nearest_even": 0, "floor": 1, "stochastic": 2}
+KIND_FORWARD, KIND_FEEDBACK, KIND_NUDGE = 0, 1, 2
+INPUT_TENSOR_ID = 1 << 20  # tensor id of the input quantisation (stochastic rounding only)
+EXACT_F32 = 2**24  # every integer of magnitude <= 2**24 is a float32
+EXACT_F64 = 2**53
+
+
+def tensor_id(layer: int, kind: int) -> int:
+    """Counter ``tensor_id`` of a rounding: ``4 * layer + kind`` (kind 0 forward, 1 feedback, 2 nudge).
+
+    >>> tensor_id(1, KIND_NUDGE)
+    6
+    """
+    return 4 * layer + kind
+
+
+_hash_u32 = numba.njit(cache=True)(rng.hash_u32_scalar)
+
+
+# ----------------------------------------------------------------------------------- kernels
+@numba.njit(cache=True)
+def _requant_scalar(a, m, sh, rmode, seed, step, tid, idx):
+    """``quant.ops.requantize(a, m, sh, rounding)`` for one int64 (same source semantics)."""
+    p = a * m
+    if sh <= 0:
+        return p << (-sh)
+    q = p >> sh
+    r = p - (q << sh)
+    if rmode == 1:  # floor
+        return q
+    if rmode == 0:  # nearest, ties to even
+        half = np.int64(1) << (sh - 1)
+        if r > half or (r == half and (q & 1) == 1):
+            return q + 1
+        return q
+    u = _hash_u32(seed, step, tid, idx) >> 8  # uniform_u24
+    if sh <= 24:
+        up = (u >> (24 - sh)) < r
+    else:
+        up = u < (r >> (sh - 24))
+    return q + 1 if up else q
+
+
+@numba.njit(cache=True)
+def _overflow_scalar(v, acc_bits, wrap):
+    """``quant.ops.overflow(v, acc_bits, signed=True, mode)``; returns ``(value, overflowed)``."""
+    hi = (np.int64(1) << (acc_bits - 1)) - 1
+    lo = -hi - 1
+    if lo <= v <= hi:
+        return v, False
+    if wrap:
+        u = v & ((np.int64(1) << acc_bits) - 1)
+        if u > hi:
+            u -= np.int64(1) << acc_bits
+        return u, True
+    return (hi if v > hi else lo), True
+
+
+@numba.njit(cache=True)
+def update_layer_kernel(acc_f, bias, mul_f, sh_f, count_f, acc_b, mul_b, sh_b, has_fb, s_old, y, beta_m,
+                        beta_sh, one_code, acc_bits, wrap, rmode, seed, step, tid_base, s_new, changed, n_over):
+    """New codes of one layer from its accumulators (pure: writes only ``s_new``, ``changed``, ``n_over``).
+
+    Args:
+        acc_f: (B, n) exact integer products ``Wq @ c_prev`` (any real/int dtype), bias not included.
+        bias: (n,) int64 bias in forward-accumulator LSBs.
+        mul_f, sh_f: (n,) int64 forward requantisation multiplier / shift per row.
+        count_f: count forward overflows (False for the drive, whose overflows are counted once per phase).
+        acc_b, mul_b, sh_b: the same for the feedback product (ignored unless ``has_fb``).
+        s_old: (B, n) current codes of the layer (nudge input and change detection).
+        y: (B,) int64 class indices (read only when ``beta_m != 0``).
+        beta_m, beta_sh: nudge multiplier (signed) and shift.
+        one_code: code of 1.0 (clamp top); acc_bits, wrap: accumulator width / mode.
+        rmode: 0 nearest_even, 1 floor, 2 stochastic; seed, step, tid_base: rng counters.
+        s_new: (B, n) output codes (same dtype as ``s_old``).
+        changed: (B,) bool, set True where a code of the sample changed.
+        n_over: (1,) int64, incremented by the number of accumulator overflows.
+    """
+    B, n = s_new.shape
+    nov = 0
+    for b in range(B):
+        ch = False
+        for j in range(n):
+            idx = b * n + j
+            a, o = _overflow_scalar(np.int64(acc_f[b, j]) + bias[j], acc_bits, wrap)
+            if count_f:
+                nov += o
+            p = _requant_scalar(a, mul_f[j], sh_f[j], rmode, seed, step, tid_base, idx)
+            if has_fb:
+                a, o = _overflow_scalar(np.int64(acc_b[b, j]), acc_bits, wrap)
+                nov += o
+                p += _requant_scalar(a, mul_b[j], sh_b[j], rmode, seed, step, tid_base + 1, idx)
+            old = np.int64(s_old[b, j])
+            if beta_m != 0:
+                t = one_code if y[b] == j else 0
+                p += _requant_scalar(t - old, beta_m, beta_sh, rmode, seed, step, tid_base + 2, idx)
+            if p < 0:
+                p = 0
+            elif p > one_code:
+                p = one_code
+            s_new[b, j] = p
+            if p != old:
+                ch = True
+        if ch:
+            changed[b] = True
+    n_over[0] += nov
+
+
+@numba.njit(cache=True)
+def matmul_int64(a, bt):
+    """Exact int64 ``a @ bt`` for (B, k) x (k, n) (fallback when no float type is provably exact)."""
+    B, k = a.shape
+    n = bt.shape[1]
+    out = np.zeros((B, n), dtype=np.int64)
+    for b in range(B):
+        for i in range(k):
+            v = np.int64(a[b, i])
+            if v != 0:
+                for j in range(n):
+                    out[b, j] += v * bt[i, j]
+    return out
+
+
+def exact_dtype(bound: int):
+    """Narrowest dtype whose matmul of integer codes is exact for ``max|partial sum| <= bound``.
+
+    >>> exact_dtype(784 * 127 * 128), exact_dtype(2**30), exact_dtype(2**60)
+    (<class 'numpy.float32'>, <class 'numpy.float64'>, <class 'numpy.int64'>)
+    """
+    if bound <= EXACT_F32:
+        return np.float32
+    if bound <= EXACT_F64:
+        return np.float64
+    return np.int64
+
+
+def exact_matmul(a: np.ndarray, bt_by_dtype: dict, dtype) -> np.ndarray:
+    """``a @ bt`` of integer-valued arrays in ``dtype`` (float BLAS, exact by the caller's bound)."""
+    if dtype is np.int64:
+        return matmul_int64(a.astype(np.int64, copy=False), bt_by_dtype[np.int64])
+    return a.astype(dtype, copy=False) @ bt_by_dtype[dtype]
+
+
+# ------------------------------------------------------------------------------- diagnostics
+@dataclasses.dataclass
+class FixedPointRelaxInfo:
+    """Settling diagnostics of an integer relaxation (per-sample arrays of shape ``(B,)``).
+
+    Attributes:
+        steps: first sweep (1-based) after which no code of the sample changed; ``-1``: never.
+        converged: no code of the sample changed in the last sweep run (an exact fixed point
+            for deterministic rounding).
+        cycling: the last sweep changed the sample, but its codes equal those two sweeps before
+            (period-2 limit cycle).
+        n_steps: sweeps run (``< n_steps`` asked only with ``early_exit`` once every sample settled).
+        n_overflow: (L,) accumulator overflows per layer over the phase (drive counted once).
+    """
+
+    steps: np.ndarray
+    converged: np.ndarray
+    cycling: np.ndarray
+    n_steps: int
+    n_overflow: np.ndarray
+
+    def summary(self) -> dict:
+        """Scalar summary (fractions over the batch)."""
+        return {"n_steps": int(self.n_steps), "frac_converged": float(np.mean(self.converged)),
+                "frac_cycling": float(np.mean(self.cycling)), "n_overflow": int(self.n_overflow.sum())}
+
+
+def _as_int_codes(a, name: str, shape: tuple, lo: int, hi: int, fix: str) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"{name} has dtype {arr.dtype}; allowed: integer codes ({fix})")
+    if arr.shape != shape:
+        raise ValueError(f"{name} has shape {arr.shape}; expected {shape}")
+    if arr.size and (arr.min() < lo or arr.max() > hi):
+        raise ValueError(f"{name} has codes in [{arr.min()}, {arr.max()}]; allowed: [{lo}, {hi}] ({fix})")
+    return arr.astype(np.int64)
+
+
+def beta_multiplier(beta: float) -> tuple[int, int]:
+    """Signed fixed-point ``(multiplier, shift)`` of ``beta`` (:func:`quant.ops.quantize_multiplier`).
+
+    >>> beta_multiplier(0.5), beta_multiplier(-0.5), beta_multiplier(0.0)
+    ((1073741824, 31), (-1073741824, 31), (0, 0))
+    """
+    if not (isinstance(beta, (int, float, np.floating)) and math.isfinite(beta)):
+        raise ValueError(f"beta={beta!r} is invalid; allowed: a finite float")
+    if beta == 0:
+        return 0, 0
+    m, s = ops.quantize_multiplier(abs(float(beta)))
+    return (m if beta > 0 else -m), s
+
+
+def _requant_arrays(q, spec, n: int) -> tuple[np.ndarray, np.ndarray]:
+    pairs = quant.requant_params(q, spec)
+    if len(pairs) == 1:
+        pairs = pairs * n
+    return (np.array([p[0] for p in pairs], dtype=np.int64), np.array([p[1] for p in pairs], dtype=np.int64))
+
+
+# ------------------------------------------------------------------------------------- model
+class FixedPointMLP:
+    """Integer EqProp MLP: parameters as integer codes, dynamics in numba (see module docstring).
+
+    Build it with :meth:`from_model` (or :meth:`from_checkpoint`); the constructor takes the integer
+    parameters directly and validates them.
+
+    Args:
+        spec: an integer :class:`~quant.HardwareSpec` (``spec.is_integer``).
+        w_codes: per layer ``(n_l, n_{l-1})`` int64 forward weight codes.
+        bias_codes: per layer ``(n_l,)`` int64 bias in forward-accumulator LSBs.
+        fwd_requant: per layer ``(multiplier (n_l,), shift (n_l,))`` int64.
+        fb_codes: per layer ``l < L-1``: ``(n_l, n_{l+1})`` int64 feedback codes (of ``W_{l+1}^T``).
+        fb_requant: per layer ``l < L-1``: ``(multiplier (n_l,), shift (n_l,))``.
+        update: ``"async"`` (even layers then odd) or ``"sync"``.
+        cost: ``"mse"`` (nudging supported) or ``"ce"`` (free phase only).
+    """
+
+    def __init__(self, spec: HardwareSpec, w_codes, bias_codes, fwd_requant, fb_codes, fb_requant,
+                 update: str = "async", cost: str = "mse"):
+        check_spec(spec)
+        if update not in ("async", "sync"):
+            raise ValueError(f"update={update!r} is invalid; allowed: 'async' or 'sync'")
+        if cost not in ("mse", "ce"):
+            raise ValueError(f"cost={cost!r} is invalid; allowed: 'mse' or 'ce'")
+        L = len(w_codes)
+        if L < 1 or len(bias_codes) != L or len(fwd_requant) != L or len(fb_codes) != L - 1 or len(fb_requant) != L - 1:
+            raise ValueError(f"got {len(w_codes)} weight, {len(bias_codes)} bias, {len(fwd_requant)} requant, "
+                             f"{len(fb_codes)} feedback tensors; expected L >= 1, L, L, L-1, L-1")
+        self.spec, self.update, self.cost = spec, update, cost
+        self.one_code = spec.state.code_of(1.0) if _representable(spec) else None
+        wf = spec.weights
+        self.w_codes = [np.asarray(w, dtype=np.int64) for w in w_codes]
+        self.sizes = (self.w_codes[0].shape[1],) + tuple(w.shape[0] for w in self.w_codes)
+        for i, w in enumerate(self.w_codes):
+            if w.ndim != 2 or w.shape != (self.sizes[i + 1], self.sizes[i]):
+                raise ValueError(f"w_codes[{i}] has shape {w.shape}; expected {(self.sizes[i + 1], self.sizes[i])}")
+        self.fb_codes = [np.asarray(w, dtype=np.int64) for w in fb_codes]
+        for i, w in enumerate(self.fb_codes):
+            if w.shape != (self.sizes[i + 1], self.sizes[i + 2]):
+                raise ValueError(f"fb_codes[{i}] has shape {w.shape}; expected {(self.sizes[i + 1], self.sizes[i + 2])}")
+        for name, ws in (("w_codes", self.w_codes), ("fb_codes", self.fb_codes)):
+            for i, w in enumerate(ws):
+                if w.size and (w.min() < wf.qmin or w.max() > wf.qmax):
+                    raise ValueError(f"{name}[{i}] has codes outside [{wf.qmin}, {wf.qmax}] of {wf.kind}")
+        acc_hi = 2 ** (spec.acc_bits - 1) - 1
+        self.bias_codes = [np.asarray(b, dtype=np.int64).reshape(-1) for b in bias_codes]
+        for i, b in enumerate(self.bias_codes):
+            if b.shape != (self.sizes[i + 1],) or (b.size and np.abs(b).max() > acc_hi + 1):
+                raise ValueError(f"bias_codes[{i}]: shape {b.shape} / range; expected ({self.sizes[i + 1]},) "
+                                 f"within the {spec.acc_bits}-bit accumulator")
+        self.fwd_requant = [tuple(np.asarray(a, dtype=np.int64).reshape(-1) for a in p) for p in fwd_requant]
+        self.fb_requant = [tuple(np.asarray(a, dtype=np.int64).reshape(-1) for a in p) for p in fb_requant]
+        for name, rq, off in (("fwd_requant", self.fwd_requant, 1), ("fb_requant", self.fb_requant, 1)):
+            for i, (m, s) in enumerate(rq):
+                if m.shape != (self.sizes[i + off],) or s.shape != m.shape:
+                    raise ValueError(f"{name}[{i}] has shapes {m.shape}, {s.shape}; expected ({self.sizes[i + off]},)")
+        # exact-product bookkeeping: transposed codes per dtype, row bounds sum_i |W[j, i]|
+        self._fwd_t = [self._by_dtype(w) for w in self.w_codes]
+        self._fb_t = [self._by_dtype(w) for w in self.fb_codes]
+        self._fwd_rowsum = [int(np.abs(w).sum(axis=1).max(initial=0)) for w in self.w_codes]
+        self._fb_rowsum = [int(np.abs(w).sum(axis=1).max(initial=0)) for w in self.fb_codes]
+
+    @staticmethod
+    def _by_dtype(w: np.ndarray) -> dict:
+        wt = np.ascontiguousarray(w.T)
+        return {np.float32: wt.astype(np.float32), np.float64: wt.astype(np.float64), np.int64: wt}
+
+    # ------------------------------------------------------------------------ construction
+    @classmethod
+    def from_model(cls, net, spec: HardwareSpec, *, update: str | None = None) -> "FixedPointMLP":
+        """Quantise a (trained) float :class:`~models.eqprop_mlp.EqPropMLP` under ``spec``.
+
+        Weights: ``quantize_weights(W_l, spec)``; feedback: ``quantize_weights(W_{l+1}.T, spec)``;
+        biases: ``round_half_even(b_j / (scale_j * 2**-frac_bits))`` saturated to the accumulator;
+        requantisation: ``quant.requant_params``.
+
+        Args:
+            net: an ``EqPropMLP`` (any float dtype).
+            spec: integer spec (``fp32`` and ``analog_pcm`` are rejected with a ``ValueError``).
+            update: override ``net.config.update``.
+        """
+        check_spec(spec)
+        if not (hasattr(net, "layers") and hasattr(net, "config") and hasattr(net.config, "sizes")):
+            raise ValueError(f"net={type(net).__name__} is invalid; allowed: a models.eqprop_mlp.EqPropMLP")
+        ws = [lin.weight.detach().to("cpu").double().numpy() for lin in net.layers]
+        bs = [lin.bias.detach().to("cpu").double().numpy() for lin in net.layers]
+        for i, w in enumerate(ws):
+            if w.shape != (net.config.sizes[i + 1], net.config.sizes[i]):
+                raise ValueError(f"net.layers[{i}].weight has shape {w.shape}; config.sizes={net.config.sizes}")
+        acc_hi = 2 ** (spec.acc_bits - 1) - 1
+        w_codes, b_codes, fwd_rq, fb_codes, fb_rq = [], [], [], [], []
+        for i, (w, b) in enumerate(zip(ws, bs)):
+            q = quant.quantize_weights(w, spec)
+            w_codes.append(q.codes)
+            # bias in forward-accumulator LSBs: acc LSB = scale_row * 2**-frac_bits(input state)
+            per_row_scale = np.broadcast_to(np.asarray(q.scale, dtype=np.float64).reshape(-1), (w.shape[0],))
+            bq = np.rint(np.ldexp(b / per_row_scale, spec.state.frac_bits))
+            b_codes.append(np.clip(bq, -acc_hi - 1, acc_hi).astype(np.int64))
+            fwd_rq.append(_requant_arrays(q, spec, w.shape[0]))
+            if i + 1 < len(ws):
+                qf = quant.quantize_weights(np.ascontiguousarray(ws[i + 1].T), spec)
+                fb_codes.append(qf.codes)
+                fb_rq.append(_requant_arrays(qf, spec, w.shape[0]))
+        return cls(spec, w_codes, b_codes, fwd_rq, fb_codes, fb_rq,
+                   update=update or net.config.update, cost=net.config.cost)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, spec: HardwareSpec, *, update: str | None = None) -> "FixedPointMLP":
+        """:meth:`from_model` on the network of a checkpoint written by ``models.checkpoint.save_checkpoint``."""
+        from models.checkpoint import load_checkpoint
+
+        net, _meta = load_checkpoint(path)
+        return cls.from_model(net, spec, update=update)
+
+    # ------------------------------------------------------------------------------ helpers
+    @property
+    def n_layers(self) -> int:
+        return len(self.w_codes)
+
+    def quantize_input(self, x, *, seed: int = 0) -> np.ndarray:
+        """Float inputs ``(B, n_in)`` -> int64 state codes (``quant.quantize_state`` with the spec).
+
+        Stochastic rounding uses counters ``(seed, 0, INPUT_TENSOR_ID, flat index)``.
+        """
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.sizes[0]:
+            raise ValueError(f"input shape {x.shape} does not match the network: expected (B, {self.sizes[0]})")
+        if x.dtype.kind != "f":
+            raise ValueError(f"input dtype {x.dtype}: quantize_input takes float values; integer codes go to relax()")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("input has non-finite values; allowed: finite floats")
+        return quant.quantize_state(x, self.spec, seed=seed, step=0, tensor_id=INPUT_TENSOR_ID)
+
+    def dequantize_states(self, states: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Codes -> float64 values ``code * 2**-frac_bits`` per layer."""
+        return [quant.dequantize_state(np.asarray(s), self.spec) for s in states]
+
+    def check_relax_args(self, x_codes, s0, beta, y, n_steps, seed, step_offset):
+        """Validate :meth:`relax` arguments (shared with the torch mirror); returns numpy int64 copies."""
+        st = self.spec.state
+        x = np.asarray(x_codes)
+        if x.ndim != 2 or x.shape[1] != self.sizes[0]:
+            raise ValueError(f"x_codes shape {x.shape} does not match the network: expected (B, {self.sizes[0]})")
+        B = x.shape[0]
+        x = _as_int_codes(x, "x_codes", (B, self.sizes[0]), st.qmin, st.qmax, "quantize with quantize_input()")
+        if s0 is None:
+            s = [np.zeros((B, n), dtype=np.int64) for n in self.sizes[1:]]
+        else:
+            if len(s0) != self.n_layers:
+                raise ValueError(f"s0 has {len(s0)} layers; expected {self.n_layers}")
+            s = [_as_int_codes(t, f"s0[{i}]", (B, n), 0, self.one_code, "states are codes in [0, code(1.0)]")
+                 for i, (t, n) in enumerate(zip(s0, self.sizes[1:]))]
+        bm, bs = beta_multiplier(beta)
+        yy = np.zeros(B, dtype=np.int64)
+        if bm != 0:
+            if self.cost != "mse":
+                raise ValueError(f"cost={self.cost!r}: the fixed-point nudge implements cost='mse' only; "
+                                 "use beta=0 (free phase) or a model trained with cost='mse'")
+            if y is None:
+                raise ValueError("a nudged phase (beta != 0) needs the targets y")
+            yy = np.asarray(y)
+            if yy.shape != (B,) or yy.dtype.kind not in "iu" or (B and (yy.min() < 0 or yy.max() >= self.sizes[-1])):
+                raise ValueError(f"y must be {B} integer labels in [0, {self.sizes[-1]}); got shape {yy.shape}")
+            yy = yy.astype(np.int64)
+        for name, v in (("n_steps", n_steps), ("seed", seed), ("step_offset", step_offset)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < (1 if name == "n_steps" else 0):
+                raise ValueError(f"{name}={v!r} is invalid; allowed: an int >= {1 if name == 'n_steps' else 0}")
+        return x, s, yy, bm, bs
+
+    # ----------------------------------------------------------------------------- dynamics
+    def relax(self, x_codes, s0=None, *, beta: float = 0.0, y=None, n_steps: int, seed: int = 0,
+              step_offset: int = 0, early_exit: bool = True) -> tuple[list[np.ndarray], FixedPointRelaxInfo]:
+        """Run ``n_steps`` sweeps of the integer dynamics from ``s0`` (zeros if None).
+
+        Args:
+            x_codes: (B, n_in) integer input codes (:meth:`quantize_input`).
+            s0: optional list of (B, n_l) integer codes in ``[0, code(1.0)]``.
+            beta: nudging strength (0: free phase); its sign is kept (symmetric nudging).
+            y: (B,) int labels, needed when ``beta != 0``.
+            n_steps: number of sweeps (async: even layers then odd; sync: all from the old state).
+            seed, step_offset: stochastic-rounding counters (sweep ``t`` uses step ``step_offset + t``).
+            early_exit: with deterministic rounding, stop once a sweep changed no code (the state is
+                then an exact fixed point, so further sweeps are the identity).
+
+        Returns:
+            ``(states, info)``: list of (B, n_l) int64 codes and :class:`FixedPointRelaxInfo`.
+        """
+        x, s, y, bm, bsh = self.check_relax_args(x_codes, s0, beta, y, n_steps, seed, step_offset)
+        B, L = x.shape[0], self.n_layers
+        sp = self.spec
+        rmode = ROUNDING_CODES[sp.rounding]
+        wrap = sp.overflow == "wrap"
+        # hidden-product dtype: the widest needed by any W @ c with c in [0, one_code]
+        hid_bounds = [self._fwd_rowsum[i] * self.one_code for i in range(1, L)]
+        hid_bounds += [r * self.one_code for r in self._fb_rowsum]
+        sdt = exact_dtype(max(hid_bounds, default=0))
+        xmax = int(x.max(initial=0))
+        ddt = exact_dtype(self._fwd_rowsum[0] * max(xmax, 0) if x.min(initial=0) >= 0
+                          else self._fwd_rowsum[0] * int(np.abs(x).max(initial=0)))
+        drive = exact_matmul(x, self._fwd_t[0], ddt)  # (B, n_0), computed once per phase
+        n_over = np.zeros(L, dtype=np.int64)
+        ovbuf = np.zeros(1, dtype=np.int64)
+        # the drive accumulator is formed once per phase: count its overflows once
+        if B:
+            dv = drive.astype(np.int64) + self.bias_codes[0]
+            hi = 2 ** (sp.acc_bits - 1) - 1
+            n_over[0] += int(((dv > hi) | (dv < -hi - 1)).sum())
+        s = [t.astype(sdt) for t in s]
+        steps = np.full(B, -1, dtype=np.int64)
+        changed = np.zeros(B, dtype=bool)
+        hist = [s]  # the last three states, for period-2 detection
+        dummy = np.zeros((1, 1), dtype=sdt)
+        order = [list(range(0, L, 2)), list(range(1, L, 2))] if self.update == "async" else [list(range(L))]
+        n_run = 0
+        for t in range(n_steps):
+            step = step_offset + t
+            changed = np.zeros(B, dtype=bool)
+            old = s
+            cur = list(s)
+            for group in order:
+                src = cur if self.update == "async" else old
+                new_vals = {}
+                for i in group:
+                    acc_f = drive if i == 0 else exact_matmul(src[i - 1], self._fwd_t[i], sdt)
+                    has_fb = i + 1 < L
+                    acc_b = exact_matmul(src[i + 1], self._fb_t[i], sdt) if has_fb else dummy
+                    mb, sb = self.fb_requant[i] if has_fb else self.fwd_requant[i]
+                    out = np.empty((B, self.sizes[i + 1]), dtype=sdt)
+                    last = i == L - 1
+                    ovbuf[0] = 0
+                    update_layer_kernel(acc_f, self.bias_codes[i], self.fwd_requant[i][0], self.fwd_requant[i][1],
+                                        i > 0, acc_b, mb, sb, has_fb, src[i], y, bm if last else 0, bsh,
+                                        self.one_code, sp.acc_bits, wrap, rmode, seed, step, tensor_id(i, 0),
+                                        out, changed, ovbuf)
+                    n_over[i] += ovbuf[0]
+                    new_vals[i] = out
+                for i, v in new_vals.items():
+                    cur[i] = v
+            s = cur
+            n_run = t + 1
+            steps[(steps < 0) & ~changed] = n_run
+            hist = (hist + [s])[-3:]
+            if early_exit and rmode != 2 and not changed.any():
+                break
+        cycling = np.zeros(B, dtype=bool)
+        if len(hist) == 3:
+            same2 = np.ones(B, dtype=bool)
+            for a, c in zip(hist[2], hist[0]):
+                same2 &= (a == c).all(axis=1)
+            cycling = changed & same2
+        info = FixedPointRelaxInfo(steps, ~changed, cycling, n_run, n_over)
+        return [t.astype(np.int64) for t in s], info
+
+    def free_phase(self, x_codes, n_steps: int, **kw) -> tuple[list[np.ndarray], FixedPointRelaxInfo]:
+        """:meth:`relax` from zeros with ``beta = 0``."""
+        return self.relax(x_codes, None, beta=0.0, n_steps=n_steps, **kw)
+
+    def predict(self, x, n_steps: int, *, seed: int = 0, batch_size: int | None = None,
+                progress: bool = False, **kw) -> np.ndarray:
+        """Class predictions ``argmax`` of the output codes after a free phase (first index on ties).
+
+        Args:
+            x: float inputs (quantised with :meth:`quantize_input`) or integer codes.
+            n_steps: free-phase sweeps.
+            batch_size: optional chunking (deterministic rounding gives the same result either way;
+                stochastic counters use the flat index within each chunk).
+        """
+        xa = np.asarray(x)
+        codes = self.quantize_input(xa, seed=seed) if xa.dtype.kind == "f" else xa
+        bs = len(codes) if batch_size is None else int(batch_size)
+        if bs < 1 and len(codes):
+            raise ValueError(f"batch_size={batch_size!r} is invalid; allowed: an int >= 1")
+        out = []
+        starts = range(0, len(codes), max(bs, 1))
+        if progress:
+            from tqdm import tqdm
+
+            starts = tqdm(starts, desc="fixed-point predict")
+        for a in starts:
+            s, _ = self.relax(codes[a:a + bs], n_steps=n_steps, seed=seed, **kw)
+            out.append(s[-1].argmax(axis=1))
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def _representable(spec: HardwareSpec) -> bool:
+    try:
+        spec.state.code_of(1.0)
+    except ValueError:
+        return False
+    return True
+
+
+def check_spec(spec) -> None:
+    """``ValueError`` unless ``spec`` is an integer spec this simulator can run.
+
+    >>> check_spec(quant.get_preset("fp32"))
+    Traceback (most recent call last):
+    ...
+    ValueError: spec 'fp32' is not integer (weights.kind='float32', state=float, acc_bits=None); allowed: integer weights, a FixedPoint state and acc_bits (e.g. quant.get_preset('int8')); float specs run on models.EqPropMLP
+    """
+    if not isinstance(spec, HardwareSpec):
+        raise ValueError(f"spec={spec!r} is invalid; allowed: a quant.HardwareSpec")
+    if not spec.is_integer:
+        st = "float" if spec.state is None else "fixed"
+        raise ValueError(f"spec {spec.name!r} is not integer (weights.kind={spec.weights.kind!r}, state={st}, "
+                         f"acc_bits={spec.acc_bits}); allowed: integer weights, a FixedPoint state and acc_bits "
+                         "(e.g. quant.get_preset('int8')); float specs run on models.EqPropMLP")
+    if spec.analog is not None:
+        raise ValueError(f"spec {spec.name!r} has analog non-idealities; allowed: analog=None "
+                         "(analog crossbars are simulated elsewhere in hwsim)")
+    if not _representable(spec):
+        raise ValueError(f"spec.state={spec.state} cannot represent 1.0 exactly; allowed: e.g. unsigned "
+                         "FixedPoint(bits, bits - 1) so the hard sigmoid is the integer clamp [0, code(1.0)]")

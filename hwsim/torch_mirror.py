@@ -1,0 +1,174 @@
+"""The fixed-point EqProp dynamics of :mod:`hwsim.fixed_point`, written again with torch int64 tensors.
+
+This is the "torch fake-quant path" of DESIGN §4 in integer form: an independent implementation of
+the equations in ``docs/hwsim_semantics.md`` (it never calls the numba kernels). Integer products
+are torch int64 matmuls; rounding is :func:`quant.ops.shift_round` / :func:`quant.ops.requantize`
+on torch tensors; stochastic uniforms are :func:`quant.rng.uniform_u24` on torch tensors. Only the
+*parameters* (codes, bias codes, multipliers and shifts derived by :mod:`quant`) are read from the
+:class:`~hwsim.fixed_point.FixedPointMLP`, so both paths agree bit for bit on states, diagnostics,
+overflow counts and predictions (``tests/hwsim/test_fixed_point.py``).
+
+Per layer ``l`` and sweep ``t`` (see the docs for the counters)::
+
+    A_f = ovf(c_{l-1} @ Wq_l^T + bq_l);  A_b = ovf(c_{l+1} @ Fq_l^T)
+    c_l = clamp(rq(A_f) + rq(A_b) [+ rq(beta * (t - c_out))], 0, code(1.0))
+
+For QAT (``models/qat.py``): :func:`torch_relax` is the reference its fake-quant forward must match
+in codes.
+
+>>> import torch, quant
+>>> from models.eqprop_mlp import EqPropMLP, EqPropConfig
+>>> from hwsim.fixed_point import FixedPointMLP
+>>> fp = FixedPointMLP.from_model(EqPropMLP(EqPropConfig(sizes=(6, 5, 3)), seed=0), quant.get_preset("int4"))
+>>> x = torch.tensor(fp.quantize_input(np.linspace(0, 1, 12).reshape(2, 6)))
+>>> s_t, _ = torch_relax(fp, x, n_steps=10)
+>>> s_n, _ = fp.relax(x.numpy(), n_steps=10)
+>>> all(torch.equal(a, torch.from_numpy(b)) for a, b in zip(s_t, s_n))
+True
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from quant import ops, rng
+
+from .fixed_point import INPUT_TENSOR_ID, FixedPointMLP, FixedPointRelaxInfo, tensor_id
+
+
+def _t(a) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a), dtype=torch.int64)
+
+
+def overflow_t(v: torch.Tensor, acc_bits: int, mode: str) -> tuple[torch.Tensor, int]:
+    """Torch twin of ``quant.ops.overflow(v, acc_bits, signed=True, mode)``; also returns the count.
+
+    >>> overflow_t(torch.tensor([130, -5, -200]), 8, "wrap")[0].tolist(), overflow_t(torch.tensor([130]), 8, "saturate")
+    ([-126, -5, 56], (tensor([127]), 1))
+    """
+    hi = 2 ** (acc_bits - 1) - 1
+    lo = -hi - 1
+    n = int(((v > hi) | (v < lo)).sum())
+    if mode == "saturate":
+        return v.clamp(lo, hi), n
+    u = v & (2**acc_bits - 1)
+    return torch.where(u > hi, u - 2**acc_bits, u), n
+
+
+def requant_rows(acc: torch.Tensor, mult: torch.Tensor, shift: torch.Tensor, rounding: str,
+                 u24: torch.Tensor | None) -> torch.Tensor:
+    """Per-column ``round(acc[:, j] * mult[j] / 2**shift[j])`` (``quant.ops`` rounding, exact int64).
+
+    The multiply is elementwise; :func:`quant.ops.shift_round` runs once per distinct shift.
+    """
+    prod = acc * mult
+    out = torch.empty_like(prod)
+    for sh in torch.unique(shift).tolist():
+        cols = (shift == sh).nonzero().flatten()
+        p = prod[:, cols]
+        if sh < 0:
+            out[:, cols] = p << (-sh)
+        else:
+            out[:, cols] = ops.shift_round(p, int(sh), rounding, None if u24 is None else u24[:, cols])
+    return out
+
+
+def _u24(seed: int, step: int, tid: int, shape) -> torch.Tensor:
+    idx = torch.arange(shape[0] * shape[1], dtype=torch.int64).reshape(shape)
+    return rng.uniform_u24(torch.tensor(seed), torch.tensor(step), torch.tensor(tid), idx)
+
+
+def torch_relax(fp: FixedPointMLP, x_codes, s0=None, *, beta: float = 0.0, y=None, n_steps: int,
+                seed: int = 0, step_offset: int = 0, early_exit: bool = True):
+    """Torch int64 relaxation with the semantics of :meth:`FixedPointMLP.relax` (same arguments).
+
+    Returns:
+        ``(states, info)``: list of (B, n_l) torch int64 codes and a
+        :class:`~hwsim.fixed_point.FixedPointRelaxInfo` (numpy arrays).
+    """
+    x_np = x_codes.numpy() if isinstance(x_codes, torch.Tensor) else x_codes
+    s0_np = None if s0 is None else [t.numpy() if isinstance(t, torch.Tensor) else t for t in s0]
+    y_np = y.numpy() if isinstance(y, torch.Tensor) else y
+    x, s, yy, bm, bsh = fp.check_relax_args(x_np, s0_np, beta, y_np, n_steps, seed, step_offset)
+    sp = fp.spec
+    L, B = fp.n_layers, x.shape[0]
+    rounding, mode, one = sp.rounding, sp.overflow, fp.one_code
+    stoch = rounding == "stochastic"
+    W = [_t(w) for w in fp.w_codes]
+    F = [_t(w) for w in fp.fb_codes]
+    bias = [_t(b) for b in fp.bias_codes]
+    rq_f = [(_t(m), _t(sh)) for m, sh in fp.fwd_requant]
+    rq_b = [(_t(m), _t(sh)) for m, sh in fp.fb_requant]
+    xt = _t(x)
+    target = torch.nn.functional.one_hot(_t(yy), fp.sizes[-1]) * one if B else torch.zeros(0, fp.sizes[-1], dtype=torch.int64)
+    s = [_t(t) for t in s]
+    n_over = np.zeros(L, dtype=np.int64)
+    drive, n0 = overflow_t(xt @ W[0].T + bias[0], sp.acc_bits, mode)  # once per phase
+    n_over[0] += n0
+
+    def new_layer(i: int, src: list, step: int) -> torch.Tensor:
+        n = fp.sizes[i + 1]
+        if i == 0:
+            a_f = drive
+        else:
+            a_f, k = overflow_t(src[i - 1] @ W[i].T + bias[i], sp.acc_bits, mode)
+            n_over[i] += k
+        u = _u24(seed, step, tensor_id(i, 0), (B, n)) if stoch else None
+        p = requant_rows(a_f, *rq_f[i], rounding, u)
+        if i + 1 < L:
+            a_b, k = overflow_t(src[i + 1] @ F[i].T, sp.acc_bits, mode)
+            n_over[i] += k
+            u = _u24(seed, step, tensor_id(i, 1), (B, n)) if stoch else None
+            p = p + requant_rows(a_b, *rq_b[i], rounding, u)
+        if i == L - 1 and bm != 0:
+            u = _u24(seed, step, tensor_id(i, 2), (B, n)) if stoch else None
+            p = p + ops.requantize(target - src[i], bm, bsh, rounding, u)
+        return p.clamp(0, one)
+
+    steps = torch.full((B,), -1, dtype=torch.int64)
+    changed = torch.zeros(B, dtype=torch.bool)
+    hist = [s]
+    n_run = 0
+    for t in range(n_steps):
+        step = step_offset + t
+        old = s
+        if fp.update == "sync":
+            s = [new_layer(i, old, step) for i in range(L)]
+        else:
+            s = list(old)
+            for parity in (0, 1):
+                upd = {i: new_layer(i, s, step) for i in range(parity, L, 2)}
+                for i, v in upd.items():
+                    s[i] = v
+        changed = torch.zeros(B, dtype=torch.bool)
+        for a, c in zip(s, old):
+            changed |= (a != c).any(dim=1)
+        n_run = t + 1
+        steps[(steps < 0) & ~changed] = n_run
+        hist = (hist + [s])[-3:]
+        if early_exit and not stoch and not bool(changed.any()):
+            break
+    cycling = torch.zeros(B, dtype=torch.bool)
+    if len(hist) == 3:
+        same2 = torch.ones(B, dtype=torch.bool)
+        for a, c in zip(hist[2], hist[0]):
+            same2 &= (a == c).all(dim=1)
+        cycling = changed & same2
+    info = FixedPointRelaxInfo(steps.numpy(), (~changed).numpy(), cycling.numpy(), n_run, n_over)
+    return s, info
+
+
+def torch_quantize_input(fp: FixedPointMLP, x: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
+    """Torch twin of :meth:`FixedPointMLP.quantize_input` (``quant.quantize_state`` on a tensor)."""
+    import quant
+
+    if x.ndim != 2 or x.shape[1] != fp.sizes[0]:
+        raise ValueError(f"input shape {tuple(x.shape)} does not match the network: expected (B, {fp.sizes[0]})")
+    return quant.quantize_state(x, fp.spec, seed=seed, step=0, tensor_id=INPUT_TENSOR_ID)
+
+
+def torch_predict(fp: FixedPointMLP, x: torch.Tensor, n_steps: int, *, seed: int = 0, **kw) -> torch.Tensor:
+    """``argmax`` of the output codes after a free phase (float ``x`` is quantised first)."""
+    codes = torch_quantize_input(fp, x, seed=seed) if x.is_floating_point() else x
+    s, _ = torch_relax(fp, codes, n_steps=n_steps, seed=seed, **kw)
+    return s[-1].argmax(dim=1)
