@@ -1,0 +1,600 @@
+"""Analytic operation counts, weight memory and energy of an :class:`~models.eqprop_mlp.EqPropMLP`
+under a :class:`~quant.spec.HardwareSpec`.
+
+Everything is computed from the layer widths, the spec and (optionally) the actual weights; the
+energy of a count is ``sum_op count(op) * E(op)`` with ``E`` from :mod:`quant.energy`.
+
+Notation: widths ``n_0 .. n_L`` (``n_0`` the input), weight ``W_i`` of shape ``(n_i, n_{i-1})``
+for ``i = 1..L`` (``EqPropMLP.layers[i-1]``), batch ``B``.
+
+**Dense MACs** (what torch computes, checked against ``torch.utils.flop_counter``: ``addmm``
+and ``mm`` both count ``2 M N K`` FLOPs, so MACs = FLOPs / 2 exactly; in ``addmm`` the ``K``
+adds of an output are ``K - 1`` accumulations plus the add of the bias / previous term):
+
+* input drive ``W_1 x + b_1``: ``n_0 n_1`` per sample;
+* one relaxation sweep (async and sync alike: every layer is updated once per sweep from the
+  same terms): ``sum_{i>=2} 2 n_i n_{i-1}`` per sample -- every non-input matrix is used once
+  forward (``W_i s_{i-1}``) and once transposed (``W_i^T s_i``, feedback into layer ``i-1``);
+* a phase of ``T`` sweeps: ``T * sweep + drive`` when the drive is computed once per phase (what
+  ``EqPropMLP.relax`` does), ``T * (sweep + drive)`` without reuse (``drive_mode``);
+* the EqProp contrast (``EqPropMLP.contrast``): ``B n_1 n_0`` for the first layer
+  (``(s2 - s1)^T x``: the input is the same in both phases) and ``2 B n_i n_{i-1}`` for the others
+  (``s2_i^T s2_{i-1} - s1_i^T s1_{i-1}``).
+
+**Hardware primitive ops** (:class:`OpKey`; the datapath model, per sample unless stated):
+
+* MAC of a ``w``-bit weight and an ``s``-bit state: one ``w x s`` integer multiply and one add at
+  the accumulator width ``acc_bits``; ternary weights need no multiply (one add/sub);
+  ``sparsity="codes"`` skips products with a zero weight code (from the actual quantised weights).
+  fp32: one fp32 multiply and one fp32 add.
+* requantisation, per unit and per accumulated term (``W s`` and ``W^T s`` have their own
+  scales): one ``acc_bits x m`` multiply when the row multiplier ``m`` of
+  :func:`quant.requant_params` is not 1 (``m`` bits wide), one shift, and the rounding of
+  ``spec.rounding`` (nearest-even: compare + add; floor: nothing; stochastic: one random number
+  + compare + add); saturation of the accumulator (``overflow="saturate"``): two compares.
+  Per-channel weight scales do not factor out of a transposed product ``W^T s`` (the scale varies
+  along the sum), so the feedback term first rescales each source state by its row's multiplier
+  (one multiply + shift + rounding per source unit). This is our model of the integer datapath;
+  ``hwsim``'s simulator may schedule it differently.
+* per unit: adds of the bias / drive and the terms, the hard sigmoid as two compares (clamp);
+  nudging of an output unit: ``s - onehot`` (add), times ``beta`` (``s x s`` multiply), add.
+* update (per batch per parameter, integer spec with ``spec.update``): requantise the product
+  ``P`` (``lr_multiplier`` multiply if not 1, shift, rounding -- a random number when
+  stochastic), add into the ``hidden_bits`` hidden weight, saturate (two compares), and
+  ``hidden_to_code`` (shift, nearest-even rounding, clamp). fp32: scale the gradient (multiply),
+  SGD step (multiply + add).
+* one random number (counter-based hash of :mod:`quant.rng`): the seed/step/tensor counters are
+  fixed per tensor, so per element one round of the hash: 3 32-bit multiplies, 4 xors,
+  4 shifts (3 in ``fmix32``, 1 for the top 24 bits) -- :data:`HASH_ROUND_OPS`.
+* memory: each use of a weight matrix reads its packed codes (and per-row scales) once per
+  batch (``B`` samples share the read); bias / hidden weights are read and written per update.
+
+Weight memory (:func:`weight_memory`): codes packed at ``weights.bits`` per weight, scales as
+float32 (one per row for per-channel, one per tensor otherwise), biases at ``acc_bits`` (fp32: 32),
+hidden weights at ``update.hidden_bits`` per parameter.
+
+>>> from quant import get_preset
+>>> c = count_inference((4, 3, 2), get_preset("fp32"), n_steps=5)
+>>> c.macs == 4 * 3 + 5 * 2 * 3 * 2       # drive once + 5 sweeps (W_2 used twice)
+True
+>>> c8 = count_inference((4, 3, 2), get_preset("int8"), n_steps=5)
+>>> c8.energy_pj() < c.energy_pj()
+True
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from quant import energy as qenergy
+from quant.quantizers import quantize_weights, requant_params
+from quant.spec import HardwareSpec
+
+DRIVE_MODES = ("every_step", "per_phase", "once")
+SPARSITIES = ("dense", "codes")
+NUDGINGS = ("one_sided", "symmetric", "random_sign")
+PHASES = ("drive", "free", "nudge_minus", "nudge_plus", "update")
+UPDATES = ("async", "sync")
+
+FP32_SCALE_BITS = 32
+"""Storage width of one weight scale (float32)."""
+MULTIPLIER_BITS = 31
+"""Width of a non power-of-two requantisation multiplier (:func:`quant.requant_params` default)."""
+
+HASH_ROUND_OPS = (("mult", 32, 32, 3), ("xor", 32, 0, 4), ("shift", 32, 0, 4))
+"""(op, bits, bits_b, count) of one per-element round of :func:`quant.rng.hash_u32_scalar`."""
+
+
+@dataclass(frozen=True, order=True)
+class OpKey:
+    """A primitive operation: ``op`` (add, mult, cmp, shift, xor) on ``dtype`` (int, fp) operands
+    of ``bits`` (and ``bits_b`` for a multiply; 0 otherwise)."""
+
+    op: str
+    dtype: str
+    bits: int
+    bits_b: int = 0
+
+    @property
+    def label(self) -> str:
+        """``mult_int8x8``, ``add_int32``, ``mult_fp32`` ...
+
+        >>> OpKey("mult", "int", 8, 4).label, OpKey("add", "fp", 32).label
+        ('mult_int8x4', 'add_fp32')
+        """
+        w = f"{self.bits}x{self.bits_b}" if self.op == "mult" and self.dtype == "int" else f"{self.bits}"
+        return f"{self.op}_{self.dtype}{w}"
+
+    def energy_pj(self) -> float:
+        return qenergy.op_energy_pj(self.op, self.dtype, self.bits, self.bits_b or None)
+
+
+@dataclass
+class Counts:
+    """Operation counts of some work.
+
+    Attributes:
+        macs: dense weight x state (or state x state) products as torch computes them.
+        ops: primitive hardware ops (:class:`OpKey` -> count).
+        read_bits: memory bits read; ``write_bits``: bits written.
+    """
+
+    macs: int = 0
+    ops: Counter = field(default_factory=Counter)
+    read_bits: int = 0
+    write_bits: int = 0
+
+    def add(self, op: str, dtype: str, bits: int, n: int, bits_b: int = 0) -> None:
+        if n:
+            self.ops[OpKey(op, dtype, int(bits), int(bits_b))] += int(n)
+
+    def __add__(self, other: "Counts") -> "Counts":
+        return Counts(self.macs + other.macs, self.ops + other.ops, self.read_bits + other.read_bits,
+                      self.write_bits + other.write_bits)
+
+    def scaled(self, k: int) -> "Counts":
+        """These counts repeated ``k`` times."""
+        return Counts(self.macs * k, Counter({o: n * k for o, n in self.ops.items()}),
+                      self.read_bits * k, self.write_bits * k)
+
+    @property
+    def mults(self) -> int:
+        return sum(n for o, n in self.ops.items() if o.op == "mult")
+
+    @property
+    def adds(self) -> int:
+        """Adds and subtracts (compares, shifts and xors are not included)."""
+        return sum(n for o, n in self.ops.items() if o.op == "add")
+
+    def by_label(self) -> dict[str, int]:
+        """Counts by :attr:`OpKey.label` (sorted)."""
+        out: Counter = Counter()
+        for o, n in self.ops.items():
+            out[o.label] += n
+        return dict(sorted(out.items()))
+
+    def compute_energy_pj(self) -> float:
+        return float(sum(n * o.energy_pj() for o, n in self.ops.items()))
+
+    def memory_energy_pj(self, memory_level: str = "sram_8kb") -> float:
+        return qenergy.memory_read_energy_pj(self.read_bits + self.write_bits, memory_level)
+
+    def energy_pj(self, memory_level: str = "sram_8kb") -> float:
+        """Compute + memory energy (pJ) from :mod:`quant.energy`."""
+        return self.compute_energy_pj() + self.memory_energy_pj(memory_level)
+
+
+@dataclass
+class Report:
+    """Counts per phase (``drive``, ``free``, ``nudge_minus``, ``nudge_plus``, ``update``)."""
+
+    phases: dict[str, Counts]
+    batch_size: int
+
+    @property
+    def total(self) -> Counts:
+        out = Counts()
+        for c in self.phases.values():
+            out = out + c
+        return out
+
+    @property
+    def macs(self) -> int:
+        return self.total.macs
+
+    def energy_pj(self, memory_level: str = "sram_8kb") -> float:
+        return self.total.energy_pj(memory_level)
+
+    def energy_by_phase(self, memory_level: str = "sram_8kb") -> dict[str, float]:
+        return {k: c.energy_pj(memory_level) for k, c in self.phases.items()}
+
+
+# --------------------------------------------------------------------------- model description
+def _sizes(model) -> tuple[int, ...]:
+    sizes = getattr(model, "sizes", model)
+    try:
+        sizes = tuple(int(n) for n in sizes)
+    except TypeError:
+        raise ValueError(f"model={model!r} is invalid; allowed: an EqPropMLP or a sizes tuple like (784, 512, 10)")
+    if len(sizes) < 2 or any(n < 1 for n in sizes):
+        raise ValueError(f"sizes={sizes} is invalid; allowed: >= 2 positive widths (input, ..., output)")
+    return sizes
+
+
+def _check_int(name, v, lo=0):
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+        raise ValueError(f"{name}={v!r} is invalid; allowed: an int >= {lo}")
+
+
+@dataclass(frozen=True)
+class _Datapath:
+    """What the spec says about widths (float or integer)."""
+
+    is_float: bool
+    w_bits: int = 32
+    s_bits: int = 32
+    acc_bits: int = 32
+    ternary: bool = False
+    rounding: str = "nearest_even"
+    saturate: bool = False
+
+    @classmethod
+    def of(cls, spec: HardwareSpec) -> "_Datapath":
+        if not isinstance(spec, HardwareSpec):
+            raise ValueError(f"spec={spec!r} is invalid; allowed: a HardwareSpec (quant.get_preset(name))")
+        if spec.analog is not None:
+            raise ValueError(f"spec {spec.name!r} is analog; allowed: a digital spec (fp32 or integer); "
+                             "analog counts are not modelled here")
+        if spec.weights.is_float and spec.state is None and spec.acc_bits is None:
+            return cls(is_float=True)
+        if not spec.is_integer:
+            raise ValueError(f"spec {spec.name!r} mixes float and integer parts; allowed: fully float "
+                             "(weights float32, state None, acc_bits None) or spec.is_integer")
+        return cls(False, spec.weights.bits, spec.state.bits, spec.acc_bits, spec.weights.kind == "ternary",
+                   spec.rounding, spec.overflow == "saturate")
+
+    @property
+    def dtype(self) -> str:
+        return "fp" if self.is_float else "int"
+
+
+def _matrix_info(model, spec: HardwareSpec, sizes, sparsity: str):
+    """Per matrix i=1..L: (nnz, row multiplier bit widths, number of scales); from the weights
+    when ``model`` has them."""
+    dp = _Datapath.of(spec)
+    layers = getattr(model, "layers", None)
+    if sparsity not in SPARSITIES:
+        raise ValueError(f"sparsity={sparsity!r} is invalid; allowed: {SPARSITIES}")
+    if sparsity == "codes" and (layers is None or dp.is_float):
+        raise ValueError("sparsity='codes' needs an EqPropMLP (not sizes) and an integer spec; "
+                         "pass the network or use sparsity='dense'")
+    info = []
+    for i in range(1, len(sizes)):
+        n_out, n_in = sizes[i], sizes[i - 1]
+        if dp.is_float:
+            info.append((n_out * n_in, [0] * n_out, 0))
+            continue
+        if layers is not None:
+            q = quantize_weights(layers[i - 1].weight.detach(), spec)
+            nnz = int((q.codes != 0).sum()) if sparsity == "codes" else n_out * n_in
+            pairs = requant_params(q, spec)
+            mbits = [0 if m == 1 else int(m).bit_length() for m, _ in pairs]
+            if len(mbits) == 1:
+                mbits = mbits * n_out
+        else:
+            nnz = n_out * n_in
+            pow2 = spec.weights.scale_rule == "power_of_two"
+            mbits = [0 if pow2 else MULTIPLIER_BITS] * n_out
+        n_scales = n_out if spec.weights.granularity == "per_channel" else 1
+        info.append((nnz, mbits, n_scales))
+    return dp, info
+
+
+# ------------------------------------------------------------------------------- pieces
+def _rng(c: Counts, n: int) -> None:
+    for op, bits, bits_b, k in HASH_ROUND_OPS:
+        c.add(op, "int", bits, k * n, bits_b)
+
+
+def _round(c: Counts, dp: _Datapath, width: int, n: int, rounding: str) -> None:
+    if rounding == "floor":
+        return
+    if rounding == "stochastic":
+        _rng(c, n)
+    c.add("cmp", "int", width, n)
+    c.add("add", "int", width, n)
+
+
+def _requant(c: Counts, dp: _Datapath, mbits: Sequence[int], in_bits: int, times: int = 1) -> None:
+    """Requantise ``times`` values per entry of ``mbits`` (row multiplier widths; 0 = pure shift)
+    from ``in_bits`` wide."""
+    for mb, k in Counter(mbits).items():
+        n = k * times
+        if mb:
+            c.add("mult", "int", in_bits, n, mb)
+        width = in_bits + mb
+        c.add("shift", "int", width, n)
+        _round(c, dp, width, n, dp.rounding)
+
+
+def _term(c: Counts, dp: _Datapath, n_out: int, n_in: int, minfo, B: int, transposed: bool) -> None:
+    """Accumulate one weight term ``W s`` (``transposed``: ``W^T s``) of ``W (n_out, n_in)`` for
+    ``B`` samples; ``minfo = (nnz, row multiplier widths, n_scales)`` of W."""
+    nnz, mbits, n_scales = minfo
+    dense = n_out * n_in
+    c.macs += B * dense
+    if dp.is_float:
+        c.add("mult", "fp", 32, B * dense)
+        c.add("add", "fp", 32, B * dense)
+        c.read_bits += dense * 32
+        return
+    if not dp.ternary:
+        c.add("mult", "int", dp.w_bits, B * nnz, dp.s_bits)
+    c.add("add", "int", dp.acc_bits, B * nnz)
+    c.read_bits += dense * dp.w_bits + n_scales * FP32_SCALE_BITS
+    n_dst = n_in if transposed else n_out
+    if dp.saturate:
+        c.add("cmp", "int", dp.acc_bits, 2 * B * n_dst)
+    if transposed:
+        # per-row scales vary along the transposed sum: pre-scale each source state by its row's
+        # multiplier, then one rounding shift per destination unit
+        _requant(c, dp, mbits, dp.s_bits, B)
+        _requant(c, dp, [0] * n_dst, dp.acc_bits, B)
+    else:
+        _requant(c, dp, mbits, dp.acc_bits, B)
+
+
+def _drive(sizes, dp, info, B) -> Counts:
+    c = Counts()
+    _term(c, dp, sizes[1], sizes[0], info[0], B, transposed=False)
+    c.add("add", dp.dtype, 32 if dp.is_float else dp.acc_bits, 0 if dp.is_float else B * sizes[1])  # + bias
+    c.read_bits += sizes[1] * (32 if dp.is_float else dp.acc_bits)
+    return c
+
+
+def _layer_update(sizes, dp, info, B, i: int, nudged: bool) -> Counts:
+    """Update of state layer ``i`` (1-based width index: ``n_i``) for ``B`` samples."""
+    c = Counts()
+    L = len(sizes) - 1
+    n = sizes[i]
+    n_terms = 0
+    if i >= 2:
+        _term(c, dp, n, sizes[i - 1], info[i - 1], B, transposed=False)
+        n_terms += 1
+    if i < L:
+        _term(c, dp, sizes[i + 1], n, info[i], B, transposed=True)  # W_{i+1}: (n_{i+1}, n_i)
+        n_terms += 1
+    w = 32 if dp.is_float else dp.acc_bits
+    if not dp.is_float:  # fp32: addmm folds the bias / drive / previous term into its K adds
+        c.add("add", "int", w, B * n * n_terms)  # bias (layer 1: the drive) + the other terms
+    if i >= 2 and not dp.is_float:
+        c.read_bits += n * dp.acc_bits  # bias
+    c.add("cmp", dp.dtype, w, 2 * B * n)  # hard sigmoid clamp
+    if nudged and i == L:
+        sb = 32 if dp.is_float else dp.s_bits
+        c.add("add", dp.dtype, sb, B * n)                     # s - onehot(y)
+        if dp.is_float:
+            c.add("mult", "fp", 32, B * n)                     # * beta
+        else:
+            c.add("mult", "int", sb, B * n, sb)
+        c.add("add", dp.dtype, w, B * n)                       # into the pre-activation
+    return c
+
+
+def _sweep(sizes, dp, info, B, nudged: bool) -> Counts:
+    c = Counts()
+    for i in range(1, len(sizes)):
+        c = c + _layer_update(sizes, dp, info, B, i, nudged)
+    return c
+
+
+def _phase(sizes, dp, info, B, n_steps: int, nudged: bool, drive_mode: str, with_drive: bool) -> Counts:
+    c = _sweep(sizes, dp, info, B, nudged).scaled(n_steps)
+    if drive_mode == "every_step":
+        c = c + _drive(sizes, dp, info, B).scaled(n_steps)
+    elif with_drive:
+        c = c + _drive(sizes, dp, info, B)
+    return c
+
+
+def _check_common(n_steps_name, n_steps, batch_size, drive_mode):
+    _check_int(n_steps_name, n_steps, 1)
+    _check_int("batch_size", batch_size, 1)
+    if drive_mode not in DRIVE_MODES:
+        raise ValueError(f"drive_mode={drive_mode!r} is invalid; allowed: {DRIVE_MODES}")
+
+
+# ---------------------------------------------------------------------------------- API
+def sweep_macs(model) -> int:
+    """Dense MACs of one relaxation sweep per sample: ``sum_{i>=2} 2 n_i n_{i-1}``.
+
+    >>> sweep_macs((784, 512, 10))
+    10240
+    """
+    s = _sizes(model)
+    return sum(2 * s[i] * s[i - 1] for i in range(2, len(s)))
+
+
+def drive_macs(model) -> int:
+    """Dense MACs of the input drive ``W_1 x`` per sample: ``n_0 n_1``.
+
+    >>> drive_macs((784, 512, 10))
+    401408
+    """
+    s = _sizes(model)
+    return s[0] * s[1]
+
+
+def count_inference(model, spec: HardwareSpec, *, n_steps: int, batch_size: int = 1,
+                    drive_mode: str = "per_phase", sparsity: str = "dense") -> Report:
+    """Counts of one free phase (inference) of ``batch_size`` samples.
+
+    Args:
+        model: an :class:`~models.eqprop_mlp.EqPropMLP` (its weights give ternary sparsity and the
+            requantisation multipliers) or a sizes tuple (dense; multipliers assumed
+            ``MULTIPLIER_BITS`` wide unless ``scale_rule="power_of_two"``).
+        spec: fp32 or an integer :class:`HardwareSpec`.
+        n_steps: relaxation sweeps ``T``.
+        drive_mode: ``"per_phase"`` (drive once, as ``EqPropMLP.relax``) or ``"every_step"``
+            (recomputed each sweep); ``"once"`` equals ``"per_phase"`` here.
+        sparsity: ``"dense"`` or ``"codes"`` (skip zero weight codes; needs a network).
+
+    Returns:
+        :class:`Report` with phases ``drive`` and ``free`` (``drive`` empty for ``every_step``,
+        whose drives are inside ``free``).
+    """
+    sizes = _sizes(model)
+    _check_common("n_steps", n_steps, batch_size, drive_mode)
+    dp, info = _matrix_info(model, spec, sizes, sparsity)
+    B = batch_size
+    if drive_mode == "every_step":
+        phases = {"drive": Counts(), "free": _phase(sizes, dp, info, B, n_steps, False, drive_mode, False)}
+    else:
+        phases = {"drive": _drive(sizes, dp, info, B), "free": _sweep(sizes, dp, info, B, False).scaled(n_steps)}
+    return Report(phases, B)
+
+
+def _update(sizes, dp, spec, B: int) -> Counts:
+    c = Counts()
+    n_params = sum(sizes[i] * sizes[i - 1] + sizes[i] for i in range(1, len(sizes)))
+    dt = dp.dtype
+    pw = 32  # width of the update product accumulator P (int) / fp32
+    sb = 32 if dp.is_float else dp.s_bits
+    for i in range(1, len(sizes)):
+        n_out, n_in = sizes[i], sizes[i - 1]
+        n_prod = n_out * n_in if i == 1 else 2 * n_out * n_in  # layer 1: (s2 - s1) x^T
+        c.macs += B * n_prod
+        c.add("add", dt, sb + (0 if dp.is_float else 1), B * n_out)  # d = s2 - s1
+        if dp.is_float:
+            c.add("mult", "fp", 32, B * n_prod)
+        else:
+            c.add("mult", "int", sb + (1 if i == 1 else 0), B * n_prod, sb)
+        c.add("add", dt, pw, B * n_prod + B * n_out)  # accumulate P over the batch; bias sums
+    if dp.is_float:
+        c.add("mult", "fp", 32, n_params)        # * -1 / ((b2 - b1) B)
+        c.add("mult", "fp", 32, n_params)        # * lr
+        c.add("add", "fp", 32, n_params)         # w -= ...
+        c.read_bits += 32 * n_params
+        c.write_bits += 32 * n_params
+        return c
+    up = spec.update
+    if up is None:
+        raise ValueError(f"spec {spec.name!r} has update=None; allowed: an integer spec with an UpdateSpec "
+                         "(quant.get_preset('int8')) for training counts")
+    if up.lr_multiplier != 1:
+        c.add("mult", "int", pw, n_params, int(up.lr_multiplier).bit_length())
+    width = pw + (int(up.lr_multiplier).bit_length() if up.lr_multiplier != 1 else 0)
+    c.add("shift", "int", width, n_params)
+    _round(c, dp, width, n_params, "stochastic" if up.stochastic else "nearest_even")
+    c.add("add", "int", up.hidden_bits, n_params)           # H += delta
+    c.add("cmp", "int", up.hidden_bits, 2 * n_params)       # saturate H
+    c.add("shift", "int", up.hidden_bits, n_params)         # hidden_to_code
+    _round(c, dp, up.hidden_bits, n_params, "nearest_even")
+    c.add("cmp", "int", dp.w_bits, 2 * n_params)            # clamp code
+    c.read_bits += up.hidden_bits * n_params
+    c.write_bits += (up.hidden_bits + dp.w_bits) * n_params
+    return c
+
+
+def count_training_step(model, spec: HardwareSpec, *, n_free_steps: int, n_nudge_steps: int,
+                        nudging: str = "symmetric", batch_size: int = 1, drive_mode: str = "per_phase",
+                        sparsity: str = "dense") -> Report:
+    """Counts of one EqProp training step (``EqPropMLP.eqprop_grads`` + the weight update).
+
+    Phases: ``free`` (``n_free_steps`` sweeps), ``nudge_minus`` (symmetric only) and ``nudge_plus``
+    (``n_nudge_steps`` each), ``update`` (contrast outer products for ``batch_size`` samples, then
+    one update per parameter), ``drive`` (``W_1 x``: once per phase for ``"per_phase"``, as torch
+    runs it; once per step for ``"once"``; folded into each sweep for ``"every_step"``).
+
+    >>> from quant import get_preset
+    >>> r = count_training_step((4, 3, 2), get_preset("fp32"), n_free_steps=3, n_nudge_steps=2)
+    >>> r.macs == 3 * 12 + (3 + 2 + 2) * 12 + (12 + 2 * 6)   # 3 drives, 7 sweeps, contrast
+    True
+    """
+    sizes = _sizes(model)
+    _check_common("n_free_steps", n_free_steps, batch_size, drive_mode)
+    _check_int("n_nudge_steps", n_nudge_steps, 1)
+    if nudging not in NUDGINGS:
+        raise ValueError(f"nudging={nudging!r} is invalid; allowed: {NUDGINGS}")
+    dp, info = _matrix_info(model, spec, sizes, sparsity)
+    B = batch_size
+    n_phases = 3 if nudging == "symmetric" else 2
+    drives = {"every_step": 0, "per_phase": n_phases, "once": 1}[drive_mode]
+    phases = {"drive": _drive(sizes, dp, info, B).scaled(drives),
+              "free": _phase(sizes, dp, info, B, n_free_steps, False, drive_mode, False)}
+    if nudging == "symmetric":
+        phases["nudge_minus"] = _phase(sizes, dp, info, B, n_nudge_steps, True, drive_mode, False)
+    phases["nudge_plus"] = _phase(sizes, dp, info, B, n_nudge_steps, True, drive_mode, False)
+    phases["update"] = _update(sizes, dp, spec, B)
+    return Report(phases, B)
+
+
+def bptt_macs(model, *, n_steps: int, batch_size: int = 1, update: str = "async") -> dict[str, int]:
+    """Dense MACs of one BPTT gradient (:func:`models.gradients.bptt_grads`): forward through
+    ``n_steps`` sweeps from the zero state, then backward by autograd.
+
+    Backward is derived from the schedule: walk back from the loss (on the last output state)
+    through the layer updates it depends on; each reached matmul costs its weight gradient (one
+    product of the same size) and, when its input state needs a gradient (not the initial zero
+    state, not ``x``), its input gradient (another).
+
+    >>> bptt_macs((20, 7, 5, 3), n_steps=3, batch_size=4)["backward"]
+    2080
+    """
+    sizes = _sizes(model)
+    _check_int("n_steps", n_steps, 1)
+    _check_int("batch_size", batch_size, 1)
+    if update not in UPDATES:
+        raise ValueError(f"update={update!r} is invalid; allowed: {UPDATES}")
+    L = len(sizes) - 1
+    B = batch_size
+    # node ids: None = initial zero state; each layer update creates a node (layer, inputs)
+    nodes: list[tuple[int, list]] = []  # (layer i 1-based, [(in_node or 'x', macs)])
+    cur: list = [None] * (L + 1)  # cur[i] for i = 1..L
+    order = [[i for i in range(1, L + 1)]] if update == "sync" else \
+        [[i for i in range(1, L + 1) if (i - 1) % 2 == 0], [i for i in range(1, L + 1) if (i - 1) % 2 == 1]]
+    forward = sizes[0] * sizes[1]  # drive
+    for _ in range(n_steps):
+        for group in order:
+            snap = list(cur)
+            for i in group:
+                ins = []
+                ins.append(("x", sizes[0] * sizes[1]) if i == 1 else (snap[i - 1], sizes[i] * sizes[i - 1]))
+                if i < L:
+                    ins.append((snap[i + 1], sizes[i + 1] * sizes[i]))
+                nodes.append((i, ins))
+                forward += sum(m for src, m in ins if src != "x")
+                cur[i] = len(nodes) - 1
+            # async groups see the new states of earlier groups; sync has one group
+    needed = set()
+    stack = [cur[L]]
+    drive_needed = False
+    backward = 0
+    while stack:
+        k = stack.pop()
+        if k is None or k in needed:
+            continue
+        needed.add(k)
+        for src, m in nodes[k][1]:
+            if src == "x":
+                drive_needed = True
+                continue
+            backward += m                     # weight gradient
+            if src is not None:
+                backward += m                 # input-state gradient
+                stack.append(src)
+    if drive_needed:
+        backward += sizes[0] * sizes[1]       # W_1 gradient of the drive (x needs none)
+    return {"forward": B * forward, "backward": B * backward, "total": B * (forward + backward)}
+
+
+def weight_memory(model, spec: HardwareSpec) -> dict[str, int]:
+    """Bytes to store the network under ``spec`` (each tensor packed, rounded up to whole bytes).
+
+    Returns:
+        ``weight_bytes`` (codes at ``weights.bits`` + scales as float32), ``code_bytes``,
+        ``scale_bytes``, ``bias_bytes`` (at ``acc_bits``; fp32: 32 bits), ``hidden_bytes``
+        (``update.hidden_bits`` per weight and bias; 0 without an update spec),
+        ``inference_bytes`` = weights + biases, ``training_bytes`` = inference + hidden.
+
+    >>> from quant import get_preset
+    >>> weight_memory((784, 512, 10), get_preset("int4"))["code_bytes"]   # 4 bits per weight
+    203264
+    """
+    sizes = _sizes(model)
+    dp = _Datapath.of(spec)
+    code = scale = bias = hidden = 0
+    for i in range(1, len(sizes)):
+        n_out, n_in = sizes[i], sizes[i - 1]
+        code += math.ceil(n_out * n_in * dp.w_bits / 8)
+        if not dp.is_float:
+            n_scales = n_out if spec.weights.granularity == "per_channel" else 1
+            scale += math.ceil(n_scales * FP32_SCALE_BITS / 8)
+        bias += math.ceil(n_out * dp.acc_bits / 8)
+        if spec.update is not None:
+            hidden += math.ceil((n_out * n_in + n_out) * spec.update.hidden_bits / 8)
+    return {"weight_bytes": code + scale, "code_bytes": code, "scale_bytes": scale, "bias_bytes": bias,
+            "hidden_bytes": hidden, "inference_bytes": code + scale + bias,
+            "training_bytes": code + scale + bias + hidden}
