@@ -1,0 +1,377 @@
+"""ONNX graphs of an :class:`~models.eqprop_mlp.EqPropMLP`'s inference under a :class:`~quant.HardwareSpec`.
+
+Inference is the free phase: ``T`` sweeps of the dynamics from the zero state, then
+``prediction = argmax(s_out)`` (first index on ties, like ``torch.argmax`` and ``np.argmax``).
+One sweep (async: even layers ``0, 2, ...`` first, then odd ones; sync: all from the old state)::
+
+    s_i <- clamp(W_i s_{i-1} + b_i + W_{i+1}^T s_{i+1}, 0, 1)      # s_{-1} = x, no W_{L} term for the output
+
+Formats (``fmt``):
+
+* ``"float"`` -- float32 weights and states; any spec (the spec only travels in the metadata).
+* ``"qdq"``   -- weights as integer codes + scale through ``DequantizeLinear`` (opset 21): INT8,
+  INT4 (packed, two codes a byte), ternary codes ``{-1, 0, 1}`` stored as INT4, ``int`` kinds in
+  the smallest of INT4/INT8/INT16 holding ``bits``; the input and every state pass through
+  ``QuantizeLinear -> DequantizeLinear`` in the spec's state format (scale ``2**-frac_bits``,
+  zero point 0). ``QuantizeLinear`` rounds half to even, so ``qdq`` needs
+  ``spec.rounding == "nearest_even"``. This is the graph form of the torch fake-quant path
+  (:func:`exports.verify.fake_quant_free_phase`).
+* ``"int"``   -- integer only (int64 tensors, ``MatMul``/``MatMulInteger``, ``Mod``, ``Clip``):
+  the integer semantics of :class:`hwsim.fixed_point.FixedPointMLP`, bit for bit
+  (see :func:`build_int_model`).
+
+The sweeps are unrolled ``T`` times (``loop=False``) or run by an ONNX ``Loop`` whose body is one
+sweep (``loop=True``); weights live in the outer graph either way.
+
+>>> import onnxruntime as ort, numpy as np, torch
+>>> from models.eqprop_mlp import EqPropMLP, EqPropConfig
+>>> from quant import get_preset
+>>> net = EqPropMLP(EqPropConfig(sizes=(6, 5, 3)), seed=0)
+>>> m = export_onnx(net, get_preset("int8"), fmt="qdq", n_steps=4, loop=True)
+>>> sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+>>> s0, s1, pred = sess.run(None, {"x": np.full((2, 6), 0.5, np.float32)})
+>>> s1.shape, pred.dtype.name, bool((s1 * 128 == np.round(s1 * 128)).all())   # states on the 2**-7 grid
+((2, 3), 'int64', True)
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from models.eqprop_mlp import EqPropMLP
+from quant import HardwareSpec, get_preset, quantize_weights
+
+from .metadata import write_metadata
+
+log = logging.getLogger("eqprop_hwsim.exports")
+
+FORMATS = ("float", "qdq", "int")
+OPSET = 21
+IR_VERSION = 10
+INPUT_FLOAT = "x"
+INPUT_CODES = "x_codes"
+PREDICTION = "prediction"
+
+
+def state_name(i: int) -> str:
+    """Name of the graph output holding state ``i`` (0-based; the last is the output layer)."""
+    return f"state_{i}"
+
+
+# --------------------------------------------------------------------------- graph builder
+class _Builder:
+    """Collects nodes and initializers of one (sub)graph; every helper returns the output name."""
+
+    def __init__(self, prefix: str = ""):
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.prefix = prefix
+        self._n = 0
+
+    def fresh(self, stem: str) -> str:
+        self._n += 1
+        return f"{self.prefix}{stem}_{self._n}"
+
+    def op(self, op_type: str, inputs: list[str], stem: str | None = None, n_out: int = 1, **attrs):
+        outs = [self.fresh(stem or op_type.lower()) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=self.fresh("n_" + op_type), **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def add_init(self, tensor: onnx.TensorProto) -> str:
+        self.inits.append(tensor)
+        return tensor.name
+
+
+def _packed_4bit(name: str, codes: np.ndarray, signed: bool) -> onnx.TensorProto:
+    """INT4/UINT4 initializer, two codes a byte (low nibble first, as ONNX stores 4-bit types)."""
+    flat = np.asarray(codes, dtype=np.int64).ravel()
+    lo, hi = (-8, 7) if signed else (0, 15)
+    if flat.size and (flat.min() < lo or flat.max() > hi):
+        raise ValueError(f"{name}: codes outside [{lo}, {hi}] cannot be stored as {'INT4' if signed else 'UINT4'}")
+    nib = (flat & 0xF).astype(np.uint8)
+    if nib.size % 2:
+        nib = np.concatenate([nib, np.zeros(1, np.uint8)])
+    raw = (nib[0::2] | (nib[1::2] << 4)).astype(np.uint8).tobytes()
+    return helper.make_tensor(name, TensorProto.INT4 if signed else TensorProto.UINT4, list(codes.shape), raw,
+                              raw=True)
+
+
+def _code_initializer(name: str, codes: np.ndarray, bits: int, signed: bool) -> onnx.TensorProto:
+    """Integer codes in the smallest ONNX container of at least ``bits`` bits (4, 8, 16, 32)."""
+    if bits <= 4:
+        return _packed_4bit(name, codes, signed)
+    for width, (st, ut) in ((8, (np.int8, np.uint8)), (16, (np.int16, np.uint16)), (32, (np.int32, np.uint32))):
+        if bits <= width:
+            return numpy_helper.from_array(np.asarray(codes).astype(st if signed else ut), name)
+    raise ValueError(f"{name}: {bits}-bit codes have no ONNX QDQ container; allowed: bits <= 32")
+
+
+def _zero_point(bits: int, signed: bool) -> tuple[int, np.dtype | None]:
+    """ONNX element type of the container used for ``bits``-bit codes."""
+    if bits <= 4:
+        return (TensorProto.INT4 if signed else TensorProto.UINT4), None
+    if bits <= 8:
+        return (TensorProto.INT8 if signed else TensorProto.UINT8), (np.int8 if signed else np.uint8)
+    if bits <= 16:
+        return (TensorProto.INT16 if signed else TensorProto.UINT16), (np.int16 if signed else np.uint16)
+    raise ValueError(f"{bits}-bit states have no ONNX QDQ container; allowed: bits <= 16 for fmt='qdq'")
+
+
+# --------------------------------------------------------------------------- validation
+def check_export_args(net, spec, fmt: str, n_steps: int) -> None:
+    """Raise ``ValueError`` (with the fix) for every unsupported combination."""
+    if not isinstance(net, EqPropMLP):
+        raise ValueError(f"net is a {type(net).__name__}; allowed: models.eqprop_mlp.EqPropMLP")
+    if not isinstance(spec, HardwareSpec):
+        raise ValueError(f"spec={spec!r} is invalid; allowed: a quant.HardwareSpec (e.g. quant.get_preset('int8'))")
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt={fmt!r} is invalid; allowed: one of {FORMATS}")
+    if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
+        raise ValueError(f"n_steps={n_steps!r} is invalid; allowed: an int >= 1 (number of relaxation sweeps T)")
+    if fmt == "float":
+        return
+    if spec.analog is not None:
+        raise ValueError(f"spec {spec.name!r} is analog; allowed for fmt={fmt!r}: a digital spec "
+                         "(export analog specs with fmt='float')")
+    if spec.weights.is_float or spec.state is None:
+        raise ValueError(f"spec {spec.name!r} has float weights or states; fmt={fmt!r} needs integer weights "
+                         "and a fixed-point state format (use fmt='float', or a spec such as 'int8')")
+    if spec.rounding == "stochastic":
+        raise ValueError(f"spec.rounding='stochastic' is not expressible in ONNX (fmt={fmt!r}); allowed: "
+                         "'nearest_even' or 'floor' (spec.replace(rounding='nearest_even'))")
+    if fmt == "qdq" and spec.rounding != "nearest_even":
+        raise ValueError(f"fmt='qdq' rounds states with QuantizeLinear (half to even); spec.rounding="
+                         f"{spec.rounding!r} needs fmt='int', or spec.replace(rounding='nearest_even')")
+    if fmt == "int" and spec.acc_bits is None:
+        raise ValueError("fmt='int' needs spec.acc_bits (an integer accumulator); allowed: an int in [2, 32]")
+
+
+# --------------------------------------------------------------------------- the relaxation
+LayerFn = Callable[[_Builder, int, list[str]], str]
+
+
+def _sweep(g: _Builder, n_layers: int, update: str, states: list[str], layer: LayerFn) -> list[str]:
+    """One sweep: async (even layers then odd, in place) or sync (all from the old states)."""
+    if update == "sync":
+        return [layer(g, i, states) for i in range(n_layers)]
+    s = list(states)
+    for parity in (0, 1):
+        for i in range(parity, n_layers, 2):
+            s[i] = layer(g, i, s)
+    return s
+
+
+def _relax(g: _Builder, sizes: tuple[int, ...], update: str, zeros: list[str], layer: LayerFn, n_steps: int,
+           loop: bool, state_type: int) -> list[str]:
+    """``n_steps`` sweeps from the states ``zeros``: unrolled into ``g`` or as one ONNX ``Loop`` node."""
+    n = len(sizes) - 1
+    if not loop:
+        s = zeros
+        for _ in range(n_steps):
+            s = _sweep(g, n, update, s, layer)
+        return s
+    body = _Builder(prefix="body_")
+    it, cond_in = "body_iter", "body_cond_in"
+    s_in = [f"body_state_in_{i}" for i in range(n)]
+    s_out = _sweep(body, n, update, s_in, layer)
+    s_out = [body.op("Identity", [t], stem=f"body_state_out_{i}") for i, t in enumerate(s_out)]
+    cond_out = body.op("Identity", [cond_in], stem="body_cond_out")
+    vi = lambda name, dims: helper.make_tensor_value_info(name, state_type, dims)  # noqa: E731
+    graph = helper.make_graph(
+        body.nodes, "sweep",
+        [helper.make_tensor_value_info(it, TensorProto.INT64, []),
+         helper.make_tensor_value_info(cond_in, TensorProto.BOOL, [])] + [vi(s_in[i], ["B", sizes[i + 1]]) for i in range(n)],
+        [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, [])] + [vi(s_out[i], ["B", sizes[i + 1]]) for i in range(n)],
+        body.inits)
+    trip = g.const("loop_trip_count", np.array(n_steps, dtype=np.int64))
+    return g.op("Loop", [trip, ""] + zeros, stem="loop_state", n_out=n, body=graph) if n > 1 else \
+        [g.op("Loop", [trip, ""] + zeros, stem="loop_state", body=graph)]
+
+
+def _zero_states(g: _Builder, x: str, sizes: tuple[int, ...], dtype: np.dtype) -> list[str]:
+    """``(B, n_i)`` zeros for every state, ``B`` read from the input's shape."""
+    batch = g.op("Shape", [x], stem="batch", start=0, end=1)
+    value = numpy_helper.from_array(np.zeros(1, dtype=dtype))
+    out = []
+    for i, n in enumerate(sizes[1:]):
+        shape = g.op("Concat", [batch, g.const(f"width_{i}", np.array([n], np.int64))], stem=f"zshape_{i}", axis=0)
+        out.append(g.op("ConstantOfShape", [shape], stem=f"zeros_{i}", value=value))
+    return out
+
+
+def _finish(g: _Builder, net: EqPropMLP, spec: HardwareSpec, fmt: str, n_steps: int, loop: bool, x_name: str,
+            x_type: int, states: list[str], state_type: int) -> onnx.ModelProto:
+    sizes = net.sizes
+    outs = []
+    for i, s in enumerate(states):
+        g.nodes.append(helper.make_node("Identity", [s], [state_name(i)], name=f"out_{i}"))
+        outs.append(helper.make_tensor_value_info(state_name(i), state_type, ["B", sizes[i + 1]]))
+    g.nodes.append(helper.make_node("ArgMax", [states[-1]], [PREDICTION], name="argmax", axis=1, keepdims=0))
+    outs.append(helper.make_tensor_value_info(PREDICTION, TensorProto.INT64, ["B"]))
+    graph = helper.make_graph(g.nodes, f"eqprop_{fmt}_{'loop' if loop else 'unrolled'}_T{n_steps}",
+                              [helper.make_tensor_value_info(x_name, x_type, ["B", sizes[0]])], outs, g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="eqprop-hwsim.exports")
+    model.ir_version = IR_VERSION
+    write_metadata(model, spec, fmt=fmt, n_steps=n_steps, loop=loop, model_config=net.config.to_dict())
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _float_params(net: EqPropMLP) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(lin.weight.detach().cpu().to(torch.float32).numpy(), lin.bias.detach().cpu().to(torch.float32).numpy())
+            for lin in net.layers]
+
+
+def _float_layer(w: list[str], b: list[str], drive: str, n_layers: int, post: Callable[[_Builder, str, int], str]):
+    """Layer update of the float and QDQ graphs: ``post(clamp(preact, 0, 1))``."""
+    def layer(g: _Builder, i: int, s: list[str]) -> str:
+        a = drive if i == 0 else g.op("Gemm", [s[i - 1], w[i], b[i]], stem=f"ff_{i}", transB=1)
+        if i + 1 < n_layers:
+            a = g.op("Gemm", [s[i + 1], w[i + 1], a], stem=f"pre_{i}")
+        return post(g, g.op("Clip", [a, "zero_f", "one_f"], stem=f"rho_{i}"), i)
+    return layer
+
+
+def build_float_model(net: EqPropMLP, spec: HardwareSpec, n_steps: int, loop: bool) -> onnx.ModelProto:
+    """float32 graph: input ``x`` (B, n_0) float32; outputs ``state_i`` float32 and ``prediction`` int64."""
+    g = _Builder()
+    params = _float_params(net)
+    w = [g.const(f"W_{i}", wi) for i, (wi, _) in enumerate(params)]
+    b = [g.const(f"b_{i}", bi) for i, (_, bi) in enumerate(params)]
+    g.const("zero_f", np.array(0.0, np.float32))
+    g.const("one_f", np.array(1.0, np.float32))
+    drive = g.op("Gemm", [INPUT_FLOAT, w[0], b[0]], stem="drive", transB=1)
+    layer = _float_layer(w, b, drive, net.n_layers, lambda g_, t, i: t)
+    zeros = _zero_states(g, INPUT_FLOAT, net.sizes, np.float32)
+    s = _relax(g, net.sizes, net.config.update, zeros, layer, n_steps, loop, TensorProto.FLOAT)
+    return _finish(g, net, spec, "float", n_steps, loop, INPUT_FLOAT, TensorProto.FLOAT, s, TensorProto.FLOAT)
+
+
+def qdq_weight_bits(spec: HardwareSpec) -> int:
+    """Container width of the QDQ weight codes: ternary codes {-1, 0, 1} are stored as INT4."""
+    return 4 if spec.weights.kind == "ternary" else spec.weights.bits
+
+
+def build_qdq_model(net: EqPropMLP, spec: HardwareSpec, n_steps: int, loop: bool) -> onnx.ModelProto:
+    """QDQ graph (opset 21): weights ``DequantizeLinear(codes, scale, axis=0)``; input and states
+    ``DequantizeLinear(QuantizeLinear(clip(v, min_value, max_value), 2**-frac_bits, 0))``.
+
+    Biases stay float32 (the torch fake-quant path quantizes weights and states, not biases).
+    """
+    g = _Builder()
+    fmt_s = spec.state
+    w_bits = qdq_weight_bits(spec)
+    w, b = [], []
+    for i, (wi, bi) in enumerate(_float_params(net)):
+        q = quantize_weights(net.layers[i].weight.detach().cpu().double().numpy(), spec)
+        codes = g.add_init(_code_initializer(f"Wq_{i}", q.codes, w_bits, True))
+        scale = np.asarray(q.scale, np.float64).reshape(-1).astype(np.float32)
+        attrs = {"axis": 0} if scale.size > 1 else {}
+        sc = g.const(f"W_scale_{i}", scale if scale.size > 1 else scale.reshape(()))
+        w.append(g.op("DequantizeLinear", [codes, sc], stem=f"W_{i}", **attrs))
+        b.append(g.const(f"b_{i}", bi))
+    g.const("zero_f", np.array(0.0, np.float32))
+    g.const("one_f", np.array(1.0, np.float32))
+    s_type, s_np = _zero_point(fmt_s.bits, fmt_s.signed)
+    g.const("s_scale", np.array(fmt_s.lsb, np.float32))
+    if s_np is None:
+        g.add_init(helper.make_tensor("s_zp", s_type, [], [0]))
+    else:
+        g.const("s_zp", np.array(0, s_np))
+    g.const("s_lo", np.array(fmt_s.min_value, np.float32))
+    g.const("s_hi", np.array(fmt_s.max_value, np.float32))
+    lo_c, hi_c = fmt_s.qmin, fmt_s.qmax
+    container = {TensorProto.INT4: (-8, 7), TensorProto.UINT4: (0, 15), TensorProto.INT8: (-128, 127),
+                 TensorProto.UINT8: (0, 255), TensorProto.INT16: (-2**15, 2**15 - 1),
+                 TensorProto.UINT16: (0, 2**16 - 1)}[s_type]
+    needs_clip = (lo_c, hi_c) != container
+
+    def fq(g_: _Builder, v: str, i) -> str:
+        if needs_clip:
+            v = g_.op("Clip", [v, "s_lo", "s_hi"], stem=f"sat_{i}")
+        q = g_.op("QuantizeLinear", [v, "s_scale", "s_zp"], stem=f"q_{i}")
+        return g_.op("DequantizeLinear", [q, "s_scale", "s_zp"], stem=f"s_{i}")
+
+    xq = fq(g, INPUT_FLOAT, "x")
+    drive = g.op("Gemm", [xq, w[0], b[0]], stem="drive", transB=1)
+    layer = _float_layer(w, b, drive, net.n_layers, fq)
+    zeros = _zero_states(g, INPUT_FLOAT, net.sizes, np.float32)
+    s = _relax(g, net.sizes, net.config.update, zeros, layer, n_steps, loop, TensorProto.FLOAT)
+    return _finish(g, net, spec, "qdq", n_steps, loop, INPUT_FLOAT, TensorProto.FLOAT, s, TensorProto.FLOAT)
+
+
+_BUILDERS = {"float": build_float_model, "qdq": build_qdq_model}
+
+
+def export_onnx(net: EqPropMLP, spec: HardwareSpec | str, path: str | os.PathLike | None = None, *,
+                fmt: str = "float", n_steps: int = 30, loop: bool = False, overwrite: bool = False) -> onnx.ModelProto:
+    """Build (and optionally save) the ONNX graph of ``net``'s free phase under ``spec``.
+
+    Args:
+        net: the model (its float32 copy of the weights is used; eval only, no grads).
+        spec: a :class:`quant.HardwareSpec` or a preset name.
+        path: where to write the ``.onnx`` file; ``None`` returns the model only.
+        fmt: ``"float"``, ``"qdq"`` or ``"int"`` (module docstring).
+        n_steps: relaxation sweeps ``T >= 1``.
+        loop: ``True`` for an ONNX ``Loop``, ``False`` to unroll ``T`` sweeps.
+        overwrite: replace an existing ``path`` (otherwise ``FileExistsError``).
+
+    Returns:
+        the checked ``onnx.ModelProto`` (spec in ``metadata_props``, see :mod:`exports.metadata`).
+    """
+    if isinstance(spec, str):
+        spec = get_preset(spec)
+    check_export_args(net, spec, fmt, n_steps)
+    if path is not None and Path(path).exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; choose another path or pass overwrite=True")
+    model = _BUILDERS[fmt](net, spec, int(n_steps), bool(loop))
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(str(path) + ".tmp")
+        onnx.save(model, str(tmp))
+        os.replace(tmp, path)
+        log.info("exported %s (%s, T=%d, %s) to %s: %d bytes", spec.name, fmt, n_steps,
+                 "loop" if loop else "unrolled", path, Path(path).stat().st_size)
+    return model
+
+
+def export_command(checkpoint: str | os.PathLike, spec: str | HardwareSpec, out: str | os.PathLike,
+                   fmt: str = "int", n_steps: int = 30, overwrite: bool = False, loop: bool = False) -> Path:
+    """``run_suite.py export``: load a checkpoint, export it, return the written path.
+
+    Args:
+        checkpoint: a file written by :func:`models.checkpoint.save_checkpoint` (an EqPropMLP).
+        spec: a preset name (``"int8"``) or a path to a ``HardwareSpec`` JSON file, or a spec.
+        out: the ``.onnx`` path; never overwritten unless ``overwrite``.
+        fmt, n_steps, loop: see :func:`export_onnx`.
+    """
+    from models.checkpoint import load_checkpoint
+
+    if isinstance(spec, (str, os.PathLike)) and Path(spec).suffix == ".json":
+        if not Path(spec).is_file():
+            raise ValueError(f"spec file {spec} does not exist; allowed: a preset name or a HardwareSpec JSON file")
+        spec = HardwareSpec.from_json(Path(spec).read_text())
+    elif isinstance(spec, str):
+        spec = get_preset(spec)
+    if Path(out).exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; choose another --out or pass overwrite=True")
+    net, _ = load_checkpoint(checkpoint)
+    if not isinstance(net, EqPropMLP):
+        raise ValueError(f"checkpoint holds a {type(net).__name__}; allowed: an EqPropMLP")
+    export_onnx(net, spec, out, fmt=fmt, n_steps=n_steps, loop=loop, overwrite=overwrite)
+    return Path(out)
+
+
