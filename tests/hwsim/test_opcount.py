@@ -1,0 +1,156 @@
+"""Analytic operation counts (hwsim.opcount) against torch's FLOP counter, hand counts, energy table."""
+import math
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from hwsim import opcount as oc
+from models.eqprop_mlp import EqPropConfig, EqPropMLP
+from models.gradients import bptt_grads
+from quant import energy, get_preset, quantize_weights
+
+SIZES = [(9, 4), (20, 7, 3), (20, 7, 5, 3)]  # 0, 1 and 2 hidden layers
+
+
+def _flops(fn) -> int:
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops()
+
+
+@pytest.mark.parametrize("update", ["async", "sync"])
+@pytest.mark.parametrize("sizes", SIZES)
+def test_macs_match_flop_counter(sizes, update):
+    """Analytic dense MACs == FlopCounterMode FLOPs / 2 for free phase, EqProp step, BPTT."""
+    net = EqPropMLP(EqPropConfig(sizes=sizes, update=update), seed=0)
+    B, T1, T2 = 5, 4, 3
+    x = torch.rand(B, sizes[0])
+    y = torch.randint(0, sizes[-1], (B,))
+    fp = get_preset("fp32")
+    assert 2 * oc.count_inference(net, fp, n_steps=T1, batch_size=B).macs == \
+        _flops(lambda: net.free_phase(x, n_steps=T1))
+    for mode in ("symmetric", "one_sided"):
+        ana = oc.count_training_step(net, fp, n_free_steps=T1, n_nudge_steps=T2, nudging=mode, batch_size=B)
+        run = _flops(lambda: net.eqprop_grads(x, y, beta=0.1, mode=mode, n_free_steps=T1, n_nudge_steps=T2))
+        assert 2 * ana.macs == run, mode
+    assert 2 * oc.bptt_macs(net, n_steps=T1, batch_size=B, update=update)["total"] == \
+        _flops(lambda: bptt_grads(net, x, y, n_steps=T1))
+
+
+def test_wrong_step_count_does_not_match():
+    """The cross-check can fail: one sweep too many is seen."""
+    net = EqPropMLP(EqPropConfig(sizes=(20, 7, 3)), seed=0)
+    x = torch.rand(3, 20)
+    run = _flops(lambda: net.free_phase(x, n_steps=4))
+    assert 2 * oc.count_inference(net, get_preset("fp32"), n_steps=5, batch_size=3).macs != run
+
+
+def test_closed_forms_and_drive_reuse():
+    s = (784, 512, 10)
+    assert oc.sweep_macs(s) == 2 * 512 * 10 and oc.drive_macs(s) == 784 * 512
+    fp = get_preset("fp32")
+    per_phase = oc.count_inference(s, fp, n_steps=30)
+    every = oc.count_inference(s, fp, n_steps=30, drive_mode="every_step")
+    assert per_phase.macs == 784 * 512 + 30 * 10240
+    assert every.macs - per_phase.macs == 29 * 784 * 512
+    kw = dict(n_free_steps=30, n_nudge_steps=10)
+    t_phase = oc.count_training_step(s, fp, **kw)
+    t_once = oc.count_training_step(s, fp, drive_mode="once", **kw)
+    assert t_phase.macs - t_once.macs == 2 * 784 * 512          # 3 drives vs 1
+    assert t_phase.phases["update"].macs == 784 * 512 + 2 * 512 * 10
+
+
+def test_int8_sweep_hand_count():
+    """One free sweep of (3, 2, 2) under int8 (sizes only: 31-bit multipliers), counted by hand."""
+    r = oc.count_inference((3, 2, 2), get_preset("int8"), n_steps=1)
+    got = r.phases["free"].by_label()
+    want = {
+        "mult_int8x8": 4 + 4,          # W2^T s2 into layer 1, W2 s1 into layer 2
+        "add_int32": 4 + 4 + 2 + 2 + 2,  # MAC adds, round adds of 2 dest shifts, combine (bias/drive)
+        "cmp_int32": 4 + 4 + 2 + 4 + 4,  # saturate x2 terms, nearest-even compares, clamp x2 layers
+        "shift_int32": 2,              # dest shift of the transposed term
+        "mult_int8x31": 2, "shift_int39": 2, "add_int39": 2, "cmp_int39": 2,     # source pre-scale
+        "mult_int32x31": 2, "shift_int63": 2, "add_int63": 2, "cmp_int63": 2,    # forward requant
+    }
+    assert got == want
+    assert r.phases["free"].macs == 8
+
+
+def test_ternary_no_weight_multiplies_and_zero_skipping():
+    net = EqPropMLP(EqPropConfig(sizes=(30, 8, 4)), seed=3)
+    spec = get_preset("ternary")
+    dense = oc.count_inference(net, spec, n_steps=2)
+    sparse = oc.count_inference(net, spec, n_steps=2, sparsity="codes")
+    mac_mults = [k for k in dense.total.ops if k.op == "mult" and k.bits_b == spec.state.bits]
+    assert mac_mults == []  # only requantisation multiplies remain
+    zeros = [int((quantize_weights(l.weight.detach(), spec).codes == 0).sum()) for l in net.layers]
+    assert zeros[0] > 0 and zeros[1] > 0
+    # uses per sample: W1 once (drive); W2 twice per sweep (forward + transposed), 2 sweeps
+    acc = spec.acc_bits
+    key = oc.OpKey("add", "int", acc)
+    assert dense.total.ops[key] - sparse.total.ops[key] == zeros[0] + 4 * zeros[1]
+    assert dense.macs == sparse.macs  # torch-style dense MACs unchanged
+
+
+def test_energy_ordering_and_linearity():
+    s = (784, 512, 10)
+    e = {p: oc.count_inference(s, get_preset(p), n_steps=30).energy_pj() for p in ("fp32", "int8", "int4", "ternary")}
+    assert e["ternary"] < e["int4"] < e["int8"] < e["fp32"]
+    a = oc.count_inference(s, get_preset("int8"), n_steps=10).phases["free"]
+    b = oc.count_inference(s, get_preset("int8"), n_steps=20).phases["free"]
+    assert math.isclose(b.energy_pj(), 2 * a.energy_pj(), rel_tol=1e-12)
+    c = oc.count_inference(s, get_preset("fp32"), n_steps=1).phases["free"]
+    want = 10240 * (3.7 + 0.9) + 2 * 522 * 0.9 + 2 * 512 * 10 * 32 / 64 * 10.0   # MACs, clamps, weight reads
+    assert math.isclose(c.energy_pj(), want, rel_tol=1e-12)
+
+
+def test_weight_memory_by_hand():
+    m4 = oc.weight_memory((4, 3, 2), get_preset("int4"))
+    assert m4["code_bytes"] == math.ceil(12 * 4 / 8) + math.ceil(6 * 4 / 8)
+    assert m4["scale_bytes"] == (3 + 2) * 4 and m4["bias_bytes"] == math.ceil(3 * 3) + math.ceil(2 * 3)
+    assert m4["hidden_bytes"] == (12 + 3) * 2 + (6 + 2) * 2
+    mt = oc.weight_memory((784, 512, 10), get_preset("ternary"))
+    assert mt["code_bytes"] == (784 * 512 + 512 * 10) * 2 // 8
+    mf = oc.weight_memory((784, 512, 10), get_preset("fp32"))
+    assert mf["weight_bytes"] == (784 * 512 + 512 * 10) * 4 and mf["hidden_bytes"] == 0
+
+
+def test_training_update_int8_uses_stochastic_rounding():
+    s = (6, 4, 3)
+    spec = get_preset("int8")
+    r = oc.count_training_step(s, spec, n_free_steps=2, n_nudge_steps=2)
+    n_params = 6 * 4 + 4 + 4 * 3 + 3
+    up = r.phases["update"].ops
+    assert up[oc.OpKey("mult", "int", 32, 32)] == 3 * n_params   # one hash round per parameter
+    assert up[oc.OpKey("add", "int", spec.update.hidden_bits)] >= n_params
+    assert set(r.phases) == {"drive", "free", "nudge_minus", "nudge_plus", "update"}
+    one = oc.count_training_step(s, spec, n_free_steps=2, n_nudge_steps=2, nudging="one_sided")
+    assert "nudge_minus" not in one.phases
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: oc.count_inference((4, 3), get_preset("analog_pcm"), n_steps=2), "analog"),
+    (lambda: oc.count_inference((4,), get_preset("fp32"), n_steps=2), "sizes"),
+    (lambda: oc.count_inference((4, 3), get_preset("int8"), n_steps=0), "n_steps"),
+    (lambda: oc.count_inference((4, 3), get_preset("int8"), n_steps=2, sparsity="codes"), "sparsity"),
+    (lambda: oc.count_inference((4, 3), get_preset("int8"), n_steps=2, drive_mode="never"), "drive_mode"),
+    (lambda: oc.count_training_step((4, 3), get_preset("int8"), n_free_steps=2, n_nudge_steps=1,
+                                    nudging="both"), "nudging"),
+    (lambda: energy.op_energy_pj("div", "int", 8), "op"),
+    (lambda: energy.op_energy_pj("add", "fp", 8), "float op"),
+    (lambda: energy.memory_read_energy_pj(64, "hbm"), "level"),
+])
+def test_bad_input_raises_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_energy_table_values_and_scaling():
+    assert energy.op_energy_pj("mult", "int", 32) == 3.1
+    assert energy.op_energy_pj("add", "int", 8) == 0.03
+    assert math.isclose(energy.op_energy_pj("mult", "int", 4), 0.2 / 4)          # bits^2 rule
+    assert math.isclose(energy.op_energy_pj("add", "int", 24), 0.1 * 24 / 32)    # linear rule
+    assert energy.op_energy_pj("cmp", "int", 32) == energy.op_energy_pj("add", "int", 32)
+    assert energy.synop_energy_pj(8) == energy.op_energy_pj("add", "int", 8)
+    assert energy.memory_read_energy_pj(64, "dram", "low") == 1300.0
