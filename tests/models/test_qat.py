@@ -1,0 +1,100 @@
+"""QAT: fake-quant EqProp dynamics and training (models/qat.py)."""
+import numpy as np
+import pytest
+import torch
+
+from models.eqprop_mlp import EqPropConfig, EqPropMLP
+from models.qat import QATConfig, qat_eqprop_grads, qat_predict, qat_relax, qat_weights, train_qat
+from quant import get_preset, quantize_weights
+from quant.tolerances import BIT_EXACT, F64_VS_F64
+from tracks.data import load_dataset
+
+QUANT_PRESETS = ["int8", "int4", "ternary"]
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The shared 2-core machine thrashes with torch's intra-op threads (measured 13x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _net(sizes=(12, 8, 6, 4), dtype=torch.float64):
+    return EqPropMLP(EqPropConfig(sizes=sizes), seed=0).to(dtype)
+
+
+def test_fp32_spec_is_the_float_model():
+    net = _net()
+    x = torch.rand(7, 12, dtype=torch.float64)
+    y = torch.randint(0, 4, (7,))
+    s_q, _ = qat_relax(net, x, get_preset("fp32"), n_steps=25)
+    s_f, _ = net.relax(x, n_steps=25)
+    for a, b in zip(s_q, s_f):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), **F64_VS_F64)
+    g_q = qat_eqprop_grads(net, x, y, get_preset("fp32"), beta=0.1, n_free_steps=25, n_nudge_steps=10)
+    g_f = net.eqprop_grads(x, y, beta=0.1, mode="symmetric", n_free_steps=25, n_nudge_steps=10)
+    for k in g_f:
+        np.testing.assert_allclose(g_q[k].numpy(), g_f[k].numpy(), **F64_VS_F64)
+
+
+@pytest.mark.parametrize("preset", QUANT_PRESETS)
+def test_states_on_grid_and_weights_quantised(preset):
+    spec = get_preset(preset)
+    net = _net()
+    x = torch.rand(5, 12, dtype=torch.float64)
+    s, _ = qat_relax(net, x, spec, n_steps=10)
+    for t in s:
+        codes = t * 2 ** spec.state.frac_bits
+        np.testing.assert_allclose(codes.numpy(), codes.round().numpy(), **BIT_EXACT)
+        assert float(t.min()) >= 0.0 and float(t.max()) <= 1.0
+    for (w_hat, _), lin in zip(qat_weights(net, spec), net.layers):
+        q = quantize_weights(lin.weight, spec)
+        np.testing.assert_allclose(w_hat.detach().numpy(), q.dequantize().numpy(), **BIT_EXACT)
+        n_levels = len(torch.unique(w_hat.detach()[0]))
+        assert n_levels <= 2 ** spec.weights.bits - 1
+
+
+def test_one_step_matches_hand_computation():
+    """One sweep from zero states: s_0 = Q(rho(W0_hat Q(x) + b0)), then s_1 from s_0 (async)."""
+    spec = get_preset("int4")
+    net = _net(sizes=(12, 8, 4))
+    x = torch.rand(3, 12, dtype=torch.float64)
+    s, _ = qat_relax(net, x, spec, n_steps=1)
+    q = lambda t: torch.round(t.clamp(0, 1) * 128) / 128  # int4 preset: u8 states, frac_bits 7, nearest
+    w0 = quantize_weights(net.layers[0].weight, spec).dequantize()
+    w1 = quantize_weights(net.layers[1].weight, spec).dequantize()
+    s0 = q(q(x) @ w0.T + net.layers[0].bias.detach())
+    s1 = q(s0 @ w1.T + net.layers[1].bias.detach())
+    np.testing.assert_allclose(s[0].numpy(), s0.numpy(), **BIT_EXACT)
+    np.testing.assert_allclose(s[1].numpy(), s1.numpy(), **BIT_EXACT)
+
+
+def test_qat_training_learns_real_mnist():
+    x, y = load_dataset("mnist", "train")
+    x, y = torch.tensor(x[:400]), torch.tensor(y[:400])
+    net = EqPropMLP(EqPropConfig(sizes=(784, 32, 10)), seed=0)
+    spec = get_preset("int4")
+    before = float((qat_predict(net, x, spec) == y).float().mean())
+    hist = train_qat(net, x, y, spec, QATConfig(epochs=2, batch_size=20, lr=(0.1, 0.05)), progress=False)
+    after = float((qat_predict(net, x, spec) == y).float().mean())
+    assert len(hist["loss"]) == 40 and len(hist["train_acc"]) == 2
+    assert after > 0.6 and after > before + 0.3, (before, after)
+
+
+def test_bad_input_is_a_clear_value_error():
+    net = _net()
+    with pytest.raises(ValueError, match="analog"):
+        qat_relax(net, torch.rand(2, 12, dtype=torch.float64), get_preset("analog_pcm"))
+    with pytest.raises(ValueError, match="HardwareSpec"):
+        qat_relax(net, torch.rand(2, 12, dtype=torch.float64), "int8")
+    with pytest.raises(ValueError, match="lr"):
+        QATConfig(lr=-1.0)
+    with pytest.raises(ValueError, match="nudging"):
+        QATConfig(nudging="random")
+    with pytest.raises(ValueError, match="targets"):
+        qat_relax(net, torch.rand(2, 12, dtype=torch.float64), get_preset("int8"), beta=0.1)
+    with pytest.raises(ValueError, match="same N"):
+        train_qat(net, torch.rand(4, 12, dtype=torch.float64), torch.zeros(3, dtype=torch.int64),
+                  get_preset("int8"), progress=False)
