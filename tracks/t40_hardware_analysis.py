@@ -1,0 +1,246 @@
+"""Track 40: hardware analysis -- operation counts, weight memory and energy per representation.
+
+For each network (784-512-10, 784-256-256-10; quick: the first) and each representation (fp32,
+int8, int4, ternary) the analytic counter :mod:`hwsim.opcount` gives MACs and primitive ops by bit
+width per inference (free phase, ``T1`` sweeps) and per EqProp training step (free ``T1``,
+symmetric nudging: two nudged phases of ``T2``, contrast and weight update), the weight memory,
+and an energy estimate from the cited per-op table :mod:`quant.energy` (Horowitz, ISSCC 2014).
+Counts are per sample (batch 1: every weight is read from SRAM per sample, no batch reuse).
+
+Cross-check: ``torch.utils.flop_counter.FlopCounterMode`` around the real ``EqPropMLP.free_phase``,
+``EqPropMLP.eqprop_grads`` (symmetric) and ``models.gradients.bptt_grads`` on a slice of real MNIST;
+the analytic dense MACs must equal the counter's FLOPs / 2 for all three (``flop_counter_match``).
+
+Table rows (``metrics["rows"]``) are dicts with the keys of :data:`ROW_FIELDS` (``None`` where a
+representation has no such number). Other representations (analog, spiking) add a row by
+registering a builder with :func:`register_row_builder`; its row must carry the same keys.
+
+``ctx.overrides`` (for tests): ``analytic_n_free_steps`` (int; the T1 the analytic count assumes,
+default the real T1), ``models`` (tuple of sizes tuples), ``representations`` (tuple of names),
+``n_cross_check`` (MNIST samples for the FLOP cross-check, default 8).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from hwsim import opcount
+from models.eqprop_mlp import EqPropConfig, EqPropMLP
+from models.gradients import bptt_grads
+from quant import get_preset
+from quant.energy import SOURCE
+
+from .base import Criterion, TrackContext, TrackResult, TrackSpec
+from .data import load_dataset
+
+log = logging.getLogger("eqprop_hwsim.tracks.t40")
+
+SPEC = TrackSpec(
+    id=40,
+    slug="hardware_analysis",
+    name="Hardware analysis: operations, memory, energy",
+    claim=("Analytic operation counts of EqProp inference and training equal torch's FLOP counter, and "
+           "integer representations cut the estimated energy per inference below fp32."),
+    criteria=(Criterion("flop_counter_match", "==", 1.0), Criterion("energy_ratio_int8_vs_fp32", "<", 1.0)),
+    est_seconds_full=40.0,
+    est_seconds_quick=15.0,
+)
+
+MODELS_FULL = ((784, 512, 10), (784, 256, 256, 10))
+MODELS_QUICK = ((784, 512, 10),)
+REPRESENTATIONS = ("fp32", "int8", "int4", "ternary")
+N_FREE_STEPS = 30   # T1
+N_NUDGE_STEPS = 10  # T2
+NUDGING = "symmetric"
+BETA = 0.1          # nudging strength of the cross-check run (does not change any count)
+MEMORY_LEVEL = "sram_8kb"
+
+ROW_FIELDS = (
+    "model", "representation", "weight_bits", "state_bits", "acc_bits",
+    "macs_inference", "mults_inference", "adds_inference", "ops_inference",
+    "macs_inference_no_drive_reuse", "energy_pj_inference", "compute_energy_pj_inference",
+    "memory_energy_pj_inference", "energy_pj_inference_zero_skip",
+    "macs_train_step", "mults_train_step", "adds_train_step", "ops_train_step",
+    "energy_pj_train_step", "energy_pj_train_by_phase",
+    "weight_bytes", "inference_bytes", "training_bytes",
+)
+"""Keys of a table row; a builder for a new representation fills what applies and ``None`` else."""
+
+RowBuilder = Callable[[EqPropMLP, str], dict[str, Any]]
+_ROW_BUILDERS: dict[str, RowBuilder] = {}
+
+
+def register_row_builder(name: str, builder: RowBuilder, *, overwrite: bool = False) -> None:
+    """Register ``builder(net, name) -> row`` for representation ``name``."""
+    if name in _ROW_BUILDERS and not overwrite:
+        raise ValueError(f"representation {name!r} already has a row builder; pass overwrite=True to replace it")
+    _ROW_BUILDERS[name] = builder
+
+
+def get_row_builder(name: str) -> RowBuilder:
+    if name not in _ROW_BUILDERS:
+        raise ValueError(f"representation {name!r} has no row builder; allowed: {sorted(_ROW_BUILDERS)}")
+    return _ROW_BUILDERS[name]
+
+
+def model_name(sizes) -> str:
+    return "-".join(str(n) for n in sizes)
+
+
+def digital_row(net: EqPropMLP, name: str) -> dict[str, Any]:
+    """Row of a digital preset (fp32 or integer) from :mod:`hwsim.opcount`."""
+    spec = get_preset(name)
+    inf = opcount.count_inference(net, spec, n_steps=N_FREE_STEPS)
+    inf_nr = opcount.count_inference(net, spec, n_steps=N_FREE_STEPS, drive_mode="every_step")
+    tr = opcount.count_training_step(net, spec, n_free_steps=N_FREE_STEPS, n_nudge_steps=N_NUDGE_STEPS,
+                                     nudging=NUDGING)
+    mem = opcount.weight_memory(net, spec)
+    zero_skip = None
+    if spec.is_integer:
+        zero_skip = opcount.count_inference(net, spec, n_steps=N_FREE_STEPS, sparsity="codes").energy_pj(MEMORY_LEVEL)
+    t_inf, t_tr = inf.total, tr.total
+    return {
+        "model": model_name(net.sizes), "representation": name,
+        "weight_bits": spec.weights.bits, "state_bits": spec.state.bits if spec.state else 32,
+        "acc_bits": spec.acc_bits or 32,
+        "macs_inference": inf.macs, "mults_inference": t_inf.mults, "adds_inference": t_inf.adds,
+        "ops_inference": t_inf.by_label(), "macs_inference_no_drive_reuse": inf_nr.macs,
+        "energy_pj_inference": inf.energy_pj(MEMORY_LEVEL),
+        "compute_energy_pj_inference": t_inf.compute_energy_pj(),
+        "memory_energy_pj_inference": t_inf.memory_energy_pj(MEMORY_LEVEL),
+        "energy_pj_inference_zero_skip": zero_skip,
+        "macs_train_step": tr.macs, "mults_train_step": t_tr.mults, "adds_train_step": t_tr.adds,
+        "ops_train_step": t_tr.by_label(), "energy_pj_train_step": tr.energy_pj(MEMORY_LEVEL),
+        "energy_pj_train_by_phase": tr.energy_by_phase(MEMORY_LEVEL),
+        "weight_bytes": mem["weight_bytes"], "inference_bytes": mem["inference_bytes"],
+        "training_bytes": mem["training_bytes"],
+    }
+
+
+for _name in REPRESENTATIONS:
+    register_row_builder(_name, digital_row)
+
+
+def _flops(fn) -> int:
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return int(fc.get_total_flops())
+
+
+def cross_check(net: EqPropMLP, x: torch.Tensor, y: torch.Tensor, analytic_n_free_steps: int) -> list[dict]:
+    """Analytic dense MACs (assuming ``analytic_n_free_steps``) vs FlopCounterMode FLOPs / 2 of the
+    real runs with ``N_FREE_STEPS``; one row per run."""
+    fp, B = get_preset("fp32"), x.shape[0]
+    runs = [
+        ("free_phase", opcount.count_inference(net, fp, n_steps=analytic_n_free_steps, batch_size=B).macs,
+         lambda: net.free_phase(x, n_steps=N_FREE_STEPS)),
+        ("eqprop_step", opcount.count_training_step(net, fp, n_free_steps=analytic_n_free_steps,
+                                                    n_nudge_steps=N_NUDGE_STEPS, nudging=NUDGING,
+                                                    batch_size=B).macs,
+         lambda: net.eqprop_grads(x, y, beta=BETA, mode=NUDGING, n_free_steps=N_FREE_STEPS,
+                                  n_nudge_steps=N_NUDGE_STEPS)),
+        ("bptt_step", opcount.bptt_macs(net, n_steps=analytic_n_free_steps, batch_size=B,
+                                        update=net.config.update)["total"],
+         lambda: bptt_grads(net, x, y, n_steps=N_FREE_STEPS)),
+    ]
+    rows = []
+    for name, analytic, fn in runs:
+        flops = _flops(fn)
+        rows.append({"model": model_name(net.sizes), "run": name, "batch": B, "analytic_macs": int(analytic),
+                     "counter_flops": flops, "counter_macs": flops / 2, "match": 2 * int(analytic) == flops})
+    return rows
+
+
+def _plot(rows: list[dict], path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        mr = [r for r in rows if r["model"] == m and r.get("energy_pj_train_by_phase")]
+        names = [r["representation"] for r in mr]
+        bottom = [0.0] * len(mr)
+        for phase in opcount.PHASES:
+            vals = [r["energy_pj_train_by_phase"].get(phase, 0.0) / 1e6 for r in mr]
+            ax.bar(names, vals, bottom=bottom, label=phase)
+            bottom = [b + v for b, v in zip(bottom, vals)]
+        ax.set_title(f"{m}: one EqProp training step (T1={N_FREE_STEPS}, T2={N_NUDGE_STEPS}, {NUDGING})", fontsize=9)
+        ax.set_ylabel("energy estimate (uJ per sample)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(ctx: TrackContext) -> TrackResult:
+    ov = dict(ctx.overrides)
+    models = tuple(tuple(m) for m in ov.pop("models", MODELS_QUICK if ctx.quick else MODELS_FULL))
+    reps = tuple(ov.pop("representations", REPRESENTATIONS))
+    analytic_t1 = ov.pop("analytic_n_free_steps", N_FREE_STEPS)
+    n_check = ov.pop("n_cross_check", 8)
+    if ov:
+        raise ValueError(f"unknown overrides {sorted(ov)}; allowed: analytic_n_free_steps, models, "
+                         "representations, n_cross_check")
+    if "fp32" not in reps or "int8" not in reps:
+        raise ValueError(f"representations={reps} must include 'fp32' and 'int8' (the energy ratio metric)")
+    x_all, y_all = load_dataset("mnist", "test", ctx.data_dir)
+    x = torch.from_numpy(x_all[:n_check]).float()
+    y = torch.from_numpy(y_all[:n_check]).long()
+    seed = ctx.seeds[0] if ctx.seeds else 0
+
+    rows: list[dict] = []
+    checks: list[dict] = []
+    for sizes in models:
+        net = EqPropMLP(EqPropConfig(sizes=sizes), seed=seed)
+        checks += cross_check(net, x, y, analytic_t1)
+        for name in reps:
+            row = get_row_builder(name)(net, name)
+            missing = set(ROW_FIELDS) - set(row)
+            if missing:
+                raise ValueError(f"row builder of {name!r} left out {sorted(missing)}; fill them (None if n/a)")
+            rows.append(row)
+        log.info("t40 %s: %d representations counted", model_name(sizes), len(reps))
+
+    first = model_name(models[0])
+    by_rep = {r["representation"]: r for r in rows if r["model"] == first}
+    fp32 = by_rep["fp32"]
+    for r in rows:
+        ref = next(q for q in rows if q["model"] == r["model"] and q["representation"] == "fp32")
+        r["energy_ratio_vs_fp32_inference"] = r["energy_pj_inference"] / ref["energy_pj_inference"]
+        r["energy_ratio_vs_fp32_train_step"] = r["energy_pj_train_step"] / ref["energy_pj_train_step"]
+
+    metrics: dict[str, Any] = {
+        "flop_counter_match": 1.0 if all(c["match"] for c in checks) else 0.0,
+        "energy_ratio_int8_vs_fp32": by_rep["int8"]["energy_pj_inference"] / fp32["energy_pj_inference"],
+        "macs_per_inference": fp32["macs_inference"],
+        "macs_per_train_step": fp32["macs_train_step"],
+    }
+    for name in reps:
+        if name in by_rep:
+            metrics[f"weight_bytes_{name}"] = by_rep[name]["weight_bytes"]
+            metrics[f"energy_pj_inference_{name}"] = by_rep[name]["energy_pj_inference"]
+            metrics[f"energy_pj_train_step_{name}"] = by_rep[name]["energy_pj_train_step"]
+    metrics["rows"] = rows
+    metrics["flop_cross_check"] = checks
+
+    plot = ctx.plots_dir / "t40_energy_per_phase.png"
+    _plot(rows, plot)
+    notes = [
+        f"Energy table: {SOURCE}; other widths scaled (adders ~ bits, multipliers ~ bits_a * bits_b), "
+        f"compare/shift/xor costed as adds; weights read from {MEMORY_LEVEL} per use (batch 1).",
+        f"Inference = one free phase of T1={N_FREE_STEPS} sweeps with the input drive W_1 x computed once "
+        "(macs_inference_no_drive_reuse: recomputed every sweep); training step = free + 2 nudged phases "
+        f"(T2={N_NUDGE_STEPS}) each recomputing the drive as EqPropMLP.relax does, + contrast + update.",
+        "Weights are the seeded initialisation (not trained): energy_pj_inference_zero_skip depends on the "
+        "zero codes (ternary sparsity) of these weights.",
+        "Integer requantisation follows hwsim.opcount's datapath model (per-row multiplier, pre-scaled "
+        "sources for transposed products); the numba simulator may schedule it differently.",
+    ]
+    if analytic_t1 != N_FREE_STEPS:
+        notes.append(f"override: analytic count assumes T1={analytic_t1} while the runs use T1={N_FREE_STEPS}")
+    return TrackResult(metrics=metrics, artifacts=[str(plot.relative_to(ctx.out_dir))], notes=notes)
