@@ -69,10 +69,14 @@ def fixed_point(step: Step, s0: State, *, max_steps: int, tol: float = 0.0, damp
     trace: list[float] = []
     res = torch.full((b,), float("inf"), dtype=s[0].dtype)
     n = 0
+    diagnose = tol > 0 or record_trace
     for n in range(1, max_steps + 1):
         new = step(s)
         if damping:
             new = [(1.0 - damping) * a + damping * c for a, c in zip(new, s)]
+        if not diagnose and n < max_steps:  # fixed step count, no trace: residual of the last step only
+            s = new
+            continue
         res = _residual(new, s)
         if record_trace:
             trace.append(float(res.max()))

@@ -1,0 +1,214 @@
+"""Spectrally normalised looped block, trainable by BPTT and by EqProp.
+
+Dynamics (gate ``g`` in (0, 1])::
+
+    h <- (1 - g) h + g tanh(W_eff h + U x + b),     logits = V h
+    W_eff = c * W_s,  W_s = (W + W^T) / 2 if symmetric else W,
+    c = min(1, gamma / sigma(W_s))  (spectral normalisation, ``gamma < 1``; c = 1 without SN)
+
+``sigma`` is tracked by power iteration (one step per training forward, like torch's
+``spectral_norm``). The map is a contraction when ``(1 - g) + g ||W_eff||_2 < 1``, i.e. when
+``||W_eff||_2 < 1``: :meth:`LoopedMLP.lipschitz` returns that bound with the exact 2-norm (SVD), an
+independent check of the power-iteration estimate used inside the layer.
+
+With symmetric weights the fixed point ``h = tanh(W_eff h + U x + b - beta V^T dL/dlogits)`` is a
+stationary point of ``Phi - beta L`` with ``Phi = 0.5 h^T W_eff h + h^T (U x + b)`` (plus the tanh
+entropy term that has no parameters), so the EqProp estimate
+``-(dPhi/dtheta(h^{b2}) - dPhi/dtheta(h^{b1})) / (b2 - b1)`` is exact as beta -> 0; the readout ``V``
+gets its gradient ``dL/dV`` at the free state directly. ``dPhi/dtheta`` is evaluated by autograd
+at the fixed states (nothing goes through the dynamics).
+
+>>> import torch
+>>> net = LoopedMLP(LoopedConfig(n_in=6, n_hidden=5, n_out=3, symmetric=True), seed=0).double()
+>>> x = torch.rand(4, 6, dtype=torch.float64); y = torch.tensor([0, 1, 2, 0])
+>>> net.lipschitz() < 1
+True
+>>> ge = net.eqprop_grads(x, y, beta=1e-4, n_free_steps=300, n_nudge_steps=300)
+>>> gb = net.bptt_grads(x, y, n_steps=300)
+>>> from models.gradients import compare_grads
+>>> min(r["cosine"] for r in compare_grads(ge, gb)) > 0.999
+True
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .solvers import RelaxInfo, relax
+
+
+@dataclass(frozen=True)
+class LoopedConfig:
+    """Attributes:
+        n_in, n_hidden, n_out: widths of input, looped state and readout.
+        gate: ``g`` of the damped update.
+        spectral_norm: rescale ``W`` so that ``||W_eff||_2 <= sn_gamma``.
+        sn_gamma: target bound (< 1 for a contraction).
+        symmetric: use ``(W + W^T)/2`` (EqProp exact).
+        init_gain: ``W`` entries ~ N(0, (init_gain / sqrt(n_hidden))^2).
+    """
+
+    n_in: int = 784
+    n_hidden: int = 256
+    n_out: int = 10
+    gate: float = 0.5
+    spectral_norm: bool = True
+    sn_gamma: float = 0.95
+    symmetric: bool = False
+    init_gain: float = 1.0
+
+    def __post_init__(self) -> None:
+        for f in ("n_in", "n_hidden", "n_out"):
+            if int(getattr(self, f)) < 1:
+                raise ValueError(f"LoopedConfig.{f}={getattr(self, f)} must be >= 1")
+        if not 0 < self.gate <= 1:
+            raise ValueError(f"LoopedConfig.gate={self.gate} must be in (0, 1]")
+        if not 0 < self.sn_gamma:
+            raise ValueError(f"LoopedConfig.sn_gamma={self.sn_gamma} must be > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LoopedConfig":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"LoopedConfig: unknown keys {sorted(unknown)}")
+        return cls(**d)
+
+
+class LoopedMLP(nn.Module):
+    def __init__(self, config: LoopedConfig | None = None, seed: int | None = None):
+        super().__init__()
+        self.config = c = config or LoopedConfig()
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.U = nn.Linear(c.n_in, c.n_hidden)
+        self.V = nn.Linear(c.n_hidden, c.n_out)
+        self.W = nn.Parameter(torch.empty(c.n_hidden, c.n_hidden))
+        with torch.no_grad():
+            for lin in (self.U, self.V):
+                bound = 1 / math.sqrt(lin.in_features)
+                lin.weight.uniform_(-bound, bound, generator=gen)
+                lin.bias.uniform_(-bound, bound, generator=gen)
+            self.W.normal_(0.0, c.init_gain / math.sqrt(c.n_hidden), generator=gen)
+        u = torch.randn(c.n_hidden, generator=gen)
+        self.register_buffer("_u", u / u.norm())
+
+    # --------------------------------------------------------------- weights
+    def _w_sym(self) -> torch.Tensor:
+        return 0.5 * (self.W + self.W.t()) if self.config.symmetric else self.W
+
+    def sigma_power(self, n_iter: int = 1, update: bool = False) -> torch.Tensor:
+        """Power-iteration estimate of ``||W_s||_2`` (differentiable in W, u and v detached)."""
+        w = self._w_sym()
+        with torch.no_grad():
+            u = self._u.to(w.dtype)
+            for _ in range(n_iter):
+                v = torch.nn.functional.normalize(w.t() @ u, dim=0)
+                u = torch.nn.functional.normalize(w @ v, dim=0)
+            if update:
+                self._u.copy_(u.to(self._u.dtype))
+        return u @ w @ v
+
+    def w_eff(self) -> torch.Tensor:
+        w = self._w_sym()
+        if not self.config.spectral_norm:
+            return w
+        sigma = self.sigma_power(n_iter=1, update=self.training)
+        return w * torch.clamp(self.config.sn_gamma / sigma, max=1.0)
+
+    @torch.no_grad()
+    def lipschitz(self) -> float:
+        """``(1-g) + g ||W_eff||_2`` with the exact spectral norm (SVD); < 1 means contraction.
+
+        Uses a 20-step power iteration inside ``W_eff`` (not the 1-step training estimate) and the
+        exact norm outside it.
+        """
+        w = self._w_sym()
+        if self.config.spectral_norm:
+            sigma = self.sigma_power(n_iter=20)
+            w = w * min(1.0, self.config.sn_gamma / float(sigma))
+        g = self.config.gate
+        return (1 - g) + g * float(torch.linalg.matrix_norm(w.double(), ord=2))
+
+    # --------------------------------------------------------------- dynamics
+    def drive(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 2 or x.shape[1] != self.config.n_in:
+            raise ValueError(f"input shape {tuple(x.shape)}: expected (B, {self.config.n_in})")
+        return self.U(x)
+
+    def step(self, h: torch.Tensor, drive: torch.Tensor, w_eff: torch.Tensor, beta: float = 0.0,
+             y: torch.Tensor | None = None) -> torch.Tensor:
+        a = h @ w_eff.t() + drive
+        if beta != 0.0:
+            a = a - beta * self.cost_grad_h(h, y)
+        g = self.config.gate
+        return (1 - g) * h + g * torch.tanh(a)
+
+    def cost(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(self.V(h), y.long(), reduction="none")
+
+    def cost_grad_h(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``dL/dh = V^T (softmax(V h) - onehot(y))`` per sample."""
+        p = torch.softmax(self.V(h), dim=1)
+        p = p - torch.nn.functional.one_hot(y.long(), p.shape[1]).to(p.dtype)
+        return p @ self.V.weight
+
+    def relax(self, x: torch.Tensor, h0: torch.Tensor | None = None, *, beta: float = 0.0,
+              y: torch.Tensor | None = None, n_steps: int = 30, tol: float = 0.0,
+              method: str = "fixed_point", record_trace: bool = False) -> tuple[torch.Tensor, RelaxInfo]:
+        with torch.no_grad():
+            d, w = self.drive(x), self.w_eff()
+            h0 = torch.zeros_like(d) if h0 is None else h0.detach()
+            (h,), info = relax(lambda s: [self.step(s[0], d, w, beta, y)], [h0], max_steps=n_steps,
+                               tol=tol, method=method, record_trace=record_trace)
+        return h, info
+
+    def forward(self, x: torch.Tensor, n_steps: int = 30) -> torch.Tensor:
+        """Logits after ``n_steps`` free steps, differentiable (BPTT)."""
+        d, w = self.drive(x), self.w_eff()
+        h = torch.zeros_like(d)
+        for _ in range(n_steps):
+            h = self.step(h, d, w)
+        return self.V(h)
+
+    def predict(self, x: torch.Tensor, n_steps: int = 30) -> torch.Tensor:
+        h, _ = self.relax(x, n_steps=n_steps)
+        return self.V(h).argmax(dim=1)
+
+    # --------------------------------------------------------------- gradients
+    def bptt_grads(self, x: torch.Tensor, y: torch.Tensor, *, n_steps: int) -> dict[str, torch.Tensor]:
+        params = dict(self.named_parameters())
+        with torch.enable_grad():
+            loss = torch.nn.functional.cross_entropy(self.forward(x, n_steps), y.long())
+            grads = torch.autograd.grad(loss, list(params.values()))
+        return dict(zip(params, grads))
+
+    def phi(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """``0.5 h^T W_eff h + h^T (U x + b)`` per sample."""
+        return 0.5 * ((h @ self.w_eff().t()) * h).sum(dim=1) + (h * self.U(x)).sum(dim=1)
+
+    def eqprop_grads(self, x: torch.Tensor, y: torch.Tensor, *, beta: float, mode: str = "symmetric",
+                     n_free_steps: int = 30, n_nudge_steps: int = 10, tol: float = 0.0) -> dict[str, torch.Tensor]:
+        if mode not in ("symmetric", "one_sided"):
+            raise ValueError(f"nudging mode={mode!r}; allowed: ('symmetric', 'one_sided')")
+        was_training = self.training
+        self.eval()  # freeze the power-iteration vector between phases
+        try:
+            h0, _ = self.relax(x, n_steps=n_free_steps, tol=tol)
+            b1, b2 = (-beta, beta) if mode == "symmetric" else (0.0, beta)
+            h1 = h0 if b1 == 0.0 else self.relax(x, h0, beta=b1, y=y, n_steps=n_nudge_steps, tol=tol)[0]
+            h2 = self.relax(x, h0, beta=b2, y=y, n_steps=n_nudge_steps, tol=tol)[0]
+            inner = [self.W, self.U.weight, self.U.bias]
+            with torch.enable_grad():
+                diff = -(self.phi(x, h2).mean() - self.phi(x, h1).mean()) / (b2 - b1)
+                g_inner = torch.autograd.grad(diff, inner)
+                g_out = torch.autograd.grad(self.cost(h0, y).mean(), [self.V.weight, self.V.bias])
+        finally:
+            self.train(was_training)
+        return {"W": g_inner[0], "U.weight": g_inner[1], "U.bias": g_inner[2],
+                "V.weight": g_out[0], "V.bias": g_out[1]}
