@@ -132,8 +132,11 @@ def _zero_point(bits: int, signed: bool) -> tuple[int, np.dtype | None]:
 # --------------------------------------------------------------------------- validation
 def check_export_args(net, spec, fmt: str, n_steps: int) -> None:
     """Raise ``ValueError`` (with the fix) for every unsupported combination."""
-    if not isinstance(net, EqPropMLP):
-        raise ValueError(f"net is a {type(net).__name__}; allowed: models.eqprop_mlp.EqPropMLP")
+    from hwsim.fixed_point import FixedPointMLP
+
+    if not (isinstance(net, EqPropMLP) or (fmt == "int" and isinstance(net, FixedPointMLP))):
+        raise ValueError(f"net is a {type(net).__name__}; allowed: models.eqprop_mlp.EqPropMLP "
+                         "(or a hwsim.fixed_point.FixedPointMLP for fmt='int')")
     if not isinstance(spec, HardwareSpec):
         raise ValueError(f"spec={spec!r} is invalid; allowed: a quant.HardwareSpec (e.g. quant.get_preset('int8'))")
     if fmt not in FORMATS:
@@ -211,9 +214,8 @@ def _zero_states(g: _Builder, x: str, sizes: tuple[int, ...], dtype: np.dtype) -
     return out
 
 
-def _finish(g: _Builder, net: EqPropMLP, spec: HardwareSpec, fmt: str, n_steps: int, loop: bool, x_name: str,
-            x_type: int, states: list[str], state_type: int) -> onnx.ModelProto:
-    sizes = net.sizes
+def _finish(g: _Builder, sizes: tuple[int, ...], model_config: dict, spec: HardwareSpec, fmt: str, n_steps: int,
+            loop: bool, x_name: str, x_type: int, states: list[str], state_type: int) -> onnx.ModelProto:
     outs = []
     for i, s in enumerate(states):
         g.nodes.append(helper.make_node("Identity", [s], [state_name(i)], name=f"out_{i}"))
@@ -225,7 +227,7 @@ def _finish(g: _Builder, net: EqPropMLP, spec: HardwareSpec, fmt: str, n_steps: 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="eqprop-hwsim.exports")
     model.ir_version = IR_VERSION
-    write_metadata(model, spec, fmt=fmt, n_steps=n_steps, loop=loop, model_config=net.config.to_dict())
+    write_metadata(model, spec, fmt=fmt, n_steps=n_steps, loop=loop, model_config=model_config)
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -257,7 +259,7 @@ def build_float_model(net: EqPropMLP, spec: HardwareSpec, n_steps: int, loop: bo
     layer = _float_layer(w, b, drive, net.n_layers, lambda g_, t, i: t)
     zeros = _zero_states(g, INPUT_FLOAT, net.sizes, np.float32)
     s = _relax(g, net.sizes, net.config.update, zeros, layer, n_steps, loop, TensorProto.FLOAT)
-    return _finish(g, net, spec, "float", n_steps, loop, INPUT_FLOAT, TensorProto.FLOAT, s, TensorProto.FLOAT)
+    return _finish(g, net.sizes, net.config.to_dict(), spec, "float", n_steps, loop, INPUT_FLOAT, TensorProto.FLOAT, s, TensorProto.FLOAT)
 
 
 def qdq_weight_bits(spec: HardwareSpec) -> int:
@@ -310,14 +312,172 @@ def build_qdq_model(net: EqPropMLP, spec: HardwareSpec, n_steps: int, loop: bool
     layer = _float_layer(w, b, drive, net.n_layers, fq)
     zeros = _zero_states(g, INPUT_FLOAT, net.sizes, np.float32)
     s = _relax(g, net.sizes, net.config.update, zeros, layer, n_steps, loop, TensorProto.FLOAT)
-    return _finish(g, net, spec, "qdq", n_steps, loop, INPUT_FLOAT, TensorProto.FLOAT, s, TensorProto.FLOAT)
+    return _finish(g, net.sizes, net.config.to_dict(), spec, "qdq", n_steps, loop, INPUT_FLOAT, TensorProto.FLOAT, s, TensorProto.FLOAT)
 
 
-_BUILDERS = {"float": build_float_model, "qdq": build_qdq_model}
+MATMUL_MODES = ("auto", "integer", "int64")
+
+
+def _requant_consts(g: _Builder, name: str, mult: np.ndarray, shift: np.ndarray) -> tuple[str, str, str]:
+    """Per-row int64 constants of ``quant.ops.requantize``: multiplier, divisor ``2**shift`` and
+    ``half = 2**(shift-1)``; a left shift (``shift < 0``) is folded into the multiplier (exact)."""
+    mult = np.asarray(mult, np.int64).copy()
+    shift = np.asarray(shift, np.int64).copy()
+    left = shift < 0
+    if left.any():
+        k = -shift[left]
+        if np.any(np.abs(mult[left]).astype(object) * (2 ** k.astype(object)) >= 2**62):
+            raise ValueError(f"{name}: multiplier * 2**-shift overflows int64; allowed: a smaller left shift")
+        mult[left] = mult[left] * (np.int64(1) << k)
+        shift[left] = 0
+    if shift.max(initial=0) > 62:
+        raise ValueError(f"{name}: shift {int(shift.max())} > 62 cannot be an int64 divisor; allowed: shift <= 62")
+    div = np.int64(1) << shift
+    half = np.where(shift > 0, np.int64(1) << np.maximum(shift - 1, 0), div)  # shift 0: r is 0, never > or == div
+    return (g.const(f"{name}_mult", mult), g.const(f"{name}_div", div), g.const(f"{name}_half", half))
+
+
+def _requantize(g: _Builder, acc: str, consts: tuple[str, str, str], rounding: str, stem: str) -> str:
+    """``quant.ops.requantize(acc, m, shift, rounding)`` per row in int64 ONNX ops.
+
+    ``p = acc * m``; ``r = p mod 2**shift`` (``Mod`` with ``fmod=0`` takes the divisor's sign, so
+    ``r in [0, 2**shift)``), ``q = (p - r) / 2**shift`` (an exact division, = ``p >> shift``);
+    ``floor``: ``q``; ``nearest_even``: ``q + (r > half or (r == half and q odd))``.
+    """
+    mult, div, half = consts
+    p = g.op("Mul", [acc, mult], stem=f"{stem}_prod")
+    r = g.op("Mod", [p, div], stem=f"{stem}_rem", fmod=0)
+    q = g.op("Div", [g.op("Sub", [p, r], stem=f"{stem}_pr"), div], stem=f"{stem}_q")
+    if rounding == "floor":
+        return q
+    if rounding != "nearest_even":
+        raise ValueError(f"rounding={rounding!r} is not expressible in the integer ONNX graph; "
+                         "allowed: 'nearest_even' or 'floor'")
+    gt = g.op("Greater", [r, half], stem=f"{stem}_gt")
+    tie = g.op("Equal", [r, half], stem=f"{stem}_tie")
+    odd = g.op("Equal", [g.op("Mod", [q, "i64_two"], stem=f"{stem}_par", fmod=0), "i64_one"], stem=f"{stem}_odd")
+    up = g.op("Or", [gt, g.op("And", [tie, odd], stem=f"{stem}_tieodd")], stem=f"{stem}_up")
+    return g.op("Add", [q, g.op("Cast", [up], stem=f"{stem}_upi", to=TensorProto.INT64)], stem=f"{stem}_rq")
+
+
+def _overflow(g: _Builder, v: str, acc_bits: int, mode: str, stem: str) -> str:
+    """``quant.ops.overflow(v, acc_bits, signed=True, mode)``: ``Clip`` (saturate) or ``Mod`` (wrap)."""
+    if mode == "saturate":
+        return g.op("Clip", [v, "acc_lo", "acc_hi"], stem=f"{stem}_sat")
+    if mode == "wrap":
+        shifted = g.op("Add", [v, "acc_half"], stem=f"{stem}_wa")
+        return g.op("Sub", [g.op("Mod", [shifted, "acc_mod"], stem=f"{stem}_wm", fmod=0), "acc_half"], stem=f"{stem}_wrap")
+    raise ValueError(f"overflow={mode!r} is invalid; allowed: 'saturate' or 'wrap'")
+
+
+def build_int_model(net, spec: HardwareSpec, n_steps: int, loop: bool, matmul: str = "auto",
+                    rounding: str | None = None) -> onnx.ModelProto:
+    """Integer-only graph reproducing :class:`hwsim.fixed_point.FixedPointMLP` bit for bit.
+
+    Input ``x_codes`` (B, n_0) int64 state codes (``FixedPointMLP.quantize_input``); outputs
+    ``state_i`` (B, n_i) int64 codes and ``prediction``. Per layer ``l`` and sweep (the semantics of
+    ``docs/hwsim_semantics.md``)::
+
+        A_f = ovf(Wq_l @ c_{l-1} + bq_l)      # drive (l = 0) computed once, outside the sweeps
+        A_b = ovf(Fq_l @ c_{l+1})             # l < L-1; Fq_l = codes of W_{l+1}^T
+        c_l = Clip(rq(A_f, mf_l, sf_l) + rq(A_b, mb_l, sb_l), 0, code(1.0))
+
+    ``ovf`` is ``Clip`` to the signed ``acc_bits`` range or a two's complement wrap by ``Mod``;
+    ``rq`` is :func:`_requantize`. Products: ``MatMulInteger`` (uint8 states x int8 codes -> int32,
+    cast to int64) when every partial sum provably fits in int32, else int64 ``MatMul``
+    (``matmul="auto"``; force one with ``"integer"`` / ``"int64"``). Weight codes are stored in the
+    smallest container (INT4 packed, INT8, INT16) and ``Cast`` once (constant-folded at load).
+
+    Args:
+        net: an ``EqPropMLP`` (quantised with ``FixedPointMLP.from_model(net, spec)``) or a
+            ``FixedPointMLP`` whose integer parameters are exported as they are.
+        rounding: overrides ``spec.rounding`` in the graph only (to build deliberately broken graphs
+            in tests; the metadata keeps ``spec``).
+    """
+    from hwsim.fixed_point import FixedPointMLP
+
+    if matmul not in MATMUL_MODES:
+        raise ValueError(f"matmul={matmul!r} is invalid; allowed: one of {MATMUL_MODES}")
+    fp = net if isinstance(net, FixedPointMLP) else FixedPointMLP.from_model(net, spec)
+    spec = fp.spec
+    rounding = rounding or spec.rounding
+    L, sizes, one = fp.n_layers, fp.sizes, fp.one_code
+    g = _Builder()
+    g.const("i64_one", np.array(1, np.int64))
+    g.const("i64_two", np.array(2, np.int64))
+    g.const("i64_zero", np.array(0, np.int64))
+    g.const("one_code", np.array(one, np.int64))
+    acc_hi = 2 ** (spec.acc_bits - 1) - 1
+    g.const("acc_lo", np.array(-acc_hi - 1, np.int64))
+    g.const("acc_hi", np.array(acc_hi, np.int64))
+    g.const("acc_half", np.array(acc_hi + 1, np.int64))
+    g.const("acc_mod", np.array(2 * (acc_hi + 1), np.int64))
+    st = spec.state
+    # MatMulInteger needs uint8 activations and int8 weights, and int32 partial sums must be exact
+    s_max = max(one, st.qmax)  # input codes reach qmax, states one_code
+    w_max = max(int(np.abs(w).max(initial=0)) for w in fp.w_codes + fp.fb_codes)
+    rowsum = max(int(np.abs(w).sum(axis=1).max(initial=0)) for w in fp.w_codes + fp.fb_codes)
+    int_ok = (not st.signed and st.qmax <= 255 and w_max <= 127 and rowsum * s_max < 2**31)
+    if matmul == "integer" and not int_ok:
+        raise ValueError("matmul='integer' needs unsigned <= 8-bit states, |codes| <= 127 and int32-exact sums; "
+                         "allowed here: matmul='int64' or 'auto'")
+    use_int = int_ok if matmul == "auto" else matmul == "integer"
+    w_bits = 4 if spec.weights.kind == "ternary" else spec.weights.bits
+    op_type = TensorProto.INT8 if use_int else TensorProto.INT64
+
+    stored: dict[bytes, str] = {}
+
+    def weight(name: str, mat: np.ndarray) -> str:
+        """``mat`` (K, N) codes as an initializer (shared when identical) cast to the matmul type."""
+        mat = np.ascontiguousarray(mat, np.int64)
+        key = mat.tobytes() + str(mat.shape).encode()
+        if key not in stored:
+            codes = g.add_init(_code_initializer(name, mat, w_bits, True))
+            stored[key] = g.op("Cast", [codes], stem=f"{name}_cast", to=op_type)
+        return stored[key]
+
+    def product(g_: _Builder, s: str, w: str, stem: str) -> str:
+        if use_int:
+            s8 = g_.op("Cast", [s], stem=f"{stem}_u8", to=TensorProto.UINT8)
+            acc = g_.op("MatMulInteger", [s8, w], stem=f"{stem}_mmi")
+            return g_.op("Cast", [acc], stem=f"{stem}_acc", to=TensorProto.INT64)
+        return g_.op("MatMul", [s, w], stem=f"{stem}_acc")
+
+    w_fwd = [weight(f"Wq_{i}", fp.w_codes[i].T) for i in range(L)]  # (n_{i-1}, n_i)
+    w_fb = [weight(f"Fq_{i}", fp.fb_codes[i].T) for i in range(L - 1)]  # (n_{i+1}, n_i)
+    bias = [g.op("Cast", [g.const(f"bq_{i}", fp.bias_codes[i].astype(np.int32 if spec.acc_bits <= 32 else np.int64))],
+                 stem=f"bq_{i}_cast", to=TensorProto.INT64) for i in range(L)]
+    rq_f = [_requant_consts(g, f"rqf_{i}", *fp.fwd_requant[i]) for i in range(L)]
+    rq_b = [_requant_consts(g, f"rqb_{i}", *fp.fb_requant[i]) for i in range(L - 1)]
+
+    acc0 = g.op("Add", [product(g, INPUT_CODES, w_fwd[0], "drive"), bias[0]], stem="drive_b")
+    drive = _requantize(g, _overflow(g, acc0, spec.acc_bits, spec.overflow, "drive"), rq_f[0], rounding, "drive")
+
+    def layer(g_: _Builder, i: int, s: list[str]) -> str:
+        if i == 0:
+            p = drive
+        else:
+            a = g_.op("Add", [product(g_, s[i - 1], w_fwd[i], f"ff{i}"), bias[i]], stem=f"ff{i}_b")
+            p = _requantize(g_, _overflow(g_, a, spec.acc_bits, spec.overflow, f"ff{i}"), rq_f[i], rounding, f"ff{i}")
+        if i + 1 < L:
+            a = _overflow(g_, product(g_, s[i + 1], w_fb[i], f"fb{i}"), spec.acc_bits, spec.overflow, f"fb{i}")
+            p = g_.op("Add", [p, _requantize(g_, a, rq_b[i], rounding, f"fb{i}")], stem=f"pre{i}")
+        return g_.op("Clip", [p, "i64_zero", "one_code"], stem=f"c{i}")
+
+    zeros = _zero_states(g, INPUT_CODES, sizes, np.int64)
+    s = _relax(g, sizes, fp.update, zeros, layer, n_steps, loop, TensorProto.INT64)
+    cfg = net.config.to_dict() if hasattr(net, "config") else {"sizes": list(sizes), "update": fp.update,
+                                                                 "cost": fp.cost}
+    return _finish(g, tuple(sizes), cfg, spec, "int", n_steps, loop, INPUT_CODES, TensorProto.INT64, s,
+                   TensorProto.INT64)
+
+
+_BUILDERS = {"float": build_float_model, "qdq": build_qdq_model, "int": build_int_model}
 
 
 def export_onnx(net: EqPropMLP, spec: HardwareSpec | str, path: str | os.PathLike | None = None, *,
-                fmt: str = "float", n_steps: int = 30, loop: bool = False, overwrite: bool = False) -> onnx.ModelProto:
+                fmt: str = "float", n_steps: int = 30, loop: bool = False, overwrite: bool = False,
+                matmul: str = "auto") -> onnx.ModelProto:
     """Build (and optionally save) the ONNX graph of ``net``'s free phase under ``spec``.
 
     Args:
@@ -328,6 +488,7 @@ def export_onnx(net: EqPropMLP, spec: HardwareSpec | str, path: str | os.PathLik
         n_steps: relaxation sweeps ``T >= 1``.
         loop: ``True`` for an ONNX ``Loop``, ``False`` to unroll ``T`` sweeps.
         overwrite: replace an existing ``path`` (otherwise ``FileExistsError``).
+        matmul: ``fmt="int"`` only: ``"auto"``, ``"integer"`` (MatMulInteger) or ``"int64"`` (MatMul).
 
     Returns:
         the checked ``onnx.ModelProto`` (spec in ``metadata_props``, see :mod:`exports.metadata`).
@@ -337,7 +498,8 @@ def export_onnx(net: EqPropMLP, spec: HardwareSpec | str, path: str | os.PathLik
     check_export_args(net, spec, fmt, n_steps)
     if path is not None and Path(path).exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; choose another path or pass overwrite=True")
-    model = _BUILDERS[fmt](net, spec, int(n_steps), bool(loop))
+    kw = {"matmul": matmul} if fmt == "int" else {}
+    model = _BUILDERS[fmt](net, spec, int(n_steps), bool(loop), **kw)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(str(path) + ".tmp")

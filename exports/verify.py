@@ -157,6 +157,46 @@ def verify_qdq(net: EqPropMLP, model_or_path, x: np.ndarray, *, spec: HardwareSp
     }
 
 
+def verify_int(net, model_or_path, x, *, spec: HardwareSpec | None = None, batch_size: int = 1000,
+               progress: bool = False) -> dict:
+    """Integer graph vs :class:`hwsim.fixed_point.FixedPointMLP`: differing state codes and predictions.
+
+    Args:
+        net: the ``EqPropMLP`` (quantised with ``FixedPointMLP.from_model``) or a ``FixedPointMLP``.
+        x: float inputs (quantised with ``FixedPointMLP.quantize_input``) or integer codes.
+
+    Returns:
+        dict with ``state_mismatches`` (codes differing, all layers), ``prediction_mismatches``,
+        ``int_graph_mismatches`` (their sum; ``BIT_EXACT`` means 0), times and ``passed``.
+    """
+    from hwsim.fixed_point import FixedPointMLP
+
+    meta = _meta(model_or_path, "int")
+    spec = spec or meta["spec"]
+    fp = net if isinstance(net, FixedPointMLP) else FixedPointMLP.from_model(net, spec)
+    xa = np.asarray(x)
+    codes = fp.quantize_input(xa) if xa.dtype.kind == "f" else xa.astype(np.int64)
+    sess, load_s = make_session(model_or_path)
+    states, pred, run_s = run_session(sess, codes, batch_size, progress)
+    t0 = time.perf_counter()
+    ref_states, ref_pred = [], []
+    for i in range(0, len(codes), batch_size):
+        s, _ = fp.relax(codes[i:i + batch_size], n_steps=meta["n_steps"])
+        ref_states.append(s)
+        ref_pred.append(s[-1].argmax(axis=1))
+    sim_s = time.perf_counter() - t0
+    ref = [np.concatenate([r[k] for r in ref_states]) for k in range(fp.n_layers)]
+    ref_p = np.concatenate(ref_pred)
+    n_state = int(sum((a != r).sum() for a, r in zip(states, ref)))
+    n_pred = int((pred != ref_p).sum())
+    return {
+        "format": "int", "n": int(len(pred)), "load_s": load_s, "run_s": run_s, "sim_s": sim_s,
+        "state_mismatches": n_state, "prediction_mismatches": n_pred, "int_graph_mismatches": n_state + n_pred,
+        "n_state_codes": int(sum(a.size for a in ref)),
+        "passed": n_state == 0 and n_pred == 0,
+    }
+
+
 def _meta(model_or_path, fmt: str) -> dict:
     from .metadata import read_metadata
 
