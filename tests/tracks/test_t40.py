@@ -1,0 +1,57 @@
+"""Track 40 (hardware analysis): passes on the real path, fails when the analytic count is wrong."""
+import pytest
+
+import tracks
+import tracks.t40_hardware_analysis as t40
+from tracks.base import TrackContext, evaluate
+
+SMALL = {"models": ((784, 24, 10),), "n_cross_check": 3}
+
+
+def _ctx(tmp_path, **overrides):
+    return TrackContext(out_dir=tmp_path, quick=True, progress=False, overrides={**SMALL, **overrides})
+
+
+def test_t40_passes_and_reports(tmp_path):
+    res = t40.run(_ctx(tmp_path))
+    passed, crit = evaluate(t40.SPEC, res)
+    assert passed, crit
+    m = res.metrics
+    assert m["flop_counter_match"] == 1.0
+    assert {c["run"] for c in m["flop_cross_check"]} == {"free_phase", "eqprop_step", "bptt_step"}
+    assert all(c["analytic_macs"] * 2 == c["counter_flops"] for c in m["flop_cross_check"])
+    assert m["macs_per_inference"] == 784 * 24 + t40.N_FREE_STEPS * 2 * 24 * 10
+    assert 0 < m["energy_ratio_int8_vs_fp32"] < 1
+    assert m["weight_bytes_ternary"] < m["weight_bytes_int4"] < m["weight_bytes_int8"] < m["weight_bytes_fp32"]
+    assert m["weight_bytes_fp32"] == (784 * 24 + 24 * 10) * 4
+    assert len(m["rows"]) == len(t40.REPRESENTATIONS)
+    for row in m["rows"]:
+        assert set(t40.ROW_FIELDS) <= set(row)
+        assert set(row["energy_pj_train_by_phase"]) == {"drive", "free", "nudge_minus", "nudge_plus", "update"}
+        assert row["macs_inference_no_drive_reuse"] - row["macs_inference"] == (t40.N_FREE_STEPS - 1) * 784 * 24
+    tern = next(r for r in m["rows"] if r["representation"] == "ternary")
+    int8 = next(r for r in m["rows"] if r["representation"] == "int8")
+    assert "mult_int8x8" in int8["ops_inference"]                                    # weight x state
+    assert not any(k.startswith("mult_") and k.endswith("x8") for k in tern["ops_inference"])  # none
+    assert tern["energy_pj_inference_zero_skip"] < tern["energy_pj_inference"]
+    assert res.artifacts == ["plots/t40_energy_per_phase.png"]
+    assert (tmp_path / res.artifacts[0]).stat().st_size > 0
+
+
+def test_t40_fails_when_analytic_count_is_broken(tmp_path):
+    """A wrong T1 in the analytic count (the runs keep the real T1) must fail the track."""
+    res = t40.run(_ctx(tmp_path, analytic_n_free_steps=t40.N_FREE_STEPS - 1))
+    passed, crit = evaluate(t40.SPEC, res)
+    assert not passed
+    assert res.metrics["flop_counter_match"] == 0.0
+    assert not any(c["match"] for c in res.metrics["flop_cross_check"])
+
+
+def test_t40_rejects_unknown_override(tmp_path):
+    with pytest.raises(ValueError, match="unknown overrides"):
+        t40.run(_ctx(tmp_path, n_steps=3))
+
+
+def test_t40_is_discovered():
+    tr = tracks.get_track(40)
+    assert not tr.broken and tr.spec.slug == "hardware_analysis"
