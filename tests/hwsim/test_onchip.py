@@ -1,0 +1,130 @@
+"""On-chip EqProp update: numba vs torch bit for bit, code mapping, learning (hwsim/onchip.py)."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from hwsim import onchip
+from quant import HardwareSpec, UpdateSpec, get_preset, hidden_to_code, ops
+from quant.tolerances import BIT_EXACT
+
+LEARNING_PRESETS = ["int8", "int4", "ternary"]
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _custom_specs():
+    """Presets plus update variants: nearest-even, multiplier != 1, shift 0 / > 24, narrow hidden (saturates)."""
+    base = get_preset("int4")
+    out = {p: get_preset(p) for p in LEARNING_PRESETS}
+    for name, up in {
+        "int4_nearest_mult": UpdateSpec(hidden_bits=12, lr_shift=11, lr_multiplier=37, stochastic=False),
+        "int4_shift0_sat": UpdateSpec(hidden_bits=6, lr_shift=0, lr_multiplier=1, stochastic=True),
+        "int4_shift30": UpdateSpec(hidden_bits=16, lr_shift=30, lr_multiplier=123457, stochastic=True),
+    }.items():
+        out[name] = base.replace(name=name, update=up, acc_bits=20)
+    return out
+
+
+SPECS = _custom_specs()
+
+
+def _random_case(spec, sizes=(9, 7, 5, 3), batch=6, seed=0):
+    g = np.random.default_rng(seed)
+    hb = spec.update.hidden_bits
+    lo, hi = ops.min_int(True, False, hb), ops.max_int(True, False, hb)
+    H = [g.integers(lo, hi + 1, size=(b, a)) for a, b in zip(sizes[:-1], sizes[1:])]
+    bb = onchip.bias_bits(spec)
+    Hb = [g.integers(-(2 ** (bb - 2)), 2 ** (bb - 2), size=b) for b in sizes[1:]]
+    x = g.integers(0, 129, size=(batch, sizes[0]))
+    s1 = [g.integers(0, 129, size=(batch, n)) for n in sizes[1:]]
+    # nudged states: the free ones moved by a few LSBs (some clamp at 0 / 128)
+    s2 = [np.clip(s + g.integers(-3, 4, size=s.shape), 0, 128) for s in s1]
+    return H, Hb, x, s1, s2
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_numba_and_torch_updates_agree_bit_for_bit(name):
+    spec = SPECS[name]
+    H, Hb, x, s1, s2 = _random_case(spec)
+    specs = [spec] * len(H)
+    changed = 0
+    for step in range(3):  # chained updates: hidden weights and codes after every one
+        Hn, Bn = onchip.update_numba(H, Hb, x, s1, s2, specs, seed=11, step=step)
+        Ht, Bt = onchip.update_torch(H, Hb, x, s1, s2, specs, seed=11, step=step)
+        for a, b in zip(Hn + Bn, Ht + Bt):
+            np.testing.assert_allclose(a, b, **BIT_EXACT)
+        for a, b in zip(onchip.codes_numba(Hn, spec), onchip.codes_torch(Ht, spec)):
+            np.testing.assert_allclose(a, b, **BIT_EXACT)
+            assert a.min() >= spec.weights.qmin and a.max() <= spec.weights.qmax
+        changed += sum(int((a != b).sum()) for a, b in zip(Hn, H))
+        H, Hb = Hn, Bn
+    assert changed > 0  # the case exercises non-trivial updates
+
+
+def test_update_matches_the_formula_nearest():
+    """Nearest-even update equals round-half-even(P * m / 2**k) computed with Python ints."""
+    spec = SPECS["int4_nearest_mult"]
+    H, Hb, x, s1, s2 = _random_case(spec, sizes=(4, 3), batch=2, seed=3)
+    Hn, Bn = onchip.update_numba(H, Hb, x, s1, s2, [spec], seed=0, step=0)
+    up = spec.update
+    lo, hi = ops.min_int(True, False, up.hidden_bits), ops.max_int(True, False, up.hidden_bits)
+    for i in range(3):
+        for j in range(4):
+            p = sum(int(s2[0][b, i]) * int(x[b, j]) - int(s1[0][b, i]) * int(x[b, j]) for b in range(2))
+            num = p * up.lr_multiplier
+            q, r = divmod(num, 2**up.lr_shift)
+            half = 2 ** (up.lr_shift - 1)
+            d = q + (1 if r > half or (r == half and q % 2 == 1) else 0)
+            assert Hn[0][i, j] == min(max(int(H[0][i, j]) + d, lo), hi)
+
+
+def test_no_change_when_phases_agree_and_sign_follows_the_nudge():
+    spec = get_preset("int8")
+    H, Hb, x, s1, _ = _random_case(spec, sizes=(5, 4), batch=3)
+    Hn, Bn = onchip.update_numba(H, Hb, x, s1, s1, [spec], seed=0, step=0)
+    np.testing.assert_allclose(Hn[0], H[0], **BIT_EXACT)
+    np.testing.assert_allclose(Bn[0], Hb[0], **BIT_EXACT)
+    up = [np.clip(s1[0] + 20, 0, 128)]
+    Hn, Bn = onchip.update_numba(H, Hb, x, s1, up, [spec], seed=0, step=0)
+    assert (Hn[0] >= H[0]).all() and (Hn[0] > H[0]).any() and (Bn[0] > Hb[0]).all()
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_hidden_to_code_numba_exhaustive(name):
+    spec = SPECS[name]
+    hb = spec.update.hidden_bits
+    H = np.arange(ops.min_int(True, False, hb), ops.max_int(True, False, hb) + 1, dtype=np.int64)
+    np.testing.assert_allclose(onchip.codes_numba([H], spec)[0], hidden_to_code(H, spec), **BIT_EXACT)
+
+
+def test_update_spec_for_lr_realises_the_rate():
+    spec = get_preset("int8")
+    s = onchip.update_spec_for_lr(spec, 0.02, weight_scale=3e-3, batch_size=50, beta_span=1.0, multiplier_bits=12)
+    real = s.update.lr
+    want = 0.02 * 2.0 ** (16 - 8 - 14) / (50 * 3e-3)
+    assert abs(real - want) <= want * 2**-11
+
+
+def test_bad_input_is_a_clear_value_error():
+    spec = get_preset("int8")
+    H, Hb, x, s1, s2 = _random_case(spec, sizes=(5, 4), batch=3)
+    with pytest.raises(ValueError, match="cannot learn on chip"):
+        onchip.update_numba(H, Hb, x, s1, s2, [get_preset("fp32")], seed=0, step=0)
+    with pytest.raises(ValueError, match="cannot learn on chip"):
+        onchip.update_torch(H, Hb, x, s1, s2, [get_preset("analog_pcm")], seed=0, step=0)
+    with pytest.raises(ValueError, match="integer codes"):
+        onchip.update_numba(H, Hb, x.astype(float), s1, s2, [spec], seed=0, step=0)
+    with pytest.raises(ValueError, match="outside"):
+        onchip.update_numba(H, Hb, x, s1, [s2[0] + 300], [spec], seed=0, step=0)
+    with pytest.raises(ValueError, match="one of each per layer"):
+        onchip.update_numba(H, Hb, x, s1, s2, [spec, spec], seed=0, step=0)
+    with pytest.raises(ValueError, match="layer 0"):
+        onchip.update_numba([H[0][:, :2]], Hb, x, s1, s2, [spec], seed=0, step=0)
