@@ -105,7 +105,7 @@ def _overflow_scalar(v, acc_bits, wrap):
 
 
 @numba.njit(cache=True)
-def update_layer_kernel(acc_f, bias, mul_f, sh_f, count_f, acc_b, mul_b, sh_b, has_fb, s_old, y, beta_m,
+def update_layer_kernel(acc_f, bias, mul_f, sh_f, count_f, pre_f, has_pre, acc_b, mul_b, sh_b, has_fb, s_old, y, beta_m,
                         beta_sh, one_code, acc_bits, wrap, rmode, seed, step, tid_base, s_new, changed, n_over):
     """New codes of one layer from its accumulators (pure: writes only ``s_new``, ``changed``, ``n_over``).
 
@@ -114,6 +114,8 @@ def update_layer_kernel(acc_f, bias, mul_f, sh_f, count_f, acc_b, mul_b, sh_b, h
         bias: (n,) int64 bias in forward-accumulator LSBs.
         mul_f, sh_f: (n,) int64 forward requantisation multiplier / shift per row.
         count_f: count forward overflows (False for the drive, whose overflows are counted once per phase).
+        pre_f, has_pre: (B, n) int64 requantised forward term computed once per phase (the drive
+            with deterministic rounding); when ``has_pre`` it replaces ``acc_f``/``bias``/``mul_f``.
         acc_b, mul_b, sh_b: the same for the feedback product (ignored unless ``has_fb``).
         s_old: (B, n) current codes of the layer (nudge input and change detection).
         y: (B,) int64 class indices (read only when ``beta_m != 0``).
@@ -130,10 +132,13 @@ def update_layer_kernel(acc_f, bias, mul_f, sh_f, count_f, acc_b, mul_b, sh_b, h
         ch = False
         for j in range(n):
             idx = b * n + j
-            a, o = _overflow_scalar(np.int64(acc_f[b, j]) + bias[j], acc_bits, wrap)
-            if count_f:
-                nov += o
-            p = _requant_scalar(a, mul_f[j], sh_f[j], rmode, seed, step, tid_base, idx)
+            if has_pre:
+                p = pre_f[b, j]
+            else:
+                a, o = _overflow_scalar(np.int64(acc_f[b, j]) + bias[j], acc_bits, wrap)
+                if count_f:
+                    nov += o
+                p = _requant_scalar(a, mul_f[j], sh_f[j], rmode, seed, step, tid_base, idx)
             if has_fb:
                 a, o = _overflow_scalar(np.int64(acc_b[b, j]), acc_bits, wrap)
                 nov += o
@@ -152,6 +157,21 @@ def update_layer_kernel(acc_f, bias, mul_f, sh_f, count_f, acc_b, mul_b, sh_b, h
         if ch:
             changed[b] = True
     n_over[0] += nov
+
+
+@numba.njit(cache=True)
+def requant_kernel(acc, bias, mul, sh, acc_bits, wrap, rmode, seed, step, tid):
+    """``rq(ovf(acc + bias))`` per element (deterministic or stochastic), (B, n) int64 out, and the
+    number of overflows: the forward term of :func:`update_layer_kernel` on its own."""
+    B, n = acc.shape
+    out = np.empty((B, n), dtype=np.int64)
+    nov = 0
+    for b in range(B):
+        for j in range(n):
+            a, o = _overflow_scalar(np.int64(acc[b, j]) + bias[j], acc_bits, wrap)
+            nov += o
+            out[b, j] = _requant_scalar(a, mul[j], sh[j], rmode, seed, step, tid, b * n + j)
+    return out, nov
 
 
 @numba.njit(cache=True)
@@ -451,11 +471,12 @@ class FixedPointMLP:
         drive = exact_matmul(x, self._fwd_t[0], ddt)  # (B, n_0), computed once per phase
         n_over = np.zeros(L, dtype=np.int64)
         ovbuf = np.zeros(1, dtype=np.int64)
-        # the drive accumulator is formed once per phase: count its overflows once
-        if B:
-            dv = drive.astype(np.int64) + self.bias_codes[0]
-            hi = 2 ** (sp.acc_bits - 1) - 1
-            n_over[0] += int(((dv > hi) | (dv < -hi - 1)).sum())
+        # the drive accumulator is formed once per phase: count its overflows once; with deterministic
+        # rounding its requantised value is constant too
+        pre, n_over[0] = requant_kernel(drive, self.bias_codes[0], self.fwd_requant[0][0], self.fwd_requant[0][1],
+                                        sp.acc_bits, wrap, rmode, seed, step_offset, tensor_id(0, 0))
+        has_pre = rmode != 2
+        no_pre = np.zeros((1, 1), dtype=np.int64)
         s = [t.astype(sdt) for t in s]
         steps = np.full(B, -1, dtype=np.int64)
         changed = np.zeros(B, dtype=bool)
@@ -480,7 +501,7 @@ class FixedPointMLP:
                     last = i == L - 1
                     ovbuf[0] = 0
                     update_layer_kernel(acc_f, self.bias_codes[i], self.fwd_requant[i][0], self.fwd_requant[i][1],
-                                        i > 0, acc_b, mb, sb, has_fb, src[i], y, bm if last else 0, bsh,
+                                        i > 0, pre if i == 0 else no_pre, has_pre and i == 0, acc_b, mb, sb, has_fb, src[i], y, bm if last else 0, bsh,
                                         self.one_code, sp.acc_bits, wrap, rmode, seed, step, tensor_id(i, 0),
                                         out, changed, ovbuf)
                     n_over[i] += ovbuf[0]
