@@ -53,7 +53,7 @@ from quant import HardwareSpec, apply_update, hidden_to_code, ops, rng
 
 log = logging.getLogger("eqprop_hwsim.hwsim.onchip")
 
-UPDATE_TENSOR_ID_BASE = 1 << 20
+UPDATE_TENSOR_ID_BASE = 1 << 24
 """``tensor_id`` of layer ``i``'s weight update is ``BASE + 2 i``, of its bias ``BASE + 2 i + 1``
 (far above the ids a relaxation uses for stochastic state rounding)."""
 
@@ -62,7 +62,7 @@ def update_tensor_id(layer: int, bias: bool = False) -> int:
     """Counter ``tensor_id`` of a layer's weight (or bias) update.
 
     >>> update_tensor_id(0), update_tensor_id(1, bias=True)
-    (1048576, 1048579)
+    (16777216, 16777219)
     """
     return UPDATE_TENSOR_ID_BASE + 2 * int(layer) + int(bool(bias))
 
@@ -78,8 +78,15 @@ def check_update_spec(spec) -> HardwareSpec:
 
 
 def bias_bits(spec: HardwareSpec) -> int:
-    """Width of the bias register: the accumulator width ``spec.acc_bits`` (at least hidden_bits)."""
-    return max(int(spec.acc_bits), spec.update.hidden_bits)
+    """Width of the bias register: the accumulator width plus the hidden fraction bits below an
+    accumulator LSB, ``acc_bits + hidden_bits - bits - frac_bits``, within [hidden_bits, 32].
+
+    >>> from quant import get_preset
+    >>> bias_bits(get_preset("int8")), bias_bits(get_preset("int4")), bias_bits(get_preset("ternary"))
+    (32, 29, 31)
+    """
+    extra = spec.update.hidden_bits - spec.weights.bits - spec.state.frac_bits
+    return min(32, max(int(spec.acc_bits) + max(extra, 0), spec.update.hidden_bits))
 
 
 def bias_update_spec(spec: HardwareSpec) -> HardwareSpec:
@@ -280,3 +287,301 @@ def codes_torch(hidden: Sequence, spec: HardwareSpec) -> list[np.ndarray]:
     """Weight codes via :func:`quant.hidden_to_code` in torch."""
     check_update_spec(spec)
     return [hidden_to_code(torch.from_numpy(_as_i64(h, "hidden")), spec).numpy() for h in hidden]
+
+
+# ------------------------------------------------------------------------------ on-chip learner
+def onchip_spec(spec: HardwareSpec) -> HardwareSpec:
+    """The spec a learning chip runs: ``spec`` with per-tensor weight scales.
+
+    A chip that learns keeps one synapse array, read forward (``W_l``) and backward (``W_l^T``) in
+    the relaxation; with a per-tensor scale the feedback codes of :class:`~hwsim.fixed_point.FixedPointMLP`
+    are exactly the transposed forward codes (per-channel scales would quantise ``W^T`` per column
+    and need a second array that the update would have to keep consistent).
+
+    >>> from quant import get_preset
+    >>> onchip_spec(get_preset("int4")).weights.granularity
+    'per_tensor'
+    """
+    check_update_spec(spec)
+    return spec.replace(weights=dataclasses.replace(spec.weights, granularity="per_tensor"))
+
+
+@dataclasses.dataclass
+class OnChipState:
+    """Integer parameters of a learning chip (the hidden registers are the truth; codes derive from them).
+
+    Attributes:
+        spec: chip spec (per-tensor weights, see :func:`onchip_spec`).
+        layer_specs: per layer, the spec whose ``update`` (rate as multiplier/shift) applies.
+        hidden: per layer int64 hidden weights ``(n_l, n_{l-1})``.
+        bias_hidden: per layer int64 bias registers ``(n_l,)``; bias in accumulator LSBs is
+            ``round_half_even(H_b / 2**(hidden_bits - bits - frac_bits))``.
+        fwd_requant, fb_requant: the chip's fixed requantisation pairs (scales never change).
+        update, cost: dynamics of the network (as in :class:`~hwsim.fixed_point.FixedPointMLP`).
+    """
+
+    spec: HardwareSpec
+    layer_specs: tuple
+    hidden: list
+    bias_hidden: list
+    fwd_requant: list
+    fb_requant: list
+    update: str = "async"
+    cost: str = "mse"
+
+    @property
+    def extra_bits(self) -> int:
+        """Hidden fraction bits below a weight code, ``hidden_bits - bits``."""
+        return self.spec.update.hidden_bits - self.spec.weights.bits
+
+    @classmethod
+    def from_fixed_point(cls, fp, layer_specs: Sequence[HardwareSpec] | None = None) -> "OnChipState":
+        """Hidden registers holding exactly ``fp``'s codes (``H = W * 2**extra_bits``).
+
+        ``fp`` must use per-tensor weights (feedback codes = transposed forward codes).
+        """
+        from .fixed_point import FixedPointMLP  # noqa: F401  (type only)
+
+        spec = check_update_spec(fp.spec)
+        for i, f in enumerate(fp.fb_codes):
+            if not np.array_equal(f, fp.w_codes[i + 1].T):
+                raise ValueError("fp's feedback codes are not the transposed forward codes; on-chip learning needs "
+                                 "per-tensor weight scales: build it with FixedPointMLP.from_model(net, onchip_spec(spec))")
+        layer_specs = tuple(layer_specs) if layer_specs is not None else (spec,) * fp.n_layers
+        if len(layer_specs) != fp.n_layers:
+            raise ValueError(f"got {len(layer_specs)} layer specs for {fp.n_layers} layers; allowed: one per layer")
+        for ls in layer_specs:
+            check_update_spec(ls)
+            if ls.update.hidden_bits != spec.update.hidden_bits:
+                raise ValueError("layer_specs must keep spec.update.hidden_bits; change only the rate")
+        extra = spec.update.hidden_bits - spec.weights.bits
+        bextra = extra - spec.state.frac_bits
+        if bextra < 0:
+            raise ValueError(f"hidden_bits - bits = {extra} < frac_bits = {spec.state.frac_bits}; allowed: "
+                             "hidden weights at least as fine as an accumulator LSB")
+        bb = bias_bits(spec)
+        hidden = [np.asarray(w, dtype=np.int64) << extra for w in fp.w_codes]
+        bias_hidden = [ops.saturate(np.asarray(b, dtype=np.int64) << bextra, bb, True) for b in fp.bias_codes]
+        return cls(spec, layer_specs, hidden, bias_hidden, list(fp.fwd_requant), list(fp.fb_requant),
+                   fp.update, fp.cost)
+
+    def w_codes(self, backend: str = "numba") -> list[np.ndarray]:
+        """Weight codes of the hidden registers (numba or torch path, bit-identical)."""
+        return codes_numba(self.hidden, self.spec) if backend == "numba" else codes_torch(self.hidden, self.spec)
+
+    def bias_codes(self) -> list[np.ndarray]:
+        """Biases in forward-accumulator LSBs (nearest-even, saturated to ``acc_bits``)."""
+        bextra = self.extra_bits - self.spec.state.frac_bits
+        return [ops.saturate(ops.shift_round(h, bextra, "nearest_even"), self.spec.acc_bits, True)
+                for h in self.bias_hidden]
+
+    def to_fixed_point(self, backend: str = "numba"):
+        """The :class:`~hwsim.fixed_point.FixedPointMLP` the chip currently runs."""
+        from .fixed_point import FixedPointMLP
+
+        w = self.w_codes(backend)
+        return FixedPointMLP(self.spec, w, self.bias_codes(), self.fwd_requant, [a.T for a in w[1:]],
+                             self.fb_requant, update=self.update, cost=self.cost)
+
+    def scales(self) -> list[float]:
+        """Per-layer real weight scale the chip applies, ``multiplier * 2**-shift`` of its requantisation
+        (state formats in = out, so the pair is the weight scale itself)."""
+        return [math.ldexp(float(m[0]), -int(s[0])) for m, s in self.fwd_requant]
+
+    def to_float_model(self, dtype=torch.float64):
+        """Float :class:`~models.eqprop_mlp.EqPropMLP` with the dequantised weights ``code * scale`` and
+        biases ``bias_acc * scale * 2**-frac_bits`` (for comparing against float EqProp)."""
+        from models.eqprop_mlp import EqPropConfig, EqPropMLP
+
+        w = self.w_codes()
+        sizes = (w[0].shape[1],) + tuple(a.shape[0] for a in w)
+        net = EqPropMLP(EqPropConfig(sizes=sizes, cost=self.cost, update=self.update), seed=0).to(dtype)
+        lsb = self.spec.state.lsb
+        with torch.no_grad():
+            for lin, c, b, sc in zip(net.layers, w, self.bias_codes(), self.scales()):
+                lin.weight.copy_(torch.from_numpy(c.astype(np.float64) * sc))
+                lin.bias.copy_(torch.from_numpy(b.astype(np.float64) * sc * lsb))
+        return net
+
+
+def layer_specs_for_lr(fp, lr, *, batch_size: int, beta_span: float, spec: HardwareSpec | None = None):
+    """Per-layer update specs realising float SGD rates ``lr`` (scalar or per layer) on ``fp``'s scales."""
+    spec = check_update_spec(spec or fp.spec)
+    lrs = tuple(lr) if isinstance(lr, (tuple, list)) else (lr,) * fp.n_layers
+    if len(lrs) != fp.n_layers:
+        raise ValueError(f"lr has {len(lrs)} entries for {fp.n_layers} layers; allowed: one per layer or a float")
+    sc = [math.ldexp(float(m[0]), -int(s[0])) for m, s in fp.fwd_requant]
+    return tuple(update_spec_for_lr(spec, a, weight_scale=s, batch_size=batch_size, beta_span=beta_span)
+                 for a, s in zip(lrs, sc))
+
+
+def _phases(fp, xc, yb, *, beta, nudging, n_free_steps, n_nudge_steps, seed, step_offset, backend):
+    """Free phase, then the two nudged phases from the free equilibrium; codes as numpy int64."""
+    if backend == "numba":
+        relax = fp.relax
+        conv = lambda s: s
+    else:
+        from .torch_mirror import torch_relax
+
+        relax = lambda *a, **k: torch_relax(fp, *a, **k)
+        conv = lambda s: [t.numpy() for t in s]
+    free = conv(relax(xc, n_steps=n_free_steps, seed=seed, step_offset=step_offset)[0])
+    off = step_offset + n_free_steps
+    s2 = conv(relax(xc, free, beta=beta, y=yb, n_steps=n_nudge_steps, seed=seed, step_offset=off)[0])
+    if nudging == "one_sided":
+        s1 = free
+    else:
+        s1 = conv(relax(xc, free, beta=-beta, y=yb, n_steps=n_nudge_steps, seed=seed,
+                        step_offset=off + n_nudge_steps)[0])
+    return free, s1, s2
+
+
+def onchip_step(state: OnChipState, x_codes, y, *, beta: float, nudging: str = "symmetric",
+                n_free_steps: int = 30, n_nudge_steps: int = 10, seed: int = 0, step: int = 0,
+                backend: str = "numba", fp=None) -> tuple[OnChipState, dict]:
+    """One on-chip EqProp step on a batch: relax (free, nudged), integer update; returns the new state.
+
+    Args:
+        state: current registers.
+        x_codes: (B, n_in) input codes; y: (B,) labels.
+        beta: nudging strength (> 0); nudging: ``"symmetric"`` (-beta vs +beta) or ``"one_sided"``.
+        seed, step: counters (relaxation sweeps use step offsets ``step * (n_free + 2 n_nudge)``).
+        backend: ``"numba"`` (FixedPointMLP.relax + :func:`update_numba`) or ``"torch"``
+            (:func:`hwsim.torch_mirror.torch_relax` + :func:`update_torch`).
+        fp: the state's FixedPointMLP if already built.
+
+    Returns:
+        ``(new_state, {"free": codes, "s1": codes, "s2": codes})``.
+    """
+    if backend not in ("numba", "torch"):
+        raise ValueError(f"backend={backend!r} is invalid; allowed: 'numba' or 'torch'")
+    if nudging not in ("symmetric", "one_sided"):
+        raise ValueError(f"nudging={nudging!r} is invalid; allowed: 'symmetric' or 'one_sided'")
+    if not beta > 0:
+        raise ValueError(f"beta={beta!r} is invalid; allowed: a float > 0")
+    fp = fp if fp is not None else state.to_fixed_point(backend)
+    offset = step * (n_free_steps + 2 * n_nudge_steps)
+    free, s1, s2 = _phases(fp, x_codes, y, beta=beta, nudging=nudging, n_free_steps=n_free_steps,
+                           n_nudge_steps=n_nudge_steps, seed=seed, step_offset=offset, backend=backend)
+    fn = update_numba if backend == "numba" else update_torch
+    H, Hb = fn(state.hidden, state.bias_hidden, x_codes, s1, s2, state.layer_specs, seed=seed, step=step)
+    return dataclasses.replace(state, hidden=H, bias_hidden=Hb), {"free": free, "s1": s1, "s2": s2}
+
+
+def train_onchip(fp_model, x, y, *, epochs: int, batch_size: int, beta: float, spec=None, lr=None,
+                 seed: int = 0, progress: bool = True, nudging: str = "symmetric", n_free_steps: int = 30,
+                 n_nudge_steps: int = 10, backend: str = "numba", x_val=None, y_val=None,
+                 eval_steps: int | None = None) -> dict:
+    """Train a fixed-point network on chip by EqProp (integer states, integer updates).
+
+    Starting point: ``fp_model``'s codes (a PTQ model to fine-tune, or the quantisation of a fresh
+    initialisation to train from scratch); it must use per-tensor weights (:func:`onchip_spec`).
+
+    Args:
+        fp_model: :class:`~hwsim.fixed_point.FixedPointMLP`.
+        x: (N, n_in) float inputs in [0, 1] (quantised on chip with the state format).
+        y: (N,) int labels.
+        epochs, batch_size: passes over the data, examples per update.
+        beta: nudging strength.
+        spec: the update precision: a spec (its ``update``) for all layers or one per layer;
+            default ``fp_model.spec``. Ignored when ``lr`` is given.
+        lr: float SGD rate(s) to realise as per-layer multiplier/shift pairs
+            (:func:`update_spec_for_lr` on each layer's scale).
+        seed: batch order and stochastic-rounding counters.
+        backend: ``"numba"`` or ``"torch"`` (bit-identical).
+        x_val, y_val: optional validation set, accuracy after every epoch.
+        eval_steps: free-phase sweeps for validation (default ``n_free_steps``).
+
+    Returns:
+        ``{"model": final FixedPointMLP, "state": OnChipState, "train_acc": [per epoch, free phase
+        before each update], "val_acc": [per epoch], "layer_specs": [...], "n_updates": int}``.
+    """
+    from tqdm.auto import tqdm
+
+    check_update_spec(fp_model.spec)
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim != 2 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"x {x.shape} and y {y.shape}: need x (N, n_in) and y (N,) with the same N >= 1")
+    if not (isinstance(epochs, int) and epochs >= 1 and isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"epochs={epochs!r}, batch_size={batch_size!r}; allowed: ints >= 1")
+    beta_span = 2 * beta if nudging == "symmetric" else beta
+    if lr is not None:
+        layer_specs = layer_specs_for_lr(fp_model, lr, batch_size=batch_size, beta_span=beta_span)
+    elif spec is None:
+        layer_specs = None
+    elif isinstance(spec, HardwareSpec):
+        layer_specs = (spec,) * fp_model.n_layers
+    else:
+        layer_specs = tuple(spec)
+    state = OnChipState.from_fixed_point(fp_model, layer_specs)
+    rs = np.random.default_rng(seed)
+    n = len(x)
+    n_batches = (n + batch_size - 1) // batch_size
+    hist = {"train_acc": [], "val_acc": [], "layer_specs": [s.update.to_dict() for s in state.layer_specs]}
+    step = 0
+    fp = fp_model
+    bar = tqdm(total=epochs * n_batches, disable=not progress, desc=f"on-chip {fp_model.spec.name}")
+    for epoch in range(epochs):
+        perm = rs.permutation(n)
+        correct = 0
+        for b in range(n_batches):
+            idx = perm[b * batch_size:(b + 1) * batch_size]
+            xc = fp.quantize_input(x[idx].astype(np.float64))
+            state, st = onchip_step(state, xc, y[idx].astype(np.int64), beta=beta, nudging=nudging,
+                                    n_free_steps=n_free_steps, n_nudge_steps=n_nudge_steps, seed=seed,
+                                    step=step, backend=backend, fp=fp)
+            correct += int((st["free"][-1].argmax(axis=1) == y[idx]).sum())
+            fp = state.to_fixed_point(backend)
+            step += 1
+            bar.update(1)
+        hist["train_acc"].append(correct / n)
+        if x_val is not None:
+            pred = fp.predict(np.asarray(x_val, dtype=np.float64), n_steps=eval_steps or n_free_steps, batch_size=1000)
+            hist["val_acc"].append(float(np.mean(pred == np.asarray(y_val))))
+        log.info("on-chip %s epoch %d: train acc %.4f", fp_model.spec.name, epoch + 1, correct / n)
+    bar.close()
+    hist.update(model=fp, state=state, n_updates=step)
+    return hist
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    return float(a.ravel() @ b.ravel() / (na * nb)) if na > 0 and nb > 0 else float("nan")
+
+
+def update_cosine(state: OnChipState, x, y, *, beta: float, nudging: str = "symmetric", n_free_steps: int = 30,
+                  n_nudge_steps: int = 10, seed: int = 0, step: int = 0) -> dict:
+    """Per layer, cosine between the integer EqProp update (dequantised) and the float EqProp step.
+
+    The integer update is that of :func:`onchip_step` on the batch, ``dW = (H' - H) * scale /
+    2**extra_bits``; the float step is ``-g`` with ``g`` = :meth:`EqPropMLP.eqprop_grads` of the same
+    dequantised weights (float64, same nudging, input = the quantised input values).
+
+    Args:
+        x: (B, n_in) float inputs; y: (B,) labels.
+
+    Returns:
+        ``{"weight": [cos per layer], "bias": [cos per layer], "expected_weight": [cos of the
+        pre-rounding product P * lr_multiplier / 2**lr_shift]}``.
+    """
+    fp = state.to_fixed_point()
+    xc = fp.quantize_input(np.asarray(x, dtype=np.float64))
+    y = np.asarray(y).astype(np.int64)
+    new, st = onchip_step(state, xc, y, beta=beta, nudging=nudging, n_free_steps=n_free_steps,
+                          n_nudge_steps=n_nudge_steps, seed=seed, step=step, fp=fp)
+    net = state.to_float_model()
+    xf = torch.from_numpy(fp.dequantize_states([xc])[0])
+    g = net.eqprop_grads(xf, torch.from_numpy(y), beta=beta, mode=nudging, n_free_steps=n_free_steps,
+                         n_nudge_steps=n_nudge_steps)
+    out = {"weight": [], "bias": [], "expected_weight": []}
+    for i, sc in enumerate(state.scales()):
+        dw = (new.hidden[i] - state.hidden[i]).astype(np.float64) * sc
+        db = (new.bias_hidden[i] - state.bias_hidden[i]).astype(np.float64) * sc
+        out["weight"].append(_cos(dw, -g[f"layers.{i}.weight"].numpy()))
+        out["bias"].append(_cos(db, -g[f"layers.{i}.bias"].numpy()))
+        pre1 = xc if i == 0 else st["s1"][i - 1]
+        pre2 = xc if i == 0 else st["s2"][i - 1]
+        p = st["s2"][i].T.astype(np.float64) @ pre2 - st["s1"][i].T.astype(np.float64) @ pre1
+        out["expected_weight"].append(_cos(p, -g[f"layers.{i}.weight"].numpy()))
+    return out
