@@ -83,6 +83,10 @@ FP32_SCALE_BITS = 32
 MULTIPLIER_BITS = 31
 """Width of a non power-of-two requantisation multiplier (:func:`quant.requant_params` default)."""
 
+UPDATE_ACC_BITS = 32
+"""Width of the update product accumulator ``P`` (outer products summed over the batch): our
+modelling choice (8x8-bit products of 100 samples need < 2**21)."""
+
 HASH_ROUND_OPS = (("mult", 32, 32, 3), ("xor", 32, 0, 4), ("shift", 32, 0, 4))
 """(op, bits, bits_b, count) of one per-element round of :func:`quant.rng.hash_u32_scalar`."""
 
@@ -440,7 +444,7 @@ def _update(sizes, dp, spec, B: int) -> Counts:
     c = Counts()
     n_params = sum(sizes[i] * sizes[i - 1] + sizes[i] for i in range(1, len(sizes)))
     dt = dp.dtype
-    pw = 32  # width of the update product accumulator P (int) / fp32
+    pw = UPDATE_ACC_BITS if not dp.is_float else 32
     sb = 32 if dp.is_float else dp.s_bits
     for i in range(1, len(sizes)):
         n_out, n_in = sizes[i], sizes[i - 1]
