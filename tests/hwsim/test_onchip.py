@@ -128,3 +128,71 @@ def test_bad_input_is_a_clear_value_error():
         onchip.update_numba(H, Hb, x, s1, s2, [spec, spec], seed=0, step=0)
     with pytest.raises(ValueError, match="layer 0"):
         onchip.update_numba([H[0][:, :2]], Hb, x, s1, s2, [spec], seed=0, step=0)
+
+
+# ----------------------------------------------------------------------------- learner on the simulator
+def _fp(preset, sizes=(20, 12, 6, 4), seed=0):
+    from hwsim.fixed_point import FixedPointMLP
+    from models.eqprop_mlp import EqPropConfig, EqPropMLP
+
+    net = EqPropMLP(EqPropConfig(sizes=sizes), seed=seed)
+    return FixedPointMLP.from_model(net, onchip.onchip_spec(get_preset(preset)))
+
+
+@pytest.mark.parametrize("preset", LEARNING_PRESETS)
+def test_state_round_trip_is_exact(preset):
+    fp = _fp(preset)
+    back = onchip.OnChipState.from_fixed_point(fp).to_fixed_point()
+    for a, b in zip(fp.w_codes + fp.fb_codes + fp.bias_codes, back.w_codes + back.fb_codes + back.bias_codes):
+        np.testing.assert_allclose(a, b, **BIT_EXACT)
+
+
+@pytest.mark.parametrize("preset", LEARNING_PRESETS)
+def test_training_steps_numba_vs_torch_bit_exact(preset):
+    """Chained on-chip steps: numba relax + update vs torch mirror relax + update, after every step."""
+    fp = _fp(preset)
+    g = np.random.default_rng(1)
+    x = g.random((8, 20))
+    y = g.integers(0, 4, 8)
+    specs = onchip.layer_specs_for_lr(fp, 0.2, batch_size=8, beta_span=1.0)
+    st_n = st_t = onchip.OnChipState.from_fixed_point(fp, specs)
+    xc = fp.quantize_input(x)
+    moved = 0
+    for step in range(3):
+        new_n, ph_n = onchip.onchip_step(st_n, xc, y, beta=0.5, n_free_steps=8, n_nudge_steps=4, step=step, seed=5)
+        new_t, ph_t = onchip.onchip_step(st_t, xc, y, beta=0.5, n_free_steps=8, n_nudge_steps=4, step=step, seed=5,
+                                         backend="torch")
+        for k in ("free", "s1", "s2"):
+            for a, b in zip(ph_n[k], ph_t[k]):
+                np.testing.assert_allclose(a, b, **BIT_EXACT)
+        for a, b in zip(new_n.hidden + new_n.bias_hidden, new_t.hidden + new_t.bias_hidden):
+            np.testing.assert_allclose(a, b, **BIT_EXACT)
+        for a, b in zip(new_n.w_codes("numba"), new_t.w_codes("torch")):
+            np.testing.assert_allclose(a, b, **BIT_EXACT)
+        moved += sum(int((a != b).sum()) for a, b in zip(new_n.hidden, st_n.hidden))
+        st_n, st_t = new_n, new_t
+    assert moved > 0
+
+
+def test_per_channel_chip_is_rejected():
+    from hwsim.fixed_point import FixedPointMLP
+    from models.eqprop_mlp import EqPropConfig, EqPropMLP
+
+    fp = FixedPointMLP.from_model(EqPropMLP(EqPropConfig(sizes=(20, 12, 4)), seed=0), get_preset("int8"))
+    with pytest.raises(ValueError, match="per-tensor"):
+        onchip.OnChipState.from_fixed_point(fp)
+
+
+def test_onchip_learns_real_mnist_and_update_follows_the_float_gradient():
+    from tracks.data import load_dataset
+
+    x, y = load_dataset("mnist", "train")
+    x, y = x[:300].astype(np.float64), y[:300]
+    fp = _fp("int4", sizes=(784, 32, 10))
+    before = float(np.mean(fp.predict(x, n_steps=20) == y))
+    hist = onchip.train_onchip(fp, x, y, epochs=2, batch_size=20, beta=0.5, lr=(0.1, 0.05), n_free_steps=20,
+                               n_nudge_steps=6, progress=False)
+    after = float(np.mean(hist["model"].predict(x, n_steps=20) == y))
+    assert hist["n_updates"] == 30 and after > 0.6 and after > before + 0.3, (before, after)
+    cos = onchip.update_cosine(hist["state"], x[:50], y[:50], beta=0.5, n_free_steps=20, n_nudge_steps=6)
+    assert min(cos["weight"]) > 0.9, cos
