@@ -27,31 +27,35 @@ adds of an output are ``K - 1`` accumulations plus the add of the bias / previou
   the accumulator width ``acc_bits``; ternary weights need no multiply (one add/sub);
   ``sparsity="codes"`` skips products with a zero weight code (from the actual quantised weights).
   fp32: one fp32 multiply and one fp32 add.
-* requantisation, per unit and per accumulated term (``W s`` and ``W^T s`` have their own
-  scales): one ``acc_bits x m`` multiply when the row multiplier ``m`` of
-  :func:`quant.requant_params` is not 1 (``m`` bits wide), one shift, and the rounding of
-  ``spec.rounding`` (nearest-even: compare + add; floor: nothing; stochastic: one random number
-  + compare + add); saturation of the accumulator (``overflow="saturate"``): two compares.
-  Per-channel weight scales do not factor out of a transposed product ``W^T s`` (the scale varies
-  along the sum), so the feedback term first rescales each source state by its row's multiplier
-  (one multiply + shift + rounding per source unit). This is our model of the integer datapath;
-  ``hwsim``'s simulator may schedule it differently.
-* per unit: adds of the bias / drive and the terms, the hard sigmoid as two compares (clamp);
-  nudging of an output unit: ``s - onehot`` (add), times ``beta`` (``s x s`` multiply), add.
-* update (per batch per parameter, integer spec with ``spec.update``): requantise the product
+* the integer layer update follows the fixed-point simulator (docs/hwsim_semantics.md):
+  ``A_f = ovf(Wq s + bq)`` (bias add at ``acc_bits``), ``A_b = ovf(Fq s')`` with ``Fq`` the
+  feedback array (``W^T`` quantised as its own tensor, so each accumulator has one scale per
+  output), ``p = rq(A_f) + rq(A_b) (+ rq(beta (T - c_out)))``, ``c = clamp(p, 0, ONE)``.
+  ``ovf`` with ``overflow="saturate"``: two compares per accumulator (``wrap``: free);
+  ``rq``: one ``acc_bits x m`` multiply when the row multiplier of :func:`quant.requant_params`
+  is not 1 (``m`` its bit length), one shift, and the rounding of ``spec.rounding`` (nearest-even:
+  compare + add; floor: nothing; stochastic: one random number + compare + add); the nudge is
+  ``T - c_out`` (add) and a 31-bit multiplier requantisation; the terms are summed (adds at
+  ``acc_bits``) and clamped (two compares). The drive ``A_f`` of the first layer (and, with
+  deterministic rounding, its requantisation) is computed once per phase.
+* update (integer spec with ``spec.update``, as :mod:`hwsim.onchip`): products of state codes
+  accumulated over the batch into ``P`` (:data:`UPDATE_ACC_BITS`), then per weight: requantise
   ``P`` (``lr_multiplier`` multiply if not 1, shift, rounding -- a random number when
-  stochastic), add into the ``hidden_bits`` hidden weight, saturate (two compares), and
-  ``hidden_to_code`` (shift, nearest-even rounding, clamp). fp32: scale the gradient (multiply),
-  SGD step (multiply + add).
+  stochastic), add into the ``hidden_bits`` hidden weight, saturate (two compares),
+  ``hidden_to_code`` (shift, nearest-even rounding, clamp); per bias: the same requantisation,
+  add into the ``acc_bits`` bias register, saturate. fp32: scale the gradient (multiply), SGD step
+  (multiply + add).
 * one random number (counter-based hash of :mod:`quant.rng`): the seed/step/tensor counters are
   fixed per tensor, so per element one round of the hash: 3 32-bit multiplies, 4 xors,
   4 shifts (3 in ``fmix32``, 1 for the top 24 bits) -- :data:`HASH_ROUND_OPS`.
-* memory: each use of a weight matrix reads its packed codes (and per-row scales) once per
-  batch (``B`` samples share the read); bias / hidden weights are read and written per update.
+* memory: each use of a weight array reads its packed codes, its scales and (forward) its
+  biases once per batch (``B`` samples share the read); hidden weights and bias registers are read
+  and written per update, and the new codes written.
 
 Weight memory (:func:`weight_memory`): codes packed at ``weights.bits`` per weight, scales as
 float32 (one per row for per-channel, one per tensor otherwise), biases at ``acc_bits`` (fp32: 32),
-hidden weights at ``update.hidden_bits`` per parameter.
+the separate feedback arrays of the integer simulator (hidden-to-hidden weights stored twice), and
+hidden weights at ``update.hidden_bits`` per weight for training.
 
 >>> from quant import get_preset
 >>> c = count_inference((4, 3, 2), get_preset("fp32"), n_steps=5)
@@ -244,9 +248,34 @@ class _Datapath:
         return "fp" if self.is_float else "int"
 
 
+@dataclass(frozen=True)
+class _Matrix:
+    """One stored weight array: ``(n_out, n_in)``, nonzero codes, requant multiplier width per row
+    (0 = pure shift), number of stored scales."""
+
+    n_out: int
+    n_in: int
+    nnz: int
+    mbits: tuple[int, ...]
+    n_scales: int
+
+
+def _quantized_matrix(w, spec, sparsity: str) -> _Matrix:
+    n_out, n_in = w.shape
+    q = quantize_weights(w, spec)
+    nnz = int((q.codes != 0).sum()) if sparsity == "codes" else n_out * n_in
+    mbits = [0 if m == 1 else int(m).bit_length() for m, _ in requant_params(q, spec)]
+    if len(mbits) == 1:
+        mbits = mbits * n_out
+    n_scales = n_out if spec.weights.granularity == "per_channel" else 1
+    return _Matrix(n_out, n_in, nnz, tuple(mbits), n_scales)
+
+
 def _matrix_info(model, spec: HardwareSpec, sizes, sparsity: str):
-    """Per matrix i=1..L: (nnz, row multiplier bit widths, number of scales); from the weights
-    when ``model`` has them."""
+    """Per weight ``W_i`` (i = 1..L): ``(forward, feedback)`` :class:`_Matrix`; the feedback array
+    holds ``W_i^T`` quantised as its own tensor (docs/hwsim_semantics.md), ``None`` for ``W_1``.
+    From the weights when ``model`` has them, else dense with ``MULTIPLIER_BITS`` multipliers
+    (none for ``scale_rule="power_of_two"``)."""
     dp = _Datapath.of(spec)
     layers = getattr(model, "layers", None)
     if sparsity not in SPARSITIES:
@@ -256,23 +285,20 @@ def _matrix_info(model, spec: HardwareSpec, sizes, sparsity: str):
                          "pass the network or use sparsity='dense'")
     info = []
     for i in range(1, len(sizes)):
-        n_out, n_in = sizes[i], sizes[i - 1]
-        if dp.is_float:
-            info.append((n_out * n_in, [0] * n_out, 0))
-            continue
-        if layers is not None:
-            q = quantize_weights(layers[i - 1].weight.detach(), spec)
-            nnz = int((q.codes != 0).sum()) if sparsity == "codes" else n_out * n_in
-            pairs = requant_params(q, spec)
-            mbits = [0 if m == 1 else int(m).bit_length() for m, _ in pairs]
-            if len(mbits) == 1:
-                mbits = mbits * n_out
-        else:
-            nnz = n_out * n_in
-            pow2 = spec.weights.scale_rule == "power_of_two"
-            mbits = [0 if pow2 else MULTIPLIER_BITS] * n_out
-        n_scales = n_out if spec.weights.granularity == "per_channel" else 1
-        info.append((nnz, mbits, n_scales))
+        pair = []
+        for n_out, n_in, transposed in ((sizes[i], sizes[i - 1], False), (sizes[i - 1], sizes[i], True)):
+            if transposed and i == 1:
+                pair.append(None)
+            elif dp.is_float:
+                pair.append(_Matrix(n_out, n_in, n_out * n_in, (0,) * n_out, 0))
+            elif layers is not None:
+                w = layers[i - 1].weight.detach()
+                pair.append(_quantized_matrix(w.t() if transposed else w, spec, sparsity))
+            else:
+                mb = 0 if spec.weights.scale_rule == "power_of_two" else MULTIPLIER_BITS
+                n_scales = n_out if spec.weights.granularity == "per_channel" else 1
+                pair.append(_Matrix(n_out, n_in, n_out * n_in, (mb,) * n_out, n_scales))
+        info.append(tuple(pair))
     return dp, info
 
 
@@ -303,67 +329,64 @@ def _requant(c: Counts, dp: _Datapath, mbits: Sequence[int], in_bits: int, times
         _round(c, dp, width, n, dp.rounding)
 
 
-def _term(c: Counts, dp: _Datapath, n_out: int, n_in: int, minfo, B: int, transposed: bool) -> None:
-    """Accumulate one weight term ``W s`` (``transposed``: ``W^T s``) of ``W (n_out, n_in)`` for
-    ``B`` samples; ``minfo = (nnz, row multiplier widths, n_scales)`` of W."""
-    nnz, mbits, n_scales = minfo
-    dense = n_out * n_in
+def _accumulate(c: Counts, dp: _Datapath, m: _Matrix, B: int, bias: bool) -> None:
+    """``A = ovf(W s (+ b))`` for ``B`` samples: MACs, bias add, overflow, weight/scale/bias reads."""
+    dense = m.n_out * m.n_in
     c.macs += B * dense
-    if dp.is_float:
+    if dp.is_float:  # addmm: K mults and K adds per output (the bias / previous term is one of them)
         c.add("mult", "fp", 32, B * dense)
         c.add("add", "fp", 32, B * dense)
-        c.read_bits += dense * 32
+        c.read_bits += dense * 32 + (m.n_out * 32 if bias else 0)
         return
     if not dp.ternary:
-        c.add("mult", "int", dp.w_bits, B * nnz, dp.s_bits)
-    c.add("add", "int", dp.acc_bits, B * nnz)
-    c.read_bits += dense * dp.w_bits + n_scales * FP32_SCALE_BITS
-    n_dst = n_in if transposed else n_out
+        c.add("mult", "int", dp.w_bits, B * m.nnz, dp.s_bits)
+    c.add("add", "int", dp.acc_bits, B * m.nnz + (B * m.n_out if bias else 0))
     if dp.saturate:
-        c.add("cmp", "int", dp.acc_bits, 2 * B * n_dst)
-    if transposed:
-        # per-row scales vary along the transposed sum: pre-scale each source state by its row's
-        # multiplier, then one rounding shift per destination unit
-        _requant(c, dp, mbits, dp.s_bits, B)
-        _requant(c, dp, [0] * n_dst, dp.acc_bits, B)
-    else:
-        _requant(c, dp, mbits, dp.acc_bits, B)
+        c.add("cmp", "int", dp.acc_bits, 2 * B * m.n_out)
+    c.read_bits += dense * dp.w_bits + m.n_scales * FP32_SCALE_BITS + (m.n_out * dp.acc_bits if bias else 0)
 
 
 def _drive(sizes, dp, info, B) -> Counts:
+    """``A_f`` of the first layer, ``W_1 x + b_1``, and (deterministic rounding) its requantisation."""
     c = Counts()
-    _term(c, dp, sizes[1], sizes[0], info[0], B, transposed=False)
-    c.add("add", dp.dtype, 32 if dp.is_float else dp.acc_bits, 0 if dp.is_float else B * sizes[1])  # + bias
-    c.read_bits += sizes[1] * (32 if dp.is_float else dp.acc_bits)
+    fwd = info[0][0]
+    _accumulate(c, dp, fwd, B, bias=True)
+    if not dp.is_float and dp.rounding != "stochastic":
+        _requant(c, dp, fwd.mbits, dp.acc_bits, B)
     return c
 
 
 def _layer_update(sizes, dp, info, B, i: int, nudged: bool) -> Counts:
-    """Update of state layer ``i`` (1-based width index: ``n_i``) for ``B`` samples."""
+    """Update of state layer ``i`` (1-based width index: ``n_i``) for ``B`` samples:
+    ``p = rq(A_f) + rq(A_b) (+ rq(beta (T - c)))``, ``c = clamp(p, 0, ONE)``."""
     c = Counts()
     L = len(sizes) - 1
     n = sizes[i]
-    n_terms = 0
+    fwd = info[i - 1][0]
+    n_rq = 1  # the forward term (layer 1: the requantised drive)
     if i >= 2:
-        _term(c, dp, n, sizes[i - 1], info[i - 1], B, transposed=False)
-        n_terms += 1
+        _accumulate(c, dp, fwd, B, bias=True)
+    if not dp.is_float and (i >= 2 or dp.rounding == "stochastic"):
+        _requant(c, dp, fwd.mbits, dp.acc_bits, B)  # stochastic: the drive is re-rounded every sweep
     if i < L:
-        _term(c, dp, sizes[i + 1], n, info[i], B, transposed=True)  # W_{i+1}: (n_{i+1}, n_i)
-        n_terms += 1
+        fb = info[i][1]  # feedback array W_{i+1}^T: (n_i, n_{i+1})
+        _accumulate(c, dp, fb, B, bias=False)
+        if not dp.is_float:
+            _requant(c, dp, fb.mbits, dp.acc_bits, B)
+        n_rq += 1
     w = 32 if dp.is_float else dp.acc_bits
-    if not dp.is_float:  # fp32: addmm folds the bias / drive / previous term into its K adds
-        c.add("add", "int", w, B * n * n_terms)  # bias (layer 1: the drive) + the other terms
-    if i >= 2 and not dp.is_float:
-        c.read_bits += n * dp.acc_bits  # bias
-    c.add("cmp", dp.dtype, w, 2 * B * n)  # hard sigmoid clamp
     if nudged and i == L:
-        sb = 32 if dp.is_float else dp.s_bits
-        c.add("add", dp.dtype, sb, B * n)                     # s - onehot(y)
         if dp.is_float:
-            c.add("mult", "fp", 32, B * n)                     # * beta
+            c.add("add", "fp", 32, B * n)                       # s - onehot(y)
+            c.add("mult", "fp", 32, B * n)                      # * beta
+            c.add("add", "fp", 32, B * n)                       # into the pre-activation
         else:
-            c.add("mult", "int", sb, B * n, sb)
-        c.add("add", dp.dtype, w, B * n)                       # into the pre-activation
+            c.add("add", "int", dp.s_bits + 1, B * n)           # T - c_out
+            _requant(c, dp, [MULTIPLIER_BITS] * n, dp.s_bits + 1, B)  # * beta (31-bit multiplier)
+            n_rq += 1
+    if not dp.is_float:
+        c.add("add", "int", w, B * n * (n_rq - 1))              # sum of the requantised terms
+    c.add("cmp", dp.dtype, w, 2 * B * n)                        # hard sigmoid clamp
     return c
 
 
@@ -467,18 +490,23 @@ def _update(sizes, dp, spec, B: int) -> Counts:
     if up is None:
         raise ValueError(f"spec {spec.name!r} has update=None; allowed: an integer spec with an UpdateSpec "
                          "(quant.get_preset('int8')) for training counts")
-    if up.lr_multiplier != 1:
-        c.add("mult", "int", pw, n_params, int(up.lr_multiplier).bit_length())
-    width = pw + (int(up.lr_multiplier).bit_length() if up.lr_multiplier != 1 else 0)
-    c.add("shift", "int", width, n_params)
-    _round(c, dp, width, n_params, "stochastic" if up.stochastic else "nearest_even")
-    c.add("add", "int", up.hidden_bits, n_params)           # H += delta
-    c.add("cmp", "int", up.hidden_bits, 2 * n_params)       # saturate H
-    c.add("shift", "int", up.hidden_bits, n_params)         # hidden_to_code
-    _round(c, dp, up.hidden_bits, n_params, "nearest_even")
-    c.add("cmp", "int", dp.w_bits, 2 * n_params)            # clamp code
-    c.read_bits += up.hidden_bits * n_params
-    c.write_bits += (up.hidden_bits + dp.w_bits) * n_params
+    n_w = sum(sizes[i] * sizes[i - 1] for i in range(1, len(sizes)))
+    n_b = sum(sizes[1:])
+    mult_bits = int(up.lr_multiplier).bit_length() if up.lr_multiplier != 1 else 0
+    rounding = "stochastic" if up.stochastic else "nearest_even"
+    for n, reg_bits in ((n_w, up.hidden_bits), (n_b, dp.acc_bits)):
+        if mult_bits:
+            c.add("mult", "int", pw, n, mult_bits)
+        c.add("shift", "int", pw + mult_bits, n)
+        _round(c, dp, pw + mult_bits, n, rounding)
+        c.add("add", "int", reg_bits, n)                    # H += delta
+        c.add("cmp", "int", reg_bits, 2 * n)                # saturate
+        c.read_bits += reg_bits * n
+        c.write_bits += reg_bits * n
+    c.add("shift", "int", up.hidden_bits, n_w)              # hidden_to_code
+    _round(c, dp, up.hidden_bits, n_w, "nearest_even")
+    c.add("cmp", "int", dp.w_bits, 2 * n_w)                 # clamp the code
+    c.write_bits += dp.w_bits * n_w
     return c
 
 
@@ -579,9 +607,11 @@ def weight_memory(model, spec: HardwareSpec) -> dict[str, int]:
 
     Returns:
         ``weight_bytes`` (codes at ``weights.bits`` + scales as float32), ``code_bytes``,
-        ``scale_bytes``, ``bias_bytes`` (at ``acc_bits``; fp32: 32 bits), ``hidden_bytes``
-        (``update.hidden_bits`` per weight and bias; 0 without an update spec),
-        ``inference_bytes`` = weights + biases, ``training_bytes`` = inference + hidden.
+        ``scale_bytes``, ``bias_bytes`` (at ``acc_bits``; fp32: 32 bits), ``feedback_bytes``
+        (integer specs: codes + scales of the feedback arrays ``W_i^T``, i >= 2, see
+        docs/hwsim_semantics.md; 0 for fp32), ``hidden_bytes`` (``update.hidden_bits`` per weight;
+        0 without an update spec), ``inference_bytes`` = weights + biases + feedback,
+        ``training_bytes`` = inference + hidden.
 
     >>> from quant import get_preset
     >>> weight_memory((784, 512, 10), get_preset("int4"))["code_bytes"]   # 4 bits per weight
@@ -589,16 +619,20 @@ def weight_memory(model, spec: HardwareSpec) -> dict[str, int]:
     """
     sizes = _sizes(model)
     dp = _Datapath.of(spec)
-    code = scale = bias = hidden = 0
+    code = scale = bias = hidden = feedback = 0
     for i in range(1, len(sizes)):
         n_out, n_in = sizes[i], sizes[i - 1]
         code += math.ceil(n_out * n_in * dp.w_bits / 8)
         if not dp.is_float:
-            n_scales = n_out if spec.weights.granularity == "per_channel" else 1
-            scale += math.ceil(n_scales * FP32_SCALE_BITS / 8)
+            per_ch = spec.weights.granularity == "per_channel"
+            scale += math.ceil((n_out if per_ch else 1) * FP32_SCALE_BITS / 8)
+            if i >= 2:  # feedback array W_i^T: (n_in, n_out), one scale per row of W_i^T
+                feedback += math.ceil(n_out * n_in * dp.w_bits / 8)
+                feedback += math.ceil((n_in if per_ch else 1) * FP32_SCALE_BITS / 8)
         bias += math.ceil(n_out * dp.acc_bits / 8)
         if spec.update is not None:
-            hidden += math.ceil((n_out * n_in + n_out) * spec.update.hidden_bits / 8)
+            hidden += math.ceil(n_out * n_in * spec.update.hidden_bits / 8)
+    inference = code + scale + bias + feedback
     return {"weight_bytes": code + scale, "code_bytes": code, "scale_bytes": scale, "bias_bytes": bias,
-            "hidden_bytes": hidden, "inference_bytes": code + scale + bias,
-            "training_bytes": code + scale + bias + hidden}
+            "feedback_bytes": feedback, "hidden_bytes": hidden, "inference_bytes": inference,
+            "training_bytes": inference + hidden}

@@ -238,8 +238,11 @@ def run(ctx: TrackContext) -> TrackResult:
         f"(T2={N_NUDGE_STEPS}) each recomputing the drive as EqPropMLP.relax does, + contrast + update.",
         "Weights are the seeded initialisation (not trained): energy_pj_inference_zero_skip depends on the "
         "zero codes (ternary sparsity) of these weights.",
-        "Integer requantisation follows hwsim.opcount's datapath model (per-row multiplier, pre-scaled "
-        "sources for transposed products); the numba simulator may schedule it differently.",
+        "Integer layer updates are counted as the fixed-point simulator computes them "
+        "(docs/hwsim_semantics.md: separate forward/feedback accumulators, per-row requantisation, "
+        "drive once per phase); inference_bytes include the feedback arrays. The on-chip update is "
+        "counted for one copy of each weight (hwsim.onchip needs per-tensor scales, where the feedback "
+        "array equals W^T); refreshing per-channel feedback copies is not counted.",
     ]
     if analytic_t1 != N_FREE_STEPS:
         notes.append(f"override: analytic count assumes T1={analytic_t1} while the runs use T1={N_FREE_STEPS}")

@@ -62,19 +62,21 @@ def test_closed_forms_and_drive_reuse():
 
 
 def test_int8_sweep_hand_count():
-    """One free sweep of (3, 2, 2) under int8 (sizes only: 31-bit multipliers), counted by hand."""
+    """One free sweep of (3, 2, 2) under int8 (sizes only: 31-bit multipliers), counted by hand
+    from the integer update of docs/hwsim_semantics.md."""
     r = oc.count_inference((3, 2, 2), get_preset("int8"), n_steps=1)
     got = r.phases["free"].by_label()
     want = {
-        "mult_int8x8": 4 + 4,          # W2^T s2 into layer 1, W2 s1 into layer 2
-        "add_int32": 4 + 4 + 2 + 2 + 2,  # MAC adds, round adds of 2 dest shifts, combine (bias/drive)
-        "cmp_int32": 4 + 4 + 2 + 4 + 4,  # saturate x2 terms, nearest-even compares, clamp x2 layers
-        "shift_int32": 2,              # dest shift of the transposed term
-        "mult_int8x31": 2, "shift_int39": 2, "add_int39": 2, "cmp_int39": 2,     # source pre-scale
-        "mult_int32x31": 2, "shift_int63": 2, "add_int63": 2, "cmp_int63": 2,    # forward requant
+        "mult_int8x8": 4 + 4,            # Fq_1 c_2 into layer 1, Wq_2 c_1 into layer 2
+        "add_int32": 4 + 2 + (4 + 2),    # MAC adds; sum rq(drive) + rq(A_b); MAC adds + bias
+        "cmp_int32": 4 + 4 + 4 + 4,      # saturate A_b, clamp layer 1, saturate A_f, clamp layer 2
+        "mult_int32x31": 2 + 2,          # requantise A_b (layer 1) and A_f (layer 2)
+        "shift_int63": 4, "add_int63": 4, "cmp_int63": 4,   # their nearest-even rounding shifts
     }
     assert got == want
     assert r.phases["free"].macs == 8
+    d = r.phases["drive"].by_label()   # A_f of layer 1 (bias add) and its requantisation, once
+    assert d["mult_int8x8"] == 6 and d["add_int32"] == 6 + 2 and d["mult_int32x31"] == 2
 
 
 def test_ternary_no_weight_multiplies_and_zero_skipping():
@@ -84,12 +86,14 @@ def test_ternary_no_weight_multiplies_and_zero_skipping():
     sparse = oc.count_inference(net, spec, n_steps=2, sparsity="codes")
     mac_mults = [k for k in dense.total.ops if k.op == "mult" and k.bits_b == spec.state.bits]
     assert mac_mults == []  # only requantisation multiplies remain
-    zeros = [int((quantize_weights(l.weight.detach(), spec).codes == 0).sum()) for l in net.layers]
-    assert zeros[0] > 0 and zeros[1] > 0
-    # uses per sample: W1 once (drive); W2 twice per sweep (forward + transposed), 2 sweeps
-    acc = spec.acc_bits
-    key = oc.OpKey("add", "int", acc)
-    assert dense.total.ops[key] - sparse.total.ops[key] == zeros[0] + 4 * zeros[1]
+    def zeros(w):
+        return int((quantize_weights(w.detach(), spec).codes == 0).sum())
+    w1, w2 = net.layers[0].weight, net.layers[1].weight
+    z1, z2, z2t = zeros(w1), zeros(w2), zeros(w2.t())   # feedback array: W2^T quantised on its own
+    assert z1 > 0 and z2 > 0 and z2t > 0
+    # per sample: W1 once (drive); W2 and its feedback copy once per sweep each, 2 sweeps
+    key = oc.OpKey("add", "int", spec.acc_bits)
+    assert dense.total.ops[key] - sparse.total.ops[key] == z1 + 2 * (z2 + z2t)
     assert dense.macs == sparse.macs  # torch-style dense MACs unchanged
 
 
@@ -101,7 +105,8 @@ def test_energy_ordering_and_linearity():
     b = oc.count_inference(s, get_preset("int8"), n_steps=20).phases["free"]
     assert math.isclose(b.energy_pj(), 2 * a.energy_pj(), rel_tol=1e-12)
     c = oc.count_inference(s, get_preset("fp32"), n_steps=1).phases["free"]
-    want = 10240 * (3.7 + 0.9) + 2 * 522 * 0.9 + 2 * 512 * 10 * 32 / 64 * 10.0   # MACs, clamps, weight reads
+    reads = (2 * 512 * 10 + 10) * 32   # W_2 forward and transposed, output bias (fp32 bits)
+    want = 10240 * (3.7 + 0.9) + 2 * 522 * 0.9 + reads / 64 * 10.0   # MACs, clamps, SRAM reads
     assert math.isclose(c.energy_pj(), want, rel_tol=1e-12)
 
 
@@ -109,7 +114,9 @@ def test_weight_memory_by_hand():
     m4 = oc.weight_memory((4, 3, 2), get_preset("int4"))
     assert m4["code_bytes"] == math.ceil(12 * 4 / 8) + math.ceil(6 * 4 / 8)
     assert m4["scale_bytes"] == (3 + 2) * 4 and m4["bias_bytes"] == math.ceil(3 * 3) + math.ceil(2 * 3)
-    assert m4["hidden_bytes"] == (12 + 3) * 2 + (6 + 2) * 2
+    assert m4["hidden_bytes"] == 12 * 2 + 6 * 2   # 16-bit hidden weights; biases live in acc registers
+    assert m4["feedback_bytes"] == math.ceil(6 * 4 / 8) + 3 * 4   # W_2^T codes + its 3 row scales
+    assert m4["inference_bytes"] == m4["weight_bytes"] + m4["bias_bytes"] + m4["feedback_bytes"]
     mt = oc.weight_memory((784, 512, 10), get_preset("ternary"))
     assert mt["code_bytes"] == (784 * 512 + 512 * 10) * 2 // 8
     mf = oc.weight_memory((784, 512, 10), get_preset("fp32"))
@@ -123,7 +130,9 @@ def test_training_update_int8_uses_stochastic_rounding():
     n_params = 6 * 4 + 4 + 4 * 3 + 3
     up = r.phases["update"].ops
     assert up[oc.OpKey("mult", "int", 32, 32)] == 3 * n_params   # one hash round per parameter
-    assert up[oc.OpKey("add", "int", spec.update.hidden_bits)] >= n_params
+    n_w = 6 * 4 + 4 * 3
+    assert up[oc.OpKey("add", "int", spec.update.hidden_bits)] == 2 * n_w   # H += delta; code rounding
+    assert up[oc.OpKey("add", "int", spec.acc_bits)] >= 4 + 3                     # bias registers
     assert set(r.phases) == {"drive", "free", "nudge_minus", "nudge_plus", "update"}
     one = oc.count_training_step(s, spec, n_free_steps=2, n_nudge_steps=2, nudging="one_sided")
     assert "nudge_minus" not in one.phases
