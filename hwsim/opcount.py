@@ -21,6 +21,9 @@ adds of an output are ``K - 1`` accumulations plus the add of the bias / previou
   (``(s2 - s1)^T x``: the input is the same in both phases) and ``2 B n_i n_{i-1}`` for the others
   (``s2_i^T s2_{i-1} - s1_i^T s1_{i-1}``).
 
+Counts are for exactly ``T`` sweeps per phase: an upper bound when a simulator stops early at an
+exact fixed point (``hwsim.fixed_point``'s ``early_exit``).
+
 **Hardware primitive ops** (:class:`OpKey`; the datapath model, per sample unless stated):
 
 * MAC of a ``w``-bit weight and an ``s``-bit state: one ``w x s`` integer multiply and one add at
@@ -39,7 +42,9 @@ adds of an output are ``K - 1`` accumulations plus the add of the bias / previou
   ``acc_bits``) and clamped (two compares). The drive ``A_f`` of the first layer (and, with
   deterministic rounding, its requantisation) is computed once per phase.
 * update (integer spec with ``spec.update``, as :mod:`hwsim.onchip`): products of state codes
-  accumulated over the batch into ``P`` (:data:`UPDATE_ACC_BITS`), then per weight: requantise
+  ``c2_i c2_{i-1}^T - c1_i c1_{i-1}^T`` for every layer (two products, also for the input layer,
+  where the fp32 contrast uses ``(s2 - s1) x^T``), accumulated over the batch into ``P``
+  (:data:`UPDATE_ACC_BITS`), then per weight: requantise
   ``P`` (``lr_multiplier`` multiply if not 1, shift, rounding -- a random number when
   stochastic), add into the ``hidden_bits`` hidden weight, saturate (two compares),
   ``hidden_to_code`` (shift, nearest-even rounding, clamp); per bias: the same requantisation,
@@ -471,13 +476,15 @@ def _update(sizes, dp, spec, B: int) -> Counts:
     sb = 32 if dp.is_float else dp.s_bits
     for i in range(1, len(sizes)):
         n_out, n_in = sizes[i], sizes[i - 1]
-        n_prod = n_out * n_in if i == 1 else 2 * n_out * n_in  # layer 1: (s2 - s1) x^T
+        # fp32 (EqPropMLP.contrast): layer 1 as (s2 - s1) x^T, one product; integer (hwsim.onchip):
+        # c2 c2'^T - c1 c1'^T for every layer, two products (the difference trick would save B n_1 n_0)
+        n_prod = n_out * n_in if (i == 1 and dp.is_float) else 2 * n_out * n_in
         c.macs += B * n_prod
-        c.add("add", dt, sb + (0 if dp.is_float else 1), B * n_out)  # d = s2 - s1
+        c.add("add", dt, sb + (0 if dp.is_float else 1), B * n_out)  # d = s2 - s1 (bias product)
         if dp.is_float:
             c.add("mult", "fp", 32, B * n_prod)
         else:
-            c.add("mult", "int", sb + (1 if i == 1 else 0), B * n_prod, sb)
+            c.add("mult", "int", sb, B * n_prod, sb)
         c.add("add", dt, pw, B * n_prod + B * n_out)  # accumulate P over the batch; bias sums
     if dp.is_float:
         c.add("mult", "fp", 32, n_params)        # * -1 / ((b2 - b1) B)

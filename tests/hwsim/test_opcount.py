@@ -6,6 +6,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hwsim import opcount as oc
+from hwsim.fixed_point import FixedPointMLP
+from hwsim.onchip import update_torch
+from hwsim.torch_mirror import torch_relax
 from models.eqprop_mlp import EqPropConfig, EqPropMLP
 from models.gradients import bptt_grads
 from quant import energy, get_preset, quantize_weights
@@ -36,6 +39,32 @@ def test_macs_match_flop_counter(sizes, update):
         assert 2 * ana.macs == run, mode
     assert 2 * oc.bptt_macs(net, n_steps=T1, batch_size=B, update=update)["total"] == \
         _flops(lambda: bptt_grads(net, x, y, n_steps=T1))
+
+
+@pytest.mark.parametrize("preset", ["int8", "int4", "ternary"])
+@pytest.mark.parametrize("sizes", SIZES[1:])
+def test_integer_macs_match_fixed_point_simulator(sizes, preset):
+    """Dense MACs of the integer datapath == FLOPs / 2 of hwsim's torch mirror (int64 matmuls,
+    feedback arrays) for a free and a nudged phase, and of hwsim.onchip.update_torch."""
+    net = EqPropMLP(EqPropConfig(sizes=sizes), seed=0)
+    spec = get_preset(preset)
+    fp = FixedPointMLP.from_model(net, spec)
+    B, T = 4, 3
+    xc = fp.quantize_input(torch.rand(B, sizes[0], dtype=torch.float64).numpy())
+    y = torch.randint(0, sizes[-1], (B,)).numpy()
+    ana = oc.count_training_step(net, spec, n_free_steps=T, n_nudge_steps=T, batch_size=B)
+    phase = ana.phases["free"].macs + ana.phases["drive"].macs // 3   # one drive per phase
+    free = []
+    assert _flops(lambda: free.append(torch_relax(fp, xc, n_steps=T, early_exit=False)[0])) == 2 * phase
+    s2 = []
+    assert _flops(lambda: s2.append(torch_relax(fp, xc, free[0], beta=0.1, y=y, n_steps=T,
+                                                early_exit=False)[0])) == 2 * phase
+    c1 = [t.numpy() for t in free[0]]
+    c2 = [t.numpy() for t in s2[0]]
+    H = [torch.zeros(n, m, dtype=torch.int64).numpy() for n, m in zip(sizes[1:], sizes[:-1])]
+    Hb = [torch.zeros(n, dtype=torch.int64).numpy() for n in sizes[1:]]
+    upd = _flops(lambda: update_torch(H, Hb, xc, c1, c2, [spec] * len(H), seed=0, step=0))
+    assert upd == 2 * ana.phases["update"].macs
 
 
 def test_wrong_step_count_does_not_match():
