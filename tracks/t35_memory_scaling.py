@@ -1,0 +1,243 @@
+"""Track 35: memory of one training step, EqProp vs BPTT, as the number of relaxation steps grows.
+
+Claim: EqProp's training step needs memory independent of the number of relaxation steps ``T``
+(it keeps only the current state), while backprop through time stores every sweep, so its memory
+grows linearly in ``T``.
+
+Measurement (measured, not a formula). A fresh Python subprocess (``torch.set_num_threads(1)``) is
+started with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc serves every buffer of 64 KiB or more
+(all batch-sized activations and weight-sized gradients) by ``mmap`` and returns it to the kernel on
+free: the resident set size then follows the live bytes. For each (method, T), after one warm-up
+step (autograd engine, thread pool and lazy initialisation) and ``gc.collect()``, the process resets
+its peak RSS (``echo 5 > /proc/self/clear_refs``), reads ``VmRSS`` (baseline: imports, data, model),
+runs **one** training step (``models.train.compute_grads`` + ``SGD.step`` on a real MNIST batch)
+and reads ``VmHWM``; the step memory is ``VmHWM - baseline``. Every (method, T) is measured in
+``repeats`` fresh subprocesses (order rotated) and the median is kept. torch's CPU allocator has no
+caching and no statistics API (``torch.cuda.max_memory_allocated`` is CUDA only) and tracemalloc
+does not see torch's buffers, hence RSS.
+
+Setting: EqPropMLP 784-512-10, symmetric EqProp (free phase ``T`` sweeps, two nudged phases of
+``T2 = 10``) vs BPTT through the ``T`` free sweeps; ``T`` in {10, 30, 100, 300}; batch 100 (quick:
+T in {10, 30, 100}, one subprocess). At batch 100 BPTT keeps roughly 0.4 MB per sweep (the 100x512
+pre-activation and state), 12 MB at T=30, far above the page-granular noise of a few hundred KB.
+
+Metrics: ``mem_ratio_t30`` (EqProp / BPTT step bytes at T=30), ``eqprop_mem_growth`` (max / min over
+T of EqProp's step bytes), ``bptt_mem_growth``, ``bptt_bytes_per_sweep`` (least-squares slope), a
+table ``rows`` and a plot.
+
+``ctx.overrides`` (for tests): ``t_values`` (tuple of T), ``batch_size`` (int), ``repeats`` (int),
+``eqprop_variant`` (``"standard"`` or ``"keep_trajectory"``: an EqProp step that also keeps every
+state of its relaxations alive until the step ends, as BPTT must: a broken EqProp memory path).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import Criterion, TrackContext, TrackResult, TrackSpec
+from .data import load_dataset
+
+log = logging.getLogger("eqprop_hwsim.tracks.t35")
+
+SPEC = TrackSpec(
+    id=35,
+    slug="memory_scaling",
+    name="Memory scaling of a training step: EqProp vs BPTT",
+    claim=("EqProp's training-step memory does not grow with the number of relaxation steps T, while BPTT's "
+           "grows linearly; at T=30 EqProp needs at most half of BPTT's step memory."),
+    criteria=(Criterion("mem_ratio_t30", "<=", 0.5), Criterion("eqprop_mem_growth", "<=", 1.2)),
+    est_seconds_full=90.0,
+    est_seconds_quick=25.0,
+)
+
+SIZES = (784, 512, 10)
+T_FULL = (10, 30, 100, 300)
+T_QUICK = (10, 30, 100)
+BATCH_SIZE = 100
+N_NUDGE_STEPS = 10
+BETA = 0.5
+REPEATS_FULL = 3
+REPEATS_QUICK = 1
+MMAP_THRESHOLD = 65536
+EQPROP_VARIANTS = ("standard", "keep_trajectory")
+_OVERRIDES = {"t_values", "batch_size", "repeats", "eqprop_variant"}
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field} line")
+
+
+def _one_step(method: str, n_steps: int, x, y, seed: int, variant: str) -> None:
+    import torch
+
+    from models.eqprop_mlp import EqPropConfig, EqPropMLP
+    from models.train import TrainConfig, compute_grads
+
+    net = EqPropMLP(EqPropConfig(sizes=SIZES), seed=seed)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    cfg = TrainConfig(method=method, batch_size=x.shape[0], beta=BETA, nudging="symmetric", momentum=0.0,
+                      n_free_steps=n_steps, n_nudge_steps=N_NUDGE_STEPS)
+    kept: list = []
+    if variant == "keep_trajectory":
+        base_step = net.step
+
+        def step(s, drive, beta=0.0, y=None):
+            out = base_step(s, drive, beta, y)
+            kept.append(out)
+            return out
+
+        net.step = step  # instance attribute: relax() calls self.step
+    grads, _ = compute_grads(net, x, y, cfg)
+    for k, p in net.named_parameters():
+        p.grad = grads[k]
+    opt.step()
+
+
+def probe(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Child-process entry: measure every (method, T) in ``spec["jobs"]``; returns rows of bytes.
+
+    ``spec``: ``{"data": path of an .npz with x (B, 784) float32 and y (B,) int64, "jobs": [[method, T],
+    ...], "seed": int, "variant": str}``. Must run in a fresh process started with
+    ``MALLOC_MMAP_THRESHOLD_`` set (see the module docstring); Linux only.
+    """
+    import gc
+
+    import torch
+
+    torch.set_num_threads(1)
+    if not os.path.exists("/proc/self/clear_refs"):
+        raise RuntimeError("memory probe needs Linux /proc/self/clear_refs (peak RSS reset)")
+    d = np.load(spec["data"])
+    x, y = torch.from_numpy(d["x"]), torch.from_numpy(d["y"])
+    for method in ("eqprop", "bptt"):  # warm-up at the real batch shape: lazy initialisation of both paths
+        _one_step(method, 2, x, y, spec["seed"], "standard")
+    rows = []
+    for method, n_steps in spec["jobs"]:
+        gc.collect()
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        base = _status_kib("VmRSS")
+        if _status_kib("VmHWM") > base + 64:
+            raise RuntimeError("peak RSS reset failed (VmHWM stays above VmRSS after clear_refs)")
+        _one_step(method, n_steps, x, y, spec["seed"], spec["variant"] if method == "eqprop" else "standard")
+        peak = _status_kib("VmHWM")
+        rows.append({"method": method, "T": n_steps, "step_bytes": (peak - base) * 1024,
+                     "baseline_bytes": base * 1024})
+    return rows
+
+
+def run_probe(jobs: list[tuple[str, int]], x: np.ndarray, y: np.ndarray, *, seed: int = 0,
+              variant: str = "standard", timeout_s: float = 600.0) -> list[dict[str, Any]]:
+    """Run :func:`probe` in a fresh subprocess on the batch ``(x, y)``; returns its rows."""
+    if variant not in EQPROP_VARIANTS:
+        raise ValueError(f"eqprop_variant={variant!r}; allowed: {EQPROP_VARIANTS}")
+    for m, t in jobs:
+        if m not in ("eqprop", "bptt") or int(t) < 1:
+            raise ValueError(f"job ({m!r}, {t!r}): method must be 'eqprop' or 'bptt' and T >= 1")
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "batch.npz")
+        np.savez(data, x=x.astype(np.float32), y=y.astype(np.int64))
+        spec = {"data": data, "jobs": [[m, int(t)] for m, t in jobs], "seed": seed, "variant": variant}
+        code = ("import json, sys; from tracks.t35_memory_scaling import probe; "
+                f"print('PROBE' + json.dumps(probe(json.loads({json.dumps(json.dumps(spec))}))))")
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                             timeout=timeout_s, cwd=str(root))
+    if out.returncode != 0:
+        raise RuntimeError(f"memory probe subprocess failed (rc {out.returncode}):\n{out.stderr[-2000:]}")
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("PROBE")), None)
+    if line is None:
+        raise RuntimeError(f"memory probe printed no result; stdout: {out.stdout[-500:]!r}")
+    return json.loads(line[len("PROBE"):])
+
+
+def measure(t_values: tuple[int, ...], x: np.ndarray, y: np.ndarray, *, repeats: int, variant: str = "standard",
+            progress: bool = False) -> list[dict[str, Any]]:
+    """Median step bytes per (method, T) over ``repeats`` fresh subprocesses (job order rotated)."""
+    jobs = [(m, t) for t in t_values for m in ("eqprop", "bptt")]
+    samples: dict[tuple[str, int], list[int]] = {j: [] for j in jobs}
+    it = range(repeats)
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc="t35 probes", leave=False)
+    for r in it:
+        k = (r * 3) % len(jobs)
+        order = jobs[k:] + jobs[:k]
+        for row in run_probe(order, x, y, seed=r, variant=variant):
+            samples[(row["method"], row["T"])].append(row["step_bytes"])
+    return [{"method": m, "T": t, "step_bytes": float(statistics.median(samples[(m, t)])),
+             "samples": samples[(m, t)]} for m, t in jobs]
+
+
+def _plot(rows: list[dict[str, Any]], path: Path, batch: int) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for m, style in (("eqprop", "o-"), ("bptt", "s--")):
+        r = [row for row in rows if row["method"] == m]
+        ax.plot([row["T"] for row in r], [row["step_bytes"] / 2**20 for row in r], style, label=m)
+    ax.set_xscale("log")
+    ax.set_xlabel("relaxation steps T (free phase)")
+    ax.set_ylabel("peak step memory above baseline (MiB)")
+    ax.set_title(f"784-512-10, batch {batch}: measured peak RSS of one step")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(ctx: TrackContext) -> TrackResult:
+    unknown = set(ctx.overrides) - _OVERRIDES
+    if unknown:
+        raise ValueError(f"t35: unknown overrides {sorted(unknown)}; valid: {sorted(_OVERRIDES)}")
+    ov = ctx.overrides
+    t_values = tuple(int(t) for t in ov.get("t_values", T_QUICK if ctx.quick else T_FULL))
+    if len(t_values) < 2 or 30 not in t_values:
+        raise ValueError(f"t_values={t_values}: need at least two values including 30 (for mem_ratio_t30)")
+    batch = int(ov.get("batch_size", BATCH_SIZE))
+    repeats = int(ov.get("repeats", REPEATS_QUICK if ctx.quick else REPEATS_FULL))
+    variant = ov.get("eqprop_variant", "standard")
+    x, y = load_dataset("mnist", "train", ctx.data_dir)
+    x, y = x[:batch], y[:batch]
+    rows = measure(t_values, x, y, repeats=repeats, variant=variant, progress=ctx.progress)
+    eq = {r["T"]: r["step_bytes"] for r in rows if r["method"] == "eqprop"}
+    bp = {r["T"]: r["step_bytes"] for r in rows if r["method"] == "bptt"}
+    ts = np.array(sorted(bp), dtype=float)
+    slope = float(np.polyfit(ts, [bp[t] for t in sorted(bp)], 1)[0])
+    metrics: dict[str, Any] = {
+        "mem_ratio_t30": eq[30] / bp[30] if bp[30] > 0 else float("nan"),
+        "eqprop_mem_growth": max(eq.values()) / min(eq.values()) if min(eq.values()) > 0 else float("nan"),
+        "bptt_mem_growth": max(bp.values()) / min(bp.values()) if min(bp.values()) > 0 else float("nan"),
+        "bptt_bytes_per_sweep": slope,
+        "bptt_bytes_per_sweep_per_sample": slope / batch,
+        "eqprop_step_bytes_t30": eq[30],
+        "bptt_step_bytes_t30": bp[30],
+        "batch_size": batch,
+        "t_values": list(t_values),
+        "repeats": repeats,
+        "eqprop_variant": variant,
+        "rows": rows,
+    }
+    plot = ctx.plots_dir / "t35_memory_vs_T.png"
+    _plot(rows, plot, batch)
+    notes = [f"peak RSS above a post-warm-up baseline, fresh subprocess, MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}, "
+             f"median of {repeats} subprocess(es); batch {batch} of real MNIST; T2={N_NUDGE_STEPS} symmetric"]
+    return TrackResult(metrics=metrics, artifacts=[str(plot.relative_to(ctx.out_dir))], notes=notes)
