@@ -1,0 +1,345 @@
+"""Shared implementation of the quantised-EqProp tracks (4 ternary, 16 INT8, 19 INT4).
+
+One run per preset, on real MNIST, for every seed of ``ctx.seeds`` (quick: the first seed only):
+
+1. **float**: an :class:`~models.eqprop_mlp.EqPropMLP` trained by float EqProp (symmetric nudging,
+   SGD, :func:`models.qat.train_qat` with the ``fp32`` spec) for ``epochs`` epochs (model ``E``), then
+   ``ft_epochs`` more (model ``F``); ``acc_float`` is ``F``'s free-phase accuracy.
+2. **PTQ**: ``F`` quantised under the preset and run in the integer simulator
+   (:class:`~hwsim.fixed_point.FixedPointMLP`): ``acc_ptq``.
+3. **QAT**: ``E`` trained ``ft_epochs`` more on its fake-quant dynamics (:mod:`models.qat`), then
+   quantised and run in the simulator: ``acc_qat``.
+4. **on chip**: ``E`` quantised with per-tensor scales (:func:`hwsim.onchip.onchip_spec`) and
+   fine-tuned ``ft_epochs`` by integer EqProp in the simulator (:func:`hwsim.onchip.train_onchip`):
+   ``acc_onchip`` (every path has had ``epochs + ft_epochs`` epochs of training). From scratch
+   (a fresh initialisation quantised, ``epochs + ft_epochs`` on-chip epochs):
+   ``acc_onchip_scratch`` (when ``scratch=True``).
+
+``onchip_gap_pt = 100 (acc_float - acc_onchip)``. ``update_cosine_min``: per seed, the minimum over
+layers of the cosine between the integer update (dequantised) and the float EqProp step on the same
+weights and batch (:func:`hwsim.onchip.update_cosine`), at the start and at the end of the on-chip
+fine-tuning. Metrics are means over seeds; ``*_ci95`` are Student-t 95% half-widths (>= 2 seeds).
+
+Checks of the integer path (they fail when the quantizer is bypassed):
+
+* ``bitexact_mismatches``: two on-chip training steps replayed with the numba simulator and update
+  and with the torch int64 mirror (:mod:`hwsim.torch_mirror`, :func:`hwsim.onchip.update_torch`):
+  differing state codes, hidden weights and weight codes, plus differing test predictions of the
+  final on-chip model (numba vs torch mirror). NaN when there is no integer path to replay.
+* ``code_range_violations``: weight entries of every simulated model (PTQ, QAT, on chip) that are not
+  integers in ``[qmin, qmax]`` of the preset, plus hidden registers outside ``hidden_bits``.
+
+``ctx.overrides`` (tests): ``bypass_quantizer`` (bool: the simulated paths use the float model, the
+quantizer is the identity), ``n_train``, ``n_test``, ``hidden``, ``epochs``, ``ft_epochs``,
+``scratch`` (bool).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+
+import numpy as np
+import torch
+
+from hwsim import onchip
+from hwsim.fixed_point import FixedPointMLP
+from hwsim.torch_mirror import torch_predict
+from models.eqprop_mlp import EqPropConfig, EqPropMLP
+from models.qat import QATConfig, train_qat
+from quant import get_preset
+
+from .base import Criterion, TrackContext, TrackResult, TrackSpec
+from .data import load_dataset
+
+log = logging.getLogger("eqprop_hwsim.tracks.quantized")
+
+TARGET_GAP_PT = {"int8": 0.3, "int4": 1.0, "ternary": 1.5}
+"""Issue targets for the on-chip gap to float (percentage points)."""
+CRITERION_GAP_PT = {"int8": 1.5, "int4": 2.5, "ternary": 3.5}
+"""Pass thresholds: looser than the targets (the quick variant tests 500 images: 1 image = 0.2 pt)."""
+UPDATE_COSINE_MIN = 0.9
+OVERRIDES = ("bypass_quantizer", "n_train", "n_test", "hidden", "epochs", "ft_epochs", "scratch")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantTrackConfig:
+    """Sizes and training settings of a run (quick and full variants below)."""
+
+    hidden: int = 128           # hidden units of the 784-hidden-10 network
+    n_train: int = 10000        # training images (seeded subset of the 60k)
+    n_test: int = 10000         # test images (the first n_test of the 10k test set)
+    epochs: int = 3             # float pre-training epochs (model E)
+    ft_epochs: int = 1          # fine-tuning epochs of every path after E
+    batch_size: int = 50        # examples per update
+    lr: tuple = (0.1, 0.05)     # SGD rate per layer (float, QAT; realised as multiplier/shift on chip)
+    beta: float = 0.5           # nudging strength (symmetric nudging)
+    n_free_steps: int = 30      # free-phase sweeps (training and inference)
+    n_nudge_steps: int = 10     # sweeps per nudged phase
+    scratch: bool = True        # also train on chip from scratch (epochs + ft_epochs)
+
+
+QUICK = QuantTrackConfig(hidden=64, n_train=1500, n_test=500, epochs=2, ft_epochs=1, scratch=False)
+FULL = QuantTrackConfig()
+
+
+def make_spec(track_id: int, slug: str, name: str, preset: str) -> TrackSpec:
+    """The :class:`TrackSpec` of the track for ``preset``."""
+    return TrackSpec(
+        id=track_id, slug=slug, name=name,
+        claim=(f"EqProp learns on a simulated {preset} chip: on-chip integer EqProp fine-tuning on MNIST stays "
+               f"within {TARGET_GAP_PT[preset]} pt of float EqProp (issue target; pass threshold "
+               f"{CRITERION_GAP_PT[preset]} pt), its integer update follows the float EqProp gradient "
+               f"(cosine >= {UPDATE_COSINE_MIN}), and the integer path is bit-exact (numba vs torch) with codes "
+               "in range."),
+        criteria=(
+            Criterion("onchip_gap_pt", "<=", CRITERION_GAP_PT[preset]),
+            Criterion("update_cosine_min", ">=", UPDATE_COSINE_MIN),
+            Criterion("bitexact_mismatches", "==", 0),
+            Criterion("code_range_violations", "==", 0),
+        ),
+        est_seconds_full=900.0, est_seconds_quick=40.0,
+    )
+
+
+def _config(ctx: TrackContext) -> QuantTrackConfig:
+    unknown = sorted(set(ctx.overrides) - set(OVERRIDES))
+    if unknown:
+        raise ValueError(f"unknown overrides {unknown}; allowed: {list(OVERRIDES)}")
+    cfg = QUICK if ctx.quick else FULL
+    kw = {k: ctx.overrides[k] for k in ("n_train", "n_test", "hidden", "epochs", "ft_epochs", "scratch")
+          if k in ctx.overrides}
+    return dataclasses.replace(cfg, **kw)
+
+
+def mean_ci95(values) -> tuple[float, float]:
+    """Mean and Student-t 95% half-width (NaN for fewer than 2 values).
+
+    >>> m, h = mean_ci95([1.0, 2.0, 3.0]); round(m, 3), round(h, 3)
+    (2.0, 2.484)
+    """
+    from scipy import stats
+
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < 2:
+        return float(v.mean()) if len(v) else float("nan"), float("nan")
+    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def _acc_float(net, x, y) -> float:
+    with torch.no_grad():
+        return float((net.predict(torch.as_tensor(x), n_steps=QUICK.n_free_steps) == torch.as_tensor(y)).float().mean())
+
+
+def _range_violations(weights, fmt) -> int:
+    """Entries that are not integers within ``[qmin, qmax]`` (float arrays count their non-integers)."""
+    bad = 0
+    for w in weights:
+        w = np.asarray(w)
+        if w.dtype.kind not in "iu":
+            bad += int(np.sum(w != np.round(w)))
+        bad += int(np.sum((w < fmt.qmin) | (w > fmt.qmax)))
+    return bad
+
+
+def _bitexact_replay(fp0, x, y, cfg, seed) -> int:
+    """Differences between numba and torch over two chained on-chip steps (states, hidden, codes)."""
+    specs = onchip.layer_specs_for_lr(fp0, cfg.lr, batch_size=len(x), beta_span=2 * cfg.beta)
+    st_n = st_t = onchip.OnChipState.from_fixed_point(fp0, specs)
+    xc = fp0.quantize_input(x)
+    diff = 0
+    for step in range(2):
+        kw = dict(beta=cfg.beta, n_free_steps=cfg.n_free_steps, n_nudge_steps=cfg.n_nudge_steps, seed=seed, step=step)
+        new_n, ph_n = onchip.onchip_step(st_n, xc, y, backend="numba", **kw)
+        new_t, ph_t = onchip.onchip_step(st_t, xc, y, backend="torch", **kw)
+        pairs = [(a, b) for k in ("free", "s1", "s2") for a, b in zip(ph_n[k], ph_t[k])]
+        pairs += list(zip(new_n.hidden + new_n.bias_hidden, new_t.hidden + new_t.bias_hidden))
+        pairs += list(zip(new_n.w_codes("numba"), new_t.w_codes("torch")))
+        diff += sum(int(np.sum(np.asarray(a) != np.asarray(b))) for a, b in pairs)
+        st_n, st_t = new_n, new_t
+    return diff
+
+
+def _run_seed(preset: str, cfg: QuantTrackConfig, seed: int, data, bypass: bool, progress: bool) -> dict:
+    x_tr, y_tr, x_te, y_te = data
+    spec = get_preset(preset)
+    sizes = (784, cfg.hidden, 10)
+    qcfg = QATConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=tuple(cfg.lr), beta=cfg.beta,
+                     nudging="symmetric", n_free_steps=cfg.n_free_steps, n_nudge_steps=cfg.n_nudge_steps, seed=seed)
+    ft = dataclasses.replace(qcfg, epochs=cfg.ft_epochs, seed=seed + 1)
+    fp32 = get_preset("fp32")
+    x64_te = x_te.astype(np.float64)
+    out: dict = {"seed": seed}
+
+    net_e = EqPropMLP(EqPropConfig(sizes=sizes), seed=seed)
+    train_qat(net_e, x_tr, y_tr, fp32, qcfg, progress=progress)
+    net_f = copy.deepcopy(net_e)
+    train_qat(net_f, x_tr, y_tr, fp32, ft, progress=progress)
+    out["acc_float"] = _acc_float(net_f, x_te, y_te)
+
+    wfmt = spec.weights
+    violations = 0
+    if bypass:  # the quantizer is the identity: every "simulated" path is the float model
+        out["acc_ptq"] = out["acc_float"]
+        net_q = copy.deepcopy(net_e)
+        train_qat(net_q, x_tr, y_tr, fp32, ft, progress=progress)
+        out["acc_qat"] = _acc_float(net_q, x_te, y_te)
+        net_o = copy.deepcopy(net_e)
+        train_qat(net_o, x_tr, y_tr, fp32, ft, progress=progress)
+        out["acc_onchip"] = _acc_float(net_o, x_te, y_te)
+        for net in (net_f, net_q, net_o):
+            violations += _range_violations([lin.weight.detach().numpy() for lin in net.layers], wfmt)
+        # the float "update" is exactly -lr g (SGD on the float EqProp estimate): cosine 1
+        out["update_cosine"] = [1.0 for _ in range(net_o.n_layers)]
+        out["update_cosine_start"] = out["update_cosine"]
+        out["bitexact_mismatches"] = float("nan")  # no integer path to replay
+        out["code_range_violations"] = violations
+        return out
+
+    fp_ptq = FixedPointMLP.from_model(net_f, spec)
+    out["acc_ptq"] = float(np.mean(fp_ptq.predict(x64_te, n_steps=cfg.n_free_steps, batch_size=1000) == y_te))
+    net_q = copy.deepcopy(net_e)
+    train_qat(net_q, x_tr, y_tr, spec, ft, progress=progress)
+    fp_qat = FixedPointMLP.from_model(net_q, spec)
+    out["acc_qat"] = float(np.mean(fp_qat.predict(x64_te, n_steps=cfg.n_free_steps, batch_size=1000) == y_te))
+
+    ospec = onchip.onchip_spec(spec)
+    fp0 = FixedPointMLP.from_model(net_e, ospec)
+    out["acc_ptq_per_tensor_start"] = float(np.mean(fp0.predict(x64_te, n_steps=cfg.n_free_steps, batch_size=1000) == y_te))
+    kw = dict(batch_size=cfg.batch_size, beta=cfg.beta, lr=tuple(cfg.lr), n_free_steps=cfg.n_free_steps,
+              n_nudge_steps=cfg.n_nudge_steps, progress=progress)
+    specs = onchip.layer_specs_for_lr(fp0, cfg.lr, batch_size=cfg.batch_size, beta_span=2 * cfg.beta)
+    xb, yb = x_tr[:cfg.batch_size].astype(np.float64), y_tr[:cfg.batch_size]
+    cos0 = onchip.update_cosine(onchip.OnChipState.from_fixed_point(fp0, specs), xb, yb, beta=cfg.beta,
+                                n_free_steps=cfg.n_free_steps, n_nudge_steps=cfg.n_nudge_steps, seed=seed)
+    hist = onchip.train_onchip(fp0, x_tr, y_tr, epochs=cfg.ft_epochs, seed=seed + 2, **kw)
+    fp_on = hist["model"]
+    out["acc_onchip"] = float(np.mean(fp_on.predict(x64_te, n_steps=cfg.n_free_steps, batch_size=1000) == y_te))
+    cos1 = onchip.update_cosine(hist["state"], xb, yb, beta=cfg.beta, n_free_steps=cfg.n_free_steps,
+                                n_nudge_steps=cfg.n_nudge_steps, seed=seed, step=hist["n_updates"])
+    out["update_cosine_start"] = cos0["weight"]
+    out["update_cosine"] = cos1["weight"]
+    out["update_cosine_bias"] = [min(a, b) for a, b in zip(cos0["bias"], cos1["bias"])]
+    out["onchip_layer_updates"] = hist["layer_specs"]
+    if cfg.scratch:
+        fp_s = FixedPointMLP.from_model(EqPropMLP(EqPropConfig(sizes=sizes), seed=seed + 1000), ospec)
+        hs = onchip.train_onchip(fp_s, x_tr, y_tr, epochs=cfg.epochs + cfg.ft_epochs, seed=seed + 3, **kw)
+        out["acc_onchip_scratch"] = float(np.mean(
+            hs["model"].predict(x64_te, n_steps=cfg.n_free_steps, batch_size=1000) == y_te))
+        violations += _range_violations(hs["model"].w_codes, wfmt)
+
+    # integer-path checks
+    for fp in (fp_ptq, fp_qat, fp_on):
+        violations += _range_violations(fp.w_codes + fp.fb_codes, wfmt)
+    hb = spec.update.hidden_bits
+    violations += sum(int(np.sum((h < -(2 ** (hb - 1))) | (h > 2 ** (hb - 1) - 1))) for h in hist["state"].hidden)
+    out["code_range_violations"] = violations
+    n_chk = min(200, len(x_te))
+    pred_t = torch_predict(fp_on, torch.as_tensor(x64_te[:n_chk]), n_steps=cfg.n_free_steps).numpy()
+    pred_n = fp_on.predict(x64_te[:n_chk], n_steps=cfg.n_free_steps)
+    out["bitexact_mismatches"] = _bitexact_replay(fp0, x_tr[:20].astype(np.float64), y_tr[:20], cfg, seed) + int(
+        np.sum(pred_t != pred_n))
+    return out
+
+
+def run_quantized(ctx: TrackContext, preset: str, track_id: int) -> TrackResult:
+    """Run the track for ``preset`` (see module docstring)."""
+    cfg = _config(ctx)
+    bypass = bool(ctx.overrides.get("bypass_quantizer", False))
+    seeds = tuple(ctx.seeds[:1]) if ctx.quick else tuple(ctx.seeds)
+    if not seeds:
+        raise ValueError("ctx.seeds is empty; allowed: at least one seed")
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small matmuls: intra-op threads only add contention
+    try:
+        x_all, y_all = load_dataset("mnist", "train", ctx.data_dir)
+        x_te, y_te = load_dataset("mnist", "test", ctx.data_dir)
+        x_te, y_te = x_te[:cfg.n_test], y_te[:cfg.n_test]
+        rows = []
+        for seed in seeds:
+            idx = np.random.default_rng(seed).choice(len(x_all), size=cfg.n_train, replace=False)
+            rows.append(_run_seed(preset, cfg, seed, (x_all[idx], y_all[idx], x_te, y_te), bypass, ctx.progress))
+            log.info("%s seed %d: %s", preset, seed, {k: v for k, v in rows[-1].items() if k.startswith("acc")})
+    finally:
+        torch.set_num_threads(n_threads)
+
+    metrics: dict = {}
+    for r in rows:
+        r["onchip_gap_pt"] = 100.0 * (r["acc_float"] - r["acc_onchip"])
+        r["update_cosine_min"] = float(min(r["update_cosine"] + r["update_cosine_start"]))
+    names = ["acc_float", "acc_ptq", "acc_qat", "acc_onchip", "onchip_gap_pt", "update_cosine_min"]
+    names += [k for k in ("acc_onchip_scratch", "acc_ptq_per_tensor_start") if k in rows[0]]
+    for k in names:
+        m, h = mean_ci95([r[k] for r in rows])
+        metrics[k] = m
+        if len(rows) >= 2:
+            metrics[f"{k}_ci95"] = h
+    if "acc_onchip_scratch" in metrics:
+        metrics["onchip_scratch_gap_pt"] = 100.0 * (metrics["acc_float"] - metrics["acc_onchip_scratch"])
+    metrics["update_cosine_worst"] = float(min(r["update_cosine_min"] for r in rows))
+    metrics["bitexact_mismatches"] = float(sum(r["bitexact_mismatches"] for r in rows))
+    metrics["code_range_violations"] = int(sum(r["code_range_violations"] for r in rows))
+    metrics["target_gap_pt"] = TARGET_GAP_PT[preset]
+    metrics["target_met"] = bool(metrics["onchip_gap_pt"] <= TARGET_GAP_PT[preset])
+    metrics["n_seeds"] = len(rows)
+    metrics["n_test"] = int(len(y_te))
+    metrics["n_train"] = cfg.n_train
+    metrics["per_seed"] = [{k: (v if not isinstance(v, np.generic) else v.item()) for k, v in r.items()} for r in rows]
+    notes = [
+        f"acc_onchip = on-chip EqProp fine-tuning ({cfg.ft_epochs} epoch(s)) of the per-tensor quantisation of the "
+        f"float model after {cfg.epochs} epoch(s); acc_float = float EqProp after {cfg.epochs + cfg.ft_epochs} epochs.",
+        f"784-{cfg.hidden}-10, {cfg.n_train} training images, {len(y_te)} test images, seeds {list(seeds)}.",
+        f"Issue target: gap <= {TARGET_GAP_PT[preset]} pt; measured {metrics['onchip_gap_pt']:.2f} pt "
+        f"({'met' if metrics['target_met'] else 'NOT met'}).",
+    ]
+    if bypass:
+        notes.append("bypass_quantizer: the quantizer is the identity, simulated paths use the float model.")
+    artifacts = [_plot_acc(rows, names, preset, track_id, ctx), _plot_cos(rows, preset, track_id, ctx)]
+    return TrackResult(metrics=metrics, artifacts=artifacts, notes=notes)
+
+
+def _plot_acc(rows, names, preset, track_id, ctx) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = [k for k in ("acc_float", "acc_ptq", "acc_qat", "acc_onchip", "acc_onchip_scratch") if k in rows[0]]
+    means, errs = zip(*(mean_ci95([100 * r[k] for r in rows]) for k in paths))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(range(len(paths)), means, yerr=[0 if math.isnan(e) else e for e in errs], capsize=4, color="tab:blue")
+    for i, k in enumerate(paths):
+        ax.plot([i] * len(rows), [100 * r[k] for r in rows], "k.", ms=4)
+    ax.set_xticks(range(len(paths)), [p.replace("acc_", "") for p in paths])
+    lo = min(100 * r[k] for r in rows for k in paths)
+    ax.set_ylim(max(0.0, lo - 5), 100)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Track {track_id} ({preset}): accuracy per path, mean and 95% CI over {len(rows)} seed(s)")
+    fig.tight_layout()
+    path = ctx.plots_dir / f"t{track_id:02d}_{preset}_accuracy.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path.relative_to(ctx.out_dir))
+
+
+def _plot_cos(rows, preset, track_id, ctx) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    n_layers = len(rows[0]["update_cosine"])
+    for j, (key, label) in enumerate((("update_cosine_start", "start"), ("update_cosine", "end"))):
+        for r in rows:
+            ax.plot(np.arange(n_layers) + 0.15 * (2 * j - 1), r[key], "o", color=f"C{j}",
+                    label=label if r is rows[0] else None)
+    ax.axhline(UPDATE_COSINE_MIN, color="r", ls="--", lw=1, label="criterion")
+    ax.set_xticks(range(n_layers), [f"W{i}" for i in range(n_layers)])
+    ax.set_ylabel("cosine(integer update, float EqProp step)")
+    ax.set_title(f"Track {track_id} ({preset}): per-layer update cosine")
+    ax.legend()
+    fig.tight_layout()
+    path = ctx.plots_dir / f"t{track_id:02d}_{preset}_update_cosine.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path.relative_to(ctx.out_dir))

@@ -1,0 +1,17 @@
+"""Track 4: on-chip EqProp learning on a simulated Ternary chip (shared code: :mod:`tracks.quantized`).
+
+Float EqProp vs post-training quantisation, QAT, and on-chip integer EqProp fine-tuning in the
+fixed-point simulator under the ``ternary`` preset, on real MNIST; see :mod:`tracks.quantized` for the
+procedure, the metrics and the overrides.
+"""
+from __future__ import annotations
+
+from .base import TrackContext, TrackResult
+from .quantized import make_spec, run_quantized
+
+PRESET = "ternary"
+SPEC = make_spec(4, "ternary", "Ternary EqProp: PTQ, QAT and on-chip learning", PRESET)
+
+
+def run(ctx: TrackContext) -> TrackResult:
+    return run_quantized(ctx, PRESET, SPEC.id)
