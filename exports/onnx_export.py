@@ -293,13 +293,13 @@ def build_qdq_model(net: EqPropMLP, spec: HardwareSpec, n_steps: int, loop: bool
         g.add_init(helper.make_tensor("s_zp", s_type, [], [0]))
     else:
         g.const("s_zp", np.array(0, s_np))
-    g.const("s_lo", np.array(fmt_s.min_value, np.float32))
-    g.const("s_hi", np.array(fmt_s.max_value, np.float32))
-    lo_c, hi_c = fmt_s.qmin, fmt_s.qmax
     container = {TensorProto.INT4: (-8, 7), TensorProto.UINT4: (0, 15), TensorProto.INT8: (-128, 127),
                  TensorProto.UINT8: (0, 255), TensorProto.INT16: (-2**15, 2**15 - 1),
                  TensorProto.UINT16: (0, 2**16 - 1)}[s_type]
-    needs_clip = (lo_c, hi_c) != container
+    needs_clip = (fmt_s.qmin, fmt_s.qmax) != container  # QuantizeLinear saturates to the container only
+    if needs_clip:
+        g.const("s_lo", np.array(fmt_s.min_value, np.float32))
+        g.const("s_hi", np.array(fmt_s.max_value, np.float32))
 
     def fq(g_: _Builder, v: str, i) -> str:
         if needs_clip:
