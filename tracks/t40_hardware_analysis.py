@@ -8,8 +8,11 @@ and an energy estimate from the cited per-op table :mod:`quant.energy` (Horowitz
 Counts are per sample (batch 1: every weight is read from SRAM per sample, no batch reuse).
 
 Cross-check: ``torch.utils.flop_counter.FlopCounterMode`` around the real ``EqPropMLP.free_phase``,
-``EqPropMLP.eqprop_grads`` (symmetric) and ``models.gradients.bptt_grads`` on a slice of real MNIST;
-the analytic dense MACs must equal the counter's FLOPs / 2 for all three (``flop_counter_match``).
+``EqPropMLP.eqprop_grads`` (symmetric) and ``models.gradients.bptt_grads`` on a slice of real MNIST,
+and, per integer representation, around the fixed-point simulator's torch mirror
+(``hwsim.torch_mirror.torch_relax``, free phase) and the on-chip update
+(``hwsim.onchip.update_torch``); the analytic dense MACs must equal the counter's FLOPs / 2 for every
+run (``flop_counter_match``).
 
 Table rows (``metrics["rows"]``) are dicts with the keys of :data:`ROW_FIELDS` (``None`` where a
 representation has no such number). Other representations (analog, spiking) add a row by
@@ -28,6 +31,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hwsim import opcount
+from hwsim.fixed_point import FixedPointMLP
+from hwsim.onchip import update_torch
+from hwsim.torch_mirror import torch_relax
 from models.eqprop_mlp import EqPropConfig, EqPropMLP
 from models.gradients import bptt_grads
 from quant import get_preset
@@ -146,12 +152,44 @@ def cross_check(net: EqPropMLP, x: torch.Tensor, y: torch.Tensor, analytic_n_fre
                                         update=net.config.update)["total"],
          lambda: bptt_grads(net, x, y, n_steps=N_FREE_STEPS)),
     ]
+    return _compare(net, B, runs)
+
+
+def _compare(net, B, runs) -> list[dict]:
     rows = []
     for name, analytic, fn in runs:
         flops = _flops(fn)
         rows.append({"model": model_name(net.sizes), "run": name, "batch": B, "analytic_macs": int(analytic),
                      "counter_flops": flops, "counter_macs": flops / 2, "match": 2 * int(analytic) == flops})
     return rows
+
+
+def cross_check_fixed_point(net: EqPropMLP, spec_name: str, x: torch.Tensor, y: torch.Tensor,
+                            analytic_n_free_steps: int) -> list[dict]:
+    """Integer datapath: analytic dense MACs vs FlopCounterMode FLOPs / 2 of hwsim's torch mirror
+    (``torch_relax``, int64 matmuls incl. feedback arrays, all ``N_FREE_STEPS`` sweeps) for a free
+    phase, and of :func:`hwsim.onchip.update_torch` for the on-chip update after symmetric nudging."""
+    spec = get_preset(spec_name)
+    fp = FixedPointMLP.from_model(net, spec)
+    B = x.shape[0]
+    xc = fp.quantize_input(x.double().numpy())
+    yy = y.numpy()
+    inf = opcount.count_inference(net, spec, n_steps=analytic_n_free_steps, batch_size=B)
+    upd = opcount.count_training_step(net, spec, n_free_steps=analytic_n_free_steps, n_nudge_steps=N_NUDGE_STEPS,
+                                      batch_size=B).phases["update"].macs
+    free = torch_relax(fp, xc, n_steps=N_FREE_STEPS, early_exit=False)[0]
+    s1 = torch_relax(fp, xc, free, beta=-BETA, y=yy, n_steps=N_NUDGE_STEPS, early_exit=False)[0]
+    s2 = torch_relax(fp, xc, free, beta=BETA, y=yy, n_steps=N_NUDGE_STEPS, early_exit=False)[0]
+    H = [torch.zeros(n, m, dtype=torch.int64).numpy() for n, m in zip(net.sizes[1:], net.sizes[:-1])]
+    Hb = [torch.zeros(n, dtype=torch.int64).numpy() for n in net.sizes[1:]]
+    c1, c2 = [t.numpy() for t in s1], [t.numpy() for t in s2]
+    runs = [
+        (f"fixed_point_free_phase_{spec_name}", inf.macs,
+         lambda: torch_relax(fp, xc, n_steps=N_FREE_STEPS, early_exit=False)),
+        (f"onchip_update_{spec_name}", upd,
+         lambda: update_torch(H, Hb, xc, c1, c2, [spec] * len(H), seed=0, step=0)),
+    ]
+    return _compare(net, B, runs)
 
 
 def _plot(rows: list[dict], path) -> None:
@@ -198,6 +236,9 @@ def run(ctx: TrackContext) -> TrackResult:
     for sizes in models:
         net = EqPropMLP(EqPropConfig(sizes=sizes), seed=seed)
         checks += cross_check(net, x, y, analytic_t1)
+        for name in reps:
+            if name in REPRESENTATIONS and get_preset(name).is_integer:
+                checks += cross_check_fixed_point(net, name, x, y, analytic_t1)
         for name in reps:
             row = get_row_builder(name)(net, name)
             missing = set(ROW_FIELDS) - set(row)
