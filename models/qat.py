@@ -1,16 +1,24 @@
 """Quantisation-aware EqProp training (QAT) of :class:`~models.eqprop_mlp.EqPropMLP` in torch.
 
-The fake-quant dynamics are those of the EqProp network with every quantity a chip holds put
-through the spec's quantizers (:mod:`quant.quantizers`; no scale or rounding is derived here):
+The fake-quant dynamics mirror the integer simulator (``docs/hwsim_semantics.md``, :mod:`hwsim.fixed_point`)
+term by term, in float, with every scale and rounding taken from :mod:`quant.quantizers`:
 
-* weights ``W_hat_i = fake_quant_weights(W_i, spec)`` (codes times scale; straight-through),
-  biases kept in float (a chip keeps them in the wide accumulator);
+* forward weights ``W_hat_i = fake_quant_weights(W_i, spec)`` (codes times scale, straight-through);
+* feedback weights ``F_hat_i = fake_quant_weights(W_{i+1}^T, spec)``, quantised as their own tensor
+  like the simulator's feedback array (equal to ``W_hat_{i+1}^T`` for per-tensor scales);
+* biases on the forward-accumulator grid, ``b_hat = round_half_even(b / lsb) * lsb`` with
+  ``lsb = scale_row * 2**-frac_bits`` (straight-through);
 * input ``x_hat = fake_quant_state(x, spec)`` (inputs use the state format);
-* states ``s_i <- fake_quant_state(rho(a_i), spec)`` with ``rho = clamp(., 0, 1)`` and
-  ``a_i = W_hat_i s_{i-1} + b_i + W_hat_{i+1}^T s_{i+1}`` (output:
-  ``a_L - beta dL/ds_L``), asynchronous (even layers, then odd) or synchronous like the float
-  model. ``0`` and ``1`` are state codes, so quantising after the clamp equals quantising
-  before it for round-to-nearest.
+* every term rounded to the state LSB as the simulator requantises it (``R`` = the spec's
+  rounding on a wide signed grid of ``frac_bits``, no saturation), then the hard sigmoid::
+
+      s_i <- clamp(R(W_hat_i s_{i-1} + b_hat_i) + R(F_hat_i s_{i+1}) [+ R(-beta dL/ds_L)], 0, 1)
+
+  asynchronous (even layers, then odd) or synchronous like the float model. ``stochastic``
+  rounding is replaced by ``nearest_even`` here (the fake-quant forward is deterministic).
+
+In float64 the codes equal those of :func:`hwsim.torch_mirror.torch_relax` except where a float
+product lands within rounding error of a rounding tie (measured in ``tests/models/test_qat.py``).
 
 Training is EqProp on these dynamics: the contrast of two nudged equilibria of the fake-quant
 network gives ``g = -(dPhi/dW_hat(s^{b2}) - dPhi/dW_hat(s^{b1})) / (b2 - b1)``, and the float
@@ -40,7 +48,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from quant import HardwareSpec, fake_quant_state, fake_quant_weights
+from quant import FixedPoint, HardwareSpec, fake_quant_state, fake_quant_weights, quantize_weights
 
 from .eqprop_mlp import NUDGINGS, EqPropMLP, EqPropConfig, rho  # noqa: F401  (EqPropConfig for doctest)
 from .solvers import RelaxInfo, State, relax
@@ -107,37 +115,61 @@ def _check_spec(spec) -> HardwareSpec:
     return spec
 
 
-def qat_weights(net: EqPropMLP, spec: HardwareSpec) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``[(W_hat_i, b_i)]``: fake-quantised weights (straight-through) and float biases.
+def qat_weights(net: EqPropMLP, spec: HardwareSpec) -> list[dict[str, torch.Tensor]]:
+    """Per layer ``{"w": W_hat_i, "b": b_hat_i, "fb": F_hat_i}`` (``"fb"`` for ``i < L-1``), all
+    straight-through; float passthrough for float weights.
 
-    Shapes: ``W_hat_i`` is ``(n_i, n_{i-1})`` like ``net.layers[i].weight``.
+    Shapes: ``w`` ``(n_i, n_{i-1})``, ``b`` ``(n_i,)``, ``fb`` ``(n_i, n_{i+1})``.
     """
     _check_spec(spec)
-    return [(fake_quant_weights(lin.weight, spec), lin.bias) for lin in net.layers]
+    out = []
+    n = net.n_layers
+    for i, lin in enumerate(net.layers):
+        d = {"w": fake_quant_weights(lin.weight, spec), "b": lin.bias}
+        if not spec.weights.is_float and spec.state is not None:
+            scale = torch.as_tensor(np.asarray(quantize_weights(lin.weight, spec).scale, dtype=np.float64).reshape(-1),
+                                    dtype=lin.bias.dtype)
+            lsb = scale * spec.state.lsb
+            b_hat = torch.round(lin.bias.detach() / lsb) * lsb
+            d["b"] = lin.bias + (b_hat - lin.bias).detach()
+        if i + 1 < n:
+            w_next = net.layers[i + 1].weight
+            d["fb"] = fake_quant_weights(w_next.t().contiguous(), spec) if not spec.weights.is_float else w_next.t()
+        out.append(d)
+    return out
 
 
 def _fq_state(x: torch.Tensor, spec: HardwareSpec) -> torch.Tensor:
     return fake_quant_state(x, spec) if spec.state is not None else x
 
 
+def _round_term(t: torch.Tensor, spec: HardwareSpec) -> torch.Tensor:
+    """Round a pre-activation term to the state LSB without saturation (simulator's ``rq``)."""
+    if spec.state is None:
+        return t
+    wide = FixedPoint(bits=32, frac_bits=spec.state.frac_bits, signed=True)
+    rounding = "nearest_even" if spec.rounding == "stochastic" else spec.rounding
+    return fake_quant_state(t, wide, rounding)
+
+
 def qat_step(net: EqPropMLP, spec: HardwareSpec, wb, s: State, drive: torch.Tensor,
              beta: float = 0.0, y: torch.Tensor | None = None) -> State:
-    """One sweep of the fake-quant dynamics ``s_i <- Q(rho(a_i))`` (see module docstring).
+    """One sweep of the fake-quant dynamics (see module docstring).
 
     Args:
         wb: :func:`qat_weights` output.
         s: states, list of ``(B, n_i)``.
-        drive: ``W_hat_0 x_hat + b_0``, ``(B, n_0)``.
+        drive: ``R(W_hat_0 x_hat + b_hat_0)``, ``(B, n_0)``.
     """
     n = net.n_layers
 
     def update(i, s):
-        a = drive if i == 0 else torch.addmm(wb[i][1], s[i - 1], wb[i][0].t())
+        a = drive if i == 0 else _round_term(torch.addmm(wb[i]["b"], s[i - 1], wb[i]["w"].t()), spec)
         if i + 1 < n:
-            a = torch.addmm(a, s[i + 1], wb[i + 1][0])
+            a = a + _round_term(s[i + 1] @ wb[i]["fb"].t(), spec)
         if i == n - 1 and beta != 0.0:
-            a = a - beta * net.cost_grad(s[i], y)
-        return _fq_state(rho(a), spec)
+            a = a + _round_term(-beta * net.cost_grad(s[i], y), spec)
+        return rho(a)
 
     if net.config.update == "sync":
         return [update(i, s) for i in range(n)]
@@ -169,7 +201,7 @@ def qat_relax(net: EqPropMLP, x: torch.Tensor, spec: HardwareSpec, s0: State | N
     with torch.no_grad():
         wb = qat_weights(net, spec) if wb is None else wb
         xq = _fq_state(x, spec)
-        drive = torch.addmm(wb[0][1], xq, wb[0][0].t())
+        drive = _round_term(torch.addmm(wb[0]["b"], xq, wb[0]["w"].t()), spec)
         s0 = net.zero_state(x.shape[0], x) if s0 is None else list(s0)
         return relax(lambda s: qat_step(net, spec, wb, s, drive, beta, y), s0, max_steps=n_steps,
                      tol=0.0, record_trace=False)

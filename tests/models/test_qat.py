@@ -49,26 +49,37 @@ def test_states_on_grid_and_weights_quantised(preset):
         codes = t * 2 ** spec.state.frac_bits
         np.testing.assert_allclose(codes.numpy(), codes.round().numpy(), **BIT_EXACT)
         assert float(t.min()) >= 0.0 and float(t.max()) <= 1.0
-    for (w_hat, _), lin in zip(qat_weights(net, spec), net.layers):
+    for i, (d, lin) in enumerate(zip(qat_weights(net, spec), net.layers)):
         q = quantize_weights(lin.weight, spec)
-        np.testing.assert_allclose(w_hat.detach().numpy(), q.dequantize().numpy(), **BIT_EXACT)
-        n_levels = len(torch.unique(w_hat.detach()[0]))
-        assert n_levels <= 2 ** spec.weights.bits - 1
+        np.testing.assert_allclose(d["w"].detach().numpy(), q.dequantize().numpy(), **BIT_EXACT)
+        assert len(torch.unique(d["w"].detach()[0])) <= 2 ** spec.weights.bits - 1
+        if i + 1 < net.n_layers:
+            qf = quantize_weights(net.layers[i + 1].weight.t().contiguous(), spec)
+            np.testing.assert_allclose(d["fb"].detach().numpy(), qf.dequantize().numpy(), **BIT_EXACT)
 
 
-def test_one_step_matches_hand_computation():
-    """One sweep from zero states: s_0 = Q(rho(W0_hat Q(x) + b0)), then s_1 from s_0 (async)."""
-    spec = get_preset("int4")
-    net = _net(sizes=(12, 8, 4))
-    x = torch.rand(3, 12, dtype=torch.float64)
-    s, _ = qat_relax(net, x, spec, n_steps=1)
-    q = lambda t: torch.round(t.clamp(0, 1) * 128) / 128  # int4 preset: u8 states, frac_bits 7, nearest
-    w0 = quantize_weights(net.layers[0].weight, spec).dequantize()
-    w1 = quantize_weights(net.layers[1].weight, spec).dequantize()
-    s0 = q(q(x) @ w0.T + net.layers[0].bias.detach())
-    s1 = q(s0 @ w1.T + net.layers[1].bias.detach())
-    np.testing.assert_allclose(s[0].numpy(), s0.numpy(), **BIT_EXACT)
-    np.testing.assert_allclose(s[1].numpy(), s1.numpy(), **BIT_EXACT)
+@pytest.mark.parametrize("preset", QUANT_PRESETS)
+@pytest.mark.parametrize("sizes", [(784, 24, 10), (784, 16, 12, 10)])
+def test_fake_quant_codes_equal_the_integer_mirror(preset, sizes):
+    """float64 QAT forward == hwsim.torch_mirror.torch_relax codes (free and nudged) on real MNIST."""
+    from hwsim.fixed_point import FixedPointMLP
+    from hwsim.torch_mirror import torch_relax
+
+    x, y = load_dataset("mnist", "test")
+    x, y = torch.tensor(x[:32]).double(), torch.tensor(y[:32])
+    net = EqPropMLP(EqPropConfig(sizes=sizes), seed=1).double()
+    spec = get_preset(preset)
+    fp = FixedPointMLP.from_model(net, spec)
+    xc = torch.tensor(fp.quantize_input(x.numpy()))
+    free, _ = qat_relax(net, x, spec, n_steps=15)
+    for beta, s0 in ((0.0, None), (0.5, free), (-0.5, free)):
+        s_q, _ = qat_relax(net, x, spec, s0, n_steps=15 if s0 is None else 6, beta=beta, y=y)
+        s0c = None if s0 is None else [torch.round(t * 128).long() for t in s0]
+        s_t, _ = torch_relax(fp, xc, s0c, n_steps=15 if s0 is None else 6, beta=beta, y=y, early_exit=False)
+        for a, b in zip(s_q, s_t):
+            np.testing.assert_allclose(torch.round(a * 2 ** spec.state.frac_bits).long().numpy(), b.numpy(),
+                                       **BIT_EXACT)
+            np.testing.assert_allclose((a * 2 ** spec.state.frac_bits).numpy(), b.numpy(), **BIT_EXACT)
 
 
 def test_qat_training_learns_real_mnist():
