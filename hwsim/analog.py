@@ -29,9 +29,11 @@ Conductances are kept in units of ``g_max`` (``g = G / g_max``, ``g_lo = g_min /
   A sum of independent Gaussians is Gaussian, so it is drawn output-referred, exactly in
   distribution: ``y_k += sigma_r sqrt(2) / (1 - g_lo) * ||u_aug||_2 * z_k`` (one draw per output
   instead of one per device; ``u_aug`` the DAC'd inputs the output sums over).
-* **In-situ update** (EqProp on the chip): ``dA = -lr * grad`` becomes
-  ``dg = (1 - g_lo) dA / w_max`` split as ``g+ += dg/2 (1 + eta z+)``, ``g- -= dg/2 (1 + eta z-)``
-  (``eta = update_noise_std``), clipped to ``[g_lo, 1]``; stuck devices stay.
+* **In-situ update** (EqProp on the chip): ``dA = -lr * grad`` becomes a pair change
+  ``dg = (1 - g_lo) dA / w_max``: the device on the opposite side is lowered first (down to
+  ``g_lo``), the rest raises the other one; each change scaled by ``(1 + eta z)``
+  (``eta = update_noise_std``), clipped to ``[g_lo, 1]``; stuck devices stay
+  (:meth:`AnalogCrossbarMLP.apply_update`).
 
 Paired seeds: every random draw is :mod:`quant.rng` with counters ``(seed, step, tensor_id,
 index)``: stuck map ``step=0``, programming ``step=`` programming count, reads ``step=`` read
@@ -505,18 +507,34 @@ class AnalogCrossbarMLP:
         return grads
 
     def apply_update(self, delta: Sequence[torch.Tensor]) -> None:
-        """Add ``delta[i]`` (real units, augmented ``[dW | db]``) as conductance changes."""
+        """Add ``delta[i]`` (real units, augmented ``[dW | db]``) as conductance changes.
+
+        ``dg = (1 - g_lo) dA / (w_max gain)``. For ``dg > 0`` the ``g-`` device first gives back
+        up to ``g- - g_lo`` (decrease), the rest raises ``g+``; ``dg < 0`` mirrors this. So the
+        pair moves by exactly ``dg`` unless a device is stuck or saturates at 1, and one device
+        of a pair tends to sit at ``g_lo``. Each device's change is scaled by ``(1 + eta z)``
+        (``eta = update_noise_std``, rng ``step = update_count``).
+        """
         eta = self.sim.update_noise_std
         for i, d in enumerate(delta):
-            dg = (1.0 - self.g_lo) * torch.as_tensor(d, dtype=torch.float64) / self.w_max[i] / self.gain * 0.5
-            for side, g, st in ((0, self.gp[i], self.stuck_p[i]), (1, self.gm[i], self.stuck_m[i])):
-                step_g = dg if side == 0 else -dg
-                if eta > 0:
+            dg = (1.0 - self.g_lo) * torch.as_tensor(d, dtype=torch.float64) / (self.w_max[i] * self.gain)
+            gp, gm, sp, sm = self.gp[i], self.gm[i], self.stuck_p[i], self.stuck_m[i]
+            pos = dg > 0
+            mag = dg.abs()
+            # the device to lower: g- for dg > 0, g+ for dg < 0
+            lower_g, lower_free = torch.where(pos, gm, gp), torch.where(pos, sm == 0, sp == 0)
+            room = torch.where(lower_free, lower_g - self.g_lo, torch.zeros_like(lower_g)).clamp_min(0.0)
+            dec = torch.minimum(mag, room)
+            inc = mag - dec
+            d_p = torch.where(pos, inc, -dec)   # change of g+
+            d_m = torch.where(pos, -dec, inc)   # change of g-
+            if eta > 0:
+                for side, dd in ((0, d_p), (1, d_m)):
                     z = rng.normal_f64(self.seed, self.update_count, tensor_id(_KIND_UPDATE, i, side),
-                                       _index(g.shape, g.device))
-                    step_g = step_g * (1.0 + eta * z)
-                new = torch.where(st == 0, (g + step_g).clamp(self.g_lo, 1.0), g)
-                g.copy_(new)
+                                       _index(dd.shape, dd.device))
+                    dd.mul_(1.0 + eta * z)
+            gp.copy_(torch.where(sp == 0, (gp + d_p).clamp(self.g_lo, 1.0), gp))
+            gm.copy_(torch.where(sm == 0, (gm + d_m).clamp(self.g_lo, 1.0), gm))
         self.update_count += 1
 
     def eqprop_update(self, x: torch.Tensor, y: torch.Tensor, *, lr: float, beta: float, n_free_steps: int = 30,

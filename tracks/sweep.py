@@ -1,0 +1,364 @@
+"""Noise sweeps on the analog crossbar: grid, parallel resumable runner, CI summaries, plots.
+
+A sweep is a grid ``kind x level x precision x seed`` of points; each point programs a trained
+:class:`~models.eqprop_mlp.EqPropMLP` on a simulated chip (:class:`hwsim.analog.AnalogCrossbarMLP`)
+with one non-ideality set to ``level`` and measures test accuracy. Results are appended to a JSONL
+file as points finish (one JSON object per line), so an interrupted sweep resumes where it stopped
+(``resume=True`` skips every point whose key is already in the file). Points run in ``jobs``
+worker processes (spawned; one torch thread each).
+
+Noise kinds (``level`` units):
+
+* ``prog``: programming noise std / g_max (0.05 = 5 %);
+* ``read``: read noise std / g_max, fresh per read;
+* ``drift``: seconds after programming (``t_inference_s``), PCM drift exponent of the base spec;
+* ``stuck``: fraction of devices stuck (half at g_min, half at g_max).
+
+The 95 % confidence band of a mean over ``n`` seeds is ``mean +- t_{0.975, n-1} sd / sqrt(n)``
+(Student t; a single seed gives a zero-width band).
+
+Shared, non-track helpers also live here (tracks import this module, never each other):
+:func:`train_mlp` (a short EqProp SGD loop) and :func:`cached_mlp` (train once per out dir).
+
+>>> pts = grid(kinds=("prog",), levels=(0.0, 0.05), precisions=("int8",), seeds=(0, 1))
+>>> len(pts), pts[0].key
+(4, 'prog|0|int8|0')
+>>> ci95([1.0, 1.0, 1.0])
+(1.0, 0.0)
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from hwsim.analog import AnalogCrossbarMLP, AnalogSimConfig, adc_range_for
+from models.eqprop_mlp import EqPropConfig, EqPropMLP
+from quant.formats import AnalogSpec
+from quant.presets import list_presets
+
+log = logging.getLogger("eqprop_hwsim.tracks.sweep")
+
+NOISE_KINDS = ("prog", "read", "drift", "stuck")
+
+
+# ------------------------------------------------------------------------ trained model
+def train_mlp(sizes: Sequence[int], x: torch.Tensor, y: torch.Tensor, *, epochs: int = 1, lr: Sequence[float] = (0.1, 0.05),
+              beta: float = 0.5, batch_size: int = 100, n_free_steps: int = 20, n_nudge_steps: int = 8,
+              seed: int = 0, progress: bool = False) -> EqPropMLP:
+    """Train an :class:`EqPropMLP` (MSE cost, async) with symmetric-nudging EqProp and plain SGD.
+
+    ``theta_i <- theta_i - lr_i * g_i`` with ``g`` from :meth:`EqPropMLP.eqprop_grads`; ``lr`` is
+    per layer (the last value repeats). float32, CPU.
+    """
+    if x.ndim != 2 or x.shape[1] != sizes[0] or x.shape[0] != y.shape[0]:
+        raise ValueError(f"x {tuple(x.shape)} / y {tuple(y.shape)} do not fit sizes={tuple(sizes)}; "
+                         "expected x (N, sizes[0]) and y (N,)")
+    net = EqPropMLP(EqPropConfig(sizes=tuple(sizes)), seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    lrs = list(lr) + [lr[-1]] * (net.n_layers - len(lr))
+    n = x.shape[0]
+    total = epochs * ((n + batch_size - 1) // batch_size)
+    with tqdm(total=total, disable=not progress, desc="train EqProp") as bar:
+        for _ in range(epochs):
+            perm = torch.randperm(n, generator=gen)
+            for a in range(0, n, batch_size):
+                idx = perm[a:a + batch_size]
+                g = net.eqprop_grads(x[idx], y[idx], beta=beta, mode="symmetric",
+                                     n_free_steps=n_free_steps, n_nudge_steps=n_nudge_steps)
+                with torch.no_grad():
+                    for i, lin in enumerate(net.layers):
+                        lin.weight -= lrs[i] * g[f"layers.{i}.weight"]
+                        lin.bias -= lrs[i] * g[f"layers.{i}.bias"]
+                bar.update(1)
+    return net
+
+
+def cached_mlp(cache_dir: str | os.PathLike, sizes: Sequence[int], x: torch.Tensor, y: torch.Tensor,
+               progress: bool = False, **train_kw) -> tuple[EqPropMLP, Path]:
+    """:func:`train_mlp` once per ``(sizes, data, settings)``; the state dict is cached in ``cache_dir``.
+
+    Returns ``(net, path)``. The cache key hashes sizes, settings and the training data bytes.
+    """
+    h = hashlib.sha256(json.dumps({"sizes": list(sizes), **{k: list(v) if isinstance(v, tuple) else v
+                                                           for k, v in sorted(train_kw.items())}}).encode())
+    h.update(x.numpy().tobytes())
+    h.update(y.numpy().tobytes())
+    path = Path(cache_dir) / f"mlp_{h.hexdigest()[:16]}.pt"
+    if path.exists():
+        blob = torch.load(path, weights_only=True)
+        net = EqPropMLP(EqPropConfig.from_dict(blob["config"]))
+        net.load_state_dict(blob["state_dict"])
+        log.info("loaded cached model %s", path)
+        return net, path
+    net = train_mlp(sizes, x, y, progress=progress, **train_kw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"config": net.config.to_dict(), "state_dict": net.state_dict()}, tmp)
+    os.replace(tmp, path)
+    return net, path
+
+
+def load_mlp(path: str | os.PathLike) -> EqPropMLP:
+    """Load a model written by :func:`cached_mlp`."""
+    blob = torch.load(Path(path), weights_only=True)
+    net = EqPropMLP(EqPropConfig.from_dict(blob["config"]))
+    net.load_state_dict(blob["state_dict"])
+    return net
+
+
+# ------------------------------------------------------------------------ grid
+@dataclasses.dataclass(frozen=True)
+class SweepPoint:
+    """One point of a sweep: a noise ``kind`` at ``level``, a weight ``precision``, a chip ``seed``."""
+
+    kind: str
+    level: float
+    precision: str
+    seed: int
+
+    def __post_init__(self):
+        if self.kind not in NOISE_KINDS:
+            raise ValueError(f"SweepPoint.kind={self.kind!r} is invalid; allowed: one of {NOISE_KINDS}")
+        if not (isinstance(self.level, (int, float)) and math.isfinite(self.level) and self.level >= 0):
+            raise ValueError(f"SweepPoint.level={self.level!r} is invalid; allowed: a finite float >= 0")
+        if self.precision not in list_presets():
+            raise ValueError(f"SweepPoint.precision={self.precision!r} is invalid; allowed: one of {list_presets()}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"SweepPoint.seed={self.seed!r} is invalid; allowed: an int >= 0")
+
+    @property
+    def key(self) -> str:
+        """Stable identity used for resuming: ``kind|level|precision|seed`` (level as ``%g``)."""
+        return f"{self.kind}|{self.level:g}|{self.precision}|{self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def grid(kinds: Iterable[str], levels: Iterable[float], precisions: Iterable[str], seeds: Iterable[int]) -> list[SweepPoint]:
+    """Cartesian product ``kinds x levels x precisions x seeds`` (in that nesting order)."""
+    levels = [float(v) for v in levels]
+    return [SweepPoint(k, v, p, int(s)) for k in kinds for v in levels for p in precisions for s in seeds]
+
+
+def analog_for_point(kind: str, level: float, base: AnalogSpec) -> tuple[AnalogSpec, AnalogSimConfig]:
+    """The base device with all random non-idealities off except ``kind`` at ``level``.
+
+    DAC/ADC settings and the drift law of ``base`` are kept.
+    """
+    clean = dataclasses.replace(base, prog_noise_std=0.0, read_noise_std=0.0, stuck_at_gmin_frac=0.0,
+                                stuck_at_gmax_frac=0.0)
+    if kind == "prog":
+        return dataclasses.replace(clean, prog_noise_std=level), AnalogSimConfig()
+    if kind == "read":
+        return dataclasses.replace(clean, read_noise_std=level), AnalogSimConfig()
+    if kind == "stuck":
+        if level > 1:
+            raise ValueError(f"stuck level={level} is invalid; allowed: a fraction in [0, 1]")
+        return dataclasses.replace(clean, stuck_at_gmin_frac=level / 2, stuck_at_gmax_frac=level / 2), AnalogSimConfig()
+    if kind == "drift":
+        return clean, AnalogSimConfig(t_inference_s=max(level, clean.drift_t0_s))
+    raise ValueError(f"kind={kind!r} is invalid; allowed: one of {NOISE_KINDS}")
+
+
+# ------------------------------------------------------------------------ evaluation of a point
+_WORKER_CACHE: dict[str, Any] = {}
+
+
+def _test_data(data_dir: str | None, dataset: str, n_test: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    key = f"data|{data_dir}|{dataset}|{n_test}"
+    if key not in _WORKER_CACHE:
+        from tracks.data import load_dataset
+        x, y = load_dataset(dataset, "test", data_dir=data_dir)
+        if n_test is not None:
+            x, y = x[:n_test], y[:n_test]
+        _WORKER_CACHE[key] = (torch.as_tensor(np.asarray(x), dtype=torch.float64), torch.as_tensor(np.asarray(y)))
+    return _WORKER_CACHE[key]
+
+
+def evaluate_point(point: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy of the chip at one sweep point (top-level, picklable: runs in worker processes).
+
+    ``context``: ``model_path``, ``data_dir``, ``dataset``, ``n_test``, ``n_steps``, ``base_analog``
+    (``AnalogSpec.to_dict()``), optional ``adc_preact_range`` (ADC full scale from the model),
+    optional ``disable_noise`` (bypass: every point evaluated on a clean chip; for tests of the
+    track's failure path).
+    """
+    p = SweepPoint(**point)
+    mkey = f"model|{context['model_path']}"
+    if mkey not in _WORKER_CACHE:
+        _WORKER_CACHE[mkey] = load_mlp(context["model_path"]).double()
+    net = _WORKER_CACHE[mkey]
+    x, y = _test_data(context.get("data_dir"), context.get("dataset", "mnist"), context.get("n_test"))
+    base = AnalogSpec.from_dict(context["base_analog"])
+    if base.adc_bits is not None and context.get("adc_preact_range"):
+        base = dataclasses.replace(base, adc_range=adc_range_for(net, context["adc_preact_range"]))
+    level = 0.0 if context.get("disable_noise") else p.level
+    analog, sim = analog_for_point(p.kind, level, base)
+    chip = AnalogCrossbarMLP(net, analog, weights=p.precision, sim=sim, seed=p.seed)
+    acc = chip.accuracy(x, y, n_steps=int(context.get("n_steps", 30)), batch_size=int(context.get("batch_size", 1000)))
+    return {**p.to_dict(), "key": p.key, "accuracy": acc, "n_test": int(x.shape[0])}
+
+
+# ------------------------------------------------------------------------ runner
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records of a sweep file; a truncated last line (interrupted write) is ignored."""
+    path = Path(path)
+    out = []
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("ignoring a truncated line in %s", path)
+    return out
+
+
+def _worker_init():
+    torch.set_num_threads(1)
+
+
+def run_sweep(points: Sequence[SweepPoint], evaluate: Callable[[dict, dict], dict], context: dict[str, Any],
+              out_path: str | os.PathLike, *, jobs: int = 1, resume: bool = True, progress: bool = False) -> list[dict[str, Any]]:
+    """Evaluate ``points`` (skipping keys already in ``out_path`` when ``resume``), appending a JSON
+    line per finished point; returns the records of every requested point (old and new).
+
+    Args:
+        evaluate: top-level function ``(point_dict, context) -> record`` (record must hold ``key``).
+        jobs: worker processes (1 = in this process).
+        resume: keep and reuse existing records; ``False`` truncates the file first.
+    """
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r} is invalid; allowed: an int >= 1")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if not resume and out_path.exists():
+        out_path.unlink()
+    done = {r["key"]: r for r in read_jsonl(out_path) if "key" in r}
+    todo = [p for p in points if p.key not in done]
+    log.info("sweep %s: %d points, %d already done, %d to run (jobs=%d)", out_path, len(points), len(points) - len(todo), len(todo), jobs)
+    with open(out_path, "a") as fh, tqdm(total=len(todo), disable=not progress, desc="sweep") as bar:
+        def _write(rec):
+            fh.write(json.dumps(rec) + "\n")
+            fh.flush()
+            done[rec["key"]] = rec
+            bar.update(1)
+        if jobs == 1:
+            for p in todo:
+                _write(evaluate(p.to_dict(), context))
+        else:
+            with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                                        initializer=_worker_init) as ex:
+                futs = [ex.submit(evaluate, p.to_dict(), context) for p in todo]
+                for f in cf.as_completed(futs):
+                    _write(f.result())
+    return [done[p.key] for p in points]
+
+
+# ------------------------------------------------------------------------ summaries and plots
+def ci95(values: Sequence[float]) -> tuple[float, float]:
+    """``(mean, half_width)`` of the 95 % Student-t interval of the mean (0 width for n = 1)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        raise ValueError("ci95 of no values; allowed: at least one value")
+    if v.size == 1:
+        return float(v[0]), 0.0
+    from scipy import stats
+    return float(v.mean()), float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+
+
+def summarize(records: Sequence[dict[str, Any]], value: str = "accuracy") -> list[dict[str, Any]]:
+    """Table rows ``{kind, precision, level, n, mean, ci95}`` grouped over seeds, sorted."""
+    groups: dict[tuple, list[float]] = {}
+    for r in records:
+        groups.setdefault((r["kind"], r["precision"], float(r["level"])), []).append(float(r[value]))
+    rows = []
+    for (kind, prec, level), vals in sorted(groups.items()):
+        m, h = ci95(vals)
+        rows.append({"kind": kind, "precision": prec, "level": level, "n": len(vals), "mean": m, "ci95": h})
+    return rows
+
+
+def plot_sweep(rows: Sequence[dict[str, Any]], kind: str, path: str | os.PathLike, *, xlabel: str | None = None,
+               title: str | None = None, scale: float = 100.0) -> Path:
+    """Accuracy (%) vs level for one noise ``kind``, a line and a 95 % CI band per precision."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    precs = sorted({r["precision"] for r in rows if r["kind"] == kind})
+    for prec in precs:
+        rr = sorted((r for r in rows if r["kind"] == kind and r["precision"] == prec), key=lambda r: r["level"])
+        lv = np.array([r["level"] for r in rr]) * (100.0 if kind in ("prog", "read", "stuck") else 1.0)
+        m = np.array([r["mean"] for r in rr]) * scale
+        h = np.array([r["ci95"] for r in rr]) * scale
+        ax.plot(lv, m, marker="o", label=prec)
+        ax.fill_between(lv, m - h, m + h, alpha=0.2)
+    ax.set_xlabel(xlabel or {"prog": "programming noise (% of g_max)", "read": "read noise (% of g_max)",
+                             "stuck": "stuck devices (%)", "drift": "time after programming (s)"}[kind])
+    if kind == "drift":
+        ax.set_xscale("log")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title or f"accuracy vs {kind} noise (95% CI over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------ CLI entry for run_suite
+def sweep_command(*, kinds: Sequence[str] = ("prog",), levels: Sequence[float] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2),
+                  precisions: Sequence[str] = ("fp32", "int8", "int4"), seeds: Sequence[int] = (0, 1, 2),
+                  out: str | os.PathLike = "runs/sweep", jobs: int = 1, resume: bool = True,
+                  model: str | os.PathLike | None = None, sizes: Sequence[int] = (784, 256, 10),
+                  n_train: int = 20000, epochs: int = 2, n_test: int | None = None, n_steps: int = 30,
+                  base: str = "analog_pcm", adc_preact_range: float = 2.0, data_dir: str | None = None,
+                  progress: bool = True) -> dict[str, Any]:
+    """``run_suite.py sweep``: run a noise sweep into ``out`` (``sweep.jsonl``, ``summary.json``,
+    ``sweep_<kind>.png``) and return ``{"records", "summary", "plots", "model"}``.
+
+    Args:
+        model: a model file written by :func:`cached_mlp`; None trains one (MNIST, ``sizes``,
+            ``n_train`` samples, ``epochs``) and caches it under ``out/cache``.
+        base: preset whose ``AnalogSpec`` gives the device (DAC/ADC bits, drift law).
+        n_test: test-set slice (None = all 10k).
+    """
+    from quant.presets import get_preset
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base_analog = get_preset(base).analog
+    if base_analog is None:
+        raise ValueError(f"base={base!r} has no AnalogSpec; allowed: an analog preset such as 'analog_pcm'")
+    points = grid(kinds, levels, precisions, seeds)
+    if model is None:
+        from tracks.data import load_dataset
+        x, y = load_dataset("mnist", "train", data_dir=data_dir)
+        x, y = torch.as_tensor(np.asarray(x[:n_train])), torch.as_tensor(np.asarray(y[:n_train]))
+        _, model = cached_mlp(out / "cache", sizes, x, y, progress=progress, epochs=epochs)
+    context = {"model_path": str(model), "data_dir": data_dir, "dataset": "mnist", "n_test": n_test,
+               "n_steps": n_steps, "base_analog": base_analog.to_dict(), "adc_preact_range": adc_preact_range}
+    records = run_sweep(points, evaluate_point, context, out / "sweep.jsonl", jobs=jobs, resume=resume, progress=progress)
+    rows = summarize(records)
+    plots = [str(plot_sweep(rows, k, out / f"sweep_{k}.png")) for k in dict.fromkeys(kinds)]
+    (out / "summary.json").write_text(json.dumps({"context": context, "summary": rows}, indent=2))
+    return {"records": records, "summary": rows, "plots": plots, "model": str(model)}
