@@ -11,8 +11,8 @@ Cross-check: ``torch.utils.flop_counter.FlopCounterMode`` around the real ``EqPr
 ``EqPropMLP.eqprop_grads`` (symmetric) and ``models.gradients.bptt_grads`` on a slice of real MNIST,
 and, per integer representation, around the fixed-point simulator's torch mirror
 (``hwsim.torch_mirror.torch_relax``, free phase) and the on-chip update
-(``hwsim.onchip.update_torch``); the analytic dense MACs must equal the counter's FLOPs / 2 for every
-run (``flop_counter_match``).
+(``hwsim.onchip.update_torch``; quick: the first integer representation only); the analytic dense
+MACs must equal the counter's FLOPs / 2 for every run (``flop_counter_match``).
 
 Table rows (``metrics["rows"]``) are dicts with the keys of :data:`ROW_FIELDS` (``None`` where a
 representation has no such number). Other representations (analog, spiking) add a row by
@@ -177,19 +177,18 @@ def cross_check_fixed_point(net: EqPropMLP, spec_name: str, x: torch.Tensor, y: 
     inf = opcount.count_inference(net, spec, n_steps=analytic_n_free_steps, batch_size=B)
     upd = opcount.count_training_step(net, spec, n_free_steps=analytic_n_free_steps, n_nudge_steps=N_NUDGE_STEPS,
                                       batch_size=B).phases["update"].macs
-    free = torch_relax(fp, xc, n_steps=N_FREE_STEPS, early_exit=False)[0]
+    out: dict = {}
+    rows = _compare(net, B, [(f"fixed_point_free_phase_{spec_name}", inf.macs,
+                              lambda: out.setdefault("free", torch_relax(fp, xc, n_steps=N_FREE_STEPS,
+                                                                          early_exit=False)[0]))])
+    free = out["free"]
     s1 = torch_relax(fp, xc, free, beta=-BETA, y=yy, n_steps=N_NUDGE_STEPS, early_exit=False)[0]
     s2 = torch_relax(fp, xc, free, beta=BETA, y=yy, n_steps=N_NUDGE_STEPS, early_exit=False)[0]
     H = [torch.zeros(n, m, dtype=torch.int64).numpy() for n, m in zip(net.sizes[1:], net.sizes[:-1])]
     Hb = [torch.zeros(n, dtype=torch.int64).numpy() for n in net.sizes[1:]]
     c1, c2 = [t.numpy() for t in s1], [t.numpy() for t in s2]
-    runs = [
-        (f"fixed_point_free_phase_{spec_name}", inf.macs,
-         lambda: torch_relax(fp, xc, n_steps=N_FREE_STEPS, early_exit=False)),
-        (f"onchip_update_{spec_name}", upd,
-         lambda: update_torch(H, Hb, xc, c1, c2, [spec] * len(H), seed=0, step=0)),
-    ]
-    return _compare(net, B, runs)
+    return rows + _compare(net, B, [(f"onchip_update_{spec_name}", upd,
+                                     lambda: update_torch(H, Hb, xc, c1, c2, [spec] * len(H), seed=0, step=0))])
 
 
 def _plot(rows: list[dict], path) -> None:
@@ -226,6 +225,9 @@ def run(ctx: TrackContext) -> TrackResult:
                          "representations, n_cross_check")
     if "fp32" not in reps or "int8" not in reps:
         raise ValueError(f"representations={reps} must include 'fp32' and 'int8' (the energy ratio metric)")
+    fixed_point_reps = [n for n in reps if n in REPRESENTATIONS and get_preset(n).is_integer]
+    if ctx.quick:  # quick: the integer simulator is cross-checked for its first representation only
+        fixed_point_reps = fixed_point_reps[:1]
     x_all, y_all = load_dataset("mnist", "test", ctx.data_dir)
     x = torch.from_numpy(x_all[:n_check]).float()
     y = torch.from_numpy(y_all[:n_check]).long()
@@ -236,9 +238,8 @@ def run(ctx: TrackContext) -> TrackResult:
     for sizes in models:
         net = EqPropMLP(EqPropConfig(sizes=sizes), seed=seed)
         checks += cross_check(net, x, y, analytic_t1)
-        for name in reps:
-            if name in REPRESENTATIONS and get_preset(name).is_integer:
-                checks += cross_check_fixed_point(net, name, x, y, analytic_t1)
+        for name in fixed_point_reps:
+            checks += cross_check_fixed_point(net, name, x, y, analytic_t1)
         for name in reps:
             row = get_row_builder(name)(net, name)
             missing = set(ROW_FIELDS) - set(row)
