@@ -402,12 +402,12 @@ def _sweep(sizes, dp, info, B, nudged: bool) -> Counts:
     return c
 
 
-def _phase(sizes, dp, info, B, n_steps: int, nudged: bool, drive_mode: str, with_drive: bool) -> Counts:
+def _phase(sizes, dp, info, B, n_steps: int, nudged: bool, drive_mode: str) -> Counts:
+    """``n_steps`` sweeps; the drive is included only when recomputed every sweep (else it is
+    counted in the ``drive`` phase)."""
     c = _sweep(sizes, dp, info, B, nudged).scaled(n_steps)
     if drive_mode == "every_step":
         c = c + _drive(sizes, dp, info, B).scaled(n_steps)
-    elif with_drive:
-        c = c + _drive(sizes, dp, info, B)
     return c
 
 
@@ -462,7 +462,7 @@ def count_inference(model, spec: HardwareSpec, *, n_steps: int, batch_size: int 
     dp, info = _matrix_info(model, spec, sizes, sparsity)
     B = batch_size
     if drive_mode == "every_step":
-        phases = {"drive": Counts(), "free": _phase(sizes, dp, info, B, n_steps, False, drive_mode, False)}
+        phases = {"drive": Counts(), "free": _phase(sizes, dp, info, B, n_steps, False, drive_mode)}
     else:
         phases = {"drive": _drive(sizes, dp, info, B), "free": _sweep(sizes, dp, info, B, False).scaled(n_steps)}
     return Report(phases, B)
@@ -542,10 +542,10 @@ def count_training_step(model, spec: HardwareSpec, *, n_free_steps: int, n_nudge
     n_phases = 3 if nudging == "symmetric" else 2
     drives = {"every_step": 0, "per_phase": n_phases, "once": 1}[drive_mode]
     phases = {"drive": _drive(sizes, dp, info, B).scaled(drives),
-              "free": _phase(sizes, dp, info, B, n_free_steps, False, drive_mode, False)}
+              "free": _phase(sizes, dp, info, B, n_free_steps, False, drive_mode)}
     if nudging == "symmetric":
-        phases["nudge_minus"] = _phase(sizes, dp, info, B, n_nudge_steps, True, drive_mode, False)
-    phases["nudge_plus"] = _phase(sizes, dp, info, B, n_nudge_steps, True, drive_mode, False)
+        phases["nudge_minus"] = _phase(sizes, dp, info, B, n_nudge_steps, True, drive_mode)
+    phases["nudge_plus"] = _phase(sizes, dp, info, B, n_nudge_steps, True, drive_mode)
     phases["update"] = _update(sizes, dp, spec, B)
     return Report(phases, B)
 
