@@ -32,6 +32,7 @@ rounding, overflow, clamp and the settling diagnostics run in numba kernels (pur
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from pathlib import Path
@@ -66,112 +67,138 @@ _hash_u32 = numba.njit(cache=True)(rng.hash_u32_scalar)
 
 
 # ----------------------------------------------------------------------------------- kernels
-@numba.njit(cache=True)
-def _requant_scalar(a, m, sh, rmode, seed, step, tid, idx):
-    """``quant.ops.requantize(a, m, sh, rounding)`` for one int64 (same source semantics)."""
-    p = a * m
-    if sh <= 0:
-        return p << (-sh)
-    q = p >> sh
-    r = p - (q << sh)
-    if rmode == 1:  # floor
-        return q
-    if rmode == 0:  # nearest, ties to even
-        half = np.int64(1) << (sh - 1)
-        if r > half or (r == half and (q & 1) == 1):
-            return q + 1
+@numba.njit(cache=True, inline="always")
+def _requant_det(a, m, sh, rmode, seed, step, tid, idx):
+    """``quant.ops.requantize(a, m, sh, rounding)`` for one int64, ``nearest_even`` (rmode 0) or
+    ``floor`` (1): branch-free (vectorisable); ``sh <= 0`` is an exact left shift, as in quant.ops.
+    The counters are unused (same signature as :func:`_requant_stoch`)."""
+    lsh = max(-sh, 0)
+    rsh = max(sh, 0)
+    p = (a * m) << lsh
+    q = p >> rsh
+    r = p - (q << rsh)  # remainder in [0, 2**rsh)
+    half = (np.int64(1) << rsh) >> 1
+    up = (rmode == 0) & (rsh > 0) & ((r > half) | ((r == half) & ((q & 1) == 1)))
+    return q + up
+
+
+@numba.njit(cache=True, inline="always")
+def _requant_stoch(a, m, sh, rmode, seed, step, tid, idx):
+    """Stochastic ``quant.ops.requantize``: up with probability remainder / 2**sh, decided by
+    ``uniform_u24(seed, step, tid, idx)`` exactly as :func:`quant.ops.shift_round`."""
+    lsh = max(-sh, 0)
+    rsh = max(sh, 0)
+    p = (a * m) << lsh
+    q = p >> rsh
+    r = p - (q << rsh)
+    if rsh == 0:
         return q
     u = _hash_u32(seed, step, tid, idx) >> 8  # uniform_u24
-    if sh <= 24:
-        up = (u >> (24 - sh)) < r
+    if rsh <= 24:
+        up = (u >> (24 - rsh)) < r
     else:
-        up = u < (r >> (sh - 24))
-    return q + 1 if up else q
+        up = u < (r >> (rsh - 24))
+    return q + up
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _overflow_scalar(v, acc_bits, wrap):
     """``quant.ops.overflow(v, acc_bits, signed=True, mode)``; returns ``(value, overflowed)``."""
     hi = (np.int64(1) << (acc_bits - 1)) - 1
     lo = -hi - 1
-    if lo <= v <= hi:
-        return v, False
+    o = (v < lo) | (v > hi)
     if wrap:
         u = v & ((np.int64(1) << acc_bits) - 1)
-        if u > hi:
-            u -= np.int64(1) << acc_bits
-        return u, True
-    return (hi if v > hi else lo), True
+        return u - ((u > hi) * (np.int64(1) << acc_bits)), o
+    return min(max(v, lo), hi), o
 
 
-@numba.njit(cache=True)
-def update_layer_kernel(acc_f, bias, mul_f, sh_f, count_f, pre_f, has_pre, acc_b, mul_b, sh_b, has_fb, s_old, y, beta_m,
-                        beta_sh, one_code, acc_bits, wrap, rmode, seed, step, tid_base, s_new, changed, n_over):
-    """New codes of one layer from its accumulators (pure: writes only ``s_new``, ``changed``, ``n_over``).
+def _make_update_kernel(requant, has_fb: bool, nudge: bool):
+    """Layer-update kernel specialised on the requantiser and on two flags (closure constants, so the
+    unused branches are compiled out and the inner loop vectorises)."""
 
-    Args:
-        acc_f: (B, n) exact integer products ``Wq @ c_prev`` (any real/int dtype), bias not included.
-        bias: (n,) int64 bias in forward-accumulator LSBs.
-        mul_f, sh_f: (n,) int64 forward requantisation multiplier / shift per row.
-        count_f: count forward overflows (False for the drive, whose overflows are counted once per phase).
-        pre_f, has_pre: (B, n) int64 requantised forward term computed once per phase (the drive
-            with deterministic rounding); when ``has_pre`` it replaces ``acc_f``/``bias``/``mul_f``.
-        acc_b, mul_b, sh_b: the same for the feedback product (ignored unless ``has_fb``).
-        s_old: (B, n) current codes of the layer (nudge input and change detection).
-        y: (B,) int64 class indices (read only when ``beta_m != 0``).
-        beta_m, beta_sh: nudge multiplier (signed) and shift.
-        one_code: code of 1.0 (clamp top); acc_bits, wrap: accumulator width / mode.
-        rmode: 0 nearest_even, 1 floor, 2 stochastic; seed, step, tid_base: rng counters.
-        s_new: (B, n) output codes (same dtype as ``s_old``).
-        changed: (B,) bool, set True where a code of the sample changed.
-        n_over: (1,) int64, incremented by the number of accumulator overflows.
-    """
-    B, n = s_new.shape
-    nov = 0
-    for b in range(B):
-        ch = False
-        for j in range(n):
-            idx = b * n + j
-            if has_pre:
-                p = pre_f[b, j]
-            else:
-                a, o = _overflow_scalar(np.int64(acc_f[b, j]) + bias[j], acc_bits, wrap)
-                if count_f:
+    def update_layer_kernel(fwd, acc_b, mul_b, sh_b, s_old, y, beta_m, beta_sh, one_code, acc_bits, wrap, rmode,
+                            seed, step, tid_base, s_new, changed, n_over):
+        """New codes of one layer (pure: writes only ``s_new``, ``changed``, ``n_over``)::
+
+            s_new = clamp(fwd + rq(ovf(acc_b), mul_b, sh_b) + rq(beta * (T - s_old)), 0, one_code)
+
+        Args:
+            fwd: (B, n) int64 requantised forward term (:func:`requant_kernel`).
+            acc_b: (B, n) exact integer feedback products ``Fq @ c_next`` (any real/int dtype); used
+                when the kernel was built with ``has_fb``; ``mul_b``, ``sh_b``: (n,) int64 per row.
+            s_old: (B, n) current codes of the layer (nudge input and change detection).
+            y: (B,) int64 class indices; ``beta_m``, ``beta_sh``: signed nudge multiplier and shift
+                (used when built with ``nudge``; ``T = one_code`` at ``y``, else 0).
+            one_code: code of 1.0; acc_bits, wrap: accumulator width and mode.
+            rmode: 0 nearest_even, 1 floor, 2 stochastic; seed, step, tid_base: rng counters (feedback
+                uses ``tid_base + 1``, nudge ``tid_base + 2``; index ``b * n + j``).
+            s_new: (B, n) output codes (dtype of ``s_old``); changed: (B,) bool, set where a code changed;
+            n_over: (1,) int64, incremented by the feedback-accumulator overflows.
+        """
+        B, n = s_new.shape
+        nov = 0
+        for b in numba.prange(B):  # samples are independent: the parallel variant splits them over threads
+            ch = False
+            for j in range(n):
+                idx = b * n + j
+                p = fwd[b, j]
+                if has_fb:
+                    a, o = _overflow_scalar(np.int64(acc_b[b, j]), acc_bits, wrap)
                     nov += o
-                p = _requant_scalar(a, mul_f[j], sh_f[j], rmode, seed, step, tid_base, idx)
-            if has_fb:
-                a, o = _overflow_scalar(np.int64(acc_b[b, j]), acc_bits, wrap)
+                    p += requant(a, mul_b[j], sh_b[j], rmode, seed, step, tid_base + 1, idx)
+                old = np.int64(s_old[b, j])
+                if nudge:
+                    t = one_code if y[b] == j else 0
+                    p += requant(t - old, beta_m, beta_sh, rmode, seed, step, tid_base + 2, idx)
+                p = min(max(p, 0), one_code)
+                s_new[b, j] = p
+                ch |= p != old
+            if ch:
+                changed[b] = True
+        n_over[0] += nov
+
+    return update_layer_kernel
+
+
+def _make_requant_kernel(requant):
+    def requant_kernel(acc, bias, mul, sh, acc_bits, wrap, rmode, seed, step, tid):
+        """Forward term ``rq(ovf(acc + bias), mul, sh)`` per element: (B, n) int64 and the overflow count.
+
+        ``acc``: (B, n) exact integer products (any real/int dtype); ``bias``, ``mul``, ``sh``: (n,)
+        int64; counters as in :func:`update_layer_kernel` (tensor id ``tid``).
+        """
+        B, n = acc.shape
+        out = np.empty((B, n), dtype=np.int64)
+        nov = 0
+        for b in numba.prange(B):
+            for j in range(n):
+                a, o = _overflow_scalar(np.int64(acc[b, j]) + bias[j], acc_bits, wrap)
                 nov += o
-                p += _requant_scalar(a, mul_b[j], sh_b[j], rmode, seed, step, tid_base + 1, idx)
-            old = np.int64(s_old[b, j])
-            if beta_m != 0:
-                t = one_code if y[b] == j else 0
-                p += _requant_scalar(t - old, beta_m, beta_sh, rmode, seed, step, tid_base + 2, idx)
-            if p < 0:
-                p = 0
-            elif p > one_code:
-                p = one_code
-            s_new[b, j] = p
-            if p != old:
-                ch = True
-        if ch:
-            changed[b] = True
-    n_over[0] += nov
+                out[b, j] = requant(a, mul[j], sh[j], rmode, seed, step, tid, b * n + j)
+        return out, nov
+
+    return requant_kernel
 
 
-@numba.njit(cache=True)
-def requant_kernel(acc, bias, mul, sh, acc_bits, wrap, rmode, seed, step, tid):
-    """``rq(ovf(acc + bias))`` per element (deterministic or stochastic), (B, n) int64 out, and the
-    number of overflows: the forward term of :func:`update_layer_kernel` on its own."""
-    B, n = acc.shape
-    out = np.empty((B, n), dtype=np.int64)
-    nov = 0
-    for b in range(B):
-        for j in range(n):
-            a, o = _overflow_scalar(np.int64(acc[b, j]) + bias[j], acc_bits, wrap)
-            nov += o
-            out[b, j] = _requant_scalar(a, mul[j], sh[j], rmode, seed, step, tid, b * n + j)
-    return out, nov
+# pure-Python sources of the kernels (documentation, debugging); the jitted variants are built on demand
+update_layer_kernel = _make_update_kernel(_requant_det, True, True)
+requant_kernel = _make_requant_kernel(_requant_det)
+PARALLEL_MIN_ELEMENTS = 1 << 16  # parallel=None picks the threaded kernels from B * n_l >= this
+
+
+@functools.lru_cache(maxsize=None)
+def get_update_kernel(deterministic: bool, has_fb: bool, nudge: bool, parallel: bool):
+    """Jitted :func:`update_layer_kernel` variant (nearest_even/floor use the branch-free requantiser)."""
+    rq = _requant_det if deterministic else _requant_stoch
+    return numba.njit(cache=True, parallel=parallel)(_make_update_kernel(rq, has_fb, nudge))
+
+
+@functools.lru_cache(maxsize=None)
+def get_requant_kernel(deterministic: bool, parallel: bool):
+    """Jitted :func:`requant_kernel` variant."""
+    rq = _requant_det if deterministic else _requant_stoch
+    return numba.njit(cache=True, parallel=parallel)(_make_requant_kernel(rq))
 
 
 @numba.njit(cache=True)
@@ -440,7 +467,8 @@ class FixedPointMLP:
 
     # ----------------------------------------------------------------------------- dynamics
     def relax(self, x_codes, s0=None, *, beta: float = 0.0, y=None, n_steps: int, seed: int = 0,
-              step_offset: int = 0, early_exit: bool = True) -> tuple[list[np.ndarray], FixedPointRelaxInfo]:
+              step_offset: int = 0, early_exit: bool = True,
+              parallel: bool | None = None) -> tuple[list[np.ndarray], FixedPointRelaxInfo]:
         """Run ``n_steps`` sweeps of the integer dynamics from ``s0`` (zeros if None).
 
         Args:
@@ -469,14 +497,21 @@ class FixedPointMLP:
         ddt = exact_dtype(self._fwd_rowsum[0] * max(xmax, 0) if x.min(initial=0) >= 0
                           else self._fwd_rowsum[0] * int(np.abs(x).max(initial=0)))
         drive = exact_matmul(x, self._fwd_t[0], ddt)  # (B, n_0), computed once per phase
+        det = rmode != 2
+
+        def par(n: int) -> bool:
+            return bool(parallel) if parallel is not None else B * n >= PARALLEL_MIN_ELEMENTS
+
+        def fwd_term(i: int, acc, step: int):
+            m, sh = self.fwd_requant[i]
+            return get_requant_kernel(det, par(self.sizes[i + 1]))(
+                acc, self.bias_codes[i], m, sh, sp.acc_bits, wrap, rmode, seed, step, tensor_id(i, 0))
+
         n_over = np.zeros(L, dtype=np.int64)
         ovbuf = np.zeros(1, dtype=np.int64)
-        # the drive accumulator is formed once per phase: count its overflows once; with deterministic
-        # rounding its requantised value is constant too
-        pre, n_over[0] = requant_kernel(drive, self.bias_codes[0], self.fwd_requant[0][0], self.fwd_requant[0][1],
-                                        sp.acc_bits, wrap, rmode, seed, step_offset, tensor_id(0, 0))
-        has_pre = rmode != 2
-        no_pre = np.zeros((1, 1), dtype=np.int64)
+        # the drive accumulator is formed once per phase: its overflows are counted once; with
+        # deterministic rounding its requantised value is constant too
+        pre, n_over[0] = fwd_term(0, drive, step_offset)
         s = [t.astype(sdt) for t in s]
         steps = np.full(B, -1, dtype=np.int64)
         changed = np.zeros(B, dtype=bool)
@@ -493,17 +528,20 @@ class FixedPointMLP:
                 src = cur if self.update == "async" else old
                 new_vals = {}
                 for i in group:
-                    acc_f = drive if i == 0 else exact_matmul(src[i - 1], self._fwd_t[i], sdt)
+                    if i == 0:
+                        fwd = pre if det else fwd_term(0, drive, step)[0]
+                    else:
+                        fwd, k = fwd_term(i, exact_matmul(src[i - 1], self._fwd_t[i], sdt), step)
+                        n_over[i] += k
                     has_fb = i + 1 < L
                     acc_b = exact_matmul(src[i + 1], self._fb_t[i], sdt) if has_fb else dummy
                     mb, sb = self.fb_requant[i] if has_fb else self.fwd_requant[i]
+                    nudge = i == L - 1 and bm != 0
                     out = np.empty((B, self.sizes[i + 1]), dtype=sdt)
-                    last = i == L - 1
                     ovbuf[0] = 0
-                    update_layer_kernel(acc_f, self.bias_codes[i], self.fwd_requant[i][0], self.fwd_requant[i][1],
-                                        i > 0, pre if i == 0 else no_pre, has_pre and i == 0, acc_b, mb, sb, has_fb, src[i], y, bm if last else 0, bsh,
-                                        self.one_code, sp.acc_bits, wrap, rmode, seed, step, tensor_id(i, 0),
-                                        out, changed, ovbuf)
+                    get_update_kernel(det, has_fb, nudge, par(self.sizes[i + 1]))(
+                        fwd, acc_b, mb, sb, src[i], y, bm, bsh, self.one_code, sp.acc_bits, wrap, rmode, seed,
+                        step, tensor_id(i, 0), out, changed, ovbuf)
                     n_over[i] += ovbuf[0]
                     new_vals[i] = out
                 for i, v in new_vals.items():
@@ -512,7 +550,7 @@ class FixedPointMLP:
             n_run = t + 1
             steps[(steps < 0) & ~changed] = n_run
             hist = (hist + [s])[-3:]
-            if early_exit and rmode != 2 and not changed.any():
+            if early_exit and det and not changed.any():
                 break
         cycling = np.zeros(B, dtype=bool)
         if len(hist) == 3:

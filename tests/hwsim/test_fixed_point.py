@@ -109,6 +109,17 @@ def test_numba_matches_torch_mirror_random_weights(preset):
 
 
 @pytest.mark.parametrize("rounding", ["nearest_even", "stochastic"])
+def test_threaded_kernels_match_torch_mirror(rounding):
+    fp = FixedPointMLP.from_model(_net("trained"), quant.get_preset("int8").replace(rounding=rounding))
+    x, y = _mnist(32)
+    codes = fp.quantize_input(x)
+    for parallel in (True, False):
+        s, info = fp.relax(codes, beta=0.5, y=y, n_steps=8, seed=1, parallel=parallel)
+        t, tinfo = torch_relax(fp, torch.from_numpy(codes), beta=0.5, y=torch.from_numpy(y), n_steps=8, seed=1)
+        _assert_same(s, t, info, tinfo)
+
+
+@pytest.mark.parametrize("rounding", ["nearest_even", "stochastic"])
 @pytest.mark.parametrize("overflow", ["saturate", "wrap"])
 def test_accumulator_overflow_bit_exact(overflow, rounding):
     # 12-bit accumulators: the 784-input drive (up to 784 * 127 * 128) overflows for sure
