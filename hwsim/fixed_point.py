@@ -42,6 +42,7 @@ import numba
 import numpy as np
 
 import quant
+from models.eqprop_mlp import EqPropMLP
 from quant import ops, rng
 from quant.spec import HardwareSpec
 
@@ -378,8 +379,9 @@ class FixedPointMLP:
             update: override ``net.config.update``.
         """
         check_spec(spec)
-        if not (hasattr(net, "layers") and hasattr(net, "config") and hasattr(net.config, "sizes")):
-            raise ValueError(f"net={type(net).__name__} is invalid; allowed: a models.eqprop_mlp.EqPropMLP")
+        if not isinstance(net, EqPropMLP):
+            raise ValueError(f"net={type(net).__name__} is invalid; allowed: a models.eqprop_mlp.EqPropMLP "
+                             "(other model families have no fixed-point mirror here)")
         ws = [lin.weight.detach().to("cpu").double().numpy() for lin in net.layers]
         bs = [lin.bias.detach().to("cpu").double().numpy() for lin in net.layers]
         for i, w in enumerate(ws):

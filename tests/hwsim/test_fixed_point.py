@@ -229,6 +229,19 @@ def test_predict_accepts_codes_and_chunks():
     assert np.array_equal(p, fp.predict(x, n_steps=10, batch_size=16))
 
 
+def test_from_checkpoint_equals_from_model(tmp_path):
+    from models.checkpoint import save_checkpoint
+
+    net = _net("trained")
+    path = save_checkpoint(tmp_path / "net.pt", net)
+    spec = quant.get_preset("int4")
+    a, b = FixedPointMLP.from_model(net, spec), FixedPointMLP.from_checkpoint(path, spec)
+    for u, v in zip(a.w_codes + a.fb_codes + a.bias_codes, b.w_codes + b.fb_codes + b.bias_codes):
+        assert np.array_equal(u, v)
+    x, _ = _mnist(16)
+    assert np.array_equal(a.predict(x, n_steps=10), b.predict(x, n_steps=10))
+
+
 @pytest.mark.parametrize("name", ["fp32", "analog_pcm"])
 def test_float_and_analog_specs_rejected(name):
     with pytest.raises(ValueError, match="not integer|analog"):
