@@ -80,7 +80,7 @@ class QuantTrackConfig:
     scratch: int = 1            # seeds (the first ones) that also train on chip from scratch
 
 
-QUICK = QuantTrackConfig(hidden=64, n_train=1500, n_test=500, epochs=2, ft_epochs=1, scratch=0)
+QUICK = QuantTrackConfig(hidden=64, n_train=2000, n_test=1000, epochs=3, ft_epochs=1, scratch=0)
 FULL = QuantTrackConfig()
 
 
