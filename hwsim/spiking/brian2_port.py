@@ -92,6 +92,8 @@ def build_brian2_network(params: SpikingParams, x: np.ndarray, sample_id: int = 
         objs += [inp, _connect_dense(b2, inp, groups[0], params.weights[0], "w : 1", "v_post += w", "syn_in")]
     for i in range(1, n_layers):
         objs.append(_connect_dense(b2, groups[i - 1], groups[i], params.weights[i], "w : 1", "v_post += w", f"ff{i}"))
+        if cfg.feedback == "none":
+            continue
         objs.append(_connect_dense(b2, groups[i], groups[i - 1], np.ascontiguousarray(params.weights[i].T),
                                    "w : 1", "v_post += w", f"fb{i - 1}"))
     monitors = [b2.SpikeMonitor(g, record=True, name=f"spikes{i}") for i, g in enumerate(groups)]
@@ -118,6 +120,9 @@ def run_brian2(params: SpikingParams, x, *, sample_ids=None, codegen_target: str
         raise ValueError(f"params must be SpikingParams (use SpikingParams.from_model(net, cfg)), got {type(params).__name__}")
     if codegen_target not in ("numpy", "cython"):
         raise ValueError(f"codegen_target={codegen_target!r}; allowed: ('numpy', 'cython')")
+    if params.config.feedback == "rate":
+        raise ValueError("feedback='rate' (running-rate feedback) is implemented in the snntorch port only; "
+                         "Brian2 synapses deliver spikes: use feedback='spike' (or 'none')")
     xn = check_input(x, params.sizes[0])
     ids = np.arange(xn.shape[0]) if sample_ids is None else np.asarray(sample_ids, dtype=np.int64)
     if ids.shape != (xn.shape[0],):

@@ -19,7 +19,7 @@ from typing import Any
 
 RESETS = ("subtract",)
 INPUTS = ("current", "poisson")
-FEEDBACKS = ("spike", "rate")
+FEEDBACKS = ("spike", "rate", "none")
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,9 @@ class SpikingConfig:
             same spike trains).
         feedback: ``"spike"`` (layer ``i`` receives ``W_{i+1}^T z_{i+1}(t-1)``, the raw spikes,
             implemented in both simulators) or ``"rate"`` (``W_{i+1}^T`` times the running rate
-            ``count_{i+1}(t-1) / t``; snntorch port only, kept for the measurement in Track 42).
+            ``count_{i+1}(t-1) / t``; snntorch port only, kept for the measurement in Track 42) or
+            ``"none"`` (feedback synapses dropped: a feedforward network, the ablation showing that
+            the spiking network needs ``W_{i+1}^T`` to reach the EqProp fixed point).
         seed: seed of the Poisson input spike trains.
     """
 

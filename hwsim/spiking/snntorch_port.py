@@ -119,7 +119,7 @@ class SnnTorchEqProp(nn.Module):
             currents = []
             for i in range(n_layers):
                 cur = drive if i == 0 else self.ff[i](z[i - 1])
-                if i + 1 < n_layers:
+                if i + 1 < n_layers and cfg.feedback != "none":
                     cur = cur + self.fb[i](up[i + 1])
                 currents.append(cur)
             for i in range(n_layers):

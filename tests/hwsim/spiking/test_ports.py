@@ -24,17 +24,17 @@ RATE_CORR_T64_MIN = 0.99
 
 @functools.lru_cache(maxsize=1)
 def _trained_state() -> dict:
-    """A tiny EqPropMLP trained for 2 epochs on 1000 real MNIST images (~1 s), cached read-only."""
+    """A tiny EqPropMLP trained for 3 epochs on 2000 real MNIST images (~83% test accuracy), cached read-only."""
     x, y = load_dataset("mnist", "train")
-    x, y = torch.from_numpy(x[:1000]), torch.from_numpy(y[:1000])
+    x, y = torch.from_numpy(x[:2000]), torch.from_numpy(y[:2000])
     net = EqPropMLP(EqPropConfig(sizes=SIZES), seed=0)
-    for _ in range(2):
-        for s in range(0, 1000, 50):
-            g = net.eqprop_grads(x[s:s + 50], y[s:s + 50], beta=0.5, mode="symmetric", n_free_steps=20,
+    for _ in range(3):
+        for s in range(0, 2000, 25):
+            g = net.eqprop_grads(x[s:s + 25], y[s:s + 25], beta=0.5, mode="symmetric", n_free_steps=20,
                                  n_nudge_steps=8)
             with torch.no_grad():
                 for name, p in net.named_parameters():
-                    p -= 0.1 * g[name]
+                    p -= (0.2 if name.startswith("layers.0") else 0.1) * g[name]
     return {k: v.clone() for k, v in net.state_dict().items()}
 
 
@@ -140,7 +140,7 @@ def test_synops_count_spikes_times_fanout():
 @pytest.mark.parametrize("bad, match", [
     ({"dt_s": 0.0}, "dt_s"), ({"n_steps": 0}, "n_steps"), ({"tau_mem_s": 1e-4}, "tau_mem_s"),
     ({"v_threshold": -1.0}, "v_threshold"), ({"reset": "zero"}, "reset"), ({"input": "rate"}, "input"),
-    ({"feedback": "none"}, "feedback"), ({"seed": -1}, "seed"), ({"n_stepz": 3}, "unknown keys"),
+    ({"feedback": "bogus"}, "feedback"), ({"seed": -1}, "seed"), ({"n_stepz": 3}, "unknown keys"),
 ])
 def test_config_rejects_bad_values(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -158,3 +158,34 @@ def test_ports_reject_bad_input():
         run_snntorch(net, np.zeros((1, 784)))
     with pytest.raises(ValueError, match="layer 1 expects"):
         SpikingParams((np.zeros((3, 4)), np.zeros((2, 5))), (np.zeros(3), np.zeros(2)), SpikingConfig())
+
+
+# ------------------------------------------------------------------ Track 42 can pass and can fail
+def _track42(tmp_path, **overrides):
+    from tracks.base import TrackContext, evaluate
+    from tracks.t42_spiking_fidelity import SPEC, run
+
+    ctx = TrackContext(out_dir=tmp_path, quick=True, seeds=(0,), progress=False,
+                       overrides={"model": trained_net(), "n_test": 200, "n_brian": 1, "steps": (16, 64),
+                                  **overrides})
+    result = run(ctx)
+    passed, rows = evaluate(SPEC, result)
+    return passed, {r["metric"]: r["passed"] for r in rows}, result
+
+
+def test_track42_passes_and_fails_when_feedback_dropped_or_brian2_weights_differ(tmp_path):
+    passed, rows, result = _track42(tmp_path / "ok")
+    assert passed, (rows, {k: v for k, v in result.metrics.items() if k != "acc_vs_T"})
+    assert (tmp_path / "ok" / result.artifacts[0]).is_file()
+
+    def drop_feedback(p):
+        return p.with_config(p.config.replace(feedback="none"))
+
+    passed, rows, _ = _track42(tmp_path / "no_fb", snn_transform=drop_feedback)
+    assert not passed and not rows["rate_state_mae_t64"]
+
+    def other_weights(p):
+        return SpikingParams((p.weights[0], -p.weights[1]), p.biases, p.config)
+
+    passed, rows, _ = _track42(tmp_path / "b2", brian2_transform=other_weights)
+    assert not passed and not rows["snntorch_brian2_agreement"] and rows["acc_gap_t64"]

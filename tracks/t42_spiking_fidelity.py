@@ -1,0 +1,251 @@
+"""Track 42: a trained EqPropMLP as a rate-coded spiking network (snntorch and Brian2).
+
+Procedure (seed ``ctx.seeds[0]``):
+
+1. Train an :class:`EqPropMLP` on real MNIST with :func:`models.train.train` (EqProp, symmetric
+   nudging); quick: 784-64-10 on 5000 images, full: 784-256-10 on 60000 (or load
+   ``overrides["checkpoint"]``). The trained model is saved as an artifact.
+2. ``float_acc``: float64 free phase (``FLOAT_STEPS`` sweeps) on the test slice.
+3. snntorch port (:mod:`hwsim.spiking.snntorch_port`, IF, reset by subtraction, feedback by spikes,
+   constant-current input) for ``T`` in 8..128: accuracy, rate vs float state (mean abs error,
+   Pearson correlation over all hidden and output neurons), synaptic operations from the spikes.
+4. ``snntorch_brian2_agreement`` at ``T = 64`` on the first ``n_brian`` test images, defined as the
+   fraction of (image, neuron) spike counts that are identical in the two simulators (all layers);
+   ``snntorch_brian2_max_count_diff`` is the largest count difference.
+5. Feedback through spikes vs through running rates vs none (``SpikingConfig.feedback``) at
+   ``T = 64``: rate-vs-state error and accuracy of each, to justify the default (spikes) and to show
+   what the feedback synapses buy (the rates reach the EqProp fixed point, not a feedforward pass).
+6. Synaptic operations per inference at ``T = 64`` vs the float network's MACs
+   (``FLOAT_STEPS`` sweeps), energy from :mod:`quant.energy` (Horowitz ISSCC 2014, fp32).
+
+``ctx.overrides`` (tests, ablations): ``model`` (a trained EqPropMLP, skips training),
+``checkpoint`` (path for :func:`models.checkpoint.load_checkpoint`), ``n_train``, ``n_test``,
+``n_brian``, ``hidden``, ``epochs``, ``steps`` (tuple of T), ``snn_transform`` /
+``brian2_transform`` (callables ``SpikingParams -> SpikingParams`` applied to the parameters given
+to the snntorch accuracy path / to Brian2: how a test breaks a path), ``poisson`` (bool: also run
+Poisson input at T=64; default on in full mode).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from hwsim.spiking.brian2_port import run_brian2
+from hwsim.spiking.config import SpikingConfig, SpikingParams
+from hwsim.spiking.snntorch_port import run_snntorch
+from hwsim.spiking.synops import energy_estimate, float_macs, synops_per_sample
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.eqprop_mlp import EqPropConfig, EqPropMLP
+from models.train import TrainConfig, train
+
+from .base import Criterion, TrackContext, TrackResult, TrackSpec
+from .data import load_dataset
+
+log = logging.getLogger("eqprop_hwsim.tracks.t42")
+
+SPEC = TrackSpec(
+    id=42,
+    slug="spiking_fidelity",
+    name="Spiking EqProp: snntorch vs Brian2 vs float",
+    claim=("A trained EqPropMLP run as a rate-coded integrate-and-fire network with its feedback "
+           "connections keeps its float accuracy within 1 point at T=64 steps, and Brian2 reproduces "
+           "the snntorch port's spike counts exactly."),
+    criteria=(
+        Criterion("snntorch_brian2_agreement", ">=", 0.99),
+        Criterion("acc_gap_t64", "<=", 0.01),
+        Criterion("rate_state_corr_t64", ">=", 0.99),
+        Criterion("rate_state_mae_t64", "<=", 0.015),
+        Criterion("float_acc", ">=", 0.8),
+    ),
+    est_seconds_full=900.0,
+    est_seconds_quick=40.0,
+)
+
+FLOAT_STEPS = 60
+"""Free-phase sweeps of the float reference (settled: more sweeps change no prediction here)."""
+STEPS = (8, 16, 32, 64, 128)
+OVERRIDES = ("model", "checkpoint", "n_train", "n_test", "n_brian", "hidden", "epochs", "steps",
+             "snn_transform", "brian2_transform", "poisson")
+
+
+@dataclass(frozen=True)
+class T42Config:
+    n_train: int
+    n_test: int
+    n_brian: int
+    hidden: int
+    epochs: int
+    steps: tuple[int, ...] = STEPS
+    poisson: bool = False
+
+
+QUICK = T42Config(n_train=5000, n_test=500, n_brian=2, hidden=64, epochs=2)
+FULL = T42Config(n_train=60000, n_test=10000, n_brian=30, hidden=256, epochs=5, poisson=True)
+
+
+def _config(ctx: TrackContext) -> T42Config:
+    unknown = sorted(set(ctx.overrides) - set(OVERRIDES))
+    if unknown:
+        raise ValueError(f"unknown overrides {unknown}; allowed: {list(OVERRIDES)}")
+    cfg = QUICK if ctx.quick else FULL
+    kw = {k: ctx.overrides[k] for k in ("n_train", "n_test", "n_brian", "hidden", "epochs", "poisson")
+          if k in ctx.overrides}
+    if "steps" in ctx.overrides:
+        kw["steps"] = tuple(int(t) for t in ctx.overrides["steps"])
+    cfg = replace(cfg, **kw)
+    for f in ("n_test", "n_brian"):
+        if int(getattr(cfg, f)) < 1:
+            raise ValueError(f"override {f}={getattr(cfg, f)} must be >= 1")
+    if 64 not in cfg.steps:
+        raise ValueError(f"steps={cfg.steps} must include 64 (the criterion is measured at T=64)")
+    return cfg
+
+
+def _model(ctx: TrackContext, cfg: T42Config, seed: int) -> tuple[EqPropMLP, list[str]]:
+    notes = []
+    if "model" in ctx.overrides:
+        return ctx.overrides["model"], ["model given through ctx.overrides (not trained here)"]
+    if "checkpoint" in ctx.overrides:
+        net, _ = load_checkpoint(ctx.overrides["checkpoint"])
+        return net, [f"model loaded from {ctx.overrides['checkpoint']}"]
+    x, y = load_dataset("mnist", "train", ctx.data_dir)
+    x, y = torch.from_numpy(x[:cfg.n_train]), torch.from_numpy(y[:cfg.n_train])
+    net = EqPropMLP(EqPropConfig(sizes=(784, cfg.hidden, 10)), seed=seed)
+    tcfg = TrainConfig(method="eqprop", epochs=cfg.epochs, batch_size=50, optimizer="sgd", lr=(0.1, 0.05),
+                       momentum=0.0, beta=0.5, nudging="symmetric", n_free_steps=20, n_nudge_steps=8, seed=seed)
+    t0 = time.time()
+    train(net, x, y, tcfg, progress=ctx.progress)
+    notes.append(f"trained 784-{cfg.hidden}-10 by EqProp on {cfg.n_train} MNIST images, {cfg.epochs} epochs "
+                 f"({time.time() - t0:.0f} s)")
+    path = save_checkpoint(ctx.out_dir / "t42_model.pt", net, train_config=tcfg.to_dict(), overwrite=True)
+    notes.append(f"model saved to {path.name}")
+    return net, notes
+
+
+def _rate_stats(rec, states) -> tuple[float, float]:
+    r = np.concatenate([ri.ravel() for ri in rec.rates()])
+    s = np.concatenate([si.ravel() for si in states])
+    return float(np.abs(r - s).mean()), float(np.corrcoef(r, s)[0, 1])
+
+
+def run(ctx: TrackContext) -> TrackResult:
+    cfg = _config(ctx)
+    seed = int(ctx.seeds[0])
+    torch.manual_seed(seed)
+    snn_tf = ctx.overrides.get("snn_transform", lambda p: p)
+    b2_tf = ctx.overrides.get("brian2_transform", lambda p: p)
+    net, notes = _model(ctx, cfg, seed)
+    net = net.double()
+    x_te, y_te = load_dataset("mnist", "test", ctx.data_dir)
+    x_te, y_te = x_te[:cfg.n_test].astype(np.float64), y_te[:cfg.n_test]
+    sizes = net.sizes
+
+    with torch.no_grad():
+        states, _ = net.free_phase(torch.from_numpy(x_te), n_steps=FLOAT_STEPS)
+    states = [s.numpy() for s in states]
+    float_acc = float((states[-1].argmax(1) == y_te).mean())
+
+    table: list[dict[str, Any]] = []
+    rec64 = None
+    for T in cfg.steps:
+        params = snn_tf(SpikingParams.from_model(net, SpikingConfig(n_steps=T)))
+        rec = run_snntorch(params, x_te, progress=ctx.progress)
+        mae, corr = _rate_stats(rec, states)
+        syn = synops_per_sample(rec, sizes)
+        table.append({"T": T, "snn_acc": float((rec.predict() == y_te).mean()), "rate_mae": mae, "rate_corr": corr,
+                      "synops_per_inference": float(syn.mean())})
+        log.info("T=%d acc=%.4f mae=%.4f corr=%.5f", T, table[-1]["snn_acc"], mae, corr)
+        if T == 64:
+            rec64 = rec
+    row64 = next(r for r in table if r["T"] == 64)
+
+    # Brian2 vs snntorch, same parameters object unless a test breaks one path.
+    cfg64 = SpikingConfig(n_steps=64)
+    p64 = snn_tf(SpikingParams.from_model(net, cfg64))
+    xb = x_te[:cfg.n_brian]
+    t0 = time.time()
+    rec_b = run_brian2(b2_tf(p64), xb, progress=ctx.progress)
+    brian_s = time.time() - t0
+    rec_s = run_snntorch(p64, xb)
+    same = np.concatenate([(a == b).ravel() for a, b in zip(rec_s.counts, rec_b.counts)])
+    max_diff = max(int(np.abs(a - b).max()) for a, b in zip(rec_s.counts, rec_b.counts))
+
+    # Feedback through running rates instead of spikes (the design choice, measured), and no feedback.
+    rec_rate = run_snntorch(snn_tf(SpikingParams.from_model(net, cfg64.replace(feedback="rate"))), x_te)
+    mae_rate, corr_rate = _rate_stats(rec_rate, states)
+    rec_ff = run_snntorch(snn_tf(SpikingParams.from_model(net, cfg64.replace(feedback="none"))), x_te)
+    mae_ff, corr_ff = _rate_stats(rec_ff, states)
+
+    synops = float(synops_per_sample(rec64, sizes).mean())
+    macs = float(float_macs(sizes, FLOAT_STEPS))
+    energy = energy_estimate(synops, macs, input_macs=sizes[0] * sizes[1], dtype="fp", bits=32)
+
+    metrics: dict[str, Any] = {
+        "float_acc": float_acc,
+        "snn_acc_t64": row64["snn_acc"],
+        "acc_gap_t64": float_acc - row64["snn_acc"],
+        "snntorch_brian2_agreement": float(same.mean()),
+        "snntorch_brian2_max_count_diff": max_diff,
+        "n_brian_images": int(cfg.n_brian),
+        "brian2_seconds_per_image": brian_s / max(1, cfg.n_brian),
+        "rate_state_corr_t64": row64["rate_corr"],
+        "rate_state_mae_t64": row64["rate_mae"],
+        "rate_feedback_rate_state_mae_t64": mae_rate,
+        "rate_feedback_rate_state_corr_t64": corr_rate,
+        "rate_feedback_acc_t64": float((rec_rate.predict() == y_te).mean()),
+        "no_feedback_rate_state_mae_t64": mae_ff,
+        "no_feedback_rate_state_corr_t64": corr_ff,
+        "no_feedback_acc_t64": float((rec_ff.predict() == y_te).mean()),
+        "synops_per_inference": synops,
+        "float_macs_per_inference": macs,
+        "snn_energy_pj_per_inference": energy["snn_pj"],
+        "float_energy_pj_per_inference": energy["float_pj"],
+        "energy_ratio_snn_over_float": energy["ratio"],
+        "acc_vs_T": table,
+        "n_test": int(cfg.n_test),
+    }
+    if cfg.poisson:
+        rec_p = run_snntorch(snn_tf(SpikingParams.from_model(net, cfg64.replace(input="poisson", seed=seed))),
+                             x_te, progress=ctx.progress)
+        metrics["snn_acc_t64_poisson"] = float((rec_p.predict() == y_te).mean())
+        metrics["synops_per_inference_poisson"] = float(synops_per_sample(rec_p, sizes).mean())
+    notes += [
+        f"float reference: {FLOAT_STEPS} free-phase sweeps, float64; test slice {cfg.n_test} images",
+        "agreement = fraction of (image, neuron) spike counts identical in snntorch and Brian2 at T=64 "
+        f"({cfg.n_brian} images, all layers)",
+        "read-out: most output spikes, ties broken by the final membrane potential",
+        f"energy: {energy['pj_per_synop']} pJ per synop (fp32 add) vs {energy['pj_per_mac']} pJ per MAC "
+        f"(fp32 mult + add), {energy['source']}; weight fetches not included",
+    ]
+    artifacts = [_plot(ctx, table, float_acc)]
+    return TrackResult(metrics=metrics, artifacts=artifacts, notes=notes)
+
+
+def _plot(ctx: TrackContext, table: list[dict[str, Any]], float_acc: float) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ts = [r["T"] for r in table]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a1.semilogx(ts, [100 * r["snn_acc"] for r in table], "o-", base=2, label="spiking (snntorch)")
+    a1.axhline(100 * float_acc, color="k", ls="--", label="float EqProp")
+    a1.set_xlabel("time steps T")
+    a1.set_ylabel("MNIST test accuracy (%)")
+    a1.legend()
+    a2.loglog(ts, [r["rate_mae"] for r in table], "o-", base=2, label="mean |rate - state|")
+    a2.loglog(ts, [1 - r["rate_corr"] for r in table], "s-", base=2, label="1 - corr(rate, state)")
+    a2.set_xlabel("time steps T")
+    a2.legend()
+    fig.suptitle("Track 42: spiking EqProp vs float")
+    fig.tight_layout()
+    path = ctx.plots_dir / "t42_acc_vs_T.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path.relative_to(ctx.out_dir))
