@@ -1,0 +1,260 @@
+"""Track 41: ONNX export fidelity -- every exported graph runs in onnxruntime and matches its mirror.
+
+A trained ``EqPropMLP`` (784-512-10, EqProp with the recipe ``mnist_784_512_10_eqprop``; quick: a
+small hidden layer on a slice) is exported with :func:`exports.export_onnx` as
+
+* ``float``  (fp32 spec) -- compared with torch float32 (``exports.verify.FLOAT_GRAPH_TOL``);
+* ``qdq``    (int8, int4, ternary) -- compared with the torch fake-quant path, in output-state LSBs
+  and argmax agreement (``exports.verify.QDQ_MAX_LSB``, ``QDQ_MIN_ARGMAX``);
+* ``int``    (int8, int4, ternary) -- compared with ``hwsim.fixed_point.FixedPointMLP`` bit for bit,
+
+each both unrolled (``T`` sweeps) and as an ONNX ``Loop``, on real MNIST test images (all 10 000
+in full mode, a slice in quick mode). Every file is written under ``<out>/onnx/``.
+
+Metrics (stable names):
+
+* ``int_graph_mismatches``: state codes + predictions differing between onnxruntime and the
+  simulator, summed over presets and both graph forms (NaN if an integer graph failed to run);
+* ``qdq_argmax_agreement`` (min over presets/forms), ``qdq_max_out_lsb`` (max), both with
+  onnxruntime's default session; ``qdq_argmax_agreement_no_qdq_rewrites``: the same with its QDQ
+  rewrites off (``session.disable_quant_qdq``, see :mod:`exports.verify`), for information;
+* ``float_max_abs_state_err``, ``float_graph_passed`` (1.0 when states are allclose and argmax equal);
+* ``bytes_per_format``: ``{"float", "qdq_int8", ..., "int_ternary"}`` -> bytes of the ``Loop`` file;
+  flat ``bytes_fp32`` (float), ``bytes_int8``/``bytes_int4``/``bytes_ternary`` (QDQ files, the
+  standard ONNX form of each weight format) and ``bytes_int_graph_<preset>``;
+* ``load_s_<key>_<form>`` / ``run_s_<key>_<form>``: onnxruntime session creation and total run time
+  (``key`` as in ``bytes_per_format``, ``form`` ``unrolled`` or ``loop``); ``rows``: the full table;
+* ``accuracy_<key>``: test accuracy of the ``Loop`` graph's predictions.
+
+``ctx.overrides`` (for tests and experiments): ``checkpoint`` (path of a trained EqPropMLP to use
+instead of training), ``hidden``, ``n_train``, ``epochs``, ``n_test``, ``n_steps`` (T),
+``presets`` (tuple of integer presets), ``int_rounding`` (build the integer graphs with this
+rounding instead of the spec's -- a deliberately broken export; the comparison must catch it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exports import verify as V
+from exports.onnx_export import build_int_model, export_onnx
+from hwsim.fixed_point import FixedPointMLP
+from models.checkpoint import load_checkpoint
+from models.eqprop_mlp import EqPropConfig, EqPropMLP
+from models.train import train
+from quant import get_preset
+
+from .base import Criterion, TrackContext, TrackResult, TrackSpec
+from .data import load_dataset
+from .training_recipes import get_recipe
+
+log = logging.getLogger("eqprop_hwsim.tracks.t41")
+
+SPEC = TrackSpec(
+    id=41,
+    slug="onnx_fidelity",
+    name="ONNX export fidelity (float, QDQ, integer-only) in onnxruntime",
+    claim=("The integer-only ONNX graph reproduces the fixed-point simulator bit for bit on MNIST, the QDQ "
+           "graphs agree with the torch fake-quant path on >= 99.9 % of predictions, and the float graph "
+           "matches torch float32."),
+    criteria=(
+        Criterion("int_graph_mismatches", "==", 0),
+        Criterion("qdq_argmax_agreement", ">=", V.QDQ_MIN_ARGMAX),
+        Criterion("qdq_max_out_lsb", "<=", V.QDQ_MAX_LSB),
+        Criterion("float_graph_passed", "==", 1.0),
+    ),
+    est_seconds_full=600.0,
+    est_seconds_quick=45.0,
+)
+
+RECIPE = "mnist_784_512_10_eqprop"
+PRESETS = ("int8", "int4", "ternary")
+FORMS = ("unrolled", "loop")
+OVERRIDES = ("checkpoint", "hidden", "n_train", "epochs", "n_test", "n_steps", "presets", "int_rounding")
+
+
+@dataclasses.dataclass(frozen=True)
+class T41Config:
+    hidden: int = 512        # hidden width of the 784-hidden-10 net
+    n_train: int = 10_000    # training images (recipe evidence: ~90 % after 2 epochs of 10k)
+    epochs: int = 2
+    n_test: int = 10_000     # test images compared (10 000 = the full MNIST test set)
+    n_steps: int = 30        # T free sweeps (the recipe's n_free_steps)
+    presets: tuple = PRESETS
+
+
+FULL = T41Config()
+QUICK = T41Config(hidden=64, n_train=6000, epochs=1, n_test=1000, n_steps=30)
+
+
+def _config(ctx: TrackContext) -> T41Config:
+    unknown = sorted(set(ctx.overrides) - set(OVERRIDES))
+    if unknown:
+        raise ValueError(f"unknown overrides {unknown}; allowed: {list(OVERRIDES)}")
+    kw = {k: ctx.overrides[k] for k in ("hidden", "n_train", "epochs", "n_test", "n_steps", "presets")
+          if k in ctx.overrides}
+    return dataclasses.replace(QUICK if ctx.quick else FULL, **kw)
+
+
+def _trained_net(ctx: TrackContext, cfg: T41Config, seed: int) -> tuple[EqPropMLP, str]:
+    if "checkpoint" in ctx.overrides:
+        net, _ = load_checkpoint(ctx.overrides["checkpoint"])
+        if not isinstance(net, EqPropMLP):
+            raise ValueError(f"checkpoint holds a {type(net).__name__}; allowed: an EqPropMLP")
+        return net, f"checkpoint {ctx.overrides['checkpoint']}"
+    x, y = load_dataset("mnist", "train", ctx.data_dir)
+    net = EqPropMLP(EqPropConfig(sizes=(784, cfg.hidden, 10)), seed=seed)
+    tcfg = get_recipe(RECIPE, epochs=cfg.epochs, seed=seed, n_free_steps=cfg.n_steps)
+    train(net, torch.from_numpy(x[:cfg.n_train]), torch.from_numpy(y[:cfg.n_train]), tcfg, progress=ctx.progress)
+    return net, f"recipe {RECIPE}, {cfg.epochs} epoch(s) on {cfg.n_train} images, seed {seed}"
+
+
+def _export(net, spec, fmt: str, form: str, T: int, path: Path, int_rounding: str | None):
+    if fmt == "int" and int_rounding is not None:
+        model = build_int_model(net, spec, T, form == "loop", rounding=int_rounding)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        import onnx
+
+        onnx.save(model, str(path))
+        return path
+    export_onnx(net, spec, path, fmt=fmt, n_steps=T, loop=form == "loop", overwrite=True)
+    return path
+
+
+def run(ctx: TrackContext) -> TrackResult:
+    cfg = _config(ctx)
+    seed = int(ctx.seeds[0]) if ctx.seeds else 0
+    torch.manual_seed(seed)
+    net, origin = _trained_net(ctx, cfg, seed)
+    net = net.to(torch.float32).eval()
+    xt, yt = load_dataset("mnist", "test", ctx.data_dir)
+    xt, yt = xt[:cfg.n_test], yt[:cfg.n_test]
+    out = Path(ctx.out_dir) / "onnx"
+    int_rounding = ctx.overrides.get("int_rounding")
+    notes = [f"model {'-'.join(map(str, net.sizes))} from {origin}; T = {cfg.n_steps}; "
+             f"{len(xt)} MNIST test images; onnxruntime CPU, default graph optimisations"]
+
+    jobs = [("float", "fp32", "float")] + [(f"qdq_{p}", p, "qdq") for p in cfg.presets] + \
+           [(f"int_{p}", p, "int") for p in cfg.presets]
+    rows, metrics = [], {}
+    int_mismatch, int_failed, qdq_agree, qdq_lsb, qdq_agree_plain = 0, False, [], [], []
+    float_ok, float_err = True, 0.0
+    for key, preset, fmt in jobs:
+        spec = get_preset(preset)
+        ref = _reference(net, spec, fmt, xt, cfg.n_steps)  # once per preset, shared by both forms
+        for form in FORMS:
+            path = out / f"{key}_{form}_T{cfg.n_steps}.onnx"
+            row = {"format": key, "preset": preset, "form": form, "file": str(path.relative_to(ctx.out_dir))}
+            try:
+                _export(net, spec, fmt, form, cfg.n_steps, path, int_rounding)
+                row["bytes"] = V.file_bytes(path)
+                if fmt == "float":
+                    r = V.verify_float(net, path, xt, reference=ref)
+                    float_ok &= r["passed"]
+                    float_err = max(float_err, r["max_abs_state_err"])
+                elif fmt == "qdq":
+                    r = V.verify_qdq(net, path, xt, reference=ref)
+                    qdq_agree.append(r["argmax_agreement"])
+                    qdq_lsb.append(r["max_out_lsb"])
+                    r2 = V.verify_qdq(net, path, xt, reference=ref, optimization="all_no_qdq")
+                    row["argmax_agreement_no_qdq_rewrites"] = r2["argmax_agreement"]
+                    row["frac_out_codes_differing_no_qdq_rewrites"] = r2["frac_out_codes_differing"]
+                    qdq_agree_plain.append(r2["argmax_agreement"])
+                else:
+                    r = V.verify_int(ref[3], path, ref[4], reference=ref[:3])
+                    int_mismatch += r["int_graph_mismatches"]
+                row.update({k: v for k, v in r.items() if k not in ("format",)})
+                row["ort_ran"] = True
+            except Exception as e:  # a graph onnxruntime cannot load or run is a finding, not a crash
+                log.exception("%s (%s) failed", key, form)
+                row.update({"ort_ran": False, "error": f"{type(e).__name__}: {e}"})
+                notes.append(f"{key} {form}: {type(e).__name__}: {e}")
+                if fmt == "int":
+                    int_failed = True
+                elif fmt == "qdq":
+                    qdq_agree.append(float("nan"))
+                else:
+                    float_ok = False
+            rows.append(row)
+            if row["ort_ran"]:
+                metrics[f"load_s_{key}_{form}"] = row["load_s"]
+                metrics[f"run_s_{key}_{form}"] = row["run_s"]
+                if form == "loop":
+                    metrics[f"accuracy_{key}"] = _accuracy(path, fmt, net, xt, yt)
+    bytes_per_format = {r["format"]: r["bytes"] for r in rows if r["form"] == "loop" and "bytes" in r}
+    metrics.update({
+        "int_graph_mismatches": float("nan") if int_failed else int(int_mismatch),
+        "qdq_argmax_agreement": float(min(qdq_agree)) if qdq_agree else float("nan"),
+        "qdq_max_out_lsb": float(max(qdq_lsb)) if qdq_lsb else float("nan"),
+        "qdq_argmax_agreement_no_qdq_rewrites": float(min(qdq_agree_plain)) if qdq_agree_plain else float("nan"),
+        "float_max_abs_state_err": float(float_err),
+        "float_graph_passed": 1.0 if float_ok else 0.0,
+        "bytes_per_format": bytes_per_format,
+        "n_test": int(len(xt)),
+        "n_steps": int(cfg.n_steps),
+        "rows": rows,
+    })
+    if "float" in bytes_per_format:
+        metrics["bytes_fp32"] = bytes_per_format["float"]
+    for p in cfg.presets:
+        if f"qdq_{p}" in bytes_per_format:
+            metrics[f"bytes_{p}"] = bytes_per_format[f"qdq_{p}"]
+        if f"int_{p}" in bytes_per_format:
+            metrics[f"bytes_int_graph_{p}"] = bytes_per_format[f"int_{p}"]
+    if int_rounding is not None:
+        notes.append(f"integer graphs built with rounding={int_rounding!r} instead of the spec's (override)")
+    artifacts = [_plot(rows, ctx)]
+    return TrackResult(metrics=metrics, artifacts=artifacts, notes=notes)
+
+
+def _reference(net, spec, fmt: str, xt: np.ndarray, n_steps: int):
+    """The mirror's result for ``fmt``: torch float32, torch fake-quant, or the fixed-point simulator
+    (``(states, prediction, seconds, FixedPointMLP, input codes)``)."""
+    if fmt == "float":
+        return V.torch_free_phase(net, xt, n_steps)
+    if fmt == "qdq":
+        return V.fake_quant_free_phase(net, spec, xt, n_steps)
+    fp = FixedPointMLP.from_model(net, spec)
+    codes = fp.quantize_input(xt)
+    return (*V.simulate_int(fp, codes, n_steps), fp, codes)
+
+
+def _accuracy(path: Path, fmt: str, net, xt, yt) -> float:
+    """Test accuracy of an exported graph's predictions (onnxruntime)."""
+    sess, _ = V.make_session(path)
+    x = FixedPointMLP.from_model(net, V._meta(path, "int")["spec"]).quantize_input(xt) if fmt == "int" else xt
+    _, pred, _ = V.run_session(sess, np.asarray(x), 1000)
+    return float((pred == yt).mean())
+
+
+def _plot(rows, ctx: TrackContext) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r.get("ort_ran")]
+    keys = list(dict.fromkeys(r["format"] for r in ok))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    width = 0.38
+    xs = np.arange(len(keys))
+    for j, form in enumerate(FORMS):
+        sel = {r["format"]: r for r in ok if r["form"] == form}
+        for ax, field, label in ((axes[0], "bytes", "file size (kB)"), (axes[1], "load_s", "session load (s)"),
+                                 (axes[2], "run_s", "run, all test images (s)")):
+            vals = [sel[k][field] / (1e3 if field == "bytes" else 1.0) if k in sel else 0.0 for k in keys]
+            ax.bar(xs + (j - 0.5) * width, vals, width, label=form)
+            ax.set_title(label)
+    for ax in axes:
+        ax.set_xticks(xs, keys, rotation=40, ha="right", fontsize=8)
+    axes[0].legend()
+    fig.suptitle("Track 41: ONNX exports in onnxruntime")
+    fig.tight_layout()
+    path = ctx.plots_dir / "t41_onnx_formats.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path.relative_to(ctx.out_dir))
