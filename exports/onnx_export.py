@@ -36,7 +36,6 @@ sweep (``loop=True``); weights live in the outer graph either way.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Callable

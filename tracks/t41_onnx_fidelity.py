@@ -38,6 +38,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from exports import verify as V
@@ -117,8 +118,6 @@ def _export(net, spec, fmt: str, form: str, T: int, path: Path, int_rounding: st
     if fmt == "int" and int_rounding is not None:
         model = build_int_model(net, spec, T, form == "loop", rounding=int_rounding)
         path.parent.mkdir(parents=True, exist_ok=True)
-        import onnx
-
         onnx.save(model, str(path))
         return path
     export_onnx(net, spec, path, fmt=fmt, n_steps=T, loop=form == "loop", overwrite=True)
