@@ -99,7 +99,7 @@ def make_spec(track_id: int, slug: str, name: str, preset: str) -> TrackSpec:
             Criterion("bitexact_mismatches", "==", 0),
             Criterion("code_range_violations", "==", 0),
         ),
-        est_seconds_full=900.0, est_seconds_quick=40.0,
+        est_seconds_full=1200.0, est_seconds_quick=40.0,
     )
 
 
