@@ -27,6 +27,7 @@ Poisson input at T=64; default on in full mode).
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -140,7 +141,7 @@ def run(ctx: TrackContext) -> TrackResult:
     snn_tf = ctx.overrides.get("snn_transform", lambda p: p)
     b2_tf = ctx.overrides.get("brian2_transform", lambda p: p)
     net, notes = _model(ctx, cfg, seed)
-    net = net.double()
+    net = copy.deepcopy(net).double()  # never change the caller's model
     x_te, y_te = load_dataset("mnist", "test", ctx.data_dir)
     x_te, y_te = x_te[:cfg.n_test].astype(np.float64), y_te[:cfg.n_test]
     sizes = net.sizes

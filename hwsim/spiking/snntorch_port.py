@@ -51,6 +51,16 @@ log = logging.getLogger("eqprop_hwsim.hwsim.spiking")
 __all__ = ["SnnTorchEqProp", "run_snntorch"]
 
 
+def _forget_instance(neuron) -> None:
+    """snntorch appends every neuron to the class-level ``SpikingNeuron.instances`` (used only with
+    ``init_hidden=True``, which this port does not use); drop ours so repeated runs do not leak."""
+    inst = snn.SpikingNeuron.instances
+    for k in range(len(inst) - 1, -1, -1):
+        if inst[k] is neuron:
+            del inst[k]
+            break
+
+
 class SnnTorchEqProp(nn.Module):
     """The spiking network as snntorch ``Leaky`` neurons plus ``nn.Linear`` synapses (float64).
 
@@ -77,6 +87,7 @@ class SnnTorchEqProp(nn.Module):
                                    init_hidden=False).to(torch.float64)
                 neuron.beta.fill_(cfg.beta)  # snntorch stores float32 buffers: restore the float64 values
                 neuron.threshold.fill_(cfg.v_threshold)
+                _forget_instance(neuron)
                 self.neurons.append(neuron)
             for i in range(len(params.weights) - 1):
                 w_up = params.weights[i + 1]  # (n_{i+1}, n_i)

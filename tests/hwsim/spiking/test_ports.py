@@ -189,3 +189,13 @@ def test_track42_passes_and_fails_when_feedback_dropped_or_brian2_weights_differ
 
     passed, rows, _ = _track42(tmp_path / "b2", brian2_transform=other_weights)
     assert not passed and not rows["snntorch_brian2_agreement"] and rows["acc_gap_t64"]
+
+
+def test_snntorch_port_does_not_leak_global_neuron_instances():
+    import snntorch as snn
+
+    before = len(snn.SpikingNeuron.instances)
+    params = SpikingParams((np.ones((3, 4)),), (np.zeros(3),), SpikingConfig(n_steps=3))
+    for _ in range(3):
+        run_snntorch(params, np.ones((1, 4)))
+    assert len(snn.SpikingNeuron.instances) == before
