@@ -230,11 +230,66 @@ def exact_dtype(bound: int):
     return np.int64
 
 
-def exact_matmul(a: np.ndarray, bt_by_dtype: dict, dtype) -> np.ndarray:
-    """``a @ bt`` of integer-valued arrays in ``dtype`` (float BLAS, exact by the caller's bound)."""
+# Thin products (few outputs or few inputs per output) run in numba: BLAS is slow on such shapes.
+# fastmath reassociation is safe here: every partial sum, in any order, is an integer below the
+# exactness bound of the dtype (2**24 / 2**53), so any summation order gives the same exact result.
+THIN_MAX = 64  # a product is thin when n_out <= THIN_MAX or n_in <= THIN_MAX
+_EXACT_FLAGS = {"reassoc", "contract"}
+
+
+def _matmul_rowdot(a, w):
+    """``a @ w.T`` for (B, K) x (n, K) with small ``n``: one contiguous dot product per output."""
+    B, K = a.shape
+    n = w.shape[0]
+    out = np.empty((B, n), dtype=a.dtype)
+    for b in numba.prange(B):
+        for j in range(n):
+            acc = a[b, 0] * 0  # zero of a's dtype
+            for i in range(K):
+                acc += a[b, i] * w[j, i]
+            out[b, j] = acc
+    return out
+
+
+def _matmul_axpy(a, wt):
+    """``a @ wt`` for (B, K) x (K, n) with small ``K``: rows accumulated as axpy over the outputs."""
+    B, K = a.shape
+    n = wt.shape[1]
+    out = np.zeros((B, n), dtype=a.dtype)
+    for b in numba.prange(B):
+        for k in range(K):
+            v = a[b, k]
+            if v != 0:
+                for j in range(n):
+                    out[b, j] += v * wt[k, j]
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _thin_kernel(kind: str, parallel: bool):
+    fn = _matmul_rowdot if kind == "rowdot" else _matmul_axpy
+    return numba.njit(cache=True, parallel=parallel, fastmath=_EXACT_FLAGS)(fn)
+
+
+def exact_matmul(a: np.ndarray, w_by_dtype: dict, dtype, parallel: bool = False) -> np.ndarray:
+    """``a @ W.T`` of integer-valued arrays, exact when ``dtype`` passes :func:`exact_dtype` for the bound.
+
+    Args:
+        a: (B, K) integer-valued states/inputs (any numeric dtype).
+        w_by_dtype: ``{dtype: (W (n, K), W.T (K, n))}`` contiguous copies (see ``FixedPointMLP``).
+        dtype: ``np.float32``, ``np.float64`` (float arithmetic, exact by the bound) or ``np.int64``.
+        parallel: threaded numba kernels for thin shapes.
+    """
+    w, wt = w_by_dtype[dtype]
     if dtype is np.int64:
-        return matmul_int64(a.astype(np.int64, copy=False), bt_by_dtype[np.int64])
-    return a.astype(dtype, copy=False) @ bt_by_dtype[dtype]
+        return matmul_int64(a.astype(np.int64, copy=False), wt)
+    a = np.ascontiguousarray(a, dtype=dtype)
+    n, k = w.shape
+    if n <= THIN_MAX and a.shape[0] and k:
+        return _thin_kernel("rowdot", parallel)(a, w)
+    if k <= THIN_MAX and a.shape[0] and n:
+        return _thin_kernel("axpy", parallel)(a, wt)
+    return a @ wt
 
 
 # ------------------------------------------------------------------------------- diagnostics
@@ -326,7 +381,7 @@ class FixedPointMLP:
             raise ValueError(f"got {len(w_codes)} weight, {len(bias_codes)} bias, {len(fwd_requant)} requant, "
                              f"{len(fb_codes)} feedback tensors; expected L >= 1, L, L, L-1, L-1")
         self.spec, self.update, self.cost = spec, update, cost
-        self.one_code = spec.state.code_of(1.0) if _representable(spec) else None
+        self.one_code = spec.state.code_of(1.0)  # representable: checked by check_spec
         wf = spec.weights
         self.w_codes = [np.asarray(w, dtype=np.int64) for w in w_codes]
         self.sizes = (self.w_codes[0].shape[1],) + tuple(w.shape[0] for w in self.w_codes)
@@ -361,8 +416,8 @@ class FixedPointMLP:
 
     @staticmethod
     def _by_dtype(w: np.ndarray) -> dict:
-        wt = np.ascontiguousarray(w.T)
-        return {np.float32: wt.astype(np.float32), np.float64: wt.astype(np.float64), np.int64: wt}
+        return {dt: (np.ascontiguousarray(w, dtype=dt), np.ascontiguousarray(w.T, dtype=dt))
+                for dt in (np.float32, np.float64, np.int64)}
 
     # ------------------------------------------------------------------------ construction
     @classmethod
@@ -495,9 +550,8 @@ class FixedPointMLP:
         hid_bounds = [self._fwd_rowsum[i] * self.one_code for i in range(1, L)]
         hid_bounds += [r * self.one_code for r in self._fb_rowsum]
         sdt = exact_dtype(max(hid_bounds, default=0))
-        xmax = int(x.max(initial=0))
-        ddt = exact_dtype(self._fwd_rowsum[0] * max(xmax, 0) if x.min(initial=0) >= 0
-                          else self._fwd_rowsum[0] * int(np.abs(x).max(initial=0)))
+        ddt = exact_dtype(self._fwd_rowsum[0] * int(np.abs(x).max(initial=0)))
+        log.debug("exact products: drive in %s, hidden products in %s", ddt.__name__, sdt.__name__)
         drive = exact_matmul(x, self._fwd_t[0], ddt)  # (B, n_0), computed once per phase
         det = rmode != 2
 
@@ -533,10 +587,11 @@ class FixedPointMLP:
                     if i == 0:
                         fwd = pre if det else fwd_term(0, drive, step)[0]
                     else:
-                        fwd, k = fwd_term(i, exact_matmul(src[i - 1], self._fwd_t[i], sdt), step)
+                        acc = exact_matmul(src[i - 1], self._fwd_t[i], sdt, par(self.sizes[i + 1]))
+                        fwd, k = fwd_term(i, acc, step)
                         n_over[i] += k
                     has_fb = i + 1 < L
-                    acc_b = exact_matmul(src[i + 1], self._fb_t[i], sdt) if has_fb else dummy
+                    acc_b = exact_matmul(src[i + 1], self._fb_t[i], sdt, par(self.sizes[i + 1])) if has_fb else dummy
                     mb, sb = self.fb_requant[i] if has_fb else self.fwd_requant[i]
                     nudge = i == L - 1 and bm != 0
                     out = np.empty((B, self.sizes[i + 1]), dtype=sdt)

@@ -209,16 +209,18 @@ def test_feedback_codes_per_tensor_symmetric_per_channel_close():
         assert np.all(np.abs(q.dequantize() - w_t) <= q.scale / 2 * (1 + 1e-12))
 
 
-def test_exact_matmul_all_dtypes_agree():
+@pytest.mark.parametrize("n_out,n_in", [(10, 784), (200, 10), (100, 100)])  # rowdot, axpy, BLAS
+def test_exact_matmul_all_paths_agree(n_out, n_in):
     rs = np.random.RandomState(0)
-    a = rs.randint(0, 129, size=(7, 784))
-    w = rs.randint(-127, 128, size=(20, 784))
-    ref = a @ w.T
-    by = {np.float32: w.T.astype(np.float32), np.float64: w.T.astype(np.float64), np.int64: np.ascontiguousarray(w.T)}
-    bound = int(np.abs(w).sum(1).max()) * 128
-    assert exact_dtype(bound) is np.float32
+    a = rs.randint(0, 129, size=(7, n_in))
+    w = rs.randint(-127, 128, size=(n_out, n_in))
+    ref = a @ w.T  # numpy int64: exact
+    by = FixedPointMLP._by_dtype(w)
+    assert exact_dtype(int(np.abs(w).sum(1).max()) * 128) is np.float32
     for dt in (np.float32, np.float64, np.int64):
-        np.testing.assert_array_equal(exact_matmul(a, by, dt).astype(np.int64), ref)
+        for parallel in (False, True):
+            got = exact_matmul(a.astype(np.float32), by, dt, parallel)
+            assert np.array_equal(got.astype(np.int64), ref), (dt, parallel)
     np.testing.assert_array_equal(matmul_int64(a, np.ascontiguousarray(w.T)), ref)
 
 
