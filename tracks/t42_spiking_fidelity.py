@@ -23,7 +23,7 @@ Procedure (seed ``ctx.seeds[0]``):
 ``n_brian``, ``hidden``, ``epochs``, ``steps`` (tuple of T), ``snn_transform`` /
 ``brian2_transform`` (callables ``SpikingParams -> SpikingParams`` applied to the parameters given
 to the snntorch accuracy path / to Brian2: how a test breaks a path), ``poisson`` (bool: also run
-Poisson input at T=64; default on in full mode).
+Poisson input at T=64, accuracy and Brian2 agreement on up to 5 images; default on in full mode).
 """
 from __future__ import annotations
 
@@ -215,6 +215,11 @@ def run(ctx: TrackContext) -> TrackResult:
                              x_te, progress=ctx.progress)
         metrics["snn_acc_t64_poisson"] = float((rec_p.predict() == y_te).mean())
         metrics["synops_per_inference_poisson"] = float(synops_per_sample(rec_p, sizes).mean())
+        n_pb = min(5, cfg.n_brian)  # Poisson trains from quant.rng counters: same spikes in both
+        p_pois = snn_tf(SpikingParams.from_model(net, cfg64.replace(input="poisson", seed=seed)))
+        rec_pb = run_brian2(b2_tf(p_pois), x_te[:n_pb], progress=ctx.progress)
+        metrics["snntorch_brian2_agreement_poisson"] = float(np.concatenate(
+            [(a[:n_pb] == b).ravel() for a, b in zip(rec_p.counts, rec_pb.counts)]).mean())
     notes += [
         f"float reference: {FLOAT_STEPS} free-phase sweeps, float64; test slice {cfg.n_test} images",
         "agreement = fraction of (image, neuron) spike counts identical in snntorch and Brian2 at T=64 "
