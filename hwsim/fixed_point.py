@@ -16,9 +16,10 @@ is the bias in forward-accumulator LSBs. Stochastic rounding draws
 ``quant.rng.uniform_u24(seed, step_offset + t, 4 * l + kind, b * n_l + j)`` with ``kind`` 0
 (forward), 1 (feedback), 2 (nudge).
 
-Products are computed in float32 / float64 BLAS when a per-row bound proves every partial sum is an
-exact integer (``sum_i |Wq[j, i]| * max code < 2**24`` resp. ``2**53``), else in int64 numba loops;
-rounding, overflow, clamp and the settling diagnostics run in numba kernels (pure functions).
+Products are computed in float32 / float64 (BLAS, or numba loops for thin shapes) when a per-row
+bound proves every partial sum is an exact integer (``sum_i |Wq[j, i]| * max code <= 2**24`` resp.
+``2**53``), else in int64 numba loops; rounding, overflow, clamp and the settling diagnostics run in
+numba kernels (pure functions, specialised per layer role; threaded for large layers).
 
 >>> import torch, quant
 >>> from models.eqprop_mlp import EqPropMLP, EqPropConfig
