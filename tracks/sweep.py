@@ -54,12 +54,28 @@ NOISE_KINDS = ("prog", "read", "drift", "stuck")
 
 
 # ------------------------------------------------------------------------ trained model
+def _eqprop_grads_fixed_steps(net: EqPropMLP, x, y, beta: float, n_free: int, n_nudge: int) -> dict[str, torch.Tensor]:
+    """Symmetric EqProp estimate with a fixed number of sweeps of ``net.step`` (the model's own
+    dynamics, without the solver's per-step diagnostics, which dominate the cost of small nets)."""
+    drive = net.drive(x)
+    s = net.zero_state(x.shape[0], x)
+    for _ in range(n_free):
+        s = net.step(s, drive)
+    s1, s2 = s, s
+    for _ in range(n_nudge):
+        s1 = net.step(s1, drive, -beta, y)
+        s2 = net.step(s2, drive, beta, y)
+    return net.contrast(x, s1, s2, -beta, beta)
+
+
 def train_mlp(sizes: Sequence[int], x: torch.Tensor, y: torch.Tensor, *, epochs: int = 1, lr: Sequence[float] = (0.1, 0.05),
               beta: float = 0.5, batch_size: int = 100, n_free_steps: int = 20, n_nudge_steps: int = 8,
               seed: int = 0, progress: bool = False) -> EqPropMLP:
     """Train an :class:`EqPropMLP` (MSE cost, async) with symmetric-nudging EqProp and plain SGD.
 
-    ``theta_i <- theta_i - lr_i * g_i`` with ``g`` from :meth:`EqPropMLP.eqprop_grads`; ``lr`` is
+    ``theta_i <- theta_i - lr_i * g_i`` with ``g`` the symmetric EqProp estimate
+    (:meth:`EqPropMLP.contrast` of the ``-beta`` / ``+beta`` states after ``n_free_steps`` free and
+    ``n_nudge_steps`` nudged sweeps, as :meth:`EqPropMLP.eqprop_grads` computes it); ``lr`` is
     per layer (the last value repeats). float32, CPU.
     """
     if x.ndim != 2 or x.shape[1] != sizes[0] or x.shape[0] != y.shape[0]:
@@ -75,9 +91,8 @@ def train_mlp(sizes: Sequence[int], x: torch.Tensor, y: torch.Tensor, *, epochs:
             perm = torch.randperm(n, generator=gen)
             for a in range(0, n, batch_size):
                 idx = perm[a:a + batch_size]
-                g = net.eqprop_grads(x[idx], y[idx], beta=beta, mode="symmetric",
-                                     n_free_steps=n_free_steps, n_nudge_steps=n_nudge_steps)
                 with torch.no_grad():
+                    g = _eqprop_grads_fixed_steps(net, x[idx], y[idx], beta, n_free_steps, n_nudge_steps)
                     for i, lin in enumerate(net.layers):
                         lin.weight -= lrs[i] * g[f"layers.{i}.weight"]
                         lin.bias -= lrs[i] * g[f"layers.{i}.bias"]
@@ -251,6 +266,10 @@ def run_sweep(points: Sequence[SweepPoint], evaluate: Callable[[dict, dict], dic
     if not resume and out_path.exists():
         out_path.unlink()
     done = {r["key"]: r for r in read_jsonl(out_path) if "key" in r}
+    if out_path.exists():  # rewrite the valid records: drops a truncated last line before appending
+        tmp = out_path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+        os.replace(tmp, out_path)
     todo = [p for p in points if p.key not in done]
     log.info("sweep %s: %d points, %d already done, %d to run (jobs=%d)", out_path, len(points), len(points) - len(todo), len(todo), jobs)
     with open(out_path, "a") as fh, tqdm(total=len(todo), disable=not progress, desc="sweep") as bar:
@@ -362,3 +381,45 @@ def sweep_command(*, kinds: Sequence[str] = ("prog",), levels: Sequence[float] =
     plots = [str(plot_sweep(rows, k, out / f"sweep_{k}.png")) for k in dict.fromkeys(kinds)]
     (out / "summary.json").write_text(json.dumps({"context": context, "summary": rows}, indent=2))
     return {"records": records, "summary": rows, "plots": plots, "model": str(model)}
+
+
+# ------------------------------------------------------------------------ shared by tracks 17 and 3
+class torch_threads:
+    """Context manager: ``torch.set_num_threads(n)`` inside, the previous value restored after.
+
+    On a shared, oversubscribed CPU the small matmuls of these nets run up to 50x faster on one
+    thread than on two spinning OpenMP threads (measured on the dev machine under load 17).
+    """
+
+    def __init__(self, n: int = 1):
+        self.n, self.old = n, None
+
+    def __enter__(self):
+        self.old = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.old)
+        return False
+
+
+QUICK_MODEL = {"sizes": (784, 64, 10), "n_train": 5000, "epochs": 2, "lr": (0.2, 0.1)}
+FULL_MODEL = {"sizes": (784, 256, 10), "n_train": 20000, "epochs": 3, "lr": (0.2, 0.1)}
+
+
+def track_model(ctx, *, quick: bool | None = None) -> tuple[EqPropMLP, Path, dict[str, Any]]:
+    """The float model the analog tracks program: trained once per run dir (``ctx.out_dir/cache``).
+
+    ``ctx.overrides["model"]`` may change any key of :data:`QUICK_MODEL` / :data:`FULL_MODEL`.
+    Returns ``(net float32, path, settings)``.
+    """
+    from tracks.data import load_dataset
+    quick = ctx.quick if quick is None else quick
+    settings = {**(QUICK_MODEL if quick else FULL_MODEL), **ctx.overrides.get("model", {})}
+    x, y = load_dataset("mnist", "train", data_dir=ctx.data_dir)
+    n = int(settings["n_train"])
+    x, y = torch.as_tensor(np.asarray(x[:n])), torch.as_tensor(np.asarray(y[:n]))
+    net, path = cached_mlp(Path(ctx.out_dir) / "cache", settings["sizes"], x, y, progress=ctx.progress,
+                           epochs=int(settings["epochs"]), lr=tuple(settings["lr"]))
+    return net, path, settings
