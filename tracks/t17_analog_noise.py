@@ -16,7 +16,8 @@ points (the noise was really injected: a bypassed noise path gives 0 and fails);
 cosine at the best beta ``>= 0.9`` (the analog EqProp estimate is a gradient at all).
 
 Overrides (``ctx.overrides``): ``disable_noise`` (bypass every noise injection: the failure test),
-``jobs`` (sweep worker processes), ``n_test``, ``model`` (see :func:`tracks.sweep.track_model`).
+``jobs`` (sweep worker processes), ``n_test``, ``precisions``, ``betas``, ``grad_noise``, ``torch_threads``,
+``model`` (see :func:`tracks.sweep.track_model`).
 """
 from __future__ import annotations
 
@@ -123,7 +124,9 @@ def _run(ctx: TrackContext) -> TrackResult:
     net, model_path, settings = track_model(ctx)
     seeds = tuple(ctx.seeds[:1]) if ctx.quick else tuple(ctx.seeds)
     n_test = ov.get("n_test", 1000 if ctx.quick else None)
-    precisions = ("fp32", "int8", "int4")
+    precisions = tuple(ov.get("precisions", ("fp32", "int8", "int4")))
+    if "int8" not in precisions:
+        raise ValueError(f"overrides['precisions']={precisions}: 'int8' is required (the headline metric)")
     out = Path(ctx.out_dir) / "t17"
     base = get_preset("analog_pcm").analog
     context = {"model_path": str(model_path), "data_dir": ctx.data_dir, "dataset": "mnist", "n_test": n_test,
@@ -146,7 +149,9 @@ def _run(ctx: TrackContext) -> TrackResult:
     xtr, ytr = load_dataset("mnist", "train", data_dir=ctx.data_dir)
     nb = 64 if ctx.quick else 200
     xg, yg = torch.as_tensor(np.asarray(xtr[-nb:]), dtype=torch.float64), torch.as_tensor(np.asarray(ytr[-nb:]))
-    grows = gradient_quality(net, xg, yg, betas=BETAS, noise_levels=GRAD_NOISE_QUICK if ctx.quick else GRAD_NOISE_FULL,
+    betas = tuple(ov.get("betas", BETAS))
+    grad_noise = tuple(ov.get("grad_noise", GRAD_NOISE_QUICK if ctx.quick else GRAD_NOISE_FULL))
+    grows = gradient_quality(net, xg, yg, betas=betas, noise_levels=grad_noise,
                              seeds=seeds, n_free_steps=30, n_nudge_steps=15, disable_noise=disable)
     best = {}
     for noise in sorted({r["read_noise"] for r in grows}):
@@ -166,8 +171,7 @@ def _run(ctx: TrackContext) -> TrackResult:
         "acc_chip_int8_clean": by[("prog", "int8", 0.0)]["mean"],
         "acc_drop_prog5": _drop(rows, "prog", "int8", 0.05),
         "acc_drop_prog20": _drop(rows, "prog", "int8", 0.20),
-        "acc_drop_prog5_fp32": _drop(rows, "prog", "fp32", 0.05),
-        "acc_drop_prog5_int4": _drop(rows, "prog", "int4", 0.05),
+        **{f"acc_drop_prog5_{p}": _drop(rows, "prog", p, 0.05) for p in precisions if p != "int8"},
         "acc_drop_read1": _drop(rows, "read", "int8", 0.01),
         "grad_cosine_best_noise0": best[min(best)]["cos_mean"],
         "best_beta_noise0": best[min(best)]["beta"],

@@ -1,0 +1,58 @@
+"""Tracks 17 and 3 on a tiny model and real MNIST slices: metrics and plots are produced, and each
+track FAILS when its noise / fault injection is bypassed through ctx.overrides."""
+import math
+
+import pytest
+
+from tracks import t03_self_healing as t03
+from tracks import t17_analog_noise as t17
+from tracks.base import TrackContext, evaluate
+
+TINY = {"model": {"sizes": (784, 32, 10), "n_train": 2000, "epochs": 1}, "n_test": 300}
+
+
+def _ctx(tmp_path, **ov):
+    return TrackContext(out_dir=tmp_path, quick=True, seeds=(0,), progress=False, overrides={**TINY, **ov})
+
+
+def _crit(rows, metric):
+    return next(r for r in rows if r["metric"] == metric)
+
+
+T17_SMALL = {"precisions": ("int8",), "betas": (0.05, 0.5), "grad_noise": (0.0, 0.02)}
+
+
+def test_t17_injects_noise_and_fails_when_bypassed(tmp_path):
+    res = t17.run(_ctx(tmp_path, **T17_SMALL))
+    _, rows = evaluate(t17.SPEC, res)
+    m = res.metrics
+    assert _crit(rows, "acc_drop_prog20")["passed"], m["prog_curve"]   # 20 % noise measurably hurts
+    assert m["acc_chip_int8_clean"] > 0.5
+    assert [r["level"] for r in m["prog_curve"]] == list(t17.PROG_LEVELS)
+    assert m["grad_cosine_best_noise0"] > 0.9
+    assert all((tmp_path / "plots" / f).stat().st_size > 1000
+               for f in ("t17_prog_noise.png", "t17_read_noise.png", "t17_grad_cosine.png"))
+    broken = t17.run(_ctx(tmp_path, disable_noise=True, **T17_SMALL))
+    passed, rows_b = evaluate(t17.SPEC, broken)
+    assert not passed and not _crit(rows_b, "acc_drop_prog20")["passed"]
+    assert broken.metrics["acc_drop_prog20"] == 0.0
+
+
+def test_t03_faults_hurt_and_track_fails_when_bypassed(tmp_path):
+    ov = {"insitu_steps": 20}
+    res = t03.run(_ctx(tmp_path, **ov))
+    _, rows = evaluate(t03.SPEC, res)
+    m = res.metrics
+    assert _crit(rows, "fault_gap_points")["passed"], m
+    assert abs(m["stuck_fraction_measured"] - 0.10) < 0.01
+    assert [c["step"] for c in m["curve"]][0] == 0 and m["curve"][-1]["step"] == 20
+    assert (tmp_path / "plots" / "t03_self_healing.png").stat().st_size > 1000
+    broken = t03.run(_ctx(tmp_path, disable_noise=True, **ov))
+    passed, rows_b = evaluate(t03.SPEC, broken)
+    assert not passed and not _crit(rows_b, "fault_gap_points")["passed"]
+    assert broken.metrics["stuck_fraction_measured"] == 0.0
+
+
+def test_t03_rejects_bad_override(tmp_path):
+    with pytest.raises(ValueError, match="stuck_frac"):
+        t03.run(_ctx(tmp_path, stuck_frac=1.5))
