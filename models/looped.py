@@ -6,10 +6,12 @@ Dynamics (gate ``g`` in (0, 1])::
     W_eff = c * W_s,  W_s = (W + W^T) / 2 if symmetric else W,
     c = min(1, gamma / sigma(W_s))  (spectral normalisation, ``gamma < 1``; c = 1 without SN)
 
-``sigma`` is tracked by power iteration (one step per training forward, like torch's
-``spectral_norm``). The map is a contraction when ``(1 - g) + g ||W_eff||_2 < 1``, i.e. when
-``||W_eff||_2 < 1``: :meth:`LoopedMLP.lipschitz` returns that bound with the exact 2-norm (SVD), an
-independent check of the power-iteration estimate used inside the layer.
+``sigma`` is the exact spectral norm (SVD) by default, or (``sn_method="power"``) tracked by power
+iteration (converged at construction, then one step per training forward, like torch's
+``spectral_norm``). The map is a contraction when
+``(1 - g) + g ||W_eff||_2 < 1``, i.e. when ``||W_eff||_2 < 1``: :meth:`LoopedMLP.lipschitz` returns
+that bound with the exact 2-norm (SVD) of the operator the layer actually uses, an independent check
+of the power-iteration estimate inside it.
 
 With symmetric weights the fixed point ``h = tanh(W_eff h + U x + b - beta V^T dL/dlogits)`` is a
 stationary point of ``Phi - beta L`` with ``Phi = 0.5 h^T W_eff h + h^T (U x + b)`` (plus the tanh
@@ -48,6 +50,10 @@ class LoopedConfig:
         gate: ``g`` of the damped update.
         spectral_norm: rescale ``W`` so that ``||W_eff||_2 <= sn_gamma``.
         sn_gamma: target bound (< 1 for a contraction).
+        sn_method: ``"exact"`` (sigma by SVD every forward: the bound holds by construction) or
+            ``"power"`` (torch-style power iteration, one step per training forward: cheaper, but
+            it underestimates sigma while the weights move, so the bound can be exceeded; Track 1
+            measures by how much).
         symmetric: use ``(W + W^T)/2`` (EqProp exact).
         init_gain: ``W`` entries ~ N(0, (init_gain / sqrt(n_hidden))^2).
     """
@@ -58,6 +64,7 @@ class LoopedConfig:
     gate: float = 0.5
     spectral_norm: bool = True
     sn_gamma: float = 0.95
+    sn_method: str = "exact"
     symmetric: bool = False
     init_gain: float = 1.0
 
@@ -69,6 +76,8 @@ class LoopedConfig:
             raise ValueError(f"LoopedConfig.gate={self.gate} must be in (0, 1]")
         if not 0 < self.sn_gamma:
             raise ValueError(f"LoopedConfig.sn_gamma={self.sn_gamma} must be > 0")
+        if self.sn_method not in ("exact", "power"):
+            raise ValueError(f"LoopedConfig.sn_method={self.sn_method!r}; allowed: ('exact', 'power')")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,6 +91,10 @@ class LoopedConfig:
 
 
 class LoopedMLP(nn.Module):
+    N_POWER_INIT = 100
+    """Power iterations at construction (torch's spectral_norm uses 15; random square matrices have
+    close top singular values, so more are needed for the estimate to bound the norm)."""
+
     def __init__(self, config: LoopedConfig | None = None, seed: int | None = None):
         super().__init__()
         self.config = c = config or LoopedConfig()
@@ -97,6 +110,9 @@ class LoopedMLP(nn.Module):
             self.W.normal_(0.0, c.init_gain / math.sqrt(c.n_hidden), generator=gen)
         u = torch.randn(c.n_hidden, generator=gen)
         self.register_buffer("_u", u / u.norm())
+        # like torch's spectral_norm, converge the power iteration at construction; afterwards one
+        # step per training forward tracks the slowly changing weights
+        self.sigma_power(n_iter=self.N_POWER_INIT, update=True)
 
     # --------------------------------------------------------------- weights
     def _w_sym(self) -> torch.Tensor:
@@ -118,20 +134,22 @@ class LoopedMLP(nn.Module):
         w = self._w_sym()
         if not self.config.spectral_norm:
             return w
-        sigma = self.sigma_power(n_iter=1, update=self.training)
+        if self.config.sn_method == "exact":
+            sigma = torch.linalg.matrix_norm(w, ord=2)
+        else:
+            sigma = self.sigma_power(n_iter=1, update=self.training)
         return w * torch.clamp(self.config.sn_gamma / sigma, max=1.0)
 
     @torch.no_grad()
     def lipschitz(self) -> float:
-        """``(1-g) + g ||W_eff||_2`` with the exact spectral norm (SVD); < 1 means contraction.
-
-        Uses a 20-step power iteration inside ``W_eff`` (not the 1-step training estimate) and the
-        exact norm outside it.
-        """
-        w = self._w_sym()
-        if self.config.spectral_norm:
-            sigma = self.sigma_power(n_iter=20)
-            w = w * min(1.0, self.config.sn_gamma / float(sigma))
+        """``(1-g) + g ||W_eff||_2`` of the operator the layer uses now (its power-iteration
+        estimate inside ``W_eff``), with the exact spectral norm (SVD); < 1 means contraction."""
+        was = self.training
+        self.eval()
+        try:
+            w = self.w_eff()
+        finally:
+            self.train(was)
         g = self.config.gate
         return (1 - g) + g * float(torch.linalg.matrix_norm(w.double(), ord=2))
 
