@@ -18,8 +18,8 @@ NOISY_SIM = AnalogSimConfig(prog_noise_model="pcm_poly", t_inference_s=100.0, dr
                             drift_compensation=True, update_noise_std=0.1)
 
 
-def _net(sizes=(12, 9, 7, 4), seed=0):
-    return EqPropMLP(EqPropConfig(sizes=sizes), seed=seed).double()
+def _net(sizes=(12, 9, 7, 4), seed=0, update="async"):
+    return EqPropMLP(EqPropConfig(sizes=sizes, update=update), seed=seed).double()
 
 
 def _data(b=6, n=12, k=4, seed=1):
@@ -27,8 +27,9 @@ def _data(b=6, n=12, k=4, seed=1):
     return torch.rand(b, n, generator=g, dtype=torch.float64), torch.randint(0, k, (b,), generator=g)
 
 
-def test_noiseless_chip_matches_model_free_and_nudged():
-    net = _net()
+@pytest.mark.parametrize("update", ["async", "sync"])
+def test_noiseless_chip_matches_model_free_and_nudged(update):
+    net = _net(update=update)
     x, y = _data()
     chip = AnalogCrossbarMLP(net, AnalogSpec(), seed=0)
     s = chip.relax(x, n_steps=25)
