@@ -172,6 +172,79 @@ def run_main(argv: list[str]) -> int:
     return EXIT_OK if suite.passed else EXIT_FAILED
 
 
+def _export_main(argv: list[str]) -> int:
+    """``run_suite.py export --checkpoint PATH --spec int8 --out model.onnx [--format int|qdq|float]``."""
+    p = argparse.ArgumentParser(prog="run_suite.py export",
+                                description="Export a trained EqPropMLP checkpoint to ONNX under a hardware spec.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by training (models.checkpoint)")
+    p.add_argument("--spec", required=True, help="preset name (fp32, int8, int4, ternary) or a HardwareSpec .json")
+    p.add_argument("--out", required=True, help="output .onnx path (never overwritten unless --overwrite)")
+    p.add_argument("--format", dest="fmt", choices=("float", "qdq", "int"), default="int",
+                   help="float graph, QDQ graph, or integer-only graph (default: int)")
+    p.add_argument("--steps", type=int, default=30, help="relaxation steps T (default 30)")
+    p.add_argument("--loop", action="store_true", help="export the relaxation as an ONNX Loop (default: unrolled)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--verify", type=int, default=0, metavar="N",
+                   help="verify the file in onnxruntime on the first N MNIST test images")
+    p.add_argument("--data-dir", help="data root for --verify")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:
+        return EXIT_USAGE if e.code else EXIT_OK
+    from tracks.commands import export_model
+    try:
+        info = export_model(args.checkpoint, args.spec, args.out, fmt=args.fmt, n_steps=args.steps, loop=args.loop,
+                            overwrite=args.overwrite, verify_n=args.verify, data_dir=args.data_dir)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        return _usage_error(str(e))
+    print(f"wrote {info['path']} ({info['bytes']} bytes, spec {info['spec']})")
+    if "verify" in info:
+        print("verification:", {k: v for k, v in info["verify"].items() if not isinstance(v, (list, dict))})
+        if not info["verify"].get("passed", False):
+            print("verification FAILED", file=sys.stderr)
+            return EXIT_FAILED
+    return EXIT_OK
+
+
+def _floats(s: str) -> list[float]:
+    return [float(v) for v in s.split(",") if v]
+
+
+def _sweep_main(argv: list[str]) -> int:
+    """``run_suite.py sweep --kinds prog,read --levels 0,0.02,0.05 --precisions int8,int4 --jobs 2``."""
+    p = argparse.ArgumentParser(prog="run_suite.py sweep",
+                                description="Analog noise sweep: accuracy vs noise kind x level x precision x seed "
+                                            "(resumable; appends to OUT/sweep.jsonl).")
+    p.add_argument("--kinds", default="prog", help="comma list of noise kinds (default prog)")
+    p.add_argument("--levels", default="0,0.01,0.02,0.05,0.1,0.2", help="comma list of noise levels")
+    p.add_argument("--precisions", default="fp32,int8,int4", help="comma list of weight precisions")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--out", default="runs/sweep", help="sweep folder (resumed if it exists)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel processes")
+    p.add_argument("--no-resume", action="store_true", help="refuse to reuse an existing sweep.jsonl")
+    p.add_argument("--model", help="model file (default: train one and cache it under OUT/cache)")
+    p.add_argument("--n-test", type=int, default=None, help="test images per point (default all 10k)")
+    p.add_argument("--data-dir")
+    p.add_argument("--no-progress", action="store_true")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:
+        return EXIT_USAGE if e.code else EXIT_OK
+    from tracks.commands import sweep
+    try:
+        res = sweep(kinds=args.kinds.split(","), levels=_floats(args.levels), precisions=args.precisions.split(","),
+                    seeds=args.seeds, out=args.out, jobs=args.jobs, resume=not args.no_resume, model=args.model,
+                    n_test=args.n_test, data_dir=args.data_dir, progress=not args.no_progress)
+    except (ValueError, FileExistsError) as e:
+        return _usage_error(str(e))
+    print(f"{len(res['records'])} points; plots: {', '.join(map(str, res['plots']))}")
+    return EXIT_OK
+
+
+SUBCOMMANDS["export"] = _export_main
+SUBCOMMANDS["sweep"] = _sweep_main
+
+
 def main(argv: list[str] | None = None) -> int:
     """Dispatch ``argv[0]`` to a subcommand in ``SUBCOMMANDS``, else run :func:`run_main`."""
     argv = list(sys.argv[1:] if argv is None else argv)
