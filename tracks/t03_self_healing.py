@@ -15,7 +15,7 @@ Criteria: ``recovered_fraction >= 0.5``; ``fault_gap_points >= 2`` (the faults r
 the fault injection bypassed the gap is ~0 and the track fails).
 
 Overrides: ``disable_noise`` (bypass fault and drift injection: the failure test), ``stuck_frac``,
-``insitu_steps``, ``lr``, ``beta``, ``control`` (also run the in-situ steps on the fault-free
+``insitu_steps``, ``eval_every``, ``lr``, ``beta``, ``control`` (also run the in-situ steps on the fault-free
 chip, ``acc_clean_after_insitu``; default on in full runs), ``n_test``, ``model`` (see :func:`tracks.sweep.track_model`).
 """
 from __future__ import annotations
@@ -136,7 +136,9 @@ def _run(ctx: TrackContext) -> TrackResult:
     seeds = tuple(ctx.seeds[:1]) if ctx.quick else tuple(ctx.seeds)
     n_test = ov.get("n_test", 1000 if ctx.quick else 10000)
     steps = int(ov.get("insitu_steps", 60 if ctx.quick else 400))
-    eval_every = max(1, steps // (6 if ctx.quick else 10))
+    eval_every = int(ov.get("eval_every", max(1, steps // (6 if ctx.quick else 10))))
+    if steps < 1 or eval_every < 1:
+        raise ValueError(f"insitu_steps={steps}, eval_every={eval_every} are invalid; allowed: ints >= 1")
     lr = tuple(ov.get("lr", settings["lr"]))
     beta = float(ov.get("beta", 0.5))
     xte, yte = load_dataset("mnist", "test", data_dir=ctx.data_dir)

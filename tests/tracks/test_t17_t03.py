@@ -39,15 +39,14 @@ def test_t17_injects_noise_and_fails_when_bypassed(tmp_path):
 
 
 def test_t03_faults_hurt_and_track_fails_when_bypassed(tmp_path):
-    ov = {"insitu_steps": 20}
-    res = t03.run(_ctx(tmp_path, **ov))
+    res = t03.run(_ctx(tmp_path, insitu_steps=10, eval_every=5))
     _, rows = evaluate(t03.SPEC, res)
     m = res.metrics
     assert _crit(rows, "fault_gap_points")["passed"], m
     assert abs(m["stuck_fraction_measured"] - 0.10) < 0.01
-    assert [c["step"] for c in m["curve"]][0] == 0 and m["curve"][-1]["step"] == 20
+    assert [c["step"] for c in m["curve"]][0] == 0 and m["curve"][-1]["step"] == 10
     assert (tmp_path / "plots" / "t03_self_healing.png").stat().st_size > 1000
-    broken = t03.run(_ctx(tmp_path, disable_noise=True, **ov))
+    broken = t03.run(_ctx(tmp_path, disable_noise=True, insitu_steps=2, eval_every=2))
     passed, rows_b = evaluate(t03.SPEC, broken)
     assert not passed and not _crit(rows_b, "fault_gap_points")["passed"]
     assert broken.metrics["stuck_fraction_measured"] == 0.0
