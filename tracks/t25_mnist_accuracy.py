@@ -30,6 +30,7 @@ inject a broken component, e.g. an EqProp estimate without its nudged phase).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from pathlib import Path
@@ -68,6 +69,8 @@ QUICK = dict(n_train=2000, n_val=500, n_test=2000, epochs=3)
 FULL_EPOCHS = FULL["epochs"]
 REQUIRED_FULL = {"mnist": 0.97, "fmnist": 0.85, "mnist_gap": 0.01}
 REQUIRED_QUICK = {"mnist": 0.80, "fmnist": 0.65, "mnist_gap": 0.05}
+TRAIN_THREADS = 1  # batch-100 sweeps are too small for intra-op threads; on a shared machine OpenMP
+#                    worker spin-waiting multiplied CPU time several-fold (measured under load)
 _OVERRIDES = {"datasets", "methods", "n_train", "n_val", "n_test", "epochs", "net_hook"}
 
 
@@ -87,6 +90,17 @@ def mean_ci95(values: list[float]) -> tuple[float, float | None]:
     return float(v.mean()), float(t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """Run with ``torch.set_num_threads(n)``, restoring the caller's setting afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def _train_one(ds: str, method: str, seed: int, data: dict[str, torch.Tensor], epochs: int, ctx: TrackContext,
                hook: Callable | None, ckpt_dir: Path) -> dict[str, Any]:
     prefix = DATASETS[ds]
@@ -94,9 +108,10 @@ def _train_one(ds: str, method: str, seed: int, data: dict[str, torch.Tensor], e
     net = EqPropMLP(EqPropConfig(sizes=SIZES), seed=seed)
     if hook is not None:
         hook(net, method)
-    hist = train(net, data["x_tr"], data["y_tr"], cfg, x_val=data["x_val"], y_val=data["y_val"],
-                 progress=ctx.progress)
-    acc = evaluate(net, data["x_te"], data["y_te"], cfg.eval_steps or cfg.n_free_steps)
+    with _torch_threads(TRAIN_THREADS):
+        hist = train(net, data["x_tr"], data["y_tr"], cfg, x_val=data["x_val"], y_val=data["y_val"],
+                     progress=ctx.progress)
+        acc = evaluate(net, data["x_te"], data["y_te"], cfg.eval_steps or cfg.n_free_steps)
     path = ckpt_dir / f"t25_{ds}_{method}_seed{seed}.pt"
     save_checkpoint(path, net, train_config=cfg.to_dict(), epoch=epochs,
                     metrics={"history": hist, "test_acc": acc, "dataset": ds, "n_test": len(data["y_te"])})

@@ -5,20 +5,21 @@ Claim: EqProp's training step needs memory independent of the number of relaxati
 grows linearly in ``T``.
 
 Measurement (measured, not a formula). A fresh Python subprocess (``torch.set_num_threads(1)``) is
-started with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc serves every buffer of 64 KiB or more
-(all batch-sized activations and weight-sized gradients) by ``mmap`` and returns it to the kernel on
-free: the resident set size then follows the live bytes. For each (method, T), after one warm-up
-step (autograd engine, thread pool and lazy initialisation) and ``gc.collect()``, the process resets
-its peak RSS (``echo 5 > /proc/self/clear_refs``), reads ``VmRSS`` (baseline: imports, data, model),
+started with ``MALLOC_MMAP_THRESHOLD_=65536`` (and heap trimming at once, one arena) so that glibc
+serves every buffer of 64 KiB or more (all batch-sized activations and weight-sized gradients) by
+``mmap`` and returns it to the kernel on free: the resident set size then follows the live bytes.
+For each (method, T), after one warm-up step (autograd engine, thread pool and lazy initialisation),
+building the network and optimizer, and ``gc.collect()``, the process resets its peak RSS
+(``echo 5 > /proc/self/clear_refs``), reads it (baseline: imports, data, model, optimizer),
 runs **one** training step (``models.train.compute_grads`` + ``SGD.step`` on a real MNIST batch)
 and reads ``VmHWM``; the step memory is ``VmHWM - baseline``. Every (method, T) is measured in
-``repeats`` fresh subprocesses (order rotated) and the median is kept. torch's CPU allocator has no
+``repeats`` fresh subprocesses (one measurement per process) and the median is kept. torch's CPU allocator has no
 caching and no statistics API (``torch.cuda.max_memory_allocated`` is CUDA only) and tracemalloc
 does not see torch's buffers, hence RSS.
 
 Setting: EqPropMLP 784-512-10, symmetric EqProp (free phase ``T`` sweeps, two nudged phases of
 ``T2 = 10``) vs BPTT through the ``T`` free sweeps; ``T`` in {10, 30, 100, 300}; batch 100 (quick:
-T in {10, 30, 100}, one subprocess). At batch 100 BPTT keeps roughly 0.4 MB per sweep (the 100x512
+T in {10, 30, 100}, one repeat). At batch 100 BPTT keeps roughly 0.4 MB per sweep (the 100x512
 pre-activation and state), 12 MB at T=30, far above the page-granular noise of a few hundred KB.
 
 Metrics: ``mem_ratio_t30`` (EqProp / BPTT step bytes at T=30), ``eqprop_mem_growth`` (max / min over
@@ -56,7 +57,7 @@ SPEC = TrackSpec(
            "grows linearly; at T=30 EqProp needs at most half of BPTT's step memory."),
     criteria=(Criterion("mem_ratio_t30", "<=", 0.5), Criterion("eqprop_mem_growth", "<=", 1.2)),
     est_seconds_full=90.0,
-    est_seconds_quick=25.0,
+    est_seconds_quick=30.0,
 )
 
 SIZES = (784, 512, 10)
@@ -68,6 +69,9 @@ BETA = 0.5
 REPEATS_FULL = 3
 REPEATS_QUICK = 1
 MMAP_THRESHOLD = 65536
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_TOP_PAD_": "0",
+              "MALLOC_ARENA_MAX": "1"}
+"""glibc tunables of the probe process: big buffers mmapped, freed heap memory trimmed at once."""
 EQPROP_VARIANTS = ("standard", "keep_trajectory")
 _OVERRIDES = {"t_values", "batch_size", "repeats", "eqprop_variant"}
 
@@ -80,7 +84,8 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field} line")
 
 
-def _one_step(method: str, n_steps: int, x, y, seed: int, variant: str) -> None:
+def _make_step(method: str, n_steps: int, x, y, seed: int, variant: str):
+    """Build the network, optimizer and config; return a closure doing one training step."""
     import torch
 
     from models.eqprop_mlp import EqPropConfig, EqPropMLP
@@ -90,8 +95,8 @@ def _one_step(method: str, n_steps: int, x, y, seed: int, variant: str) -> None:
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     cfg = TrainConfig(method=method, batch_size=x.shape[0], beta=BETA, nudging="symmetric", momentum=0.0,
                       n_free_steps=n_steps, n_nudge_steps=N_NUDGE_STEPS)
-    kept: list = []
     if variant == "keep_trajectory":
+        kept: list = []
         base_step = net.step
 
         def step(s, drive, beta=0.0, y=None):
@@ -100,10 +105,20 @@ def _one_step(method: str, n_steps: int, x, y, seed: int, variant: str) -> None:
             return out
 
         net.step = step  # instance attribute: relax() calls self.step
-    grads, _ = compute_grads(net, x, y, cfg)
-    for k, p in net.named_parameters():
-        p.grad = grads[k]
-    opt.step()
+
+    def one_step() -> None:
+        if variant == "keep_trajectory":
+            kept.clear()
+        grads, _ = compute_grads(net, x, y, cfg)
+        for k, p in net.named_parameters():
+            p.grad = grads[k]
+        opt.step()
+        for p in net.parameters():
+            p.grad = None
+        if variant == "keep_trajectory":
+            kept.clear()
+
+    return one_step
 
 
 def probe(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -123,17 +138,17 @@ def probe(spec: dict[str, Any]) -> list[dict[str, Any]]:
     d = np.load(spec["data"])
     x, y = torch.from_numpy(d["x"]), torch.from_numpy(d["y"])
     for method in ("eqprop", "bptt"):  # warm-up at the real batch shape: lazy initialisation of both paths
-        _one_step(method, 2, x, y, spec["seed"], "standard")
+        _make_step(method, 2, x, y, spec["seed"], "standard")()
     rows = []
     for method, n_steps in spec["jobs"]:
+        one_step = _make_step(method, n_steps, x, y, spec["seed"], spec["variant"] if method == "eqprop" else "standard")
         gc.collect()
         with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
             f.write("5")
-        base = _status_kib("VmRSS")
-        if _status_kib("VmHWM") > base + 64:
-            raise RuntimeError("peak RSS reset failed (VmHWM stays above VmRSS after clear_refs)")
-        _one_step(method, n_steps, x, y, spec["seed"], spec["variant"] if method == "eqprop" else "standard")
+        base = max(_status_kib("VmRSS"), _status_kib("VmHWM"))  # HWM right after the reset
+        one_step()
         peak = _status_kib("VmHWM")
+        del one_step
         rows.append({"method": method, "T": n_steps, "step_bytes": (peak - base) * 1024,
                      "baseline_bytes": base * 1024})
     return rows
@@ -154,7 +169,7 @@ def run_probe(jobs: list[tuple[str, int]], x: np.ndarray, y: np.ndarray, *, seed
         spec = {"data": data, "jobs": [[m, int(t)] for m, t in jobs], "seed": seed, "variant": variant}
         code = ("import json, sys; from tracks.t35_memory_scaling import probe; "
                 f"print('PROBE' + json.dumps(probe(json.loads({json.dumps(json.dumps(spec))}))))")
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "OMP_NUM_THREADS": "1",
+        env = {**os.environ, **MALLOC_ENV, "OMP_NUM_THREADS": "1",
                "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                              timeout=timeout_s, cwd=str(root))
@@ -168,18 +183,20 @@ def run_probe(jobs: list[tuple[str, int]], x: np.ndarray, y: np.ndarray, *, seed
 
 def measure(t_values: tuple[int, ...], x: np.ndarray, y: np.ndarray, *, repeats: int, variant: str = "standard",
             progress: bool = False) -> list[dict[str, Any]]:
-    """Median step bytes per (method, T) over ``repeats`` fresh subprocesses (job order rotated)."""
+    """Median step bytes per (method, T) over ``repeats`` measurements, each in its own fresh subprocess.
+
+    One process per measurement: several measurements in one process drifted by up to ~1 MB with
+    their order (heap state left by the previous step), which a fresh process avoids.
+    """
     jobs = [(m, t) for t in t_values for m in ("eqprop", "bptt")]
     samples: dict[tuple[str, int], list[int]] = {j: [] for j in jobs}
-    it = range(repeats)
+    todo = [(r, j) for r in range(repeats) for j in jobs]
     if progress:
         from tqdm.auto import tqdm
-        it = tqdm(it, desc="t35 probes", leave=False)
-    for r in it:
-        k = (r * 3) % len(jobs)
-        order = jobs[k:] + jobs[:k]
-        for row in run_probe(order, x, y, seed=r, variant=variant):
-            samples[(row["method"], row["T"])].append(row["step_bytes"])
+        todo = tqdm(todo, desc="t35 probes", leave=False)
+    for r, job in todo:
+        row = run_probe([job], x, y, seed=r, variant=variant)[0]
+        samples[(row["method"], row["T"])].append(row["step_bytes"])
     return [{"method": m, "T": t, "step_bytes": float(statistics.median(samples[(m, t)])),
              "samples": samples[(m, t)]} for m, t in jobs]
 
