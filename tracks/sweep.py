@@ -361,6 +361,8 @@ def sweep_command(*, kinds: Sequence[str] = ("prog",), levels: Sequence[float] =
             ``n_train`` samples, ``epochs``) and caches it under ``out/cache``.
         base: preset whose ``AnalogSpec`` gives the device (DAC/ADC bits, drift law).
         n_test: test-set slice (None = all 10k).
+        resume: reuse finished points of ``out/sweep.jsonl``; ``False`` refuses (``FileExistsError``)
+            when that file already holds results.
     """
     from quant.presets import get_preset
     out = Path(out)
@@ -369,6 +371,9 @@ def sweep_command(*, kinds: Sequence[str] = ("prog",), levels: Sequence[float] =
     if base_analog is None:
         raise ValueError(f"base={base!r} has no AnalogSpec; allowed: an analog preset such as 'analog_pcm'")
     points = grid(kinds, levels, precisions, seeds)
+    if not resume and read_jsonl(out / "sweep.jsonl"):
+        raise FileExistsError(f"{out / 'sweep.jsonl'} already holds results and resume=False; "
+                              "use a new out folder or resume=True")
     if model is None:
         from tracks.data import load_dataset
         x, y = load_dataset("mnist", "train", data_dir=data_dir)

@@ -74,3 +74,6 @@ def test_end_to_end_sweep_on_tiny_model(tmp_path):
     assert acc[0.5] < acc[0.0] - 0.05           # 50 % programming noise hurts
     assert (tmp_path / "sw" / "sweep_prog.png").stat().st_size > 1000
     assert len(sweep.read_jsonl(tmp_path / "sw" / "sweep.jsonl")) == 2
+    with pytest.raises(FileExistsError, match="resume"):
+        sweep.sweep_command(kinds=("prog",), levels=(0.0,), precisions=("int8",), seeds=(0,), out=tmp_path / "sw",
+                            resume=False, model=path, n_test=10, progress=False)
