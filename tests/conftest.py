@@ -1,11 +1,20 @@
-"""One place seeds everything; fixtures are function-scoped."""
+"""One place seeds everything; fixtures are function-scoped.
+
+Tests run torch single-threaded: CI has 2 cores and several tests start
+subprocesses; idle OpenMP workers busy-wait and oversubscription made the suite many times slower.
+"""
 import os
-import random
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import random  # noqa: E402
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if "EQPROP_DATA" not in os.environ and (SHARED_DATA / "mnist").is_dir():
