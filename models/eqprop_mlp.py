@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -154,7 +154,12 @@ class EqPropMLP(nn.Module):
 
     def preact(self, i: int, s: State, drive: torch.Tensor) -> torch.Tensor:
         """``dPhi/ds_i = W_i s_{i-1} + b_i + W_{i+1}^T s_{i+1}`` (without nudging)."""
-        a = drive if i == 0 else torch.addmm(self.layers[i].bias, s[i - 1], self.layers[i].weight.t())
+        if i == 0:
+            a = drive
+        else:
+            lin = self.layers[i]
+            # (W s^T + b)^T: MKL runs this narrow-output product ~2.5x faster than s W^T + b
+            a = torch.addmm(lin.bias[:, None], lin.weight, s[i - 1].t()).t()
         if i + 1 < self.n_layers:
             a = torch.addmm(a, s[i + 1], self.layers[i + 1].weight)
         return a
@@ -181,11 +186,15 @@ class EqPropMLP(nn.Module):
 
     def relax(self, x: torch.Tensor, s0: State | None = None, *, beta: float = 0.0,
               y: torch.Tensor | None = None, n_steps: int = 30, tol: float = 0.0,
-              method: str = "fixed_point", damping: float = 0.0, record_trace: bool = False) -> tuple[State, RelaxInfo]:
-        """Relax from ``s0`` (zeros if None) for up to ``n_steps`` sweeps; returns ``(s, info)``."""
+              method: str = "fixed_point", damping: float = 0.0, record_trace: bool = False,
+              drive: torch.Tensor | None = None) -> tuple[State, RelaxInfo]:
+        """Relax from ``s0`` (zeros if None) for up to ``n_steps`` sweeps; returns ``(s, info)``.
+
+        ``drive``: a precomputed ``self.drive(x)`` (the phases of one EqProp step share it).
+        """
         self._check_input(x)
         with torch.no_grad():
-            drive = self.drive(x)
+            drive = self.drive(x) if drive is None else drive
             s0 = self.zero_state(x.shape[0], x) if s0 is None else [t.detach() for t in s0]
             return relax(lambda s: self.step(s, drive, beta, y), s0, max_steps=n_steps, tol=tol,
                          method=method, damping=damping, record_trace=record_trace)
@@ -237,8 +246,13 @@ class EqPropMLP(nn.Module):
             raise ValueError(f"nudging mode={mode!r}; allowed: {NUDGINGS}")
         if not beta > 0:
             raise ValueError(f"beta={beta} must be > 0 (the sign is set by mode)")
+        if x.shape[0] == 0:
+            raise ValueError("eqprop_grads: empty batch")
+        self._check_input(x)
+        with torch.no_grad():
+            drive = self.drive(x)  # shared by all phases
         if free_state is None:
-            free_state, _ = self.free_phase(x, n_steps=n_free_steps, tol=tol)
+            free_state, _ = self.relax(x, None, n_steps=n_free_steps, tol=tol, drive=drive)
         if mode == "symmetric":
             b1, b2 = -beta, beta
         elif mode == "one_sided":
@@ -246,8 +260,9 @@ class EqPropMLP(nn.Module):
         else:
             sign = 1.0 if torch.rand((), generator=generator) < 0.5 else -1.0
             b1, b2 = 0.0, sign * beta
-        s1 = free_state if b1 == 0.0 else self.relax(x, free_state, beta=b1, y=y, n_steps=n_nudge_steps, tol=tol)[0]
-        s2 = self.relax(x, free_state, beta=b2, y=y, n_steps=n_nudge_steps, tol=tol)[0]
+        s1 = free_state if b1 == 0.0 else self.relax(x, free_state, beta=b1, y=y, n_steps=n_nudge_steps, tol=tol,
+                                                     drive=drive)[0]
+        s2 = self.relax(x, free_state, beta=b2, y=y, n_steps=n_nudge_steps, tol=tol, drive=drive)[0]
         grads = self.contrast(x, s1, s2, b1, b2)
         if return_states:
             return grads, {"free": free_state, "s1": s1, "s2": s2, "b1": b1, "b2": b2}
@@ -270,11 +285,3 @@ class EqPropMLP(nn.Module):
 
     def named_param_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.named_parameters())
-
-
-def build_from_config(d: dict[str, Any]) -> EqPropMLP:
-    return EqPropMLP(EqPropConfig.from_dict(d))
-
-
-def layer_names(net: EqPropMLP) -> Sequence[str]:
-    return [n for n, _ in net.named_parameters()]
