@@ -173,16 +173,44 @@ class EqPropMLP(nn.Module):
 
     def step(self, s: State, drive: torch.Tensor, beta: float = 0.0, y: torch.Tensor | None = None) -> State:
         """One sweep of the dynamics (async: even layers then odd; sync: all from the old state)."""
+        return self.sweeper(drive, beta, y)(s)
+
+    def sweeper(self, drive: torch.Tensor, beta: float = 0.0, y: torch.Tensor | None = None):
+        """``s -> step(s)`` with weights, order and target bound once (what the solvers iterate).
+
+        The same arithmetic as :meth:`update_layer`, with the per-sweep Python overhead (module
+        look-ups, one-hot targets) hoisted out of the loop.
+        """
         if beta != 0.0 and y is None:
             raise ValueError("a nudged step (beta != 0) needs the targets y")
         n = self.n_layers
+        W = [lin.weight for lin in self.layers]
+        bT = [lin.bias[:, None] for lin in self.layers]
+        last = n - 1
+        mse = self.config.cost == "mse"
+        t = one_hot(y, self.sizes[-1], drive.dtype) if beta != 0.0 else None
+        k = self.config.ce_scale
+
+        def layer(i: int, s: State) -> torch.Tensor:
+            a = drive if i == 0 else torch.addmm(bT[i], W[i], s[i - 1].t()).t()
+            if i < last:
+                a = torch.addmm(a, s[i + 1], W[i + 1])
+            elif beta != 0.0:
+                g = s[i] - t if mse else k * (torch.softmax(k * s[i], dim=1) - t)
+                a = a - beta * g
+            return a.clamp(0.0, 1.0)
+
         if self.config.update == "sync":
-            return [self.update_layer(i, s, drive, beta, y) for i in range(n)]
-        s = list(s)
-        for parity in (0, 1):
-            for i in range(parity, n, 2):
-                s[i] = self.update_layer(i, s, drive, beta, y)
-        return s
+            return lambda s: [layer(i, s) for i in range(n)]
+        order = list(range(0, n, 2)) + list(range(1, n, 2))
+
+        def sweep(s: State) -> State:
+            s = list(s)
+            for i in order:
+                s[i] = layer(i, s)
+            return s
+
+        return sweep
 
     def relax(self, x: torch.Tensor, s0: State | None = None, *, beta: float = 0.0,
               y: torch.Tensor | None = None, n_steps: int = 30, tol: float = 0.0,
@@ -196,7 +224,7 @@ class EqPropMLP(nn.Module):
         with torch.no_grad():
             drive = self.drive(x) if drive is None else drive
             s0 = self.zero_state(x.shape[0], x) if s0 is None else [t.detach() for t in s0]
-            return relax(lambda s: self.step(s, drive, beta, y), s0, max_steps=n_steps, tol=tol,
+            return relax(self.sweeper(drive, beta, y), s0, max_steps=n_steps, tol=tol,
                          method=method, damping=damping, record_trace=record_trace)
 
     def free_phase(self, x: torch.Tensor, n_steps: int = 30, **kw) -> tuple[State, RelaxInfo]:
