@@ -58,8 +58,7 @@ def coupling_matrix(net: EqPropMLP) -> torch.Tensor:
 
 
 def implicit_grads(net: EqPropMLP, x: torch.Tensor, y: torch.Tensor, *, n_steps: int = 1000,
-                   tol: float = 1e-12, free_state: list[torch.Tensor] | None = None,
-                   chunk: int = 64) -> dict[str, torch.Tensor]:
+                   tol: float = 1e-12, free_state: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Adjoint gradient at the free fixed point (see module docstring)."""
     if free_state is None:
         free_state, _ = net.free_phase(x, n_steps=n_steps, tol=tol)
@@ -75,10 +74,10 @@ def implicit_grads(net: EqPropMLP, x: torch.Tensor, y: torch.Tensor, *, n_steps:
         g[:, -s[-1].shape[1]:] = g_out
         eye = torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
         lam = torch.empty_like(g)
-        for a in range(0, bsz, chunk):
-            Db = D[a:a + chunk]
-            A = eye[None] - M.t()[None] * Db[:, None, :]  # I - J^T, J = diag(D) M
-            lam[a:a + chunk] = torch.linalg.solve(A, g[a:a + chunk, :, None])[..., 0]
+        Mt = M.t()
+        for b in range(bsz):  # one dense solve per sample (batched LU hit an MKL DLASWP error under load)
+            A = eye - Mt * D[b][None, :]  # I - J^T, J = diag(D) M
+            lam[b] = torch.linalg.solve(A, g[b])
     params = dict(net.named_parameters())
     with torch.enable_grad():
         d = net.drive(x)

@@ -97,14 +97,18 @@ def _make_step(method: str, n_steps: int, x, y, seed: int, variant: str):
                       n_free_steps=n_steps, n_nudge_steps=N_NUDGE_STEPS)
     if variant == "keep_trajectory":
         kept: list = []
-        base_step = net.step
+        base_sweeper = net.sweeper
 
-        def step(s, drive, beta=0.0, y=None):
-            out = base_step(s, drive, beta, y)
-            kept.append(out)
-            return out
+        def sweeper(drive, beta=0.0, y=None):
+            sweep = base_sweeper(drive, beta, y)
 
-        net.step = step  # instance attribute: relax() calls self.step
+            def keep(s):
+                out = sweep(s)
+                kept.append(out)
+                return out
+            return keep
+
+        net.sweeper = sweeper  # instance attribute: relax() iterates self.sweeper(...)
 
     def one_step() -> None:
         if variant == "keep_trajectory":
