@@ -12,6 +12,7 @@ Subcommands (``run_suite.py NAME ...``) dispatch through ``SUBCOMMANDS``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", metavar="DIR", help="dataset root (also exported as EQPROP_DATA)")
     run.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N, mps (default cpu)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="track override (repeatable; VALUE parsed as JSON, else a string), e.g. "
+                          "--set n_test=1000; each track documents the keys it accepts")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     return p
 
@@ -150,6 +154,15 @@ def run_main(argv: list[str]) -> int:
         if not os.path.isdir(data_dir):
             return _usage_error(f"--data-dir {args.data_dir} is not a folder")
         os.environ["EQPROP_DATA"] = data_dir  # child processes and data loaders see it too
+    overrides = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            return _usage_error(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
     try:
         out = tracks.runner.prepare_out_dir(args.out)
     except tracks.OutDirError as e:
@@ -160,6 +173,7 @@ def run_main(argv: list[str]) -> int:
     try:
         suite = tracks.run_tracks(
             unique, out, quick=args.quick, seeds=args.seeds, data_dir=data_dir, device=args.device,
+            overrides=overrides,
             progress=not args.no_progress, argv=["run_suite.py", *argv], on_done=table.row)
     except KeyboardInterrupt:
         print(f"\ninterrupted; results of the finished tracks are in {out}", file=sys.stderr)
