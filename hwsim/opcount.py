@@ -518,21 +518,25 @@ def _update(sizes, dp, spec, B: int) -> Counts:
 
 
 def count_training_step(model, spec: HardwareSpec, *, n_free_steps: int, n_nudge_steps: int,
-                        nudging: str = "symmetric", batch_size: int = 1, drive_mode: str = "per_phase",
+                        nudging: str = "symmetric", batch_size: int = 1, drive_mode: str | None = None,
                         sparsity: str = "dense") -> Report:
     """Counts of one EqProp training step (``EqPropMLP.eqprop_grads`` + the weight update).
 
     Phases: ``free`` (``n_free_steps`` sweeps), ``nudge_minus`` (symmetric only) and ``nudge_plus``
     (``n_nudge_steps`` each), ``update`` (contrast outer products for ``batch_size`` samples, then
-    one update per parameter), ``drive`` (``W_1 x``: once per phase for ``"per_phase"``, as torch
-    runs it; once per step for ``"once"``; folded into each sweep for ``"every_step"``).
+    one update per parameter), ``drive`` (``W_1 x``: once per phase for ``"per_phase"``, as the
+    fixed-point simulator runs it; once per step for ``"once"``, as ``EqPropMLP.eqprop_grads`` runs
+    it; folded into each sweep for ``"every_step"``). Default (None): ``"once"`` for a float spec,
+    ``"per_phase"`` for an integer one, i.e. what the code of that representation does.
 
     >>> from quant import get_preset
     >>> r = count_training_step((4, 3, 2), get_preset("fp32"), n_free_steps=3, n_nudge_steps=2)
-    >>> r.macs == 3 * 12 + (3 + 2 + 2) * 12 + (12 + 2 * 6)   # 3 drives, 7 sweeps, contrast
+    >>> r.macs == 1 * 12 + (3 + 2 + 2) * 12 + (12 + 2 * 6)   # 1 drive, 7 sweeps, contrast
     True
     """
     sizes = _sizes(model)
+    if drive_mode is None:
+        drive_mode = "per_phase" if spec.is_integer else "once"
     _check_common("n_free_steps", n_free_steps, batch_size, drive_mode)
     _check_int("n_nudge_steps", n_nudge_steps, 1)
     if nudging not in NUDGINGS:

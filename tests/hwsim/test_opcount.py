@@ -84,8 +84,8 @@ def test_closed_forms_and_drive_reuse():
     assert per_phase.macs == 784 * 512 + 30 * 10240
     assert every.macs - per_phase.macs == 29 * 784 * 512
     kw = dict(n_free_steps=30, n_nudge_steps=10)
-    t_phase = oc.count_training_step(s, fp, **kw)
-    t_once = oc.count_training_step(s, fp, drive_mode="once", **kw)
+    t_phase = oc.count_training_step(s, fp, drive_mode="per_phase", **kw)
+    t_once = oc.count_training_step(s, fp, **kw)  # float default: one drive per step, as EqPropMLP
     assert t_phase.macs - t_once.macs == 2 * 784 * 512          # 3 drives vs 1
     assert t_phase.phases["update"].macs == 784 * 512 + 2 * 512 * 10
 
