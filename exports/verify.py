@@ -66,6 +66,7 @@ def make_session(model_or_path, n_threads: int | None = None,
     if optimization not in GRAPH_OPTIMIZATION:
         raise ValueError(f"optimization={optimization!r} is invalid; allowed: {sorted(GRAPH_OPTIMIZATION)}")
     opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only: the integer graphs' shared constants trigger harmless warnings
     opts.graph_optimization_level = GRAPH_OPTIMIZATION[optimization]
     if optimization == "all_no_qdq":
         opts.add_session_config_entry("session.disable_quant_qdq", "1")

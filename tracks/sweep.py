@@ -409,7 +409,10 @@ class torch_threads:
         return False
 
 
-QUICK_MODEL = {"sizes": (784, 64, 10), "n_train": 5000, "epochs": 2, "lr": (0.2, 0.1)}
+# 128 hidden units in quick mode: the 784-64-10 quick model lost 1.5 pt at 5 % programming noise
+# (1000 test images, seed 0; measured 2026-11-23), the 784-128-10 one -0.1 pt: small nets have less
+# redundancy against device noise, which the full run (784-256-10) is about.
+QUICK_MODEL = {"sizes": (784, 128, 10), "n_train": 5000, "epochs": 2, "lr": (0.2, 0.1)}
 FULL_MODEL = {"sizes": (784, 256, 10), "n_train": 20000, "epochs": 3, "lr": (0.2, 0.1)}
 
 
