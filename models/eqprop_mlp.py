@@ -198,7 +198,8 @@ class EqPropMLP(nn.Module):
             elif beta != 0.0:
                 g = s[i] - t if mse else k * (torch.softmax(k * s[i], dim=1) - t)
                 a = a - beta * g
-            return a.clamp(0.0, 1.0)
+            # in place on a fresh tensor (saves an allocation per layer per sweep); never on the drive
+            return a.clamp(0.0, 1.0) if a is drive else a.clamp_(0.0, 1.0)
 
         if self.config.update == "sync":
             return lambda s: [layer(i, s) for i in range(n)]
