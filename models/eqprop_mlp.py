@@ -311,6 +311,3 @@ class EqPropMLP(nn.Module):
                 out[f"layers.{i}.weight"] = gw * (scale / bsz)
                 out[f"layers.{i}.bias"] = d.sum(dim=0) * (scale / bsz)
         return out
-
-    def named_param_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self.named_parameters())

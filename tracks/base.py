@@ -86,6 +86,12 @@ class TrackContext:
     progress: bool = True
     overrides: dict[str, Any] = field(default_factory=dict)
 
+    def check_overrides(self, allowed) -> None:
+        """Raise ``ValueError`` naming any override key the track does not accept."""
+        unknown = sorted(set(self.overrides) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown overrides {unknown}; allowed: {sorted(allowed)}")
+
     @property
     def plots_dir(self) -> Path:
         p = Path(self.out_dir) / "plots"

@@ -106,9 +106,7 @@ def make_spec(track_id: int, slug: str, name: str, preset: str) -> TrackSpec:
 
 
 def _config(ctx: TrackContext) -> QuantTrackConfig:
-    unknown = sorted(set(ctx.overrides) - set(OVERRIDES))
-    if unknown:
-        raise ValueError(f"unknown overrides {unknown}; allowed: {list(OVERRIDES)}")
+    ctx.check_overrides(OVERRIDES)
     cfg = QUICK if ctx.quick else FULL
     kw = {k: ctx.overrides[k] for k in ("n_train", "n_test", "hidden", "epochs", "ft_epochs", "scratch")
           if k in ctx.overrides}

@@ -48,9 +48,7 @@ def _residual(net: LoopedMLP, x: torch.Tensor, n_steps: int) -> float:
 def run(ctx: TrackContext) -> TrackResult:
     seed = ctx.seeds[0]
     ov = dict(ctx.overrides)
-    unknown = set(ov) - {"sn_gamma", "n_train", "epochs"}
-    if unknown:
-        raise ValueError(f"track 1: unknown overrides {sorted(unknown)}")
+    ctx.check_overrides({"sn_gamma", "n_train", "epochs"})
     n_train = int(ov.get("n_train", 2000 if ctx.quick else 60000))
     n_test = 2000 if ctx.quick else 10000
     epochs = int(ov.get("epochs", 1 if ctx.quick else 3))

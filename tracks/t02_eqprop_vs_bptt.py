@@ -60,6 +60,7 @@ def _eqprop(net, x, y, beta, mode, dtype, skip_nudge):
 def run(ctx: TrackContext) -> TrackResult:
     seed = ctx.seeds[0]
     n = 10 if ctx.quick else 100
+    ctx.check_overrides({"skip_nudge", "nets"})
     skip_nudge = bool(ctx.overrides.get("skip_nudge", False))
     nets = {k: NETS[k] for k in ctx.overrides.get("nets", NETS)}
     dtypes = (torch.float64,) if ctx.quick else (torch.float64, torch.float32)

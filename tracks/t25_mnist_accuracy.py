@@ -160,9 +160,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def run(ctx: TrackContext) -> TrackResult:
-    unknown = set(ctx.overrides) - _OVERRIDES
-    if unknown:
-        raise ValueError(f"t25: unknown overrides {sorted(unknown)}; valid: {sorted(_OVERRIDES)}")
+    ctx.check_overrides(_OVERRIDES)
     ov = ctx.overrides
     base = QUICK if ctx.quick else FULL
     n_train, n_val, n_test, epochs = (ov.get(k, base[k]) for k in ("n_train", "n_val", "n_test", "epochs"))

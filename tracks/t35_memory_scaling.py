@@ -226,9 +226,7 @@ def _plot(rows: list[dict[str, Any]], path: Path, batch: int) -> None:
 
 
 def run(ctx: TrackContext) -> TrackResult:
-    unknown = set(ctx.overrides) - _OVERRIDES
-    if unknown:
-        raise ValueError(f"t35: unknown overrides {sorted(unknown)}; valid: {sorted(_OVERRIDES)}")
+    ctx.check_overrides(_OVERRIDES)
     ov = ctx.overrides
     t_values = tuple(int(t) for t in ov.get("t_values", T_QUICK if ctx.quick else T_FULL))
     if len(t_values) < 2 or 30 not in t_values:

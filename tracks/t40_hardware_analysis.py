@@ -215,14 +215,12 @@ def _plot(rows: list[dict], path) -> None:
 
 
 def run(ctx: TrackContext) -> TrackResult:
-    ov = dict(ctx.overrides)
-    models = tuple(tuple(m) for m in ov.pop("models", MODELS_QUICK if ctx.quick else MODELS_FULL))
-    reps = tuple(ov.pop("representations", REPRESENTATIONS))
-    analytic_t1 = ov.pop("analytic_n_free_steps", N_FREE_STEPS)
-    n_check = ov.pop("n_cross_check", 8)
-    if ov:
-        raise ValueError(f"unknown overrides {sorted(ov)}; allowed: analytic_n_free_steps, models, "
-                         "representations, n_cross_check")
+    ctx.check_overrides({"models", "representations", "analytic_n_free_steps", "n_cross_check"})
+    ov = ctx.overrides
+    models = tuple(tuple(m) for m in ov.get("models", MODELS_QUICK if ctx.quick else MODELS_FULL))
+    reps = tuple(ov.get("representations", REPRESENTATIONS))
+    analytic_t1 = ov.get("analytic_n_free_steps", N_FREE_STEPS)
+    n_check = ov.get("n_cross_check", 8)
     if "fp32" not in reps or "int8" not in reps:
         raise ValueError(f"representations={reps} must include 'fp32' and 'int8' (the energy ratio metric)")
     fixed_point_reps = [n for n in reps if n in REPRESENTATIONS and get_preset(n).is_integer]

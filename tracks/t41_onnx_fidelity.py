@@ -93,9 +93,7 @@ QUICK = T41Config(hidden=64, n_train=6000, epochs=1, n_test=1000, n_steps=30)
 
 
 def _config(ctx: TrackContext) -> T41Config:
-    unknown = sorted(set(ctx.overrides) - set(OVERRIDES))
-    if unknown:
-        raise ValueError(f"unknown overrides {unknown}; allowed: {list(OVERRIDES)}")
+    ctx.check_overrides(OVERRIDES)
     kw = {k: ctx.overrides[k] for k in ("hidden", "n_train", "epochs", "n_test", "n_steps", "presets")
           if k in ctx.overrides}
     return dataclasses.replace(QUICK if ctx.quick else FULL, **kw)

@@ -90,9 +90,7 @@ FULL = T42Config(n_train=10000, n_test=10000, n_brian=10, hidden=128, epochs=3) 
 
 
 def _config(ctx: TrackContext) -> T42Config:
-    unknown = sorted(set(ctx.overrides) - set(OVERRIDES))
-    if unknown:
-        raise ValueError(f"unknown overrides {unknown}; allowed: {list(OVERRIDES)}")
+    ctx.check_overrides(OVERRIDES)
     cfg = QUICK if ctx.quick else FULL
     kw = {k: ctx.overrides[k] for k in ("n_train", "n_test", "n_brian", "hidden", "epochs", "poisson")
           if k in ctx.overrides}
