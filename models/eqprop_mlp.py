@@ -44,11 +44,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .energy import INPUT, Bias, Dense, EnergyModel, Node
+from .engine import NUDGINGS, UPDATES, check_update, run_phases
 from .solvers import RelaxInfo, State, relax
 
 COSTS = ("mse", "ce")
-UPDATES = ("async", "sync")
-NUDGINGS = ("one_sided", "symmetric", "random_sign")
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,7 @@ class EqPropConfig:
             raise ValueError(f"EqPropConfig.sizes={self.sizes}: need >= 2 positive widths (input, ..., output)")
         if self.cost not in COSTS:
             raise ValueError(f"EqPropConfig.cost={self.cost!r}; allowed: {COSTS}")
-        if self.update not in UPDATES:
-            raise ValueError(f"EqPropConfig.update={self.update!r}; allowed: {UPDATES}")
+        check_update(self.update, "EqPropConfig.update")
         if not (self.ce_scale > 0 and self.init_gain > 0):
             raise ValueError("EqPropConfig.ce_scale and init_gain must be > 0")
 
@@ -103,9 +102,11 @@ def one_hot(y: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.nn.functional.one_hot(y.long(), n).to(dtype)
 
 
-class EqPropMLP(nn.Module):
+class EqPropMLP(EnergyModel, nn.Module):
     """Layered EqProp network; parameters are ``layers[i].weight (n_i, n_{i-1})`` and ``.bias``.
 
+    An :class:`~models.energy.EnergyModel`: node ``i`` is layer ``i``'s state, and its terms are
+    ``Dense(i, i-1, "layers.i.weight")`` and ``Bias(i, "layers.i.bias")`` (node ``-1`` is the input).
     The state dict is that of a ``nn.ModuleList`` of ``nn.Linear``, loadable in plain torch.
     """
 
@@ -120,6 +121,11 @@ class EqPropMLP(nn.Module):
                 bound = self.config.init_gain / math.sqrt(lin.in_features)
                 lin.weight.uniform_(-bound, bound, generator=gen)
                 lin.bias.uniform_(-bound, bound, generator=gen)
+        self.nodes = [Node(n) for n in sizes[1:]]
+        self.terms = []
+        for i in range(len(self.nodes)):
+            self.terms += [Dense(post=i, pre=i - 1 if i else INPUT, weight=f"layers.{i}.weight"),
+                           Bias(node=i, bias=f"layers.{i}.bias")]
 
     # ----------------------------------------------------------------- basic pieces
     @property
@@ -130,13 +136,16 @@ class EqPropMLP(nn.Module):
     def sizes(self) -> tuple[int, ...]:
         return self.config.sizes
 
+    @property
+    def n_in(self) -> int:
+        return self.config.sizes[0]
+
+    @property
+    def update(self) -> str:
+        return self.config.update
+
     def zero_state(self, batch: int, like: torch.Tensor) -> State:
         return [torch.zeros(batch, n, dtype=like.dtype, device=like.device) for n in self.sizes[1:]]
-
-    def drive(self, x: torch.Tensor) -> torch.Tensor:
-        """Constant input drive of the first layer ``W_0 x + b_0`` (computed once per phase)."""
-        lin = self.layers[0]
-        return torch.addmm(lin.bias, x, lin.weight.t())
 
     def cost(self, s_out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-sample cost ``L(s_out, y)`` of shape ``(B,)``."""
@@ -146,77 +155,28 @@ class EqPropMLP(nn.Module):
 
     def cost_grad(self, s_out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``dL/ds_out`` per sample (closed form, no autograd)."""
-        t = one_hot(y, s_out.shape[1], s_out.dtype)
+        return self.nudger(1.0, y, s_out.dtype)(s_out)
+
+    def nudger(self, beta: float, y: torch.Tensor, dtype: torch.dtype):
+        """``s_out -> dL/ds_out`` with the one-hot target built once."""
+        t = one_hot(y, self.sizes[-1], dtype)
         if self.config.cost == "mse":
-            return s_out - t
+            return lambda s: s - t
         k = self.config.ce_scale
-        return k * (torch.softmax(k * s_out, dim=1) - t)
+        return lambda s: k * (torch.softmax(k * s, dim=1) - t)
 
-    def preact(self, i: int, s: State, drive: torch.Tensor) -> torch.Tensor:
-        """``dPhi/ds_i = W_i s_{i-1} + b_i + W_{i+1}^T s_{i+1}`` (without nudging)."""
-        if i == 0:
-            a = drive
-        else:
-            lin = self.layers[i]
-            # (W s^T + b)^T: MKL runs this narrow-output product ~2.5x faster than s W^T + b
-            a = torch.addmm(lin.bias[:, None], lin.weight, s[i - 1].t()).t()
-        if i + 1 < self.n_layers:
-            a = torch.addmm(a, s[i + 1], self.layers[i + 1].weight)
-        return a
-
-    def update_layer(self, i: int, s: State, drive: torch.Tensor, beta: float,
+    def update_layer(self, i: int, s: State, drive: list, beta: float,
                      y: torch.Tensor | None) -> torch.Tensor:
+        """The new state of layer ``i``: ``rho(dPhi/ds_i [- beta dL/ds_out])``."""
         a = self.preact(i, s, drive)
         if i == self.n_layers - 1 and beta != 0.0:
             a = a - beta * self.cost_grad(s[i], y)
         return rho(a)
 
-    def step(self, s: State, drive: torch.Tensor, beta: float = 0.0, y: torch.Tensor | None = None) -> State:
-        """One sweep of the dynamics (async: even layers then odd; sync: all from the old state)."""
-        return self.sweeper(drive, beta, y)(s)
-
-    def sweeper(self, drive: torch.Tensor, beta: float = 0.0, y: torch.Tensor | None = None):
-        """``s -> step(s)`` with weights, order and target bound once (what the solvers iterate).
-
-        The same arithmetic as :meth:`update_layer`, with the per-sweep Python overhead (module
-        look-ups, one-hot targets) hoisted out of the loop.
-        """
-        if beta != 0.0 and y is None:
-            raise ValueError("a nudged step (beta != 0) needs the targets y")
-        n = self.n_layers
-        W = [lin.weight for lin in self.layers]
-        bT = [lin.bias[:, None] for lin in self.layers]
-        last = n - 1
-        mse = self.config.cost == "mse"
-        t = one_hot(y, self.sizes[-1], drive.dtype) if beta != 0.0 else None
-        k = self.config.ce_scale
-
-        def layer(i: int, s: State) -> torch.Tensor:
-            a = drive if i == 0 else torch.addmm(bT[i], W[i], s[i - 1].t()).t()
-            if i < last:
-                a = torch.addmm(a, s[i + 1], W[i + 1])
-            elif beta != 0.0:
-                g = s[i] - t if mse else k * (torch.softmax(k * s[i], dim=1) - t)
-                a = a - beta * g
-            # in place on a fresh tensor (saves an allocation per layer per sweep); never on the drive
-            return a.clamp(0.0, 1.0) if a is drive else a.clamp_(0.0, 1.0)
-
-        if self.config.update == "sync":
-            return lambda s: [layer(i, s) for i in range(n)]
-        order = list(range(0, n, 2)) + list(range(1, n, 2))
-
-        def sweep(s: State) -> State:
-            s = list(s)
-            for i in order:
-                s[i] = layer(i, s)
-            return s
-
-        return sweep
-
     def relax(self, x: torch.Tensor, s0: State | None = None, *, beta: float = 0.0,
               y: torch.Tensor | None = None, n_steps: int = 30, tol: float = 0.0,
               method: str = "fixed_point", damping: float = 0.0, record_trace: bool = False,
-              drive: torch.Tensor | None = None) -> tuple[State, RelaxInfo]:
+              drive: list | None = None) -> tuple[State, RelaxInfo]:
         """Relax from ``s0`` (zeros if None) for up to ``n_steps`` sweeps; returns ``(s, info)``.
 
         ``drive``: a precomputed ``self.drive(x)`` (the phases of one EqProp step share it).
@@ -241,73 +201,39 @@ class EqPropMLP(nn.Module):
         if x.dtype != self.layers[0].weight.dtype:
             raise ValueError(f"input dtype {x.dtype} != model dtype {self.layers[0].weight.dtype}; "
                              "convert one of them (e.g. model.double() and x.double())")
-
-    # ------------------------------------------------------------------- energy terms
-    def phi(self, x: torch.Tensor, s: State) -> torch.Tensor:
-        """Primitive ``Phi`` per sample, shape ``(B,)``."""
-        prev = [x] + list(s[:-1])
-        return sum((si * lin(p)).sum(dim=1) for si, p, lin in zip(s, prev, self.layers))
-
-    def energy(self, x: torch.Tensor, s: State, beta: float = 0.0, y: torch.Tensor | None = None) -> torch.Tensor:
-        """``E + beta L = 0.5 sum ||s_i||^2 - Phi + beta L`` per sample."""
-        e = 0.5 * sum((si ** 2).sum(dim=1) for si in s) - self.phi(x, s)
-        return e + beta * self.cost(s[-1], y) if beta != 0.0 else e
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise ValueError("input contains NaN or infinite values; clean the data (e.g. torch.nan_to_num) first")
 
     def dphi_dtheta(self, x: torch.Tensor, s: State) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``(dPhi/dW_i, dPhi/db_i)`` averaged over the batch, closed form."""
-        prev = [x] + list(s[:-1])
-        b = x.shape[0]
-        return [(si.t() @ p / b, si.mean(dim=0)) for si, p in zip(s, prev)]
+        d = self.dphi_dparams(x, s)
+        return [(d[f"layers.{i}.weight"], d[f"layers.{i}.bias"]) for i in range(self.n_layers)]
 
     # ------------------------------------------------------------------ EqProp estimate
     def eqprop_grads(self, x: torch.Tensor, y: torch.Tensor, *, beta: float, mode: str = "symmetric",
                      n_free_steps: int = 30, n_nudge_steps: int = 10, tol: float = 0.0,
                      free_state: State | None = None, generator: torch.Generator | None = None,
                      return_states: bool = False):
-        """EqProp estimate of ``d mean(L) / d theta`` as ``{param_name: tensor}``.
+        """EqProp estimate of ``d mean(L) / d theta`` as ``{param_name: tensor}``
+        (the phase sequence of :func:`models.engine.run_phases`, float arithmetic).
 
         Args:
             beta: nudging strength (> 0).
             mode: ``"one_sided"``, ``"symmetric"`` or ``"random_sign"``.
             free_state: reuse a free equilibrium instead of relaxing again.
         """
-        if mode not in NUDGINGS:
-            raise ValueError(f"nudging mode={mode!r}; allowed: {NUDGINGS}")
-        if not beta > 0:
-            raise ValueError(f"beta={beta} must be > 0 (the sign is set by mode)")
         if x.shape[0] == 0:
             raise ValueError("eqprop_grads: empty batch")
         self._check_input(x)
         with torch.no_grad():
             drive = self.drive(x)  # shared by all phases
-        if free_state is None:
-            free_state, _ = self.relax(x, None, n_steps=n_free_steps, tol=tol, drive=drive)
-        if mode == "symmetric":
-            b1, b2 = -beta, beta
-        elif mode == "one_sided":
-            b1, b2 = 0.0, beta
-        else:
-            sign = 1.0 if torch.rand((), generator=generator) < 0.5 else -1.0
-            b1, b2 = 0.0, sign * beta
-        s1 = free_state if b1 == 0.0 else self.relax(x, free_state, beta=b1, y=y, n_steps=n_nudge_steps, tol=tol,
-                                                     drive=drive)[0]
-        s2 = self.relax(x, free_state, beta=b2, y=y, n_steps=n_nudge_steps, tol=tol, drive=drive)[0]
-        grads = self.contrast(x, s1, s2, b1, b2)
-        if return_states:
-            return grads, {"free": free_state, "s1": s1, "s2": s2, "b1": b1, "b2": b2}
-        return grads
 
-    def contrast(self, x: torch.Tensor, s1: State, s2: State, b1: float, b2: float) -> dict[str, torch.Tensor]:
-        """``-(dPhi/dtheta(s2) - dPhi/dtheta(s1)) / (b2 - b1)`` with one matmul per layer pair."""
-        out: dict[str, torch.Tensor] = {}
-        bsz, scale = x.shape[0], -1.0 / (b2 - b1)
-        with torch.no_grad():
-            for i in range(self.n_layers):
-                d = s2[i] - s1[i]
-                if i == 0:
-                    gw = d.t() @ x
-                else:
-                    gw = s2[i].t() @ s2[i - 1] - s1[i].t() @ s1[i - 1]
-                out[f"layers.{i}.weight"] = gw * (scale / bsz)
-                out[f"layers.{i}.bias"] = d.sum(dim=0) * (scale / bsz)
-        return out
+        def relax_(s0, *, beta, n_steps, step_offset):
+            return self.relax(x, s0, beta=beta, y=y, n_steps=n_steps, tol=tol, drive=drive)
+
+        ph = run_phases(relax_, beta=beta, mode=mode, n_free_steps=n_free_steps, n_nudge_steps=n_nudge_steps,
+                        free_state=free_state, generator=generator)
+        grads = self.contrast(x, ph.s1, ph.s2, ph.b1, ph.b2)
+        if return_states:
+            return grads, ph.as_dict()
+        return grads
