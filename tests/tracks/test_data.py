@@ -1,4 +1,5 @@
 """Real MNIST / Fashion-MNIST loading, verification errors and the look-up order (never downloads)."""
+import dataclasses
 import gzip
 import shutil
 import struct
@@ -10,10 +11,14 @@ import pytest
 from tracks import data
 from tracks.data import DataError, load_dataset, train_val_split
 
-MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"
 # Canonical label histogram of the MNIST test set (LeCun et al.).
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+FASHION_TEST_FIRST = [9, 2, 1, 1, 6]
+# Tests about Debian's package run only where it is installed (CI installs it when root).
+needs_debian_fashion = pytest.mark.skipif(
+    not data.DEBIAN_FASHION_DIR.is_dir(),
+    reason=f"{data.DEBIAN_FASHION_DIR} absent (Debian package dataset-fashion-mnist not installed)")
 
 
 @pytest.fixture(autouse=True)
@@ -22,11 +27,18 @@ def _no_download(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
 
 
+def _located_dir(name: str) -> Path:
+    """The folder holding the real test split, found through the documented look-up order
+    ($EQPROP_DATA, which tests/conftest.py points at ../shared/data when it exists, ...)."""
+    try:
+        return data.locate(name, "test")[1].parent
+    except DataError as e:
+        pytest.fail(f"real {name} data needed (set EQPROP_DATA or provide ../shared/data):\n{e}")
+
+
 @pytest.fixture
 def mnist_dir():
-    if not (MNIST_DIR / TEST_LABELS).is_file():
-        pytest.fail(f"canonical MNIST expected at {MNIST_DIR}")
-    return MNIST_DIR
+    return _located_dir("mnist")
 
 
 def _copy_split(src: Path, dst: Path) -> Path:
@@ -64,16 +76,33 @@ def test_returns_fresh_arrays(mnist_dir):
     assert x2.min() == 0.0 and y2[0] == 7
 
 
-def test_fashion_mnist_from_debian_package():
-    # CI installs dataset-fashion-mnist; a missing package is a failure, not a skip.
-    assert data.DEBIAN_FASHION_DIR.is_dir(), "apt-get install dataset-fashion-mnist"
-    x, y = load_dataset("fashion_mnist", "test", data_dir=data.DEBIAN_FASHION_DIR)
+def _check_fashion_test(x, y):
     assert x.shape == (10000, 784) and x.dtype == np.float32 and y.dtype == np.int64
     assert np.bincount(y, minlength=10).tolist() == [1000] * 10
     assert 0.0 <= x.min() and x.max() <= 1.0
-    assert y[:5].tolist() == [9, 2, 1, 1, 6]
+    assert y[:5].tolist() == FASHION_TEST_FIRST
 
 
+def test_fashion_mnist_found_through_lookup_order():
+    _check_fashion_test(*load_dataset("fashion_mnist", "test"))
+
+
+def test_fashion_mnist_falls_through_to_system_dir(monkeypatch, tmp_path):
+    """An empty $EQPROP_DATA and cache fall through to the distribution package's folder (here a copy)."""
+    system = _copy_split(_located_dir("fashion_mnist"), tmp_path / "system")
+    info = data.DATASETS["fashion_mnist"]
+    monkeypatch.setitem(data.DATASETS, "fashion_mnist", dataclasses.replace(info, system_dirs=(system,)))
+    monkeypatch.setenv("EQPROP_DATA", str(tmp_path / "empty"))
+    assert data.locate("fashion_mnist", "test")[1].parent == system
+    _check_fashion_test(*load_dataset("fashion_mnist", "test"))
+
+
+@needs_debian_fashion
+def test_fashion_mnist_from_debian_package():
+    _check_fashion_test(*load_dataset("fashion_mnist", "test", data_dir=data.DEBIAN_FASHION_DIR))
+
+
+@needs_debian_fashion
 def test_fashion_mnist_found_without_arguments(monkeypatch, tmp_path):
     monkeypatch.setenv("EQPROP_DATA", str(tmp_path))  # nothing there: falls through to the package
     x, y = load_dataset("fashion_mnist", "test")
