@@ -50,8 +50,13 @@ from tqdm.auto import tqdm
 
 from quant import FixedPoint, HardwareSpec, fake_quant_state, fake_quant_weights, quantize_weights
 
-from .eqprop_mlp import NUDGINGS, EqPropMLP, EqPropConfig, rho  # noqa: F401  (EqPropConfig for doctest)
+from .energy import INPUT, Bias, Dense
+from .engine import Phases, check_nudging, require_kernels, run_phases
+from .eqprop_mlp import EqPropConfig, EqPropMLP, rho  # noqa: F401  (EqPropConfig for doctest)
 from .solvers import RelaxInfo, State, relax
+
+QAT_KERNELS = {Dense: "W_hat s (and F_hat s for the feedback)", Bias: "b_hat on the accumulator grid"}
+"""Terms the fake-quant path implements, for the chain of :class:`EqPropMLP` only (see _check_model)."""
 
 log = logging.getLogger("eqprop_hwsim.models.qat")
 
@@ -66,7 +71,7 @@ class QATConfig:
         lr: SGD learning rate, one float for all layers or one per layer (input layer first).
         momentum: SGD momentum in [0, 1).
         beta: nudging strength (> 0).
-        nudging: ``"one_sided"`` (free vs ``+beta``) or ``"symmetric"`` (``-beta`` vs ``+beta``).
+        nudging: a mode of :data:`models.engine.NUDGINGS` (``random_sign`` draws from the batch-order generator).
         n_free_steps: sweeps of the free phase (from zero states).
         n_nudge_steps: sweeps of each nudged phase (from the free equilibrium).
         seed: seed of the batch order.
@@ -77,7 +82,7 @@ class QATConfig:
     lr: float | tuple[float, ...] = 0.05  # SGD step, scalar or per layer
     momentum: float = 0.0      # SGD momentum
     beta: float = 0.5          # nudging strength
-    nudging: str = "symmetric"  # one_sided | symmetric
+    nudging: str = "symmetric"  # models.engine.NUDGINGS
     n_free_steps: int = 30     # free-phase sweeps
     n_nudge_steps: int = 10    # sweeps per nudged phase
     seed: int = 0              # batch order
@@ -94,8 +99,7 @@ class QATConfig:
             raise ValueError(f"QATConfig.momentum={self.momentum!r} is invalid; allowed: a float in [0, 1)")
         if not self.beta > 0:
             raise ValueError(f"QATConfig.beta={self.beta!r} is invalid; allowed: a float > 0")
-        if self.nudging not in ("one_sided", "symmetric"):
-            raise ValueError(f"QATConfig.nudging={self.nudging!r} is invalid; allowed: 'one_sided' or 'symmetric'")
+        check_nudging(self.nudging, who="QATConfig.nudging")
 
     def layer_lrs(self, n_layers: int) -> tuple[float, ...]:
         """The learning rate of every layer (a scalar is repeated)."""
@@ -115,6 +119,16 @@ def _check_spec(spec) -> HardwareSpec:
     return spec
 
 
+def _check_model(net) -> None:
+    """The fake-quant path implements the layered chain (Dense + Bias per layer) of EqPropMLP."""
+    require_kernels("QAT fake-quant", QAT_KERNELS, net.terms)
+    chain = [Dense(post=i, pre=i - 1 if i else INPUT, weight=f"layers.{i}.weight") for i in range(net.n_layers)]
+    extra = [t for t in net.terms if isinstance(t, Dense) and t not in chain]
+    if extra:
+        raise ValueError(f"backend 'QAT fake-quant' supports the layered chain of EqPropMLP only; "
+                         f"the model has the extra term(s) {extra}; use the float model or the fixed-point simulator")
+
+
 def qat_weights(net: EqPropMLP, spec: HardwareSpec) -> list[dict[str, torch.Tensor]]:
     """Per layer ``{"w": W_hat_i, "b": b_hat_i, "fb": F_hat_i}`` (``"fb"`` for ``i < L-1``), all
     straight-through; float passthrough for float weights.
@@ -122,6 +136,7 @@ def qat_weights(net: EqPropMLP, spec: HardwareSpec) -> list[dict[str, torch.Tens
     Shapes: ``w`` ``(n_i, n_{i-1})``, ``b`` ``(n_i,)``, ``fb`` ``(n_i, n_{i+1})``.
     """
     _check_spec(spec)
+    _check_model(net)
     out = []
     n = net.n_layers
     for i, lin in enumerate(net.layers):
@@ -174,8 +189,8 @@ def qat_step(net: EqPropMLP, spec: HardwareSpec, wb, s: State, drive: torch.Tens
     if net.config.update == "sync":
         return [update(i, s) for i in range(n)]
     s = list(s)
-    for parity in (0, 1):
-        for i in range(parity, n, 2):
+    for group in net.schedule():
+        for i in group:
             s[i] = update(i, s)
     return s
 
@@ -213,23 +228,28 @@ def qat_predict(net: EqPropMLP, x: torch.Tensor, spec: HardwareSpec, n_steps: in
     return s[-1].argmax(dim=1)
 
 
+def qat_phases(net: EqPropMLP, x: torch.Tensor, y: torch.Tensor, spec: HardwareSpec, *, beta: float,
+               mode: str = "symmetric", n_free_steps: int = 30, n_nudge_steps: int = 10, wb=None,
+               generator: torch.Generator | None = None) -> Phases:
+    """The EqProp phases (:func:`models.engine.run_phases`) of the fake-quant dynamics."""
+    with torch.no_grad():
+        wb = qat_weights(net, spec) if wb is None else wb
+
+        def relax_(s0, *, beta, n_steps, step_offset):
+            return qat_relax(net, x, spec, s0, beta=beta, y=y, n_steps=n_steps, wb=wb)
+
+        return run_phases(relax_, beta=beta, mode=mode, n_free_steps=n_free_steps, n_nudge_steps=n_nudge_steps,
+                          generator=generator)
+
+
 def qat_eqprop_grads(net: EqPropMLP, x: torch.Tensor, y: torch.Tensor, spec: HardwareSpec, *,
                      beta: float, mode: str = "symmetric", n_free_steps: int = 30,
                      n_nudge_steps: int = 10) -> dict[str, torch.Tensor]:
     """EqProp estimate on the fake-quant dynamics, ``{param_name: grad}`` like
     :meth:`EqPropMLP.eqprop_grads`: ``-(dPhi/dtheta(s^{b2}) - dPhi/dtheta(s^{b1})) / (b2 - b1)``
     with ``dPhi/dW_0 = mean s_0 x_hat^T`` on the quantised input."""
-    if mode not in ("one_sided", "symmetric"):
-        raise ValueError(f"mode={mode!r} is invalid; allowed: 'one_sided' or 'symmetric'")
-    if not beta > 0:
-        raise ValueError(f"beta={beta!r} is invalid; allowed: a float > 0 (the sign is set by mode)")
-    with torch.no_grad():
-        wb = qat_weights(net, spec)
-        free, _ = qat_relax(net, x, spec, n_steps=n_free_steps, wb=wb)
-        b1, b2 = (0.0, beta) if mode == "one_sided" else (-beta, beta)
-        s1 = free if b1 == 0.0 else qat_relax(net, x, spec, free, beta=b1, y=y, n_steps=n_nudge_steps, wb=wb)[0]
-        s2 = qat_relax(net, x, spec, free, beta=b2, y=y, n_steps=n_nudge_steps, wb=wb)[0]
-        return net.contrast(_fq_state(x, spec), s1, s2, b1, b2)
+    ph = qat_phases(net, x, y, spec, beta=beta, mode=mode, n_free_steps=n_free_steps, n_nudge_steps=n_nudge_steps)
+    return net.contrast(_fq_state(x, spec), ph.s1, ph.s2, ph.b1, ph.b2)
 
 
 def _as_tensor(a, dtype) -> torch.Tensor:
@@ -273,15 +293,11 @@ def train_qat(net: EqPropMLP, x, y, spec: HardwareSpec, cfg: QATConfig | None = 
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             xb, yb = x[idx], y[idx]
             with torch.no_grad():
-                wb = qat_weights(net, spec)
-                free, _ = qat_relax(net, xb, spec, n_steps=cfg.n_free_steps, wb=wb)
-                correct += int((free[-1].argmax(1) == yb).sum())
-                hist["loss"].append(float(net.cost(free[-1], yb).mean()))
-                b1, b2 = (0.0, cfg.beta) if cfg.nudging == "one_sided" else (-cfg.beta, cfg.beta)
-                s1 = free if b1 == 0.0 else qat_relax(net, xb, spec, free, beta=b1, y=yb,
-                                                      n_steps=cfg.n_nudge_steps, wb=wb)[0]
-                s2 = qat_relax(net, xb, spec, free, beta=b2, y=yb, n_steps=cfg.n_nudge_steps, wb=wb)[0]
-                grads = net.contrast(_fq_state(xb, spec), s1, s2, b1, b2)
+                ph = qat_phases(net, xb, yb, spec, beta=cfg.beta, mode=cfg.nudging,
+                                n_free_steps=cfg.n_free_steps, n_nudge_steps=cfg.n_nudge_steps, generator=gen)
+                correct += int((ph.free[-1].argmax(1) == yb).sum())
+                hist["loss"].append(float(net.cost(ph.free[-1], yb).mean()))
+                grads = net.contrast(_fq_state(xb, spec), ph.s1, ph.s2, ph.b1, ph.b2)
                 for name, g in grads.items():
                     layer = int(name.split(".")[1])
                     v = velocity[name].mul_(cfg.momentum).add_(g)
