@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from .energy import INPUT, Dense
+from .engine import UnsupportedError
 from .eqprop_mlp import EqPropMLP
 
 
@@ -42,18 +44,28 @@ def bptt_grads(net: EqPropMLP, x: torch.Tensor, y: torch.Tensor, *, n_steps: int
     return {k: (g if g is not None else torch.zeros_like(p)) for (k, p), g in zip(params.items(), grads)}
 
 
-def coupling_matrix(net: EqPropMLP) -> torch.Tensor:
-    """Dense symmetric ``M`` with ``dPhi/ds = M s + c(x)`` over the concatenated state."""
-    sizes = net.sizes[1:]
+def coupling_matrix(net) -> torch.Tensor:
+    """Dense symmetric ``M`` with ``dPhi/ds = M s + c(x)`` over the concatenated state.
+
+    Built from the model's terms: each :class:`~models.energy.Dense` between two state nodes puts
+    ``W`` and ``W^T`` in its blocks; static terms (input couplings, biases) only enter ``c(x)``.
+    """
+    sizes = [n.size for n in net.nodes]
     offs = [0]
     for n in sizes:
         offs.append(offs[-1] + n)
-    w = net.layers[0].weight
-    M = torch.zeros(offs[-1], offs[-1], dtype=w.dtype, device=w.device)
-    for i in range(1, net.n_layers):
-        W = net.layers[i].weight.detach()  # (n_i, n_{i-1})
-        M[offs[i]:offs[i + 1], offs[i - 1]:offs[i]] = W
-        M[offs[i - 1]:offs[i], offs[i]:offs[i + 1]] = W.t()
+    dtype = next(net.parameters()).dtype
+    M = torch.zeros(offs[-1], offs[-1], dtype=dtype)
+    for t in net.terms:
+        if not isinstance(t, Dense):
+            if any(n != INPUT for n in t.nodes[1:]):
+                raise UnsupportedError(f"implicit gradient: no coupling-matrix rule for term {t}")
+            continue
+        if t.pre == INPUT:
+            continue
+        W = net.get_parameter(t.weight).detach()  # (n_post, n_pre)
+        M[offs[t.post]:offs[t.post + 1], offs[t.pre]:offs[t.pre + 1]] += W
+        M[offs[t.pre]:offs[t.pre + 1], offs[t.post]:offs[t.post + 1]] += W.t()
     return M
 
 
@@ -67,7 +79,7 @@ def implicit_grads(net: EqPropMLP, x: torch.Tensor, y: torch.Tensor, *, n_steps:
     M = coupling_matrix(net)
     with torch.no_grad():
         drive = net.drive(x)
-        pre = torch.cat([net.preact(i, s, drive) for i in range(net.n_layers)], dim=1)
+        pre = torch.cat([net.preact(i, s, drive) for i in range(len(net.nodes))], dim=1)
         D = ((pre > 0) & (pre < 1)).to(M.dtype)  # (B, N)
         g_out = net.cost_grad(s[-1], y) / bsz  # d mean(L) / d s_out
         g = torch.zeros_like(pre)
@@ -81,7 +93,7 @@ def implicit_grads(net: EqPropMLP, x: torch.Tensor, y: torch.Tensor, *, n_steps:
     params = dict(net.named_parameters())
     with torch.enable_grad():
         d = net.drive(x)
-        out = torch.cat([torch.clamp(net.preact(i, s, d), 0, 1) for i in range(net.n_layers)], dim=1)
+        out = torch.cat([torch.clamp(net.preact(i, s, d), 0, 1) for i in range(len(net.nodes))], dim=1)
         grads = torch.autograd.grad(out, list(params.values()), grad_outputs=lam, allow_unused=True)
     return {k: (gr if gr is not None else torch.zeros_like(p)) for (k, p), gr in zip(params.items(), grads)}
 
