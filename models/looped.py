@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .engine import run_phases
 from .solvers import RelaxInfo, relax
 
 
@@ -211,16 +212,19 @@ class LoopedMLP(nn.Module):
         return 0.5 * ((h @ self.w_eff().t()) * h).sum(dim=1) + (h * self.U(x)).sum(dim=1)
 
     def eqprop_grads(self, x: torch.Tensor, y: torch.Tensor, *, beta: float, mode: str = "symmetric",
-                     n_free_steps: int = 30, n_nudge_steps: int = 10, tol: float = 0.0) -> dict[str, torch.Tensor]:
-        if mode not in ("symmetric", "one_sided"):
-            raise ValueError(f"nudging mode={mode!r}; allowed: ('symmetric', 'one_sided')")
+                     n_free_steps: int = 30, n_nudge_steps: int = 10, tol: float = 0.0,
+                     generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """EqProp estimate (phases of :func:`models.engine.run_phases`); exact as beta -> 0 only with
+        ``symmetric=True`` weights (the only energy-based variant), see the module docstring."""
         was_training = self.training
         self.eval()  # freeze the power-iteration vector between phases
         try:
-            h0, _ = self.relax(x, n_steps=n_free_steps, tol=tol)
-            b1, b2 = (-beta, beta) if mode == "symmetric" else (0.0, beta)
-            h1 = h0 if b1 == 0.0 else self.relax(x, h0, beta=b1, y=y, n_steps=n_nudge_steps, tol=tol)[0]
-            h2 = self.relax(x, h0, beta=b2, y=y, n_steps=n_nudge_steps, tol=tol)[0]
+            def relax_(h0, *, beta, n_steps, step_offset):
+                return self.relax(x, h0, beta=beta, y=y, n_steps=n_steps, tol=tol)
+
+            ph = run_phases(relax_, beta=beta, mode=mode, n_free_steps=n_free_steps, n_nudge_steps=n_nudge_steps,
+                            generator=generator)
+            h0, h1, h2, b1, b2 = ph.free, ph.s1, ph.s2, ph.b1, ph.b2
             inner = [self.W, self.U.weight, self.U.bias]
             with torch.enable_grad():
                 diff = -(self.phi(x, h2).mean() - self.phi(x, h1).mean()) / (b2 - b1)
