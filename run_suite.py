@@ -205,7 +205,7 @@ def _export_main(argv: list[str]) -> int:
         args = p.parse_args(argv)
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
-    from tracks.commands import export_model
+    from tracks.harness.commands import export_model
     try:
         info = export_model(args.checkpoint, args.spec, args.out, fmt=args.fmt, n_steps=args.steps, loop=args.loop,
                             overwrite=args.overwrite, verify_n=args.verify, data_dir=args.data_dir)
@@ -244,7 +244,7 @@ def _sweep_main(argv: list[str]) -> int:
         args = p.parse_args(argv)
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
-    from tracks.commands import sweep
+    from tracks.harness.commands import sweep
     try:
         res = sweep(kinds=args.kinds.split(","), levels=_floats(args.levels), precisions=args.precisions.split(","),
                     seeds=args.seeds, out=args.out, jobs=args.jobs, resume=not args.no_resume, model=args.model,

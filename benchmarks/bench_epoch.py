@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.eqprop_mlp import EqPropConfig, EqPropMLP, rho  # noqa: E402
 from models.train import TrainConfig, compute_grads  # noqa: E402
 from tracks.data import load_dataset  # noqa: E402
-from tracks.machine import describe_machine_short  # noqa: E402
+from tracks.harness.machine import describe_machine_short  # noqa: E402
 
 N_FULL = 60000
 SIZES = (784, 512, 10)

@@ -31,7 +31,7 @@ from hwsim.fixed_point import FixedPointMLP  # noqa: E402
 from hwsim.torch_mirror import torch_relax  # noqa: E402
 from models.eqprop_mlp import EqPropConfig, EqPropMLP  # noqa: E402
 from tracks.data import load_dataset  # noqa: E402
-from tracks.machine import describe_machine  # noqa: E402
+from tracks.harness.machine import describe_machine  # noqa: E402
 
 
 def main() -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tracks.data import load_dataset  # noqa: E402
-from tracks.machine import describe_machine_short  # noqa: E402
+from tracks.harness.machine import describe_machine_short  # noqa: E402
 from tracks.t35_memory_scaling import EQPROP_VARIANTS, measure  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """The README's track table is the registry's (regenerate: python run_suite.py --list --markdown)."""
 from pathlib import Path
 
-from tracks.report import track_table_markdown
+from tracks.harness.report import track_table_markdown
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -20,7 +20,7 @@ import torch
 from models.looped import LoopedConfig, LoopedMLP
 from models.train import TrainConfig, evaluate, train
 
-from .base import Criterion, TrackContext, TrackResult, TrackSpec
+from .harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from .data import load_dataset
 
 log = logging.getLogger("eqprop_hwsim.tracks.t01")

@@ -21,7 +21,7 @@ import torch
 from models.eqprop_mlp import EqPropConfig, EqPropMLP
 from models.gradients import bptt_grads, compare_grads, implicit_grads
 
-from .base import Criterion, TrackContext, TrackResult, TrackSpec
+from .harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from .data import load_dataset
 
 log = logging.getLogger("eqprop_hwsim.tracks.t02")

@@ -32,9 +32,11 @@ from tqdm.auto import tqdm
 
 from hwsim.analog import AnalogCrossbarMLP, AnalogSimConfig, adc_range_for
 from quant.presets import get_preset
-from tracks.base import Criterion, TrackContext, TrackResult, TrackSpec
+from tracks.harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from tracks.data import load_dataset
-from tracks.sweep import torch_threads, ci95, track_model
+from tracks.harness.stats import mean_ci95
+from tracks.harness.threads import torch_threads
+from tracks.sweep import track_model
 
 log = logging.getLogger("eqprop_hwsim.tracks.t03")
 
@@ -151,7 +153,7 @@ def _run(ctx: TrackContext) -> TrackResult:
                              progress=ctx.progress, control=bool(ov.get("control", not ctx.quick))) for s in seeds]
 
     def mean(k):
-        return ci95([r[k] for r in results])
+        return mean_ci95([r[k] for r in results])
 
     (c_m, c_h), (f_m, f_h), (a_m, a_h) = mean("acc_clean"), mean("acc_faulty"), mean("acc_after_insitu")
     gap = c_m - f_m

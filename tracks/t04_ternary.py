@@ -6,8 +6,8 @@ procedure, the metrics and the overrides.
 """
 from __future__ import annotations
 
-from .base import TrackContext, TrackResult
-from .quantized import make_spec, run_quantized
+from .harness.base import TrackContext, TrackResult
+from .shared.quantized import make_spec, run_quantized
 
 PRESET = "ternary"
 SPEC = make_spec(4, "ternary", "Ternary EqProp: PTQ, QAT and on-chip learning", PRESET)

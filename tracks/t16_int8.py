@@ -6,8 +6,8 @@ procedure, the metrics and the overrides.
 """
 from __future__ import annotations
 
-from .base import TrackContext, TrackResult
-from .quantized import make_spec, run_quantized
+from .harness.base import TrackContext, TrackResult
+from .shared.quantized import make_spec, run_quantized
 
 PRESET = "int8"
 SPEC = make_spec(16, "int8", "INT8 EqProp: PTQ, QAT and on-chip learning", PRESET)

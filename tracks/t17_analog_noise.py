@@ -33,9 +33,10 @@ from hwsim.analog import AnalogCrossbarMLP
 from models.gradients import bptt_grads, compare_grads
 from quant.formats import AnalogSpec
 from quant.presets import get_preset
-from tracks.base import Criterion, TrackContext, TrackResult, TrackSpec
+from tracks.harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from tracks.data import load_dataset
-from tracks.sweep import torch_threads, evaluate_point, grid, plot_sweep, run_sweep, summarize, track_model
+from tracks.harness.threads import torch_threads
+from tracks.sweep import evaluate_point, grid, plot_sweep, run_sweep, summarize, track_model
 
 log = logging.getLogger("eqprop_hwsim.tracks.t17")
 

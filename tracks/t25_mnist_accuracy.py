@@ -32,7 +32,6 @@ inject a broken component, e.g. an EqProp estimate without its nudged phase).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from pathlib import Path
@@ -45,9 +44,11 @@ from models.checkpoint import save_checkpoint
 from models.eqprop_mlp import EqPropConfig, EqPropMLP
 from models.train import evaluate, train
 
-from .base import Criterion, TrackContext, TrackResult, TrackSpec
+from .harness.stats import mean_ci95
+from .harness.threads import torch_threads
+from .harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from .data import load_dataset, train_val_split
-from .training_recipes import SIZES, get_recipe
+from .shared.recipes import SIZES, get_recipe
 
 log = logging.getLogger("eqprop_hwsim.tracks.t25")
 
@@ -76,33 +77,6 @@ TRAIN_THREADS = 1  # batch-100 sweeps are too small for intra-op threads; on a s
 _OVERRIDES = {"datasets", "methods", "n_train", "n_val", "n_test", "epochs", "net_hook"}
 
 
-def mean_ci95(values: list[float]) -> tuple[float, float | None]:
-    """Mean and Student-t 95 % half-width (``None`` for one value).
-
-    >>> m, h = mean_ci95([0.97, 0.98, 0.99]); round(m, 4), round(h, 4)
-    (0.98, 0.0248)
-    """
-    from scipy.stats import t
-
-    v = np.asarray(values, dtype=np.float64)
-    if len(v) == 0:
-        raise ValueError("mean_ci95: no values")
-    if len(v) == 1:
-        return float(v[0]), None
-    return float(v.mean()), float(t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    """Run with ``torch.set_num_threads(n)``, restoring the caller's setting afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def _train_one(ds: str, method: str, seed: int, data: dict[str, torch.Tensor], epochs: int, ctx: TrackContext,
                hook: Callable | None, ckpt_dir: Path) -> dict[str, Any]:
     prefix = DATASETS[ds]
@@ -110,7 +84,7 @@ def _train_one(ds: str, method: str, seed: int, data: dict[str, torch.Tensor], e
     net = EqPropMLP(EqPropConfig(sizes=SIZES), seed=seed)
     if hook is not None:
         hook(net, method)
-    with _torch_threads(TRAIN_THREADS):
+    with torch_threads(TRAIN_THREADS):
         hist = train(net, data["x_tr"], data["y_tr"], cfg, x_val=data["x_val"], y_val=data["y_val"],
                      progress=ctx.progress)
         acc = evaluate(net, data["x_te"], data["y_te"], cfg.eval_steps or cfg.n_free_steps)
@@ -208,5 +182,5 @@ def run(ctx: TrackContext) -> TrackResult:
     plot = ctx.plots_dir / "t25_training_curves.png"
     _plot(rows, plot)
     notes = [f"accuracies are fractions of the test set ({'first %s images' % n_test if n_test else 'all 10k'}); "
-             f"{epochs} epochs, recipes from tracks/training_recipes.py; ci95 = Student-t half-width"]
+             f"{epochs} epochs, recipes from tracks/shared/recipes.py; ci95 = Student-t half-width"]
     return TrackResult(metrics=metrics, artifacts=[str(plot.relative_to(ctx.out_dir))], notes=notes)

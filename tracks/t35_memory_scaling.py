@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Criterion, TrackContext, TrackResult, TrackSpec
+from .harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from .data import load_dataset
 
 log = logging.getLogger("eqprop_hwsim.tracks.t35")

@@ -39,7 +39,7 @@ from models.gradients import bptt_grads
 from quant import get_preset
 from quant.energy import SOURCE
 
-from .base import Criterion, TrackContext, TrackResult, TrackSpec
+from .harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from .data import load_dataset
 
 log = logging.getLogger("eqprop_hwsim.tracks.t40")

@@ -49,9 +49,9 @@ from models.eqprop_mlp import EqPropConfig, EqPropMLP
 from models.train import train
 from quant import get_preset
 
-from .base import Criterion, TrackContext, TrackResult, TrackSpec
+from .harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from .data import load_dataset
-from .training_recipes import get_recipe
+from .shared.recipes import get_recipe
 
 log = logging.getLogger("eqprop_hwsim.tracks.t41")
 

@@ -44,7 +44,7 @@ from models.checkpoint import load_checkpoint, save_checkpoint
 from models.eqprop_mlp import EqPropConfig, EqPropMLP
 from models.train import TrainConfig, train
 
-from .base import Criterion, TrackContext, TrackResult, TrackSpec
+from .harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from .data import load_dataset
 
 log = logging.getLogger("eqprop_hwsim.tracks.t42")

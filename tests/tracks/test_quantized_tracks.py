@@ -1,11 +1,12 @@
-"""Tracks 4 / 16 / 19 (tracks/quantized.py): real path passes its integer checks; bypassing the
+"""Tracks 4 / 16 / 19 (tracks/shared/quantized.py): real path passes its integer checks; bypassing the
 quantizer makes the track fail."""
 import math
 
 import pytest
 
 from tracks import base
-from tracks.quantized import OVERRIDES, mean_ci95
+from tracks.shared.quantized import OVERRIDES
+from tracks.harness.stats import mean_ci95
 
 TINY = {"n_train": 300, "n_test": 200, "hidden": 32, "epochs": 1, "ft_epochs": 1}
 TRACKS = {"int8": "tracks.t16_int8", "int4": "tracks.t19_int4", "ternary": "tracks.t04_ternary"}

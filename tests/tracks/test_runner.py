@@ -10,7 +10,7 @@ import pytest
 
 import tracks
 from tracks import Criterion, TrackResult, TrackSpec
-from tracks.runner import OutDirError, run_tracks
+from tracks.harness.runner import OutDirError, run_tracks
 
 SUITE_KEYS = {"version", "started", "argv", "machine"}
 TRACK_KEYS = {"id", "slug", "name", "claim", "passed", "criteria", "metrics", "artifacts", "seconds",
@@ -149,7 +149,7 @@ def test_default_out_dir_is_new_timestamped(registered, tmp_path, monkeypatch):
 
 
 def test_json_safe_non_finite():
-    from tracks.runner import json_safe
+    from tracks.harness.runner import json_safe
     out = json_safe({"a": np.array([1.0, np.nan, -np.inf]), "b": np.bool_(True), "c": (np.int8(3),)})
     assert out == {"a": [1.0, None, None], "b": True, "c": [3]}
     json.dumps(out, allow_nan=False)
@@ -157,12 +157,12 @@ def test_json_safe_non_finite():
 
 def test_discovery_picks_up_files_and_isolates_broken(tmp_path, monkeypatch):
     (tmp_path / "t951_good_one.py").write_text(
-        "from tracks.base import Criterion, TrackResult, TrackSpec\n"
+        "from tracks.harness.base import Criterion, TrackResult, TrackSpec\n"
         "SPEC = TrackSpec(951, 'good_one', 'Good', 'holds.', (Criterion('x', '==', 1),), 2.0, 1.0)\n"
         "def run(ctx):\n    return TrackResult(metrics={'x': 1})\n")
     (tmp_path / "t952_broken_one.py").write_text("import module_that_does_not_exist_xyz\n")
     (tmp_path / "t953_wrong_id.py").write_text(
-        "from tracks.base import Criterion, TrackSpec\n"
+        "from tracks.harness.base import Criterion, TrackSpec\n"
         "SPEC = TrackSpec(7, 'wrong_id', 'W', 'c.', (Criterion('x', '==', 1),), 1, 1)\n"
         "def run(ctx):\n    pass\n")
     (tmp_path / "helper_not_a_track.py").write_text("raise RuntimeError('must not be imported')\n")
@@ -186,8 +186,8 @@ def test_discovery_picks_up_files_and_isolates_broken(tmp_path, monkeypatch):
 
 
 def test_report_regenerates_from_results(registered, tmp_path):
-    from tracks.report import render_report
-    from tracks.runner import load_results
+    from tracks.harness.report import render_report
+    from tracks.harness.runner import load_results
     suite = run_tracks([registered(_sum_of_squares_track())], tmp_path / "out")
     assert render_report(load_results(suite.out_dir)) == suite.report_path.read_text()
     assert math.isfinite(suite.tracks[0].seconds)

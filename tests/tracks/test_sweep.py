@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tracks import sweep
+from tracks.harness.stats import mean_ci95
 from tracks.data import load_dataset
 
 
@@ -52,13 +53,14 @@ def test_run_sweep_in_worker_processes_matches_in_process(tmp_path):
 
 
 def test_ci95_and_summary():
-    m, h = sweep.ci95([0.0, 1.0, 2.0])
+    m, h = mean_ci95([0.0, 1.0, 2.0])
     assert m == 1.0 and math.isclose(h, 4.302652729911275 / math.sqrt(3), rel_tol=1e-9)  # t_{0.975, 2}
     recs = [{"kind": "prog", "precision": "int8", "level": 0.1, "accuracy": a} for a in (0.8, 0.9)]
     rows = sweep.summarize(recs)
     assert rows[0]["n"] == 2 and math.isclose(rows[0]["mean"], 0.85)
-    with pytest.raises(ValueError):
-        sweep.ci95([])
+    one = sweep.summarize(recs[:1])
+    assert one[0]["n"] == 1 and math.isnan(one[0]["ci95"])  # one seed: no interval, never a 0 width
+    assert all(math.isnan(v) for v in mean_ci95([]))
 
 
 def test_end_to_end_sweep_on_tiny_model(tmp_path):

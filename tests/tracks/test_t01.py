@@ -1,6 +1,6 @@
 """Track 1 passes with spectral normalisation and fails when SN does not bound the norm below 1."""
 from tracks import get_track
-from tracks.base import TrackContext, evaluate
+from tracks.harness.base import TrackContext, evaluate
 
 
 def _run(tmp_path, **overrides):

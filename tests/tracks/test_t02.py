@@ -1,6 +1,6 @@
 """Track 2 passes on the real path and fails when the nudged phase is skipped."""
 from tracks import get_track
-from tracks.base import TrackContext, evaluate
+from tracks.harness.base import TrackContext, evaluate
 
 
 def _run(tmp_path, **overrides):

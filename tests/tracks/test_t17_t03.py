@@ -6,7 +6,7 @@ import pytest
 
 from tracks import t03_self_healing as t03
 from tracks import t17_analog_noise as t17
-from tracks.base import TrackContext, evaluate
+from tracks.harness.base import TrackContext, evaluate
 
 TINY = {"model": {"sizes": (784, 32, 10), "n_train": 2000, "epochs": 1}, "n_test": 300}
 

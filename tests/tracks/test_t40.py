@@ -3,7 +3,7 @@ import pytest
 
 import tracks
 import tracks.t40_hardware_analysis as t40
-from tracks.base import TrackContext, evaluate
+from tracks.harness.base import TrackContext, evaluate
 
 SMALL = {"models": ((784, 24, 10),), "n_cross_check": 3}
 

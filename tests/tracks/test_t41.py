@@ -5,7 +5,7 @@ import pytest
 
 import tracks
 import tracks.t41_onnx_fidelity as t41
-from tracks.base import TrackContext, evaluate
+from tracks.harness.base import TrackContext, evaluate
 
 # int8 only: its QDQ graph matched the fake-quant path code for code in every run we measured, while
 # int4/ternary QDQ graphs of a barely trained tiny net flip an argmax tie now and then (see

@@ -162,7 +162,7 @@ def test_ports_reject_bad_input():
 
 # ------------------------------------------------------------------ Track 42 can pass and can fail
 def _track42(tmp_path, **overrides):
-    from tracks.base import TrackContext, evaluate
+    from tracks import TrackContext, evaluate
     from tracks.t42_spiking_fidelity import SPEC, run
 
     ctx = TrackContext(out_dir=tmp_path, quick=True, seeds=(0,), progress=False,

@@ -196,7 +196,7 @@ def track_table_markdown(tracks: Iterable[Any] | None = None) -> str:
         tracks: :class:`tracks.Track` objects; defaults to every discovered track.
     """
     if tracks is None:
-        from . import all_tracks
+        from .registry import all_tracks
         tracks = all_tracks()
     lines = ["| id | slug | name | claim | quick | full |", "| --- | --- | --- | --- | --- | --- |"]
     for t in tracks:

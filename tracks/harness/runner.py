@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import Track, get_track
+from .registry import Track, get_track
 from .base import TrackContext, TrackResult, evaluate
 from .machine import describe_machine
 

@@ -23,7 +23,7 @@ def export_model(checkpoint: str | os.PathLike, spec: str, out: str | os.PathLik
         from exports import verify
         from models.checkpoint import load_checkpoint
 
-        from .data import load_dataset
+        from ..data import load_dataset
 
         net, _ = load_checkpoint(checkpoint)
         x, _ = load_dataset("mnist", "test", data_dir)
@@ -35,6 +35,6 @@ def export_model(checkpoint: str | os.PathLike, spec: str, out: str | os.PathLik
 
 def sweep(**kwargs: Any) -> dict[str, Any]:
     """Analog noise sweep (:func:`tracks.sweep.sweep_command`)."""
-    from .sweep import sweep_command
+    from ..sweep import sweep_command
 
     return sweep_command(**kwargs)

@@ -14,8 +14,8 @@ Noise kinds (``level`` units):
 * ``drift``: seconds after programming (``t_inference_s``), PCM drift exponent of the base spec;
 * ``stuck``: fraction of devices stuck (half at g_min, half at g_max).
 
-The 95 % confidence band of a mean over ``n`` seeds is ``mean +- t_{0.975, n-1} sd / sqrt(n)``
-(Student t; a single seed gives a zero-width band).
+The 95 % confidence band of a mean over ``n`` seeds comes from :func:`tracks.harness.stats.mean_ci95`
+(Student t; a single seed has no band: ``ci95`` is ``null``).
 
 Shared, non-track helpers also live here (tracks import this module, never each other):
 :func:`train_mlp` (a short EqProp SGD loop) and :func:`cached_mlp` (train once per out dir).
@@ -23,8 +23,6 @@ Shared, non-track helpers also live here (tracks import this module, never each 
 >>> pts = grid(kinds=("prog",), levels=(0.0, 0.05), precisions=("int8",), seeds=(0, 1))
 >>> len(pts), pts[0].key
 (4, 'prog|0|int8|0')
->>> ci95([1.0, 1.0, 1.0])
-(1.0, 0.0)
 """
 from __future__ import annotations
 
@@ -47,6 +45,9 @@ from hwsim.analog import AnalogCrossbarMLP, AnalogSimConfig, adc_range_for
 from models.eqprop_mlp import EqPropConfig, EqPropMLP
 from quant.formats import AnalogSpec
 from quant.presets import list_presets
+
+from ..harness.stats import mean_ci95
+from ..harness.threads import torch_threads  # noqa: F401  (re-exported for tracks 3 and 17)
 
 log = logging.getLogger("eqprop_hwsim.tracks.sweep")
 
@@ -195,7 +196,7 @@ _WORKER_CACHE: dict[str, Any] = {}
 def _test_data(data_dir: str | None, dataset: str, n_test: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     key = f"data|{data_dir}|{dataset}|{n_test}"
     if key not in _WORKER_CACHE:
-        from tracks.data import load_dataset
+        from ..data import load_dataset
         x, y = load_dataset(dataset, "test", data_dir=data_dir)
         if n_test is not None:
             x, y = x[:n_test], y[:n_test]
@@ -291,17 +292,6 @@ def run_sweep(points: Sequence[SweepPoint], evaluate: Callable[[dict, dict], dic
 
 
 # ------------------------------------------------------------------------ summaries and plots
-def ci95(values: Sequence[float]) -> tuple[float, float]:
-    """``(mean, half_width)`` of the 95 % Student-t interval of the mean (0 width for n = 1)."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
-        raise ValueError("ci95 of no values; allowed: at least one value")
-    if v.size == 1:
-        return float(v[0]), 0.0
-    from scipy import stats
-    return float(v.mean()), float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
-
-
 def summarize(records: Sequence[dict[str, Any]], value: str = "accuracy") -> list[dict[str, Any]]:
     """Table rows ``{kind, precision, level, n, mean, ci95}`` grouped over seeds, sorted."""
     groups: dict[tuple, list[float]] = {}
@@ -309,7 +299,7 @@ def summarize(records: Sequence[dict[str, Any]], value: str = "accuracy") -> lis
         groups.setdefault((r["kind"], r["precision"], float(r["level"])), []).append(float(r[value]))
     rows = []
     for (kind, prec, level), vals in sorted(groups.items()):
-        m, h = ci95(vals)
+        m, h = mean_ci95(vals)
         rows.append({"kind": kind, "precision": prec, "level": level, "n": len(vals), "mean": m, "ci95": h})
     return rows
 
@@ -375,7 +365,7 @@ def sweep_command(*, kinds: Sequence[str] = ("prog",), levels: Sequence[float] =
         raise FileExistsError(f"{out / 'sweep.jsonl'} already holds results and resume=False; "
                               "use a new out folder or resume=True")
     if model is None:
-        from tracks.data import load_dataset
+        from ..data import load_dataset
         x, y = load_dataset("mnist", "train", data_dir=data_dir)
         x, y = torch.as_tensor(np.asarray(x[:n_train])), torch.as_tensor(np.asarray(y[:n_train]))
         _, model = cached_mlp(out / "cache", sizes, x, y, progress=progress, epochs=epochs)
@@ -389,26 +379,6 @@ def sweep_command(*, kinds: Sequence[str] = ("prog",), levels: Sequence[float] =
 
 
 # ------------------------------------------------------------------------ shared by tracks 17 and 3
-class torch_threads:
-    """Context manager: ``torch.set_num_threads(n)`` inside, the previous value restored after.
-
-    On a shared, oversubscribed CPU the small matmuls of these nets run up to 50x faster on one
-    thread than on two spinning OpenMP threads (measured on the dev machine under load 17).
-    """
-
-    def __init__(self, n: int = 1):
-        self.n, self.old = n, None
-
-    def __enter__(self):
-        self.old = torch.get_num_threads()
-        torch.set_num_threads(self.n)
-        return self
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.old)
-        return False
-
-
 # 128 hidden units in quick mode: the 784-64-10 quick model lost 1.5 pt at 5 % programming noise
 # (1000 test images, seed 0; measured 2026-11-23), the 784-128-10 one -0.1 pt: small nets have less
 # redundancy against device noise, which the full run (784-256-10) is about.
@@ -422,7 +392,7 @@ def track_model(ctx, *, quick: bool | None = None) -> tuple[EqPropMLP, Path, dic
     ``ctx.overrides["model"]`` may change any key of :data:`QUICK_MODEL` / :data:`FULL_MODEL`.
     Returns ``(net float32, path, settings)``.
     """
-    from tracks.data import load_dataset
+    from ..data import load_dataset
     quick = ctx.quick if quick is None else quick
     settings = {**(QUICK_MODEL if quick else FULL_MODEL), **ctx.overrides.get("model", {})}
     x, y = load_dataset("mnist", "train", data_dir=ctx.data_dir)

@@ -50,8 +50,10 @@ from models.eqprop_mlp import EqPropConfig, EqPropMLP
 from models.qat import QATConfig, train_qat
 from quant import get_preset
 
-from .base import Criterion, TrackContext, TrackResult, TrackSpec
-from .data import load_dataset
+from ..harness.stats import mean_ci95
+from ..harness.threads import torch_threads
+from ..harness.base import Criterion, TrackContext, TrackResult, TrackSpec
+from ..data import load_dataset
 
 log = logging.getLogger("eqprop_hwsim.tracks.quantized")
 
@@ -111,20 +113,6 @@ def _config(ctx: TrackContext) -> QuantTrackConfig:
     kw = {k: ctx.overrides[k] for k in ("n_train", "n_test", "hidden", "epochs", "ft_epochs", "scratch")
           if k in ctx.overrides}
     return dataclasses.replace(cfg, **kw)
-
-
-def mean_ci95(values) -> tuple[float, float]:
-    """Mean and Student-t 95% half-width (NaN for fewer than 2 values).
-
-    >>> m, h = mean_ci95([1.0, 2.0, 3.0]); round(m, 3), round(h, 3)
-    (2.0, 2.484)
-    """
-    from scipy import stats
-
-    v = np.asarray(values, dtype=np.float64)
-    if len(v) < 2:
-        return float(v.mean()) if len(v) else float("nan"), float("nan")
-    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
 
 
 def _acc_float(net, x, y) -> float:
@@ -251,9 +239,7 @@ def run_quantized(ctx: TrackContext, preset: str, track_id: int) -> TrackResult:
     seeds = tuple(ctx.seeds[:1]) if ctx.quick else tuple(ctx.seeds)
     if not seeds:
         raise ValueError("ctx.seeds is empty; allowed: at least one seed")
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small matmuls: intra-op threads only add contention
-    try:
+    with torch_threads(1):  # small matmuls: intra-op threads only add contention
         x_all, y_all = load_dataset("mnist", "train", ctx.data_dir)
         x_te, y_te = load_dataset("mnist", "test", ctx.data_dir)
         x_te, y_te = x_te[:cfg.n_test], y_te[:cfg.n_test]
@@ -263,8 +249,6 @@ def run_quantized(ctx: TrackContext, preset: str, track_id: int) -> TrackResult:
             rows.append(_run_seed(preset, cfg, seed, (x_all[idx], y_all[idx], x_te, y_te), bypass, ctx.progress,
                                   scratch=len(rows) < cfg.scratch))
             log.info("%s seed %d: %s", preset, seed, {k: v for k, v in rows[-1].items() if k.startswith("acc")})
-    finally:
-        torch.set_num_threads(n_threads)
 
     metrics: dict = {}
     for r in rows:
