@@ -22,6 +22,7 @@ WEIGHT_KINDS = ("float32", "int", "int8", "int4", "ternary")
 _IMPLIED_BITS = {"float32": 32, "int8": 8, "int4": 4, "ternary": 2}
 GRANULARITIES = ("per_tensor", "per_channel")
 SCALE_RULES = ("max_abs", "power_of_two", "mse")
+ONNX_CONTAINER_BITS = (4, 8, 16, 32)  # ONNX integer tensor types that hold weight codes
 
 
 def _bad(cls: type, field: str, value: Any, allowed: str) -> ValueError:
@@ -163,6 +164,26 @@ class WeightFormat(SpecBase):
     def qmax(self) -> int:
         """Largest code."""
         return ops.max_int(True, self.narrow_range, self.bits)
+
+    @property
+    def storage_bits(self) -> int:
+        """Bits one stored weight code takes on the chip: ``bits`` (ternary: 2, codes packed densely;
+        what :mod:`hwsim.opcount` charges for weight memory and traffic).
+
+        >>> [WeightFormat(k).storage_bits for k in ("int8", "int4", "ternary")]
+        [8, 4, 2]
+        """
+        return int(self.bits)
+
+    @property
+    def onnx_storage_bits(self) -> int:
+        """Width of the ONNX integer container that stores one code: the smallest of INT4, INT8, INT16,
+        INT32 holding ``bits`` (ternary codes {-1, 0, 1} are stored as INT4: ONNX has no 2-bit type).
+
+        >>> [WeightFormat(k).onnx_storage_bits for k in ("int8", "int4", "ternary")], WeightFormat("int", bits=6).onnx_storage_bits
+        ([8, 4, 4], 8)
+        """
+        return next(w for w in ONNX_CONTAINER_BITS if self.bits <= w)
 
 
 @dataclasses.dataclass(frozen=True)

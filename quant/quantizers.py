@@ -418,3 +418,56 @@ def requant_params(q: QuantizedTensor, spec, multiplier_bits: int = 31) -> list[
         else:
             out.append(ops.quantize_multiplier(real, multiplier_bits))
     return out
+
+
+def bias_lsb(weight_scale, spec) -> np.ndarray:
+    """Float value of one forward-accumulator LSB per output row: ``scale_row * 2**-frac_bits``.
+
+    A bias adds to the accumulator ``Wq @ c`` of its row, whose LSB is the row's weight scale times
+    the input state LSB; the bias lives on that grid (see :func:`bias_codes`). The fake-quant path
+    (``models/qat.py``) builds its straight-through ``b_hat = round_half_even(b / lsb) * lsb`` from it.
+
+    Args:
+        weight_scale: the ``scale`` of :func:`quantize_weights` of the row's weight (shape ``()`` or
+            ``(out, 1)``; numpy or torch).
+        spec: a :class:`HardwareSpec` with a fixed-point state.
+
+    Returns:
+        float64 array of shape ``(out,)`` (``(1,)`` for a per-tensor scale: it broadcasts).
+
+    >>> bias_lsb(np.array([[0.5], [0.25]]), HardwareSpec()).tolist()   # state LSB 2**-7
+    [0.00390625, 0.001953125]
+    """
+    st = _state_format(spec)
+    return np.ldexp(np.atleast_1d(_to_numpy64(weight_scale)).reshape(-1), -st.frac_bits)
+
+
+def bias_codes(bias, weight_scale, spec) -> np.ndarray:
+    """Integer bias codes in forward-accumulator LSBs, the one rule every integer path uses::
+
+        bq[j] = saturate_acc_bits(round_half_even(b[j] / scale_row[j] * 2**frac_bits))
+
+    Decision (issue 10): biases **are** quantised, to the forward-accumulator grid, because that is
+    what the chip adds (the bias is one more term of ``Wq @ c``, saturated to ``acc_bits``). The one
+    fake-quant reference (``models/qat.py``) rounds the float bias to the same grid with
+    :func:`bias_lsb`, so the fake-quant forward and the integer simulators see the same bias.
+
+    Args:
+        bias: ``(out,)`` float bias (numpy or torch; computed in float64).
+        weight_scale: the row's weight scale (:func:`bias_lsb`).
+        spec: an integer :class:`HardwareSpec` (needs ``state`` and ``acc_bits``).
+
+    Returns:
+        ``(out,)`` int64 numpy codes.
+
+    >>> bias_codes(np.array([0.1, -1e9]), np.array([[0.5], [0.25]]), HardwareSpec(acc_bits=16)).tolist()
+    [26, -32768]
+    """
+    if not isinstance(spec, HardwareSpec) or spec.state is None or spec.acc_bits is None:
+        raise ValueError(f"spec={getattr(spec, 'name', spec)!r} is invalid for bias codes; allowed: a HardwareSpec "
+                         "with a fixed-point state and acc_bits (an integer accumulator)")
+    b = _to_numpy64(bias).reshape(-1)
+    scale = np.broadcast_to(np.atleast_1d(_to_numpy64(weight_scale)).reshape(-1), b.shape)
+    acc_hi = 2 ** (spec.acc_bits - 1) - 1
+    bq = np.rint(np.ldexp(b / scale, spec.state.frac_bits))
+    return np.clip(bq, -acc_hi - 1, acc_hi).astype(np.int64)

@@ -181,3 +181,71 @@ def element_index(shape, offset: int = 0):
     """
     n = int(np.prod(shape)) if len(shape) else 1
     return (np.arange(n, dtype=np.int64) + offset).reshape(shape)
+
+
+# ---------------------------------------------------------------------------- tensor ids
+# The one scheme naming every tensor a simulator draws random numbers for. ``tensor_id(kind, layer,
+# side) = base + stride * layer + side``; the bases and strides encode the formulas each simulator
+# used before the scheme was shared, so every existing id (and every integer metric derived from
+# stochastic draws) is unchanged:
+#   state roundings of the fixed-point simulator  4 * layer + {0 forward, 1 feedback, 2 nudge}
+#   input quantisation                            2**20
+#   extra interaction terms (skip couplings, ...)  2**21 + 64 * node + term index at that node
+#   on-chip update of layer i                     2**24 + 2 * i (+1 for the bias register)
+#   analog crossbar                               kind * 1000 + 2 * layer + side (g+/g-, fwd/transpose)
+KIND_STATE_FWD = "state_fwd"
+KIND_STATE_FB = "state_fb"
+KIND_NUDGE = "nudge"
+KIND_STATE_TERM = "state_term"
+KIND_INPUT = "input"
+KIND_UPDATE_W = "update_w"
+KIND_UPDATE_B = "update_b"
+KIND_STUCK = "stuck"
+KIND_PROG = "prog"
+KIND_DRIFT = "drift"
+KIND_READ = "read"
+KIND_ANALOG_UPDATE = "analog_update"
+
+TENSOR_ID_LAYOUT: dict[str, tuple[int, int, int, int]] = {
+    # kind: (base, stride per layer, sides, layers) -- ids of one family never collide
+    KIND_STATE_FWD: (0, 4, 1, 1 << 18),
+    KIND_STATE_FB: (1, 4, 1, 1 << 18),
+    KIND_NUDGE: (2, 4, 1, 1 << 18),
+    KIND_INPUT: (1 << 20, 0, 1, 1),
+    KIND_STATE_TERM: (1 << 21, 64, 64, 1 << 16),
+    KIND_UPDATE_W: (1 << 24, 2, 1, 1 << 22),
+    KIND_UPDATE_B: ((1 << 24) + 1, 2, 1, 1 << 22),
+    KIND_STUCK: (1000, 2, 2, 500),
+    KIND_PROG: (2000, 2, 2, 500),
+    KIND_DRIFT: (3000, 2, 2, 500),
+    KIND_READ: (4000, 2, 2, 500),
+    KIND_ANALOG_UPDATE: (5000, 2, 2, 500),
+}
+"""``kind -> (base, stride, n_sides, n_layers)`` of :func:`tensor_id`. Families (the ids one simulator
+uses together): fixed point + on-chip learning (state, nudge, input, term, update kinds), analog
+crossbar (stuck, prog, drift, read, analog_update)."""
+
+
+def tensor_id(kind: str, layer: int = 0, side: int = 0) -> int:
+    """Counter ``tensor_id`` of the tensor ``(kind, layer, side)``: ``base + stride * layer + side``.
+
+    ``side``: which of a layer's twin tensors (analog: 0 ``g+`` / forward read, 1 ``g-`` / transpose
+    read; :data:`KIND_STATE_TERM`: the index of the extra term at that node). See
+    :data:`TENSOR_ID_LAYOUT`.
+
+    >>> tensor_id(KIND_NUDGE, 1), tensor_id(KIND_INPUT), tensor_id(KIND_UPDATE_B, 1), tensor_id(KIND_READ, 1, 1)
+    (6, 1048576, 16777219, 4003)
+    >>> tensor_id("spin", 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: tensor kind 'spin' is invalid; allowed: one of ('state_fwd', 'state_fb', 'nudge', 'input', 'state_term', 'update_w', 'update_b', 'stuck', 'prog', 'drift', 'read', 'analog_update')
+    """
+    try:
+        base, stride, n_sides, n_layers = TENSOR_ID_LAYOUT[kind]
+    except (KeyError, TypeError):
+        raise ValueError(f"tensor kind {kind!r} is invalid; allowed: one of {tuple(TENSOR_ID_LAYOUT)}") from None
+    layer, side = int(layer), int(side)
+    if not (0 <= layer < n_layers and 0 <= side < n_sides):
+        raise ValueError(f"tensor_id({kind!r}, layer={layer}, side={side}) is out of range; allowed: "
+                         f"0 <= layer < {n_layers}, 0 <= side < {n_sides}")
+    return base + stride * layer + side

@@ -16,6 +16,12 @@ ROUNDING_MODES = ops.ROUNDING_MODES
 OVERFLOW_MODES = ops.OVERFLOW_MODES
 
 
+class UnsupportedError(ValueError):
+    """A backend was asked for a spec (or an interaction term) it does not implement; the message names
+    the backend, the field and what the backend supports. ``models.engine.UnsupportedError`` should
+    be this class (one exception for every capability check)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class HardwareSpec(SpecBase):
     """How a model is represented on a chip. Frozen, validated, JSON round-trippable.
@@ -77,6 +83,63 @@ class HardwareSpec(SpecBase):
     def is_integer(self) -> bool:
         """True when weights, states and accumulator are all integer (simulable in hwsim)."""
         return not self.weights.is_float and self.state is not None and self.acc_bits is not None
+
+    # ------------------------------------------------------------------ capability checks
+    def require(self, backend: str, *, integer: bool = False, exact_one: bool = False, analog: bool = False,
+                update: bool = False, per_tensor: bool = False, roundings: tuple | None = None) -> "HardwareSpec":
+        """``self`` if backend ``backend`` can run it, else :class:`UnsupportedError` naming the backend,
+        the field and what the backend supports. The one place the backends' spec rules live.
+
+        Args:
+            integer: integer weights, a fixed-point state and ``acc_bits`` are needed.
+            exact_one: the state format must hold 1.0 exactly (the hard sigmoid is the integer clamp).
+            analog: whether the backend models analog non-idealities (``False``: ``analog`` must be None).
+            update: an ``update`` section (on-chip learning precision) is needed.
+            per_tensor: per-tensor weight scales are needed.
+            roundings: the rounding modes the backend implements (None: all).
+
+        >>> from quant import get_preset
+        >>> get_preset("fp32").require("numba fixed point", integer=True)
+        Traceback (most recent call last):
+        ...
+        quant.spec.UnsupportedError: backend 'numba fixed point' does not support spec 'fp32': it is not integer (weights.kind='float32', state=float, acc_bits=None); it supports: integer weights, a FixedPoint state and acc_bits (e.g. quant.get_preset('int8'))
+        """
+        def refuse(what: str, supports: str) -> UnsupportedError:
+            return UnsupportedError(f"backend {backend!r} does not support spec {self.name!r}: {what}; "
+                                    f"it supports: {supports}")
+
+        if integer and not self.is_integer:
+            st = "float" if self.state is None else "fixed"
+            raise refuse(f"it is not integer (weights.kind={self.weights.kind!r}, state={st}, "
+                         f"acc_bits={self.acc_bits})",
+                         "integer weights, a FixedPoint state and acc_bits (e.g. quant.get_preset('int8'))")
+        if not analog and self.analog is not None:
+            raise refuse("analog non-idealities (analog is set)", "analog=None (digital specs; analog crossbars "
+                         "run on hwsim.analog)")
+        if exact_one and self.state is not None:
+            try:
+                self.state.code_of(1.0)
+            except ValueError:
+                raise refuse(f"state={self.state} cannot represent 1.0 exactly",
+                             "a state format holding 1.0, e.g. unsigned FixedPoint(bits, bits - 1), so the hard "
+                             "sigmoid is the integer clamp [0, code(1.0)]") from None
+        if update and self.update is None:
+            raise refuse("it cannot learn on chip (update=None)",
+                         "an update section (UpdateSpec: hidden weights, rate; presets int8, int4, ternary)")
+        if per_tensor and self.weights.granularity != "per_tensor":
+            raise refuse(f"weights.granularity={self.weights.granularity!r}",
+                         "per-tensor weight scales (one synapse array read forward and transposed)")
+        if roundings is not None and self.rounding not in roundings:
+            raise refuse(f"rounding={self.rounding!r}", f"rounding in {tuple(roundings)}")
+        return self
+
+    @classmethod
+    def check(cls, spec, backend: str, **needs) -> "HardwareSpec":
+        """:meth:`require` on ``spec`` after checking that it is a :class:`HardwareSpec` (``ValueError``)."""
+        if not isinstance(spec, cls):
+            raise ValueError(f"spec={spec!r} is invalid for backend {backend!r}; allowed: a quant.HardwareSpec "
+                             "(e.g. quant.get_preset('int8'))")
+        return spec.require(backend, **needs)
 
     def to_json(self, indent: int | None = 2) -> str:
         """JSON text of :meth:`to_dict` (keys in field order)."""
