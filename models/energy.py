@@ -39,6 +39,7 @@ a skip coupling between state nodes) means: a dataclass here, and a kernel in ea
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -53,14 +54,24 @@ State = list[torch.Tensor]
 
 @dataclass(frozen=True)
 class Node:
-    """A state node: ``size`` units per sample, activation ``rho`` (``"hard_sigmoid"``: box [0, 1])."""
+    """A state node: ``size`` units per sample, activation ``rho`` (``"hard_sigmoid"``: box [0, 1]).
+
+    States are always stored flat, ``(B, size)``, so solvers and backends treat every node alike;
+    ``shape`` is how kernels view one sample (e.g. ``(C, H, W)`` for a conv feature map; default
+    ``(size,)``).
+    """
 
     size: int
     activation: str = "hard_sigmoid"
+    shape: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not (isinstance(self.size, int) and self.size >= 1):
             raise ValueError(f"Node.size={self.size!r} is invalid; allowed: an int >= 1")
+        shape = tuple(int(d) for d in self.shape) or (self.size,)
+        if math.prod(shape) != self.size:
+            raise ValueError(f"Node.shape={shape} has {math.prod(shape)} units; expected size={self.size}")
+        object.__setattr__(self, "shape", shape)
         if self.activation != "hard_sigmoid":
             raise ValueError(f"Node.activation={self.activation!r} is invalid; allowed: 'hard_sigmoid'")
 
@@ -116,22 +127,24 @@ class DenseFloat:
         return (_node(x, s, t.post) * (_node(x, s, t.pre) @ p(t.weight).t())).sum(dim=1)
 
     @staticmethod
-    def contributions(t: Dense, p) -> list[tuple[int, int, Callable]]:
-        """``(target node, source node, accumulate)``: ``accumulate(a, src)`` returns ``a + term``
-        (``a`` may be None, a 1-D static vector, or ``(B, n)``)."""
+    def contributions(t: Dense, p) -> list[tuple[int, Callable]]:
+        """``(target node, accumulate)``: ``accumulate(a, x, s)`` returns ``a`` plus the term's
+        ``dPhi/ds_target`` (``a`` may be None, a 1-D static vector, or ``(B, n)``)."""
         W = p(t.weight)
+        pre, post = t.pre, t.post
 
-        def forward(a, src):  # W src (narrow-output products run ~2.5x faster as (W src^T + a^T)^T)
+        def forward(a, x, s):  # W s_pre (narrow-output products run ~2.5x faster as (W s^T + a^T)^T)
+            src = x if pre == INPUT else s[pre]
             if a is None:
                 return src @ W.t()
-            if src.ndim == 2 and t.pre == INPUT:
+            if pre == INPUT:
                 return torch.addmm(a, src, W.t())
             return torch.addmm(a[:, None] if a.ndim == 1 else a.t(), W, src.t()).t()
 
-        def feedback(a, src):  # W^T src
-            return src @ W if a is None else torch.addmm(a, src, W)
+        def feedback(a, x, s):  # W^T s_post
+            return s[post] @ W if a is None else torch.addmm(a, s[post], W)
 
-        return [(t.post, t.pre, forward), (t.pre, t.post, feedback)] if t.pre != INPUT else [(t.post, t.pre, forward)]
+        return [(post, forward), (pre, feedback)] if pre != INPUT else [(post, forward)]
 
     @staticmethod
     def dphi(t: Dense, p, x, s) -> dict[str, torch.Tensor]:
@@ -158,9 +171,9 @@ class BiasFloat:
         return s[t.node] @ p(t.bias)
 
     @staticmethod
-    def contributions(t: Bias, p) -> list[tuple[int, int, Callable]]:
+    def contributions(t: Bias, p) -> list[tuple[int, Callable]]:
         b = p(t.bias)
-        return [(t.node, INPUT, lambda a, src: b if a is None else a + b)]
+        return [(t.node, lambda a, x, s: b if a is None else a + b)]
 
     @staticmethod
     def dphi(t: Bias, p, x, s) -> dict[str, torch.Tensor]:
@@ -230,25 +243,26 @@ class EnergyModel:
             for t, k in zip(self.terms, ks):
                 if not is_static(t) or isinstance(t, Bias) != pass_bias:
                     continue
-                for node, src, acc in k.contributions(t, self._param):
-                    static[node] = acc(static[node], x)
+                for node, acc in k.contributions(t, self._param):
+                    static[node] = acc(static[node], x, None)
         return static
 
-    def _node_contributions(self) -> list[list[tuple[int, Callable]]]:
+    def _node_contributions(self) -> list[list[Callable]]:
         """Per node, its dynamic (state-dependent) contributions in term order."""
-        out: list[list[tuple[int, Callable]]] = [[] for _ in self.nodes]
+        out: list[list[Callable]] = [[] for _ in self.nodes]
         for t, k in zip(self.terms, self._kernels()):
             if is_static(t):
                 continue
-            for node, src, acc in k.contributions(t, self._param):
-                out[node].append((src, acc))
+            for node, acc in k.contributions(t, self._param):
+                out[node].append(acc)
         return out
 
-    def preact(self, i: int, s: State, drive: list) -> torch.Tensor:
-        """``dPhi/ds_i`` (without nudging)."""
+    def preact(self, i: int, s: State, drive: list, x: torch.Tensor | None = None) -> torch.Tensor:
+        """``dPhi/ds_i`` (without nudging); ``x`` is needed only by terms that read the input
+        dynamically (none of the built-in ones: input couplings are in the drive)."""
         a = drive[i]
-        for src, acc in self._node_contributions()[i]:
-            a = acc(a, s[src])
+        for acc in self._node_contributions()[i]:
+            a = acc(a, x, s)
         if a is None:
             return torch.zeros_like(s[i])
         return a.expand_as(s[i]) if a.ndim == 1 else a
@@ -267,8 +281,8 @@ class EnergyModel:
 
         def node(i: int, s: State) -> torch.Tensor:
             a = drive[i]
-            for src, acc in contrib[i]:
-                a = acc(a, s[src])
+            for acc in contrib[i]:
+                a = acc(a, None, s)
             if i == last and nudge is not None:
                 a = a - beta * nudge(s[i])
             if a is None or a.ndim == 1:
