@@ -6,8 +6,9 @@ term by term, in float, with every scale and rounding taken from :mod:`quant.qua
 * forward weights ``W_hat_i = fake_quant_weights(W_i, spec)`` (codes times scale, straight-through);
 * feedback weights ``F_hat_i = fake_quant_weights(W_{i+1}^T, spec)``, quantised as their own tensor
   like the simulator's feedback array (equal to ``W_hat_{i+1}^T`` for per-tensor scales);
-* biases on the forward-accumulator grid, ``b_hat = round_half_even(b / lsb) * lsb`` with
-  ``lsb = scale_row * 2**-frac_bits`` (straight-through);
+* biases on the forward-accumulator grid, ``b_hat = quant.bias_codes(b, scale, spec) * lsb`` with
+  ``lsb = quant.bias_lsb(scale, spec) = scale_row * 2**-frac_bits`` (straight-through): the simulator's
+  own rule, so this is the one fake-quant reference path (``exports/verify.py`` uses it too);
 * input ``x_hat = fake_quant_state(x, spec)`` (inputs use the state format);
 * every term rounded to the state LSB as the simulator requantises it (``R`` = the spec's
   rounding on a wide signed grid of ``frac_bits``, no saturation), then the hard sigmoid::
@@ -48,7 +49,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from quant import FixedPoint, HardwareSpec, fake_quant_state, fake_quant_weights, quantize_weights
+from quant import (FixedPoint, HardwareSpec, bias_codes, bias_lsb, fake_quant_state, fake_quant_weights,
+                   quantize_weights)
 
 from .energy import INPUT, Bias, Dense
 from .engine import Phases, check_nudging, require_kernels, run_phases
@@ -142,10 +144,10 @@ def qat_weights(net: EqPropMLP, spec: HardwareSpec) -> list[dict[str, torch.Tens
     for i, lin in enumerate(net.layers):
         d = {"w": fake_quant_weights(lin.weight, spec), "b": lin.bias}
         if not spec.weights.is_float and spec.state is not None:
-            scale = torch.as_tensor(np.asarray(quantize_weights(lin.weight, spec).scale, dtype=np.float64).reshape(-1),
-                                    dtype=lin.bias.dtype)
-            lsb = scale * spec.state.lsb
-            b_hat = torch.round(lin.bias.detach() / lsb) * lsb
+            # the one bias rule of every integer path (quant.bias_codes), as a float on its grid
+            scale = quantize_weights(lin.weight, spec).scale
+            b_hat = bias_codes(lin.bias, scale, spec) * bias_lsb(scale, spec)
+            b_hat = torch.as_tensor(b_hat, dtype=lin.bias.dtype, device=lin.bias.device)
             d["b"] = lin.bias + (b_hat - lin.bias).detach()
         if i + 1 < n:
             w_next = net.layers[i + 1].weight
