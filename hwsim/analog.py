@@ -1,14 +1,24 @@
-"""Analog crossbar simulator of an :class:`~models.eqprop_mlp.EqPropMLP` (torch and numba paths).
+"""Analog crossbar simulator of an energy model (:class:`~models.energy.EnergyModel`; torch and numba paths).
+
+The network's interaction terms are mapped to crossbar arrays through :data:`ANALOG_KERNELS`, a
+table keyed by term type: every :class:`~models.energy.Dense` term ``s_post . (W s_pre)`` is one
+array (read forward for ``W s_pre`` and transposed for the feedback ``W^T s_post``), and a
+:class:`~models.energy.Bias` of node ``i`` is a column of the first array driving node ``i``
+(a bias-only array when there is none). The EqPropMLP's arrays are its layers, in order; the
+skip model's input-to-output weight is one more array. A term without a kernel raises
+:class:`models.engine.UnsupportedError`. The update order is ``net.schedule()`` and the EqProp
+phase sequence is :func:`models.engine.run_phases`; this module holds only the device arithmetic.
 
 Device model (data in :class:`quant.AnalogSpec`, simulation options in :class:`AnalogSimConfig`).
 Conductances are kept in units of ``g_max`` (``g = G / g_max``, ``g_lo = g_min / g_max``):
 
-* **Mapping.** Layer ``i`` holds the augmented matrix ``A_i = [W_i | b_i]`` of shape
-  ``(n_i, n_{i-1} + 1)`` (the bias is a column driven by a constant input 1). Weights are first
+* **Mapping.** Array ``k`` holds the augmented matrix ``A_k = [W_k | b_k]`` of shape
+  ``(n_post, n_pre + 1)`` (the bias is a column driven by a constant input 1; ``A_k = W_k`` for an
+  array without a bias). Weights are first
   quantised with the weight format (``int8``/``int4``/``ternary`` via
   :func:`quant.quantize_weights`; biases stay float), then mapped per layer to differential pairs
   ``g+ = g_lo + (1 - g_lo) max(A, 0) / w_max``, ``g- = g_lo + (1 - g_lo) max(-A, 0) / w_max``
-  with ``w_max = max |A_i|``. The normalised weight is ``omega = (g+ - g-) / (1 - g_lo)`` in
+  with ``w_max = max |A_k|``. The normalised weight is ``omega = (g+ - g-) / (1 - g_lo)`` in
   ``[-1, 1]`` and the real weight ``A = w_max * omega``.
 * **Stuck-at faults** (fixed per chip, ``seed``): a device with ``u24 < f_min 2**24`` is stuck at
   ``g_lo``, with ``u24 < (f_min + f_max) 2**24`` at 1; stuck devices ignore programming, drift and
@@ -37,8 +47,10 @@ Conductances are kept in units of ``g_max`` (``g = G / g_max``, ``g_lo = g_min /
 
 Paired seeds: every random draw is :mod:`quant.rng` with counters ``(seed, step, tensor_id,
 index)``: stuck map ``step=0``, programming ``step=`` programming count, reads ``step=`` read
-sweep count, updates ``step=`` update count; ``tensor_id`` from :func:`tensor_id`. The torch
-path (``backend="torch"``) and the numba path (``backend="numba"``) draw the same numbers.
+sweep count, updates ``step=`` update count; ``tensor_id`` from :func:`tensor_id` with the array
+index as ``layer``. The read counter is the chip's own state (one step per sweep, phases in the
+engine's order free, b1, b2), not the engine's counter layout. The torch path
+(``backend="torch"``) and the numba path (``backend="numba"``) draw the same numbers.
 
 >>> import torch
 >>> from models.eqprop_mlp import EqPropMLP, EqPropConfig
@@ -46,7 +58,7 @@ path (``backend="torch"``) and the numba path (``backend="numba"``) draw the sam
 >>> net = EqPropMLP(EqPropConfig(sizes=(6, 5, 3)), seed=0).double()
 >>> xbar = AnalogCrossbarMLP(net, AnalogSpec(), seed=0)   # noiseless, ideal converters
 >>> x = torch.rand(4, 6, dtype=torch.float64)
->>> s = xbar.relax(x, n_steps=40)
+>>> s, info = xbar.relax(x, n_steps=40)
 >>> s_ref, _ = net.free_phase(x, n_steps=40)
 >>> bool(torch.allclose(s[-1], s_ref[-1], rtol=1e-12, atol=1e-12))
 True
@@ -62,6 +74,9 @@ import numba
 import numpy as np
 import torch
 
+from models.energy import INPUT, Bias, Dense
+from models.engine import NUDGINGS, Phases, require_kernels, run_phases
+from models.solvers import RelaxInfo, fixed_point
 from quant import rng
 from quant.formats import AnalogSpec, WeightFormat
 from quant.quantizers import quantize_weights
@@ -71,14 +86,15 @@ log = logging.getLogger("eqprop_hwsim.hwsim.analog")
 
 PROG_NOISE_MODELS = ("constant", "pcm_poly")
 BACKENDS = ("torch", "numba")
+BACKEND_NAME = "analog crossbar"
 _PCM_POLY = (0.26348, 1.9650, -1.1731)  # sigma_prog(x) in uS, x = g / g_max (Nandakumar 2019)
 
-# tensor ids (quant.rng counter convention): kind * 1000 + 2 * layer + side/direction
+# tensor ids (quant.rng counter convention): kind * 1000 + 2 * array + side/direction
 _KIND_STUCK, _KIND_PROG, _KIND_DRIFT, _KIND_READ, _KIND_UPDATE = 1, 2, 3, 4, 5
 
 
 def tensor_id(kind: int, layer: int, side: int) -> int:
-    """Counter ``tensor_id`` of a draw: ``kind * 1000 + 2 * layer + side``.
+    """Counter ``tensor_id`` of a draw: ``kind * 1000 + 2 * layer + side`` (``layer``: array index).
 
     ``kind``: 1 stuck map, 2 programming, 3 drift exponent, 4 read, 5 update; ``side``: 0 = ``g+``
     (or forward read), 1 = ``g-`` (or transpose read).
@@ -158,7 +174,7 @@ def _rint_nb(v):
 
 
 @numba.njit(cache=True)
-def _program_nb(target, seed, step, layer, side, g_lo, prog_std, poly, use_poly,
+def _program_nb(target, seed, step, tid_s, tid_p, tid_d, g_lo, prog_std, poly, use_poly,
                 f_min, f_max, drift_nu, drift_nu_std, t_ratio):
     """Stuck map + programming noise + drift, elementwise. Returns (g, stuck codes)."""
     n_out, n_in = target.shape
@@ -166,9 +182,6 @@ def _program_nb(target, seed, step, layer, side, g_lo, prog_std, poly, use_poly,
     stuck = np.zeros(target.shape, dtype=np.int8)
     thr_min = f_min * 16777216.0
     thr_max = (f_min + f_max) * 16777216.0
-    tid_s = 1000 * 1 + 2 * layer + side
-    tid_p = 1000 * 2 + 2 * layer + side
-    tid_d = 1000 * 3 + 2 * layer + side
     p1 = poly[0] + poly[1] + poly[2]
     for r in range(n_out):
         for c in range(n_in):
@@ -200,17 +213,20 @@ def _program_nb(target, seed, step, layer, side, g_lo, prog_std, poly, use_poly,
 
 
 @numba.njit(cache=True)
-def _read_nb(omega, u, transpose, seed, step, tid, sigma_out, dac_levels, adc_q, adc_delta, gain):
-    """One crossbar read of a batch ``u``; see module docstring. Returns real pre-activations."""
+def _read_nb(omega, u, transpose, seed, step, tid, sigma_out, dac_levels, adc_q, adc_delta, gain, has_bias=True):
+    """One crossbar read of a batch ``u``; see module docstring. Returns real pre-activations.
+
+    ``omega`` is ``(n_out, n_in + 1)`` with the bias column last (``has_bias``) or ``(n_out, n_in)``.
+    """
     bsz = u.shape[0]
     n_out, n_aug = omega.shape
-    n_in = n_aug - 1
+    n_in = n_aug - 1 if has_bias else n_aug
     n_o = n_in if transpose else n_out
     k_in = n_out if transpose else n_in
     out = np.empty((bsz, n_o))
     uq = np.empty(k_in)
     for b in range(bsz):
-        sq = 0.0 if transpose else 1.0  # bias input 1 in the forward read
+        sq = 1.0 if (has_bias and not transpose) else 0.0  # bias input 1 in the forward read
         for j in range(k_in):
             v = u[b, j]
             if dac_levels > 0:
@@ -226,7 +242,8 @@ def _read_nb(omega, u, transpose, seed, step, tid, sigma_out, dac_levels, adc_q,
             else:
                 for j in range(k_in):
                     acc += omega[k, j] * uq[j]
-                acc += omega[k, n_in]
+                if has_bias:
+                    acc += omega[k, n_in]
             if noise_sd > 0.0:
                 acc += noise_sd * _normal_nb(seed, step, tid, b * n_o + k)
             if adc_q > 0:
@@ -266,21 +283,116 @@ def _program_torch(target, seed, step, layer, side, g_lo, prog_std, use_poly, f_
     return v, stuck
 
 
-def _read_torch(omega, u, transpose, seed, step, tid, sigma_out, dac_levels, adc_q, adc_delta, gain):
+def _read_torch(omega, u, transpose, seed, step, tid, sigma_out, dac_levels, adc_q, adc_delta, gain, has_bias=True):
     if dac_levels > 0:
         u = torch.round(u.clamp(0.0, 1.0) * dac_levels) / dac_levels
+    w = omega[:, :-1] if has_bias else omega
     if transpose:
-        y = u @ omega[:, :-1]
+        y = u @ w
         sq = (u * u).sum(dim=1, keepdim=True)
-    else:
-        y = torch.addmm(omega[:, -1], u, omega[:, :-1].t())
+    elif has_bias:
+        y = torch.addmm(omega[:, -1], u, w.t())
         sq = (u * u).sum(dim=1, keepdim=True) + 1.0
+    else:
+        y = u @ w.t()
+        sq = (u * u).sum(dim=1, keepdim=True)
     if sigma_out > 0.0:
         z = rng.normal_f64(seed, step, tid, _index(y.shape, y.device))
         y = y + (sigma_out * torch.sqrt(sq)) * z
     if adc_q > 0:
         y = torch.clamp(torch.round(y / adc_delta), -adc_q, adc_q) * adc_delta
     return y * gain
+
+
+# --------------------------------------------------------------------------- term -> array mapping
+@dataclasses.dataclass(frozen=True)
+class Array:
+    """One differential crossbar array: ``A = [W | b]`` of shape ``(n_post, n_pre + has_bias)``.
+
+    Attributes:
+        post: the node its forward read drives (``W s_pre + b``).
+        pre: the node it reads forward (:data:`~models.energy.INPUT` for the input, ``None`` for a
+            bias-only array); a state node is also driven by the transpose read ``W^T s_post``.
+        weight, bias: the model's parameter names (``None`` when absent).
+    """
+
+    post: int
+    pre: int | None
+    weight: str | None
+    bias: str | None = None
+
+    @property
+    def has_bias(self) -> bool:
+        return self.bias is not None
+
+    def reads(self) -> list[tuple[int, int | None, bool]]:
+        """``(target node, source node, transpose)`` of the reads of one sweep."""
+        out = [(self.post, self.pre, False)]
+        if self.pre is not None and self.pre != INPUT:
+            out.append((self.pre, self.post, True))
+        return out
+
+
+class DenseAnalog:
+    """:class:`~models.energy.Dense`: one array per term (read forward and transposed)."""
+
+    order = 0  # placed before the biases, which fold into these arrays
+
+    @staticmethod
+    def place(t: Dense, arrays: list[Array]) -> None:
+        arrays.append(Array(post=t.post, pre=t.pre, weight=t.weight))
+
+
+class BiasAnalog:
+    """:class:`~models.energy.Bias`: a column (constant input 1) of the first array driving the
+    node, else a bias-only array."""
+
+    order = 1
+
+    @staticmethod
+    def place(t: Bias, arrays: list[Array]) -> None:
+        for k, a in enumerate(arrays):
+            if a.post == t.node and a.bias is None and a.weight is not None:
+                arrays[k] = dataclasses.replace(a, bias=t.bias)
+                return
+        arrays.append(Array(post=t.node, pre=None, weight=None, bias=t.bias))
+
+
+ANALOG_KERNELS: dict[type, type] = {Dense: DenseAnalog, Bias: BiasAnalog}
+"""Crossbar mapping of each interaction term type (:func:`models.engine.require_kernels`)."""
+
+
+def map_arrays(net) -> list[Array]:
+    """The crossbar arrays of ``net``'s terms (Dense terms in term order, biases folded in).
+
+    >>> from models.skip_mlp import SkipEqPropMLP
+    >>> from models.eqprop_mlp import EqPropConfig
+    >>> [(a.post, a.pre, a.weight, a.bias) for a in map_arrays(SkipEqPropMLP(EqPropConfig(sizes=(4, 3, 2)), seed=0))]
+    [(0, -1, 'layers.0.weight', 'layers.0.bias'), (1, 0, 'layers.1.weight', 'layers.1.bias'), (1, -1, 'skip.weight', None)]
+    """
+    kernels = require_kernels(BACKEND_NAME, ANALOG_KERNELS, net.terms)
+    arrays: list[Array] = []
+    for order in sorted({k.order for k in kernels}):
+        for t, k in zip(net.terms, kernels):
+            if k.order == order:
+                k.place(t, arrays)
+    return arrays
+
+
+def _float_targets(net, arrays: Sequence[Array], fmt: WeightFormat | None = None) -> list[torch.Tensor]:
+    """Augmented ``[W | b]`` float64 of every array (weights quantised with ``fmt`` unless float)."""
+    out = []
+    for a in arrays:
+        cols = []
+        if a.weight is not None:
+            w = net.get_parameter(a.weight).detach().to(torch.float64).cpu()
+            if fmt is not None and not fmt.is_float:
+                w = quantize_weights(w, fmt).dequantize()
+            cols.append(w)
+        if a.bias is not None:
+            cols.append(net.get_parameter(a.bias).detach().to(torch.float64).cpu()[:, None])
+        out.append(torch.cat(cols, dim=1))
+    return out
 
 
 # --------------------------------------------------------------------------- the simulator
@@ -296,15 +408,16 @@ def _weight_format(weights) -> WeightFormat:
 
 
 class AnalogCrossbarMLP:
-    """An :class:`EqPropMLP` programmed on noisy differential crossbars (one per layer).
+    """An energy model programmed on noisy differential crossbars (one per array, :func:`map_arrays`).
 
-    The dynamics are those of the model (async: even layers, then odd) with every matrix product
-    replaced by a crossbar read (module docstring); ``W_{i+1}^T s_{i+1}`` is a transpose read of
-    layer ``i+1``'s array. States are float64 ``(B, n_i)`` lists; the chip is fixed after
-    :meth:`program` except for in-situ updates (:meth:`eqprop_update`).
+    The dynamics are those of the model (its schedule ``net.schedule()``; async: even layers, then
+    odd for the MLP) with every matrix product replaced by a crossbar read (module docstring);
+    ``W^T s_post`` is a transpose read of the same array. States are float64 ``(B, n_i)`` lists;
+    the chip is fixed after :meth:`program` except for in-situ updates (:meth:`eqprop_update`).
 
     Args:
-        net: trained model (its weights are copied; the model is not modified).
+        net: trained :class:`~models.energy.EnergyModel` (its weights are copied; not modified),
+            e.g. an ``EqPropMLP`` or a ``SkipEqPropMLP``.
         analog: device data (``quant.AnalogSpec``); e.g. ``get_preset("analog_pcm").analog``.
         weights: weight precision before programming: preset name, ``HardwareSpec`` or
             ``WeightFormat`` (``"fp32"`` = no quantisation).
@@ -312,6 +425,9 @@ class AnalogCrossbarMLP:
         seed: chip seed (stuck map, programming, reads, updates).
         backend: ``"torch"`` or ``"numba"`` (same draws, same results within float64 rounding).
         program: program the weights at construction.
+
+    Raises:
+        models.engine.UnsupportedError: ``net`` has a term type without a crossbar mapping.
     """
 
     def __init__(self, net, analog: AnalogSpec, *, weights="fp32", sim: AnalogSimConfig | None = None,
@@ -327,13 +443,17 @@ class AnalogCrossbarMLP:
         if not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
             raise ValueError(f"seed={seed!r} is invalid; allowed: an int in [0, 2**32)")
         self.net = net
+        self.arrays = map_arrays(net)
         self.analog = analog
         self.fmt = _weight_format(weights)
         self.sim = sim or AnalogSimConfig()
         self.seed = seed
         self.backend = backend
-        self.n_layers = net.n_layers
-        self.sizes = tuple(net.sizes)
+        self.n_layers = len(net.nodes)     # state nodes
+        self.n_arrays = len(self.arrays)
+        self.n_in = int(net.n_in)
+        self.node_sizes = tuple(n.size for n in net.nodes)
+        self.sizes = (self.n_in,) + self.node_sizes
         self.g_lo = analog.g_min_uS / analog.g_max_uS
         self.read_step = 0       # read-sweep counter (rng step of read noise)
         self.program_count = 0   # programming counter (rng step of programming noise)
@@ -344,63 +464,75 @@ class AnalogCrossbarMLP:
         self.stuck_m: list[torch.Tensor] = []
         self.w_max: list[float] = []
         self.gain = 1.0
+        # per node, its reads in array order: (array index, source node, transpose)
+        self._reads: list[list[tuple[int, int | None, bool]]] = [[] for _ in self.node_sizes]
+        for k, a in enumerate(self.arrays):
+            for node, src, tr in a.reads():
+                self._reads[node].append((k, src, tr))
         if program:
             self.program()
 
     # ---------------------------------------------------------------- programming
+    def _size(self, node: int | None) -> int:
+        return 0 if node is None else (self.n_in if node == INPUT else self.node_sizes[node])
+
+    def array_shape(self, k: int) -> tuple[int, int]:
+        """``(n_post, n_pre + has_bias)`` of array ``k``."""
+        a = self.arrays[k]
+        return self.node_sizes[a.post], self._size(a.pre) + int(a.has_bias)
+
     def target_weights(self) -> list[torch.Tensor]:
-        """Augmented ``[W_i | b_i]`` (float64) after weight quantisation: what is programmed."""
-        out = []
-        for lin in self.net.layers:
-            w = lin.weight.detach().to(torch.float64).cpu()
-            if not self.fmt.is_float:
-                w = quantize_weights(w, self.fmt).dequantize()
-            out.append(torch.cat([w, lin.bias.detach().to(torch.float64).cpu()[:, None]], dim=1))
-        return out
+        """Augmented ``[W_k | b_k]`` (float64) per array after weight quantisation: what is programmed."""
+        return _float_targets(self.net, self.arrays, self.fmt)
 
     def program(self, weights: Sequence[torch.Tensor] | None = None) -> None:
-        """Program ``weights`` (augmented ``[W|b]`` per layer; default :meth:`target_weights`).
+        """Program ``weights`` (augmented ``[W|b]`` per array; default :meth:`target_weights`).
 
         Draws programming noise once (rng ``step = program_count``), applies the fixed stuck map
         and the drift to ``t_inference_s``.
         """
         a = self.analog
         weights = self.target_weights() if weights is None else [torch.as_tensor(w, dtype=torch.float64) for w in weights]
+        if len(weights) != self.n_arrays:
+            raise ValueError(f"weights has {len(weights)} arrays; expected {self.n_arrays} (one per crossbar array)")
         t = self.sim.t_inference_s
         t_ratio = (t / a.drift_t0_s) if t is not None else 1.0
         self.gain = t_ratio ** a.drift_nu if (self.sim.drift_compensation and t_ratio > 1.0) else 1.0
         use_poly = self.sim.prog_noise_model == "pcm_poly"
         self.gp, self.gm, self.stuck_p, self.stuck_m, self.w_max = [], [], [], [], []
         for i, A in enumerate(weights):
-            exp = (self.sizes[i + 1], self.sizes[i] + 1)
+            exp = self.array_shape(i)
             if tuple(A.shape) != exp:
                 raise ValueError(f"weights[{i}] has shape {tuple(A.shape)}; expected {exp} ([W | b])")
-            w_max = float(A.abs().max())
+            w_max = float(A.abs().max()) if A.numel() else 0.0
             w_max = w_max if w_max > 0 else 1.0
             self.w_max.append(w_max)
             for side, tgt in ((0, A.clamp_min(0.0)), (1, (-A).clamp_min(0.0))):
                 g_t = self.g_lo + (1.0 - self.g_lo) * tgt / w_max
-                args = (self.seed, self.program_count, i, side, self.g_lo, a.prog_noise_std)
                 rest = (a.stuck_at_gmin_frac, a.stuck_at_gmax_frac, a.drift_nu, self.sim.drift_nu_std, t_ratio)
                 if self.backend == "numba":
-                    g, st = _program_nb(g_t.numpy(), *args, np.array(_PCM_POLY), use_poly, *rest)
+                    tids = tuple(tensor_id(kind, i, side) for kind in (_KIND_STUCK, _KIND_PROG, _KIND_DRIFT))
+                    g, st = _program_nb(g_t.numpy(), self.seed, self.program_count, *tids, self.g_lo,
+                                        a.prog_noise_std, np.array(_PCM_POLY), use_poly, *rest)
                     g, st = torch.from_numpy(g), torch.from_numpy(st)
                 else:
-                    g, st = _program_torch(g_t, *args, use_poly, *rest)
+                    g, st = _program_torch(g_t, self.seed, self.program_count, i, side, self.g_lo,
+                                           a.prog_noise_std, use_poly, *rest)
                 (self.gp if side == 0 else self.gm).append(g)
                 (self.stuck_p if side == 0 else self.stuck_m).append(st)
         self.program_count += 1
 
     def omega(self, i: int) -> torch.Tensor:
-        """Normalised weights ``(g+ - g-) / (1 - g_lo)`` of layer ``i``, ``(n_i, n_{i-1} + 1)``."""
+        """Normalised weights ``(g+ - g-) / (1 - g_lo)`` of array ``i``, ``(n_post, n_pre + has_bias)``."""
         return (self.gp[i] - self.gm[i]) / (1.0 - self.g_lo)
 
-    def effective_weights(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``(W_i, b_i)`` the chip holds now (noise-free read, drift compensation included)."""
+    def effective_weights(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """``(W_k, b_k)`` per array the chip holds now (noise-free read, drift compensation included);
+        ``b_k`` is None for an array without a bias column (``W_k`` is ``(n, 0)`` for a bias-only one)."""
         out = []
-        for i in range(self.n_layers):
+        for i, arr in enumerate(self.arrays):
             A = self.omega(i) * (self.w_max[i] * self.gain)
-            out.append((A[:, :-1], A[:, -1]))
+            out.append((A[:, :-1], A[:, -1]) if arr.has_bias else (A, None))
         return out
 
     # ---------------------------------------------------------------- reads and dynamics
@@ -413,67 +545,86 @@ class AnalogCrossbarMLP:
         tid = tensor_id(_KIND_READ, i, int(transpose))
         gain = self.w_max[i] * self.gain
         om = self.omega(i)
+        has_bias = self.arrays[i].has_bias
         if self.backend == "numba":
             y = _read_nb(om.numpy(), np.ascontiguousarray(u.numpy()), transpose, self.seed, self.read_step, tid,
-                         sigma_out, dac, adc_q, adc_delta, gain)
+                         sigma_out, dac, adc_q, adc_delta, gain, has_bias)
             return torch.from_numpy(y)
-        return _read_torch(om, u, transpose, self.seed, self.read_step, tid, sigma_out, dac, adc_q, adc_delta, gain)
+        return _read_torch(om, u, transpose, self.seed, self.read_step, tid, sigma_out, dac, adc_q, adc_delta, gain,
+                           has_bias)
 
     def preact(self, i: int, s: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """``W_i s_{i-1} + b_i + W_{i+1}^T s_{i+1}`` as crossbar reads (noisy, converted)."""
-        a = self._read(i, x if i == 0 else s[i - 1], False)
-        if i + 1 < self.n_layers:
-            a = a + self._read(i + 1, s[i + 1], True)
-        return a
+        """``dPhi/ds_i`` as crossbar reads (noisy, converted), summed in array order; for the MLP
+        ``W_i s_{i-1} + b_i + W_{i+1}^T s_{i+1}``."""
+        a = None
+        for k, src, tr in self._reads[i]:
+            u = x if src == INPUT else (x[:, :0] if src is None else s[src])
+            r = self._read(k, u, tr)
+            a = r if a is None else a + r
+        return torch.zeros_like(s[i]) if a is None else a
+
+    def sweeper(self, x: torch.Tensor, beta: float = 0.0, y: torch.Tensor | None = None):
+        """``s -> one sweep`` (groups of ``net.schedule()``, each node from the state at the start of
+        its group), advancing the read counter once per sweep."""
+        groups = self.net.schedule()
+        last = self.n_layers - 1
+        nudge = self.net.nudger(beta, y, torch.float64) if beta != 0.0 else None
+
+        def sweep(s: list[torch.Tensor]) -> list[torch.Tensor]:
+            s = list(s)
+            for group in groups:
+                src = list(s)   # async: nodes of one colour do not interact; sync: one group
+                for i in group:
+                    pre = self.preact(i, src, x)
+                    if i == last and nudge is not None:
+                        pre = pre - beta * nudge(s[i])
+                    s[i] = pre.clamp(0.0, 1.0)
+            self.read_step += 1
+            return s
+
+        return sweep
 
     def step(self, s: list[torch.Tensor], x: torch.Tensor, beta: float = 0.0, y: torch.Tensor | None = None):
         """One sweep (model's update order), then advance the read counter."""
-        n = self.n_layers
-        order = [list(range(n))] if self.net.config.update == "sync" else [list(range(0, n, 2)), list(range(1, n, 2))]
-        s = list(s)
-        for group in order:
-            src = list(s)
-            for i in group:
-                pre = self.preact(i, src if self.net.config.update == "sync" else s, x)
-                if i == n - 1 and beta != 0.0:
-                    pre = pre - beta * self.net.cost_grad(s[i], y)
-                s[i] = pre.clamp(0.0, 1.0)
-        self.read_step += 1
-        return s
+        return self.sweeper(self._check_x(x), beta, y)(s)
 
     def _check_x(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != self.sizes[0]:
+        if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != self.n_in:
             shape = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
-            raise ValueError(f"input shape {shape} does not match the network: expected (B, {self.sizes[0]})")
+            raise ValueError(f"input shape {shape} does not match the network: expected (B, {self.n_in})")
         return x.detach().to(torch.float64).cpu()
 
     def relax(self, x: torch.Tensor, s0: list[torch.Tensor] | None = None, *, beta: float = 0.0,
-              y: torch.Tensor | None = None, n_steps: int = 30) -> list[torch.Tensor]:
-        """Relax ``n_steps`` sweeps from ``s0`` (zeros if None) through noisy reads.
+              y: torch.Tensor | None = None, n_steps: int = 30, tol: float = 0.0,
+              record_trace: bool = False) -> tuple[list[torch.Tensor], RelaxInfo]:
+        """Relax up to ``n_steps`` sweeps from ``s0`` (zeros if None) through noisy reads.
+
+        The shared settling loop (:func:`models.solvers.fixed_point`): with ``tol = 0`` (default)
+        exactly ``n_steps`` sweeps and read-counter steps; ``tol > 0`` stops once every sample's
+        residual is ``<= tol`` (rare with read noise).
 
         Args:
-            x: inputs ``(B, n_0)`` in [0, 1].
+            x: inputs ``(B, n_in)`` in [0, 1].
             beta: nudging (output ``- beta dL/ds_out``); needs ``y`` when non-zero.
         Returns:
-            states ``[s_0 .. s_{L-1}]``, float64 ``(B, n_i)``.
+            ``(states, info)``: states ``[s_0 .. s_{L-1}]``, float64 ``(B, n_i)``, and the
+            :class:`~models.solvers.RelaxInfo` diagnostics.
         """
         x = self._check_x(x)
         if beta != 0.0 and y is None:
             raise ValueError("a nudged relaxation (beta != 0) needs the targets y")
         if not isinstance(n_steps, int) or n_steps < 1:
             raise ValueError(f"n_steps={n_steps!r} is invalid; allowed: an int >= 1")
-        s = ([torch.zeros(x.shape[0], n, dtype=torch.float64) for n in self.sizes[1:]] if s0 is None
+        s = ([torch.zeros(x.shape[0], n, dtype=torch.float64) for n in self.node_sizes] if s0 is None
              else [t.detach().to(torch.float64).cpu() for t in s0])
         with torch.no_grad():
-            for _ in range(n_steps):
-                s = self.step(s, x, beta, y)
-        return s
+            return fixed_point(self.sweeper(x, beta, y), s, max_steps=n_steps, tol=tol, record_trace=record_trace)
 
     def predict(self, x: torch.Tensor, n_steps: int = 30, batch_size: int = 1000) -> torch.Tensor:
         """Argmax of the output after a free relaxation, in batches of ``batch_size``."""
         out = []
         for a in range(0, x.shape[0], batch_size):
-            out.append(self.relax(x[a:a + batch_size], n_steps=n_steps)[-1].argmax(dim=1))
+            out.append(self.relax(x[a:a + batch_size], n_steps=n_steps)[0][-1].argmax(dim=1))
         return torch.cat(out)
 
     def accuracy(self, x: torch.Tensor, y: torch.Tensor, n_steps: int = 30, batch_size: int = 1000) -> float:
@@ -481,33 +632,44 @@ class AnalogCrossbarMLP:
         return float((self.predict(x, n_steps, batch_size) == y.cpu()).double().mean())
 
     # ---------------------------------------------------------------- in-situ learning
-    def eqprop_grads(self, x: torch.Tensor, y: torch.Tensor, *, beta: float, n_free_steps: int = 30,
-                     n_nudge_steps: int = 10, mode: str = "symmetric") -> list[torch.Tensor]:
-        """EqProp estimate of ``d mean L / d [W_i | b_i]`` from states relaxed on the chip.
-
-        ``g_i = -(s_i^{b2 T} [s_{i-1}^{b2}, 1] - s_i^{b1 T} [s_{i-1}^{b1}, 1]) / ((b2 - b1) B)``
-        with ``(b1, b2) = (-beta, beta)`` (symmetric) or ``(0, beta)`` (one-sided).
-        """
-        if mode not in ("symmetric", "one_sided"):
-            raise ValueError(f"mode={mode!r} is invalid; allowed: 'symmetric' or 'one_sided'")
-        if not beta > 0:
-            raise ValueError(f"beta={beta} must be > 0 (the sign is set by mode)")
+    def phases(self, x: torch.Tensor, y: torch.Tensor, *, beta: float, n_free_steps: int = 30,
+               n_nudge_steps: int = 10, mode: str = "symmetric",
+               generator: torch.Generator | None = None) -> Phases:
+        """The EqProp phases on the chip (:func:`models.engine.run_phases`: free, b1, b2 in that order,
+        each advancing the read counter by its sweeps)."""
         x = self._check_x(x)
-        free = self.relax(x, n_steps=n_free_steps)
-        b1, b2 = (-beta, beta) if mode == "symmetric" else (0.0, beta)
-        s1 = free if b1 == 0.0 else self.relax(x, free, beta=b1, y=y, n_steps=n_nudge_steps)
-        s2 = self.relax(x, free, beta=b2, y=y, n_steps=n_nudge_steps)
-        bsz, scale = x.shape[0], -1.0 / (b2 - b1)
+
+        def relax_(s0, *, beta, n_steps, step_offset):  # read counter is the chip's: step_offset unused
+            return self.relax(x, s0, beta=beta, y=y, n_steps=n_steps)
+
+        return run_phases(relax_, beta=beta, mode=mode, n_free_steps=n_free_steps, n_nudge_steps=n_nudge_steps,
+                          generator=generator, allowed=NUDGINGS)
+
+    def eqprop_grads(self, x: torch.Tensor, y: torch.Tensor, *, beta: float, n_free_steps: int = 30,
+                     n_nudge_steps: int = 10, mode: str = "symmetric",
+                     generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """EqProp estimate of ``d mean L / d A_k`` per array from states relaxed on the chip.
+
+        ``g_k = -(s_post^{b2 T} [s_pre^{b2}, 1] - s_post^{b1 T} [s_pre^{b1}, 1]) / ((b2 - b1) B)``
+        (the ``1`` column only for an array with a bias), ``(b1, b2)`` from the nudging ``mode``
+        (:data:`models.engine.NUDGINGS`; ``random_sign`` draws from ``generator``).
+        """
+        ph = self.phases(x, y, beta=beta, n_free_steps=n_free_steps, n_nudge_steps=n_nudge_steps, mode=mode,
+                         generator=generator)
+        x = self._check_x(x)
+        s1, s2 = ph.s1, ph.s2
+        bsz, scale = x.shape[0], -1.0 / (ph.b2 - ph.b1)
         ones = torch.ones(bsz, 1, dtype=torch.float64)
-        grads = []
-        for i in range(self.n_layers):
-            p2 = torch.cat([x if i == 0 else s2[i - 1], ones], dim=1)
-            p1 = torch.cat([x if i == 0 else s1[i - 1], ones], dim=1)
-            grads.append((s2[i].t() @ p2 - s1[i].t() @ p1) * (scale / bsz))
-        return grads
+
+        def inputs(arr: Array, s: list[torch.Tensor]) -> torch.Tensor:
+            cols = [] if arr.pre is None else [x if arr.pre == INPUT else s[arr.pre]]
+            return torch.cat(cols + ([ones] if arr.has_bias else []), dim=1)
+
+        return [(s2[a.post].t() @ inputs(a, s2) - s1[a.post].t() @ inputs(a, s1)) * (scale / bsz)
+                for a in self.arrays]
 
     def apply_update(self, delta: Sequence[torch.Tensor]) -> None:
-        """Add ``delta[i]`` (real units, augmented ``[dW | db]``) as conductance changes.
+        """Add ``delta[k]`` (real units, augmented ``[dW | db]`` per array) as conductance changes.
 
         ``dg = (1 - g_lo) dA / (w_max gain)``. For ``dg > 0`` the ``g-`` device first gives back
         up to ``g- - g_lo`` (decrease), the rest raises ``g+``; ``dg < 0`` mirrors this. So the
@@ -515,6 +677,8 @@ class AnalogCrossbarMLP:
         of a pair tends to sit at ``g_lo``. Each device's change is scaled by ``(1 + eta z)``
         (``eta = update_noise_std``, rng ``step = update_count``).
         """
+        if len(delta) != self.n_arrays:
+            raise ValueError(f"delta has {len(delta)} arrays; expected {self.n_arrays} (one per crossbar array)")
         eta = self.sim.update_noise_std
         for i, d in enumerate(delta):
             dg = (1.0 - self.g_lo) * torch.as_tensor(d, dtype=torch.float64) / (self.w_max[i] * self.gain)
@@ -539,7 +703,7 @@ class AnalogCrossbarMLP:
 
     def eqprop_update(self, x: torch.Tensor, y: torch.Tensor, *, lr: float, beta: float, n_free_steps: int = 30,
                       n_nudge_steps: int = 10, mode: str = "symmetric") -> None:
-        """One in-situ EqProp SGD step: ``A_i <- A_i - lr * g_i`` applied to the conductances."""
+        """One in-situ EqProp SGD step: ``A_k <- A_k - lr * g_k`` applied to the conductances."""
         if not lr > 0:
             raise ValueError(f"lr={lr} must be > 0")
         g = self.eqprop_grads(x, y, beta=beta, n_free_steps=n_free_steps, n_nudge_steps=n_nudge_steps, mode=mode)
@@ -554,10 +718,11 @@ class AnalogCrossbarMLP:
 
 def adc_range_for(net, preact_range: float = 2.0) -> float:
     """ADC full scale (units of the normalised dot product) covering ``[-preact_range, preact_range]``
-    of real pre-activation in every layer: ``max_i preact_range / w_max_i``.
+    of real pre-activation in every array: ``max_k preact_range / w_max_k`` (``w_max_k = max |[W_k | b_k]|``
+    of the float weights).
 
     The EqProp state clamps pre-activations to [0, 1], so a range of 2 clips nothing that matters
     per read (a hidden pre-activation is the sum of two reads).
     """
-    w_max = [float(torch.cat([l.weight.detach().abs().flatten(), l.bias.detach().abs()]).max()) for l in net.layers]
+    w_max = [float(A.abs().max()) for A in _float_targets(net, map_arrays(net)) if A.numel()]
     return max(preact_range / w for w in w_max if w > 0)

@@ -32,11 +32,11 @@ def test_noiseless_chip_matches_model_free_and_nudged(update):
     net = _net(update=update)
     x, y = _data()
     chip = AnalogCrossbarMLP(net, AnalogSpec(), seed=0)
-    s = chip.relax(x, n_steps=25)
+    s, _ = chip.relax(x, n_steps=25)
     ref, _ = net.free_phase(x, n_steps=25)
     for a, b in zip(s, ref):
         np.testing.assert_allclose(a.numpy(), b.numpy(), **F64_VS_F64)
-    sn = chip.relax(x, s, beta=0.3, y=y, n_steps=10)
+    sn, _ = chip.relax(x, s, beta=0.3, y=y, n_steps=10)
     refn, _ = net.relax(x, ref, beta=0.3, y=y, n_steps=10)
     for a, b in zip(sn, refn):
         np.testing.assert_allclose(a.numpy(), b.numpy(), **F64_VS_F64)
@@ -66,7 +66,7 @@ def test_torch_and_numba_paths_draw_the_same_noise(converters):
         np.testing.assert_array_equal(t.stuck_m[i].numpy(), n.stuck_m[i].numpy())
         np.testing.assert_allclose(t.gp[i].numpy(), n.gp[i].numpy(), **RNG_NORMAL_F64)
         np.testing.assert_allclose(t.gm[i].numpy(), n.gm[i].numpy(), **RNG_NORMAL_F64)
-    st, sn = (c.relax(x, n_steps=15) for c in chips)
+    st, sn = (c.relax(x, n_steps=15)[0] for c in chips)
     tol = state_lsb_atol(1.0 / (2 ** 6 - 1)) if converters else F64_VS_F64
     for a, b in zip(st, sn):
         np.testing.assert_allclose(a.numpy(), b.numpy(), **tol)
@@ -208,3 +208,77 @@ def test_bad_inputs_raise_value_error():
         AnalogSimConfig(prog_noise_model="gauss")
     with pytest.raises(ValueError, match="unknown keys"):
         AnalogSimConfig.from_dict({"t_inference": 3})
+
+
+# ------------------------------------------------------------------ generic terms (energy-model protocol)
+def _skip_net(sizes=(12, 9, 7, 4), seed=0):
+    from models.skip_mlp import SkipEqPropMLP
+    return SkipEqPropMLP(EqPropConfig(sizes=sizes), seed=seed).double()
+
+
+def test_skip_model_maps_one_more_array_and_matches_float_dynamics_and_grads():
+    net = _skip_net()
+    x, y = _data()
+    chip = AnalogCrossbarMLP(net, AnalogSpec(), seed=0)
+    assert chip.n_arrays == net.n_layers + 1 and chip.arrays[-1].weight == "skip.weight"
+    assert not chip.arrays[-1].has_bias and chip.omega(net.n_layers).shape == (4, 12)
+    s, _ = chip.relax(x, n_steps=25)
+    ref, _ = net.free_phase(x, n_steps=25)
+    for a, b in zip(s, ref):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), **F64_VS_F64)
+    g = chip.eqprop_grads(x, y, beta=0.2, n_free_steps=30, n_nudge_steps=10)
+    gref = net.eqprop_grads(x, y, beta=0.2, mode="symmetric", n_free_steps=30, n_nudge_steps=10)
+    np.testing.assert_allclose(g[-1].numpy(), gref["skip.weight"].numpy(), **F64_VS_F64)
+    for i in range(net.n_layers):
+        np.testing.assert_allclose(g[i][:, -1].numpy(), gref[f"layers.{i}.bias"].numpy(), **F64_VS_F64)
+    # the skip array matters: zeroing it changes the output
+    w = chip.target_weights()
+    w[-1] = torch.zeros_like(w[-1])
+    chip.program(w)
+    assert not torch.allclose(chip.relax(x, n_steps=25)[0][-1], s[-1])
+
+
+def test_skip_model_torch_and_numba_paths_agree():
+    net = _skip_net()
+    x, y = _data()
+    chips = [AnalogCrossbarMLP(net, NOISY, weights="int8", sim=NOISY_SIM, seed=3, backend=b) for b in ("torch", "numba")]
+    st, sn = (c.relax(x, n_steps=12)[0] for c in chips)
+    for a, b in zip(st, sn):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), **F64_VS_F64)
+    for c in chips:
+        c.eqprop_update(x, y, lr=0.05, beta=0.5, n_free_steps=8, n_nudge_steps=4)
+    for a, b in zip(chips[0].gp, chips[1].gp):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), **RNG_NORMAL_F64)
+
+
+def test_unsupported_term_raises_naming_backend_term_and_supported():
+    from dataclasses import dataclass
+
+    from models.engine import UnsupportedError
+
+    @dataclass(frozen=True)
+    class Attention:
+        node: int
+
+        @property
+        def nodes(self):
+            return (self.node,)
+
+    net = _net()
+    net.terms = net.terms + [Attention(node=1)]
+    with pytest.raises(UnsupportedError, match=r"'analog crossbar'.*Attention\(node=1\).*Bias, Dense"):
+        AnalogCrossbarMLP(net, AnalogSpec(), seed=0)
+
+
+@pytest.mark.parametrize("mode", ["one_sided", "random_sign"])
+def test_nudging_modes_follow_the_engine(mode):
+    net = _net()
+    x, y = _data()
+    chip = AnalogCrossbarMLP(net, AnalogSpec(), seed=0)
+    g = chip.eqprop_grads(x, y, beta=0.2, mode=mode, n_free_steps=20, n_nudge_steps=8,
+                          generator=torch.Generator().manual_seed(4))
+    ref = net.eqprop_grads(x, y, beta=0.2, mode=mode, n_free_steps=20, n_nudge_steps=8,
+                           generator=torch.Generator().manual_seed(4))
+    np.testing.assert_allclose(g[0][:, :-1].numpy(), ref["layers.0.weight"].numpy(), **F64_VS_F64)
+    with pytest.raises(ValueError, match="allowed"):
+        chip.eqprop_grads(x, y, beta=0.2, mode="two_sided")
