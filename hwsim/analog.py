@@ -47,8 +47,8 @@ Conductances are kept in units of ``g_max`` (``g = G / g_max``, ``g_lo = g_min /
 
 Paired seeds: every random draw is :mod:`quant.rng` with counters ``(seed, step, tensor_id,
 index)``: stuck map ``step=0``, programming ``step=`` programming count, reads ``step=`` read
-sweep count, updates ``step=`` update count; ``tensor_id`` from :func:`tensor_id` with the array
-index as ``layer``. The read counter is the chip's own state (one step per sweep, phases in the
+sweep count, updates ``step=`` update count; ``tensor_id`` from :func:`quant.rng.tensor_id` (kinds ``stuck``, ``prog``,
+``drift``, ``read``, ``analog_update``) with the array index as ``layer``. The read counter is the chip's own state (one step per sweep, phases in the
 engine's order free, b1, b2), not the engine's counter layout. The torch path
 (``backend="torch"``) and the numba path (``backend="numba"``) draw the same numbers.
 
@@ -78,6 +78,8 @@ from models.energy import INPUT, Bias, Dense
 from models.engine import NUDGINGS, Phases, require_kernels, run_phases
 from models.solvers import RelaxInfo, fixed_point
 from quant import rng
+from quant.numba_ops import hash_u32 as _hash_nb  # the one numba twin of quant.rng's hash
+from quant.rng import tensor_id
 from quant.formats import AnalogSpec, WeightFormat
 from quant.quantizers import quantize_weights
 from quant.spec import HardwareSpec
@@ -88,22 +90,6 @@ PROG_NOISE_MODELS = ("constant", "pcm_poly")
 BACKENDS = ("torch", "numba")
 BACKEND_NAME = "analog crossbar"
 _PCM_POLY = (0.26348, 1.9650, -1.1731)  # sigma_prog(x) in uS, x = g / g_max (Nandakumar 2019)
-
-# tensor ids (quant.rng counter convention): kind * 1000 + 2 * array + side/direction
-_KIND_STUCK, _KIND_PROG, _KIND_DRIFT, _KIND_READ, _KIND_UPDATE = 1, 2, 3, 4, 5
-
-
-def tensor_id(kind: int, layer: int, side: int) -> int:
-    """Counter ``tensor_id`` of a draw: ``kind * 1000 + 2 * layer + side`` (``layer``: array index).
-
-    ``kind``: 1 stuck map, 2 programming, 3 drift exponent, 4 read, 5 update; ``side``: 0 = ``g+``
-    (or forward read), 1 = ``g-`` (or transpose read).
-
-    >>> tensor_id(4, 1, 1)
-    4003
-    """
-    return kind * 1000 + 2 * layer + side
-
 
 @dataclasses.dataclass(frozen=True)
 class AnalogSimConfig:
@@ -151,7 +137,6 @@ class AnalogSimConfig:
 
 
 # --------------------------------------------------------------------------- numba kernels
-_hash_nb = numba.njit(cache=True)(rng.hash_u32_scalar)
 
 
 @numba.njit(cache=True)
@@ -260,7 +245,7 @@ def _index(shape: Sequence[int], device) -> torch.Tensor:
 def _program_torch(target, seed, step, layer, side, g_lo, prog_std, use_poly, f_min, f_max,
                    drift_nu, drift_nu_std, t_ratio):
     idx = _index(target.shape, target.device)
-    u = rng.uniform_u24(seed, 0, tensor_id(_KIND_STUCK, layer, side), idx).to(torch.float64)
+    u = rng.uniform_u24(seed, 0, tensor_id(rng.KIND_STUCK, layer, side), idx).to(torch.float64)
     stuck = torch.zeros(target.shape, dtype=torch.int8, device=target.device)
     stuck[u < f_min * 16777216.0] = 1
     stuck[(u >= f_min * 16777216.0) & (u < (f_min + f_max) * 16777216.0)] = 2
@@ -270,11 +255,11 @@ def _program_torch(target, seed, step, layer, side, g_lo, prog_std, use_poly, f_
         if use_poly:
             p = _PCM_POLY
             sd = prog_std * (p[0] + p[1] * target + p[2] * target * target) / (p[0] + p[1] + p[2])
-        v = target + sd * rng.normal_f64(seed, step, tensor_id(_KIND_PROG, layer, side), idx)
+        v = target + sd * rng.normal_f64(seed, step, tensor_id(rng.KIND_PROG, layer, side), idx)
     v = v.clamp(g_lo, 1.0)
     if t_ratio > 1.0:
         if drift_nu_std > 0.0:
-            nu = (drift_nu + drift_nu_std * rng.normal_f64(seed, 0, tensor_id(_KIND_DRIFT, layer, side), idx)).clamp_min(0.0)
+            nu = (drift_nu + drift_nu_std * rng.normal_f64(seed, 0, tensor_id(rng.KIND_DRIFT, layer, side), idx)).clamp_min(0.0)
             v = v * torch.pow(torch.as_tensor(t_ratio, dtype=torch.float64), -nu)
         else:
             v = v * t_ratio ** (-drift_nu)
@@ -511,7 +496,7 @@ class AnalogCrossbarMLP:
                 g_t = self.g_lo + (1.0 - self.g_lo) * tgt / w_max
                 rest = (a.stuck_at_gmin_frac, a.stuck_at_gmax_frac, a.drift_nu, self.sim.drift_nu_std, t_ratio)
                 if self.backend == "numba":
-                    tids = tuple(tensor_id(kind, i, side) for kind in (_KIND_STUCK, _KIND_PROG, _KIND_DRIFT))
+                    tids = tuple(tensor_id(kind, i, side) for kind in (rng.KIND_STUCK, rng.KIND_PROG, rng.KIND_DRIFT))
                     g, st = _program_nb(g_t.numpy(), self.seed, self.program_count, *tids, self.g_lo,
                                         a.prog_noise_std, np.array(_PCM_POLY), use_poly, *rest)
                     g, st = torch.from_numpy(g), torch.from_numpy(st)
@@ -542,7 +527,7 @@ class AnalogCrossbarMLP:
         dac = (2 ** a.dac_bits - 1) if a.dac_bits is not None else 0
         adc_q = (2 ** (a.adc_bits - 1) - 1) if a.adc_bits is not None else 0
         adc_delta = a.adc_range / adc_q if adc_q else 1.0
-        tid = tensor_id(_KIND_READ, i, int(transpose))
+        tid = tensor_id(rng.KIND_READ, i, int(transpose))
         gain = self.w_max[i] * self.gain
         om = self.omega(i)
         has_bias = self.arrays[i].has_bias
@@ -694,7 +679,7 @@ class AnalogCrossbarMLP:
             d_m = torch.where(pos, -dec, inc)   # change of g-
             if eta > 0:
                 for side, dd in ((0, d_p), (1, d_m)):
-                    z = rng.normal_f64(self.seed, self.update_count, tensor_id(_KIND_UPDATE, i, side),
+                    z = rng.normal_f64(self.seed, self.update_count, tensor_id(rng.KIND_ANALOG_UPDATE, i, side),
                                        _index(dd.shape, dd.device))
                     dd.mul_(1.0 + eta * z)
             gp.copy_(torch.where(sp == 0, (gp + d_p).clamp(self.g_lo, 1.0), gp))

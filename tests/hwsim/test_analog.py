@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hwsim.analog import (AnalogCrossbarMLP, AnalogSimConfig, _normal_nb, _read_nb, _read_torch, adc_range_for,
-                          tensor_id)
+from hwsim.analog import AnalogCrossbarMLP, AnalogSimConfig, _normal_nb, _read_nb, _read_torch, adc_range_for
 from models.eqprop_mlp import EqPropConfig, EqPropMLP
 from quant import AnalogSpec, get_preset, quantize_weights, rng
 from quant.tolerances import BIT_EXACT, F64_VS_F64, RNG_NORMAL_F64, state_lsb_atol
@@ -80,7 +79,7 @@ def test_read_noise_draws_equal_quant_rng_in_both_paths():
     # zero weights: the read returns the noise alone, sigma * ||[u, 1]|| * z
     om = np.zeros((5, 8))
     u = np.random.default_rng(0).random((3, 7))
-    sigma, seed, step, tid = 0.1, 11, 4, tensor_id(4, 2, 0)
+    sigma, seed, step, tid = 0.1, 11, 4, rng.tensor_id(rng.KIND_READ, 2, 0)
     yn = _read_nb(om, u, False, seed, step, tid, sigma, 0, 0, 1.0, 1.0)
     yt = _read_torch(torch.from_numpy(om), torch.from_numpy(u), False, seed, step, tid, sigma, 0, 0, 1.0, 1.0).numpy()
     z = rng.normal_f64(seed, step, tid, rng.element_index((3, 5)))
