@@ -45,7 +45,8 @@ from typing import Callable
 
 import torch
 
-from .engine import UPDATES, check_update, require_kernels, schedule_groups  # noqa: F401
+from .engine import UPDATES, check_update, require_kernels, run_phases, schedule_groups  # noqa: F401
+from .solvers import RelaxInfo, relax
 
 INPUT = -1
 """Node index of the clamped input ``x``."""
@@ -200,8 +201,9 @@ class EnergyModel:
     """Mixin for an ``nn.Module`` that declares ``nodes`` and ``terms``; gives the float dynamics.
 
     A subclass provides ``self.nodes`` (list of :class:`Node`, output last), ``self.terms``, the
-    input width ``self.n_in``, ``self.update`` (:data:`~models.engine.UPDATES`), and
-    ``cost``/``cost_grad`` at the output node. Parameters are looked up by name
+    input width ``self.n_in`` and ``self.update`` (:data:`~models.engine.UPDATES`). The cost at the
+    output node is the MSE or cross-entropy of ``self.config.cost`` / ``self.config.ce_scale``
+    (override :meth:`cost` and :meth:`nudger` for another). Parameters are looked up by name
     (``self.get_parameter(name)``).
     """
 
@@ -232,7 +234,90 @@ class EnergyModel:
     def _param(self, name: str) -> torch.Tensor:
         return self.get_parameter(name)
 
+    # ------------------------------------------------------------------ cost at the output node
+    def cost(self, s_out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-sample cost ``L(s_out, y)`` of shape ``(B,)``: ``0.5 ||s_out - onehot(y)||^2`` (``mse``)
+        or the cross-entropy of ``softmax(ce_scale * s_out)`` (``ce``; states live in [0, 1])."""
+        if self.config.cost == "mse":
+            return 0.5 * ((s_out - one_hot(y, s_out.shape[1], s_out.dtype)) ** 2).sum(dim=1)
+        return torch.nn.functional.cross_entropy(self.config.ce_scale * s_out, y.long(), reduction="none")
+
+    def cost_grad(self, s_out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``dL/ds_out`` per sample (closed form, no autograd)."""
+        return self.nudger(1.0, y, s_out.dtype)(s_out)
+
+    def nudger(self, beta: float, y: torch.Tensor, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``s_out -> dL/ds_out`` with the one-hot target built once."""
+        t = one_hot(y, self.nodes[-1].size, dtype)
+        if self.config.cost == "mse":
+            return lambda s: s - t
+        k = self.config.ce_scale
+        return lambda s: k * (torch.softmax(k * s, dim=1) - t)
+
     # ------------------------------------------------------------------ dynamics
+    def zero_state(self, batch: int, like: torch.Tensor) -> State:
+        return [torch.zeros(batch, n.size, dtype=like.dtype, device=like.device) for n in self.nodes]
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 2 or x.shape[1] != self.n_in:
+            raise ValueError(f"input shape {tuple(x.shape)} does not match the network: expected (B, {self.n_in})")
+        dt = next(self.parameters()).dtype
+        if x.dtype != dt:
+            raise ValueError(f"input dtype {x.dtype} != model dtype {dt}; "
+                             "convert one of them (e.g. model.double() and x.double())")
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise ValueError("input contains NaN or infinite values; clean the data (e.g. torch.nan_to_num) first")
+
+    def relax(self, x: torch.Tensor, s0: State | None = None, *, beta: float = 0.0,
+              y: torch.Tensor | None = None, n_steps: int = 30, tol: float = 0.0,
+              method: str = "fixed_point", damping: float = 0.0, record_trace: bool = False,
+              drive: list | None = None) -> tuple[State, RelaxInfo]:
+        """Relax from ``s0`` (zeros if None) for up to ``n_steps`` sweeps with the shared solvers
+        (:func:`models.solvers.relax`); returns ``(s, info)``.
+
+        ``drive``: a precomputed ``self.drive(x)`` (the phases of one EqProp step share it).
+        """
+        self._check_input(x)
+        with torch.no_grad():
+            drive = self.drive(x) if drive is None else drive
+            s0 = self.zero_state(x.shape[0], x) if s0 is None else [t.detach() for t in s0]
+            return relax(self.sweeper(drive, beta, y), s0, max_steps=n_steps, tol=tol,
+                         method=method, damping=damping, record_trace=record_trace)
+
+    def free_phase(self, x: torch.Tensor, n_steps: int = 30, **kw) -> tuple[State, RelaxInfo]:
+        return self.relax(x, None, beta=0.0, n_steps=n_steps, **kw)
+
+    def predict(self, x: torch.Tensor, n_steps: int = 30) -> torch.Tensor:
+        s, _ = self.free_phase(x, n_steps=n_steps)
+        return s[-1].argmax(dim=1)
+
+    def eqprop_grads(self, x: torch.Tensor, y: torch.Tensor, *, beta: float, mode: str = "symmetric",
+                     n_free_steps: int = 30, n_nudge_steps: int = 10, tol: float = 0.0,
+                     free_state: State | None = None, generator: torch.Generator | None = None,
+                     return_states: bool = False):
+        """EqProp estimate of ``d mean(L) / d theta`` as ``{param_name: tensor}``: the phases of
+        :func:`models.engine.run_phases` relaxed in float, then :meth:`contrast`.
+
+        Args:
+            beta: nudging strength (> 0).
+            mode: ``"one_sided"``, ``"symmetric"`` or ``"random_sign"``.
+            free_state: reuse a free equilibrium instead of relaxing again.
+            return_states: also return ``{"free", "s1", "s2", "b1", "b2"}``.
+        """
+        if x.shape[0] == 0:
+            raise ValueError("eqprop_grads: empty batch")
+        self._check_input(x)
+        with torch.no_grad():
+            drive = self.drive(x)  # shared by all phases
+
+        def relax_(s0, *, beta, n_steps, step_offset):
+            return self.relax(x, s0, beta=beta, y=y, n_steps=n_steps, tol=tol, drive=drive)
+
+        ph = run_phases(relax_, beta=beta, mode=mode, n_free_steps=n_free_steps, n_nudge_steps=n_nudge_steps,
+                        free_state=free_state, generator=generator)
+        grads = self.contrast(x, ph.s1, ph.s2, ph.b1, ph.b2)
+        return (grads, ph.as_dict()) if return_states else grads
+
     def drive(self, x: torch.Tensor) -> list:
         """Static (input-only) part of every node's pre-activation, computed once per phase: per
         node a tensor ``(B, n_i)``, a bias vector ``(n_i,)`` or None. Biases are summed first, then
@@ -311,10 +396,6 @@ class EnergyModel:
         """One sweep of the dynamics."""
         return self.sweeper(drive, beta, y)(s)
 
-    def nudger(self, beta: float, y: torch.Tensor, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``s_out -> dL/ds_out`` with the target bound once."""
-        return lambda s_out: self.cost_grad(s_out, y)
-
     # ------------------------------------------------------------------ energy terms
     def phi(self, x: torch.Tensor, s: State) -> torch.Tensor:
         """Primitive ``Phi`` per sample, shape ``(B,)``."""
@@ -343,6 +424,10 @@ class EnergyModel:
                     g = g * (scale / bsz)
                     out[name] = out[name] + g if name in out else g
         return out
+
+
+def one_hot(y: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.nn.functional.one_hot(y.long(), n).to(dtype)
 
 
 def drive_dtype(drive: list) -> torch.dtype | None:

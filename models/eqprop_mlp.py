@@ -44,9 +44,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .energy import INPUT, Bias, Dense, EnergyModel, Node
-from .engine import NUDGINGS, UPDATES, check_update, run_phases
-from .solvers import RelaxInfo, State, relax
+from .energy import INPUT, Bias, Dense, EnergyModel, Node, one_hot  # noqa: F401  (one_hot re-exported)
+from .engine import NUDGINGS, UPDATES, check_update  # noqa: F401  (re-exported names)
+from .solvers import RelaxInfo, State  # noqa: F401
 
 COSTS = ("mse", "ce")
 
@@ -98,10 +98,6 @@ def rho(a: torch.Tensor) -> torch.Tensor:
     return a.clamp(0.0, 1.0)
 
 
-def one_hot(y: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
-    return torch.nn.functional.one_hot(y.long(), n).to(dtype)
-
-
 class EqPropMLP(EnergyModel, nn.Module):
     """Layered EqProp network; parameters are ``layers[i].weight (n_i, n_{i-1})`` and ``.bias``.
 
@@ -144,27 +140,6 @@ class EqPropMLP(EnergyModel, nn.Module):
     def update(self) -> str:
         return self.config.update
 
-    def zero_state(self, batch: int, like: torch.Tensor) -> State:
-        return [torch.zeros(batch, n, dtype=like.dtype, device=like.device) for n in self.sizes[1:]]
-
-    def cost(self, s_out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-sample cost ``L(s_out, y)`` of shape ``(B,)``."""
-        if self.config.cost == "mse":
-            return 0.5 * ((s_out - one_hot(y, s_out.shape[1], s_out.dtype)) ** 2).sum(dim=1)
-        return torch.nn.functional.cross_entropy(self.config.ce_scale * s_out, y.long(), reduction="none")
-
-    def cost_grad(self, s_out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``dL/ds_out`` per sample (closed form, no autograd)."""
-        return self.nudger(1.0, y, s_out.dtype)(s_out)
-
-    def nudger(self, beta: float, y: torch.Tensor, dtype: torch.dtype):
-        """``s_out -> dL/ds_out`` with the one-hot target built once."""
-        t = one_hot(y, self.sizes[-1], dtype)
-        if self.config.cost == "mse":
-            return lambda s: s - t
-        k = self.config.ce_scale
-        return lambda s: k * (torch.softmax(k * s, dim=1) - t)
-
     def update_layer(self, i: int, s: State, drive: list, beta: float,
                      y: torch.Tensor | None) -> torch.Tensor:
         """The new state of layer ``i``: ``rho(dPhi/ds_i [- beta dL/ds_out])``."""
@@ -173,67 +148,7 @@ class EqPropMLP(EnergyModel, nn.Module):
             a = a - beta * self.cost_grad(s[i], y)
         return rho(a)
 
-    def relax(self, x: torch.Tensor, s0: State | None = None, *, beta: float = 0.0,
-              y: torch.Tensor | None = None, n_steps: int = 30, tol: float = 0.0,
-              method: str = "fixed_point", damping: float = 0.0, record_trace: bool = False,
-              drive: list | None = None) -> tuple[State, RelaxInfo]:
-        """Relax from ``s0`` (zeros if None) for up to ``n_steps`` sweeps; returns ``(s, info)``.
-
-        ``drive``: a precomputed ``self.drive(x)`` (the phases of one EqProp step share it).
-        """
-        self._check_input(x)
-        with torch.no_grad():
-            drive = self.drive(x) if drive is None else drive
-            s0 = self.zero_state(x.shape[0], x) if s0 is None else [t.detach() for t in s0]
-            return relax(self.sweeper(drive, beta, y), s0, max_steps=n_steps, tol=tol,
-                         method=method, damping=damping, record_trace=record_trace)
-
-    def free_phase(self, x: torch.Tensor, n_steps: int = 30, **kw) -> tuple[State, RelaxInfo]:
-        return self.relax(x, None, beta=0.0, n_steps=n_steps, **kw)
-
-    def predict(self, x: torch.Tensor, n_steps: int = 30) -> torch.Tensor:
-        s, _ = self.free_phase(x, n_steps=n_steps)
-        return s[-1].argmax(dim=1)
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 2 or x.shape[1] != self.sizes[0]:
-            raise ValueError(f"input shape {tuple(x.shape)} does not match the network: expected (B, {self.sizes[0]})")
-        if x.dtype != self.layers[0].weight.dtype:
-            raise ValueError(f"input dtype {x.dtype} != model dtype {self.layers[0].weight.dtype}; "
-                             "convert one of them (e.g. model.double() and x.double())")
-        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-            raise ValueError("input contains NaN or infinite values; clean the data (e.g. torch.nan_to_num) first")
-
     def dphi_dtheta(self, x: torch.Tensor, s: State) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``(dPhi/dW_i, dPhi/db_i)`` averaged over the batch, closed form."""
         d = self.dphi_dparams(x, s)
         return [(d[f"layers.{i}.weight"], d[f"layers.{i}.bias"]) for i in range(self.n_layers)]
-
-    # ------------------------------------------------------------------ EqProp estimate
-    def eqprop_grads(self, x: torch.Tensor, y: torch.Tensor, *, beta: float, mode: str = "symmetric",
-                     n_free_steps: int = 30, n_nudge_steps: int = 10, tol: float = 0.0,
-                     free_state: State | None = None, generator: torch.Generator | None = None,
-                     return_states: bool = False):
-        """EqProp estimate of ``d mean(L) / d theta`` as ``{param_name: tensor}``
-        (the phase sequence of :func:`models.engine.run_phases`, float arithmetic).
-
-        Args:
-            beta: nudging strength (> 0).
-            mode: ``"one_sided"``, ``"symmetric"`` or ``"random_sign"``.
-            free_state: reuse a free equilibrium instead of relaxing again.
-        """
-        if x.shape[0] == 0:
-            raise ValueError("eqprop_grads: empty batch")
-        self._check_input(x)
-        with torch.no_grad():
-            drive = self.drive(x)  # shared by all phases
-
-        def relax_(s0, *, beta, n_steps, step_offset):
-            return self.relax(x, s0, beta=beta, y=y, n_steps=n_steps, tol=tol, drive=drive)
-
-        ph = run_phases(relax_, beta=beta, mode=mode, n_free_steps=n_free_steps, n_nudge_steps=n_nudge_steps,
-                        free_state=free_state, generator=generator)
-        grads = self.contrast(x, ph.s1, ph.s2, ph.b1, ph.b2)
-        if return_states:
-            return grads, ph.as_dict()
-        return grads

@@ -74,7 +74,7 @@ class Mystery:
 def test_backend_refuses_unknown_term_by_name():
     net = EqPropMLP(EqPropConfig(sizes=(4, 3, 2)), seed=0)
     net.terms = net.terms + [Mystery(0)]
-    with pytest.raises(UnsupportedError, match=r"backend 'float torch' has no kernel for interaction term Mystery.*Bias, Dense"):
+    with pytest.raises(UnsupportedError, match=r"backend 'float torch' has no kernel for interaction term Mystery.*supports: .*Bias.*Dense"):
         net.free_phase(torch.rand(2, 4))
 
 
@@ -150,3 +150,42 @@ def test_energy_model_protocol_on_a_minimal_model():
         s = net.step(s, d)
     torch.testing.assert_close(s[0], (x @ net.a.t() + s[1] @ net.c).clamp(0, 1), rtol=0, atol=1e-12)
     torch.testing.assert_close(s[1], (s[0] @ net.c.t() + net.b).clamp(0, 1), rtol=0, atol=1e-12)
+
+
+def _models():
+    from models.conv import ConvConfig, ConvEqProp
+    yield "mlp", EqPropMLP(EqPropConfig(sizes=(9, 7, 5, 3)), seed=0).double()
+    yield "skip", SkipEqPropMLP(EqPropConfig(sizes=(9, 7, 3)), seed=0).double()
+    yield "conv", ConvEqProp(ConvConfig(in_shape=(1, 10, 10), channels=(3, 4), kernel=3, n_out=3), seed=0).double()
+    yield "conv_pad", ConvEqProp(ConvConfig(in_shape=(2, 9, 9), channels=(3,), kernel=3, padding=1, n_out=2),
+                                 seed=1).double()
+
+
+@pytest.mark.parametrize("name,net", list(_models()), ids=lambda v: v if isinstance(v, str) else "")
+def test_float_kernels_equal_autograd_of_phi(name, net):
+    """Every node's pre-activation from the kernels == autograd dPhi/ds_i; dPhi/dtheta likewise."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(4, net.n_in, generator=g, dtype=torch.float64)
+    s = [torch.rand(4, n.size, generator=g, dtype=torch.float64).requires_grad_() for n in net.nodes]
+    drive = net.drive(x)
+    auto = torch.autograd.grad(net.phi(x, s).sum(), s)
+    for i in range(len(s)):
+        torch.testing.assert_close(net.preact(i, [t.detach() for t in s], drive), auto[i], rtol=1e-12, atol=1e-12)
+    params = dict(net.named_parameters())
+    auto_p = torch.autograd.grad(net.phi(x, [t.detach() for t in s]).mean(), list(params.values()))
+    closed = net.dphi_dparams(x, [t.detach() for t in s])
+    assert sorted(closed) == sorted(params)
+    for (k, _), a in zip(params.items(), auto_p):
+        torch.testing.assert_close(closed[k], a, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_model_eqprop_matches_bptt():
+    from models.conv import ConvConfig, ConvEqProp
+    net = ConvEqProp(ConvConfig(in_shape=(1, 12, 12), channels=(4, 6), kernel=3, n_out=3), seed=0).double()
+    x, y = _batch(144, 3, b=6)
+    _, info = net.free_phase(x, n_steps=500, tol=1e-13)
+    assert bool(info.converged.all())
+    ge = net.eqprop_grads(x, y, beta=1e-3, mode="symmetric", n_free_steps=500, n_nudge_steps=500, tol=1e-13)
+    gb = bptt_grads(net, x, y, n_steps=int(info.steps.max()) + 50)
+    for r in compare_grads(ge, gb):
+        assert r["cosine"] > COSINE_GRAD_CONVERGED_MIN, r

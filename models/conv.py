@@ -1,0 +1,267 @@
+"""Convolutional EqProp (Laborieux et al. 2021, "Scaling Equilibrium Propagation to Deep ConvNets").
+
+A new interaction term, :class:`ConvPool`, plugs into the energy-model protocol (its float kernel
+is registered in :data:`models.energy.FLOAT_KERNELS`); the phase engine, the solvers and the
+gradient baselines are unchanged.
+
+Term ``ConvPool(post, pre, W, b)``::
+
+    T(s) = s_post . (P(conv(s_pre, W)) + b)
+
+``conv`` a 2-d convolution (stride 1, zero padding ``padding``), ``P`` max pooling over
+``pool x pool`` windows (stride ``pool``), ``b`` one bias per output channel. Its contributions:
+``dT/ds_post = P(conv(s_pre, W)) + b`` and ``dT/ds_pre = conv^T(U(s_post))``, where ``U`` routes each
+pooled unit back to the position of its window's maximum of ``conv(s_pre, W)`` (the un-pooling of
+Laborieux et al.; the feedback of ``s_pre`` goes through the positions its own forward drive
+selected). Tie rule: the first maximum of a window in row-major order (``torch.max_pool2d``), so
+an all-zero window routes to its top-left position. ``dT/dW = conv_weight_grad(s_pre, U(s_post))``,
+``dT/db = sum_{h,w} s_post``.
+
+States are stored flat, ``(B, C*H*W)``, like every node (:class:`models.energy.Node` ``shape``).
+
+>>> import torch
+>>> net = ConvEqProp(ConvConfig(in_shape=(1, 12, 12), channels=(4, 6), kernel=3, n_out=3), seed=0).double()
+>>> [n.shape for n in net.nodes]
+[(4, 5, 5), (6, 1, 1), (3,)]
+>>> s, info = net.free_phase(torch.rand(2, 144, dtype=torch.float64), n_steps=60, tol=1e-10)
+>>> bool(info.converged.all())
+True
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .energy import INPUT, Bias, Dense, EnergyModel, Node, register_float_kernel
+from .engine import check_update
+from .eqprop_mlp import COSTS
+
+
+@dataclass(frozen=True)
+class ConvPool:
+    """``Phi`` term ``s_post . (P(conv(s_pre, W)) + b)``; ``weight`` ``(C_out, C_in, k, k)``,
+    ``bias`` ``(C_out,)`` or None; ``in_shape`` the ``(C_in, H, W)`` view of ``s_pre``."""
+
+    post: int
+    pre: int
+    weight: str
+    bias: str | None
+    in_shape: tuple[int, int, int]
+    kernel: int
+    padding: int = 0
+    pool: int = 2
+
+    @property
+    def nodes(self) -> tuple[int, ...]:
+        return (self.post, self.pre)
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        return (self.weight,) if self.bias is None else (self.weight, self.bias)
+
+    @property
+    def conv_shape(self) -> tuple[int, int]:
+        """Spatial size of ``conv(s_pre)`` before pooling."""
+        _, h, w = self.in_shape
+        return h + 2 * self.padding - self.kernel + 1, w + 2 * self.padding - self.kernel + 1
+
+    def out_shape(self, c_out: int) -> tuple[int, int, int]:
+        h, w = self.conv_shape
+        return c_out, h // self.pool, w // self.pool
+
+
+class ConvPoolFloat:
+    """Float torch arithmetic of :class:`ConvPool`."""
+
+    @staticmethod
+    def _conv(t: ConvPool, W: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(src.reshape(src.shape[0], *t.in_shape), W, padding=t.padding)
+
+    @staticmethod
+    def _pool(t: ConvPool, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h, w = y.shape[-2:]
+        y = y[..., : h - h % t.pool, : w - w % t.pool]  # floor mode: a ragged edge is dropped
+        if t.pool == 1:
+            return y, None
+        return F.max_pool2d(y, t.pool, return_indices=True)
+
+    @classmethod
+    def _route(cls, t: ConvPool, W, src_pre, s_post) -> torch.Tensor:
+        """``U(s_post)``: pooled units back to their window's maximum, shape of ``conv(s_pre)``."""
+        y = cls._conv(t, W, src_pre)
+        _, idx = cls._pool(t, y)
+        c = W.shape[0]
+        post = s_post.reshape(s_post.shape[0], *t.out_shape(c))
+        if idx is None:
+            u = post
+        else:
+            h, w = y.shape[-2:]
+            u = F.max_unpool2d(post, idx, t.pool, output_size=(h - h % t.pool, w - w % t.pool))
+        if u.shape[-2:] != y.shape[-2:]:
+            u = F.pad(u, (0, y.shape[-1] - u.shape[-1], 0, y.shape[-2] - u.shape[-2]))
+        return u
+
+    @classmethod
+    def drive_of(cls, t: ConvPool, W, b, src_pre) -> torch.Tensor:
+        z, _ = cls._pool(t, cls._conv(t, W, src_pre))
+        if b is not None:
+            z = z + b[:, None, None]
+        return z.flatten(1)
+
+    @classmethod
+    def contributions(cls, t: ConvPool, p) -> list[tuple[int, Callable]]:
+        W = p(t.weight)
+        b = p(t.bias) if t.bias is not None else None
+
+        def src(x, s):
+            return x if t.pre == INPUT else s[t.pre]
+
+        def forward(a, x, s):
+            z = cls.drive_of(t, W, b, src(x, s))
+            return z if a is None else a + z
+
+        def feedback(a, x, s):
+            g = F.conv_transpose2d(cls._route(t, W, s[t.pre], s[t.post]), W, padding=t.padding).flatten(1)
+            return g if a is None else a + g
+
+        return [(t.post, forward), (t.pre, feedback)] if t.pre != INPUT else [(t.post, forward)]
+
+    @classmethod
+    def phi(cls, t: ConvPool, p, x, s) -> torch.Tensor:
+        b = p(t.bias) if t.bias is not None else None
+        return (s[t.post] * cls.drive_of(t, p(t.weight), b, x if t.pre == INPUT else s[t.pre])).sum(dim=1)
+
+    @classmethod
+    def dphi(cls, t: ConvPool, p, x, s) -> dict[str, torch.Tensor]:
+        W = p(t.weight)
+        pre = x if t.pre == INPUT else s[t.pre]
+        u = cls._route(t, W, pre, s[t.post])
+        out = {t.weight: torch.nn.grad.conv2d_weight(pre.reshape(pre.shape[0], *t.in_shape), W.shape, u,
+                                                     padding=t.padding)}
+        if t.bias is not None:
+            out[t.bias] = s[t.post].reshape(s[t.post].shape[0], W.shape[0], -1).sum(dim=(0, 2))
+        return out
+
+    @classmethod
+    def contrast(cls, t: ConvPool, p, x, s1, s2) -> dict[str, torch.Tensor]:
+        d2, d1 = cls.dphi(t, p, x, s2), cls.dphi(t, p, x, s1)
+        return {k: d2[k] - d1[k] for k in d2}
+
+    @staticmethod
+    def macs(t: ConvPool, sizes: dict[int, int]) -> int:
+        """Per sample and sweep: the convolution (every pre-pool position) and, between states, the
+        transposed convolution of the feedback (the routing reuses the forward's window maxima)."""
+        c_in = t.in_shape[0]
+        c_out = sizes[t.post] // math.prod(t.out_shape(1)[1:])
+        h, w = t.conv_shape
+        conv = c_out * c_in * t.kernel * t.kernel * h * w
+        return conv * (1 if t.pre == INPUT else 2)
+
+
+register_float_kernel(ConvPool, ConvPoolFloat)
+
+
+@dataclass(frozen=True)
+class ConvConfig:
+    """Architecture and dynamics of a :class:`ConvEqProp`.
+
+    Attributes:
+        in_shape: ``(C, H, W)`` of one input image (MNIST ``(1, 28, 28)``, CIFAR-10 ``(3, 32, 32)``).
+        channels: output channels of each conv layer (each followed by ``pool x pool`` max pooling).
+        kernel, padding, pool: convolution size, zero padding and pooling window of every conv layer.
+        n_out: classes (the output node, dense-coupled to the last feature map).
+        cost, ce_scale, update, init_gain: as :class:`~models.eqprop_mlp.EqPropConfig`.
+    """
+
+    in_shape: tuple[int, int, int] = (1, 28, 28)
+    channels: tuple[int, ...] = (32, 64)
+    kernel: int = 5
+    padding: int = 0
+    pool: int = 2
+    n_out: int = 10
+    cost: str = "mse"
+    ce_scale: float = 4.0
+    update: str = "async"
+    init_gain: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "in_shape", tuple(int(d) for d in self.in_shape))
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        if len(self.in_shape) != 3 or min(self.in_shape) < 1:
+            raise ValueError(f"ConvConfig.in_shape={self.in_shape}: need (C, H, W) with positive sizes")
+        if not self.channels or min(self.channels) < 1:
+            raise ValueError(f"ConvConfig.channels={self.channels}: need >= 1 positive channel counts")
+        for name in ("kernel", "pool", "n_out"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"ConvConfig.{name}={getattr(self, name)} must be >= 1")
+        if self.padding < 0:
+            raise ValueError(f"ConvConfig.padding={self.padding} must be >= 0")
+        if self.cost not in COSTS:
+            raise ValueError(f"ConvConfig.cost={self.cost!r}; allowed: {COSTS}")
+        check_update(self.update, "ConvConfig.update")
+        _, h, w = self.in_shape
+        for i, _c in enumerate(self.channels):
+            h, w = (h + 2 * self.padding - self.kernel + 1) // self.pool, (w + 2 * self.padding - self.kernel + 1) // self.pool
+            if h < 1 or w < 1:
+                raise ValueError(f"ConvConfig: conv layer {i} leaves no spatial extent "
+                                 f"(in_shape={self.in_shape}, kernel={self.kernel}, padding={self.padding}, "
+                                 f"pool={self.pool}); use fewer layers, padding, or a smaller kernel/pool")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["in_shape"], d["channels"] = list(self.in_shape), list(self.channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ConvConfig":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"ConvConfig: unknown keys {sorted(unknown)}; valid: {sorted(cls.__dataclass_fields__)}")
+        return cls(**d)
+
+
+class ConvEqProp(EnergyModel, nn.Module):
+    """Layered conv EqProp network: nodes = pooled feature maps, then the output.
+
+    Terms: ``ConvPool(l, l-1, "convs.l.weight", "convs.l.bias")`` per conv layer (node ``-1`` = the
+    input image), ``Dense(L, L-1, "fc.weight")`` and ``Bias(L, "fc.bias")`` for the output.
+    """
+
+    def __init__(self, config: ConvConfig | None = None, seed: int | None = None):
+        super().__init__()
+        self.config = cfg = config or ConvConfig()
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.convs = nn.ModuleList()
+        self.nodes, self.terms = [], []
+        shape = cfg.in_shape
+        for i, c in enumerate(cfg.channels):
+            conv = nn.Conv2d(shape[0], c, cfg.kernel, padding=cfg.padding)
+            term = ConvPool(post=i, pre=i - 1 if i else INPUT, weight=f"convs.{i}.weight", bias=f"convs.{i}.bias",
+                            in_shape=shape, kernel=cfg.kernel, padding=cfg.padding, pool=cfg.pool)
+            shape = term.out_shape(c)
+            self.convs.append(conv)
+            self.nodes.append(Node(math.prod(shape), shape=shape))
+            self.terms.append(term)
+        self.fc = nn.Linear(math.prod(shape), cfg.n_out)
+        self.nodes.append(Node(cfg.n_out))
+        last = len(self.nodes) - 1
+        self.terms += [Dense(post=last, pre=last - 1, weight="fc.weight"), Bias(node=last, bias="fc.bias")]
+        with torch.no_grad():
+            for mod in list(self.convs) + [self.fc]:
+                fan_in = mod.weight[0].numel()
+                bound = cfg.init_gain / math.sqrt(fan_in)
+                mod.weight.uniform_(-bound, bound, generator=gen)
+                mod.bias.uniform_(-bound, bound, generator=gen)
+
+    @property
+    def n_in(self) -> int:
+        return math.prod(self.config.in_shape)
+
+    @property
+    def update(self) -> str:
+        return self.config.update
