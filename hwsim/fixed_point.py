@@ -1,4 +1,5 @@
-"""Integer (fixed-point) mirror of :class:`models.eqprop_mlp.EqPropMLP` under a :class:`quant.HardwareSpec`.
+"""Integer (fixed-point) mirror of an EqProp energy model (:class:`models.eqprop_mlp.EqPropMLP`,
+:class:`models.skip_mlp.SkipEqPropMLP`, ...) under a :class:`quant.HardwareSpec`.
 
 The exact semantics are written down in ``docs/hwsim_semantics.md``; in short, for layer ``l``
 (0-based, ``L`` layers, state codes ``c_l`` of shape ``(B, n_l)``, input codes ``c_{-1}``)::
@@ -12,9 +13,16 @@ The exact semantics are written down in ``docs/hwsim_semantics.md``; in short, f
 ``Wq_l`` and ``Fq_l`` come from :func:`quant.quantize_weights` (``Fq_l`` quantises ``W_{l+1}.T``
 as its own tensor, so a per-channel scale is per row of *that* matrix; per-tensor gives
 ``Fq_l == Wq_{l+1}.T`` exactly), the ``(m, s)`` pairs from :func:`quant.requant_params`, ``bq``
-is the bias in forward-accumulator LSBs. Stochastic rounding draws
-``quant.rng.uniform_u24(seed, step_offset + t, 4 * l + kind, b * n_l + j)`` with ``kind`` 0
-(forward), 1 (feedback), 2 (nudge).
+is the bias in forward-accumulator LSBs (:func:`quant.bias_codes`). Stochastic rounding draws
+``quant.rng.uniform_u24(seed, step_offset + t, tid, b * n_l + j)`` with
+``tid = quant.rng.tensor_id(kind, l)``, kind ``state_fwd``, ``state_fb`` or ``nudge``.
+
+The model's interaction terms are lowered by a kernel per term type (:data:`INT_KERNELS`; a term
+type without one raises :class:`models.engine.UnsupportedError`): the layered chain of Dense
+couplings and the biases become the fused accumulators above; any other Dense term (e.g. the skip
+coupling ``Dense(post=L-1, pre=INPUT)`` of ``SkipEqPropMLP``) becomes a :class:`TermContribution`,
+its own accumulator requantised with its own multiplier and added to ``p`` (static when it reads the
+input only: formed once per phase, like the drive). The update groups are ``net.schedule()``.
 
 Products are computed in float32 / float64 (BLAS, or numba loops for thin shapes) when a per-row
 bound proves every partial sum is an exact integer (``sum_i |Wq[j, i]| * max code <= 2**24`` resp.
@@ -43,76 +51,34 @@ import numba
 import numpy as np
 
 import quant
-from models.eqprop_mlp import EqPropMLP
+from models.energy import INPUT, Bias, Dense
+from models.engine import UPDATES, UnsupportedError, require_kernels, schedule_groups
+from models.solvers import IntRelaxInfo, iterate
 from quant import ops, rng
+from quant.numba_ops import ROUNDING_CODES, overflow_scalar, requant_det, requant_stoch
 from quant.spec import HardwareSpec
 
 log = logging.getLogger(__name__)
 
-ROUNDING_CODES = {"nearest_even": 0, "floor": 1, "stochastic": 2}
-KIND_FORWARD, KIND_FEEDBACK, KIND_NUDGE = 0, 1, 2
-INPUT_TENSOR_ID = 1 << 20  # tensor id of the input quantisation (stochastic rounding only)
+BACKEND = "numba fixed point"
+"""Backend name in capability errors (:meth:`quant.HardwareSpec.require`, :data:`INT_KERNELS`)."""
+INPUT_TENSOR_ID = rng.tensor_id(rng.KIND_INPUT)  # tensor id of the input quantisation (stochastic rounding)
 EXACT_F32 = 2**24  # every integer of magnitude <= 2**24 is a float32
 EXACT_F64 = 2**53
+FixedPointRelaxInfo = IntRelaxInfo  # the integer relaxation diagnostics (models.solvers)
 
 
-def tensor_id(layer: int, kind: int) -> int:
-    """Counter ``tensor_id`` of a rounding: ``4 * layer + kind`` (kind 0 forward, 1 feedback, 2 nudge).
+def tensor_id(layer: int, kind: str = rng.KIND_STATE_FWD) -> int:
+    """Counter ``tensor_id`` of a state rounding of ``layer`` (:func:`quant.rng.tensor_id`).
 
-    >>> tensor_id(1, KIND_NUDGE)
+    >>> tensor_id(1, rng.KIND_NUDGE)
     6
     """
-    return 4 * layer + kind
-
-
-_hash_u32 = numba.njit(cache=True)(rng.hash_u32_scalar)
+    return rng.tensor_id(kind, layer)
 
 
 # ----------------------------------------------------------------------------------- kernels
-@numba.njit(cache=True, inline="always")
-def _requant_det(a, m, sh, rmode, seed, step, tid, idx):
-    """``quant.ops.requantize(a, m, sh, rounding)`` for one int64, ``nearest_even`` (rmode 0) or
-    ``floor`` (1): branch-free (vectorisable); ``sh <= 0`` is an exact left shift, as in quant.ops.
-    The counters are unused (same signature as :func:`_requant_stoch`)."""
-    lsh = max(-sh, 0)
-    rsh = max(sh, 0)
-    p = (a * m) << lsh
-    q = p >> rsh
-    r = p - (q << rsh)  # remainder in [0, 2**rsh)
-    half = (np.int64(1) << rsh) >> 1
-    up = (rmode == 0) & (rsh > 0) & ((r > half) | ((r == half) & ((q & 1) == 1)))
-    return q + up
-
-
-@numba.njit(cache=True, inline="always")
-def _requant_stoch(a, m, sh, rmode, seed, step, tid, idx):
-    """Stochastic ``quant.ops.requantize``: up with probability remainder / 2**sh, decided by
-    ``uniform_u24(seed, step, tid, idx)`` exactly as :func:`quant.ops.shift_round`."""
-    lsh = max(-sh, 0)
-    rsh = max(sh, 0)
-    p = (a * m) << lsh
-    q = p >> rsh
-    r = p - (q << rsh)
-    if rsh == 0:
-        return q
-    u = _hash_u32(seed, step, tid, idx) >> 8  # uniform_u24
-    if rsh <= 24:
-        up = (u >> (24 - rsh)) < r
-    else:
-        up = u < (r >> (rsh - 24))
-    return q + up
-
-
-@numba.njit(cache=True, inline="always")
-def _overflow_scalar(v, acc_bits, wrap):
-    """``quant.ops.overflow(v, acc_bits, signed=True, mode)``; returns ``(value, overflowed)``."""
-    hi = (np.int64(1) << (acc_bits - 1)) - 1
-    lo = -hi - 1
-    o = (v < lo) | (v > hi)
-    if wrap:
-        u = v & ((np.int64(1) << acc_bits) - 1)
-        return u - ((u > hi) * (np.int64(1) << acc_bits)), o
-    return min(max(v, lo), hi), o
+_requant_det, _requant_stoch, _overflow_scalar = requant_det, requant_stoch, overflow_scalar
 
 
 def _make_update_kernel(requant, has_fb: bool, nudge: bool):
@@ -120,7 +86,7 @@ def _make_update_kernel(requant, has_fb: bool, nudge: bool):
     unused branches are compiled out and the inner loop vectorises)."""
 
     def update_layer_kernel(fwd, acc_b, mul_b, sh_b, s_old, y, beta_m, beta_sh, one_code, acc_bits, wrap, rmode,
-                            seed, step, tid_base, s_new, changed, n_over):
+                            seed, step, tid_fb, tid_nudge, s_new, changed, n_over):
         """New codes of one layer (pure: writes only ``s_new``, ``changed``, ``n_over``)::
 
             s_new = clamp(fwd + rq(ovf(acc_b), mul_b, sh_b) + rq(beta * (T - s_old)), 0, one_code)
@@ -133,8 +99,8 @@ def _make_update_kernel(requant, has_fb: bool, nudge: bool):
             y: (B,) int64 class indices; ``beta_m``, ``beta_sh``: signed nudge multiplier and shift
                 (used when built with ``nudge``; ``T = one_code`` at ``y``, else 0).
             one_code: code of 1.0; acc_bits, wrap: accumulator width and mode.
-            rmode: 0 nearest_even, 1 floor, 2 stochastic; seed, step, tid_base: rng counters (feedback
-                uses ``tid_base + 1``, nudge ``tid_base + 2``; index ``b * n + j``).
+            rmode: 0 nearest_even, 1 floor, 2 stochastic; seed, step: rng counters, tid_fb, tid_nudge:
+                tensor ids of the feedback and nudge roundings (:func:`quant.rng.tensor_id`; index ``b * n + j``).
             s_new: (B, n) output codes (dtype of ``s_old``); changed: (B,) bool, set where a code changed;
             n_over: (1,) int64, incremented by the feedback-accumulator overflows.
         """
@@ -148,11 +114,11 @@ def _make_update_kernel(requant, has_fb: bool, nudge: bool):
                 if has_fb:
                     a, o = _overflow_scalar(np.int64(acc_b[b, j]), acc_bits, wrap)
                     nov += o
-                    p += requant(a, mul_b[j], sh_b[j], rmode, seed, step, tid_base + 1, idx)
+                    p += requant(a, mul_b[j], sh_b[j], rmode, seed, step, tid_fb, idx)
                 old = np.int64(s_old[b, j])
                 if nudge:
                     t = one_code if y[b] == j else 0
-                    p += requant(t - old, beta_m, beta_sh, rmode, seed, step, tid_base + 2, idx)
+                    p += requant(t - old, beta_m, beta_sh, rmode, seed, step, tid_nudge, idx)
                 p = min(max(p, 0), one_code)
                 s_new[b, j] = p
                 ch |= p != old
@@ -293,33 +259,6 @@ def exact_matmul(a: np.ndarray, w_by_dtype: dict, dtype, parallel: bool = False)
     return a @ wt
 
 
-# ------------------------------------------------------------------------------- diagnostics
-@dataclasses.dataclass
-class FixedPointRelaxInfo:
-    """Settling diagnostics of an integer relaxation (per-sample arrays of shape ``(B,)``).
-
-    Attributes:
-        steps: first sweep (1-based) after which no code of the sample changed; ``-1``: never.
-        converged: no code of the sample changed in the last sweep run (an exact fixed point
-            for deterministic rounding).
-        cycling: the last sweep changed the sample, but its codes equal those two sweeps before
-            (period-2 limit cycle).
-        n_steps: sweeps run (``< n_steps`` asked only with ``early_exit`` once every sample settled).
-        n_overflow: (L,) accumulator overflows per layer over the phase (drive counted once).
-    """
-
-    steps: np.ndarray
-    converged: np.ndarray
-    cycling: np.ndarray
-    n_steps: int
-    n_overflow: np.ndarray
-
-    def summary(self) -> dict:
-        """Scalar summary (fractions over the batch)."""
-        return {"n_steps": int(self.n_steps), "frac_converged": float(np.mean(self.converged)),
-                "frac_cycling": float(np.mean(self.cycling)), "n_overflow": int(self.n_overflow.sum())}
-
-
 def _as_int_codes(a, name: str, shape: tuple, lo: int, hi: int, fix: str) -> np.ndarray:
     arr = np.asarray(a)
     if arr.dtype.kind not in "iu":
@@ -352,9 +291,103 @@ def _requant_arrays(q, spec, n: int) -> tuple[np.ndarray, np.ndarray]:
     return (np.array([p[0] for p in pairs], dtype=np.int64), np.array([p[1] for p in pairs], dtype=np.int64))
 
 
+# ------------------------------------------------------------------------------ term kernels
+@dataclasses.dataclass(frozen=True)
+class TermContribution:
+    """One integer accumulator of an interaction term beyond the layered chain (e.g. a skip coupling):
+    ``A = ovf(codes @ c_src)``, added to node ``node`` as ``rq(A, mult, shift)`` with its own rounding
+    (tensor id ``rng.tensor_id(KIND_STATE_TERM, node, index)``, ``index`` = its place among the node's
+    extra contributions). ``src == INPUT`` makes it *static*: formed once per phase, like the drive.
+
+    Attributes:
+        node: target state node; src: source node (:data:`~models.energy.INPUT` for the input).
+        codes: ``(n_node, n_src)`` int64 weight codes; requant: ``(multiplier (n_node,), shift (n_node,))``.
+        term: the term it comes from (its ``str``, for messages).
+    """
+
+    node: int
+    src: int
+    codes: np.ndarray
+    requant: tuple
+    term: str = ""
+
+    @property
+    def static(self) -> bool:
+        return self.src == INPUT
+
+
+class _Lowering:
+    """What the term kernels fill in: the layered chain (forward/feedback codes, biases) and extras."""
+
+    def __init__(self, spec: HardwareSpec, sizes: tuple):
+        L = len(sizes) - 1
+        self.spec, self.sizes = spec, sizes
+        self.w_codes, self.fwd_rq, self.fwd_scale = [None] * L, [None] * L, [None] * L
+        self.fb_codes, self.fb_rq = [None] * (L - 1), [None] * (L - 1)
+        self.bias = [np.zeros(n, dtype=np.int64) for n in sizes[1:]]
+        self.extra: list[TermContribution] = []
+
+    def quantize(self, w: np.ndarray):
+        q = quant.quantize_weights(w, self.spec)
+        return q, _requant_arrays(q, self.spec, w.shape[0])
+
+
+class DenseInt:
+    """Integer lowering of :class:`~models.energy.Dense` ``s_post . (W s_pre)``.
+
+    A chain coupling ``Dense(post=i, pre=i-1)`` (``pre=INPUT`` for node 0) becomes the fused forward
+    accumulator of node ``i`` (``Wq_i``) and, between states, the feedback accumulator of node
+    ``i-1`` (``Fq_{i-1}``, ``W^T`` quantised as its own tensor). Any other Dense becomes
+    :class:`TermContribution` s: the forward one to ``post`` and, unless ``pre`` is the input, the
+    feedback one (``W^T``) to ``pre``, each requantised with its own multiplier.
+    """
+
+    @staticmethod
+    def lower(t: Dense, w: np.ndarray, low: _Lowering) -> None:
+        n_post = low.sizes[t.post + 1]
+        n_pre = low.sizes[t.pre + 1] if t.pre != INPUT else low.sizes[0]
+        if w.shape != (n_post, n_pre):
+            raise ValueError(f"{t}: weight has shape {w.shape}; expected {(n_post, n_pre)}")
+        chain = t.pre == t.post - 1 or (t.post == 0 and t.pre == INPUT)
+        if chain and low.w_codes[t.post] is None:
+            q, rq = low.quantize(w)
+            low.w_codes[t.post], low.fwd_rq[t.post], low.fwd_scale[t.post] = q.codes, rq, q.scale
+            if t.pre != INPUT:
+                qf, rqf = low.quantize(np.ascontiguousarray(w.T))
+                low.fb_codes[t.pre], low.fb_rq[t.pre] = qf.codes, rqf
+            return
+        q, rq = low.quantize(w)
+        low.extra.append(TermContribution(t.post, t.pre, q.codes, rq, str(t)))
+        if t.pre != INPUT:
+            qf, rqf = low.quantize(np.ascontiguousarray(w.T))
+            low.extra.append(TermContribution(t.pre, t.post, qf.codes, rqf, str(t)))
+
+
+class BiasInt:
+    """Integer lowering of :class:`~models.energy.Bias`: :func:`quant.bias_codes` on the grid of the
+    node's chain forward accumulator (the bias is one more term of that sum, before overflow)."""
+
+    @staticmethod
+    def lower(t: Bias, b: np.ndarray, low: _Lowering) -> None:
+        if low.fwd_scale[t.node] is None:
+            raise UnsupportedError(f"backend {BACKEND!r}: {t} needs the chain coupling Dense(post={t.node}, "
+                                   f"pre={t.node - 1 if t.node else INPUT}) (a bias lives on its accumulator grid)")
+        low.bias[t.node] = quant.bias_codes(b, low.fwd_scale[t.node], low.spec)
+
+
+INT_KERNELS: dict[type, type] = {Dense: DenseInt, Bias: BiasInt}
+"""Integer kernels by term type (found through :func:`models.engine.require_kernels`); the arithmetic
+of the lowered accumulators is in :meth:`FixedPointMLP.relax` and :func:`hwsim.torch_mirror.torch_relax`."""
+
+
+def chain_edges(n_layers: int, extra: Sequence[TermContribution] = ()) -> list[tuple[int, int]]:
+    """Interaction graph of the state nodes (chain couplings plus extra state-state contributions)."""
+    return [(i - 1, i) for i in range(1, n_layers)] + [(c.src, c.node) for c in extra if not c.static]
+
+
 # ------------------------------------------------------------------------------------- model
 class FixedPointMLP:
-    """Integer EqProp MLP: parameters as integer codes, dynamics in numba (see module docstring).
+    """Integer EqProp network: parameters as integer codes, dynamics in numba (see module docstring).
 
     Build it with :meth:`from_model` (or :meth:`from_checkpoint`); the constructor takes the integer
     parameters directly and validates them.
@@ -366,15 +399,18 @@ class FixedPointMLP:
         fwd_requant: per layer ``(multiplier (n_l,), shift (n_l,))`` int64.
         fb_codes: per layer ``l < L-1``: ``(n_l, n_{l+1})`` int64 feedback codes (of ``W_{l+1}^T``).
         fb_requant: per layer ``l < L-1``: ``(multiplier (n_l,), shift (n_l,))``.
-        update: ``"async"`` (even layers then odd) or ``"sync"``.
+        update: ``"async"`` (colour groups of the node graph: even layers then odd) or ``"sync"``.
         cost: ``"mse"`` (nudging supported) or ``"ce"`` (free phase only).
+        extra: :class:`TermContribution` s of terms beyond the chain (e.g. a skip coupling).
+        groups: update groups (default :func:`models.engine.schedule_groups` of the node graph).
     """
 
     def __init__(self, spec: HardwareSpec, w_codes, bias_codes, fwd_requant, fb_codes, fb_requant,
-                 update: str = "async", cost: str = "mse"):
+                 update: str = "async", cost: str = "mse", extra: Sequence[TermContribution] = (),
+                 groups: Sequence[Sequence[int]] | None = None):
         check_spec(spec)
-        if update not in ("async", "sync"):
-            raise ValueError(f"update={update!r} is invalid; allowed: 'async' or 'sync'")
+        if update not in UPDATES:
+            raise ValueError(f"update={update!r} is invalid; allowed: {UPDATES}")
         if cost not in ("mse", "ce"):
             raise ValueError(f"cost={cost!r} is invalid; allowed: 'mse' or 'ce'")
         L = len(w_codes)
@@ -393,7 +429,18 @@ class FixedPointMLP:
         for i, w in enumerate(self.fb_codes):
             if w.shape != (self.sizes[i + 1], self.sizes[i + 2]):
                 raise ValueError(f"fb_codes[{i}] has shape {w.shape}; expected {(self.sizes[i + 1], self.sizes[i + 2])}")
-        for name, ws in (("w_codes", self.w_codes), ("fb_codes", self.fb_codes)):
+        self.extra = [dataclasses.replace(c, codes=np.asarray(c.codes, dtype=np.int64),
+                                          requant=tuple(np.asarray(a, dtype=np.int64).reshape(-1) for a in c.requant))
+                      for c in extra]
+        for k, c in enumerate(self.extra):
+            n_src = self.sizes[c.src + 1] if c.src != INPUT else self.sizes[0]
+            if not (0 <= c.node < L and INPUT <= c.src < L) or c.codes.shape != (self.sizes[c.node + 1], n_src):
+                raise ValueError(f"extra[{k}] ({c.term}): node {c.node}, src {c.src}, codes {c.codes.shape} do not "
+                                 f"fit the sizes {self.sizes}")
+            if any(a.shape != (self.sizes[c.node + 1],) for a in c.requant):
+                raise ValueError(f"extra[{k}] ({c.term}): requant shapes do not match node {c.node}")
+        for name, ws in (("w_codes", self.w_codes), ("fb_codes", self.fb_codes),
+                         ("extra codes", [c.codes for c in self.extra])):
             for i, w in enumerate(ws):
                 if w.size and (w.min() < wf.qmin or w.max() > wf.qmax):
                     raise ValueError(f"{name}[{i}] has codes outside [{wf.qmin}, {wf.qmax}] of {wf.kind}")
@@ -409,11 +456,22 @@ class FixedPointMLP:
             for i, (m, s) in enumerate(rq):
                 if m.shape != (self.sizes[i + off],) or s.shape != m.shape:
                     raise ValueError(f"{name}[{i}] has shapes {m.shape}, {s.shape}; expected ({self.sizes[i + off]},)")
+        self.groups = ([list(g) for g in groups] if groups is not None
+                       else schedule_groups(update, chain_edges(L, self.extra), L))
+        if sorted(i for g in self.groups for i in g) != list(range(L)):
+            raise ValueError(f"groups={self.groups} must partition the nodes 0..{L - 1}")
+        # per node, its extra contributions (index into self.extra) with their rounding tensor ids
+        self.extra_at: list[list[tuple[int, int]]] = [[] for _ in range(L)]
+        self.extra_tid: list[int] = []
+        for k, c in enumerate(self.extra):
+            self.extra_tid.append(rng.tensor_id(rng.KIND_STATE_TERM, c.node, len(self.extra_at[c.node])))
+            self.extra_at[c.node].append((k, self.extra_tid[-1]))
         # exact-product bookkeeping: transposed codes per dtype, row bounds sum_i |W[j, i]|
         self._fwd_t = [self._by_dtype(w) for w in self.w_codes]
         self._fb_t = [self._by_dtype(w) for w in self.fb_codes]
-        self._fwd_rowsum = [int(np.abs(w).sum(axis=1).max(initial=0)) for w in self.w_codes]
-        self._fb_rowsum = [int(np.abs(w).sum(axis=1).max(initial=0)) for w in self.fb_codes]
+        self._extra_t = [self._by_dtype(c.codes) for c in self.extra]
+        self._fwd_rowsum = [_rowsum(w) for w in self.w_codes]
+        self._fb_rowsum = [_rowsum(w) for w in self.fb_codes]
 
     @staticmethod
     def _by_dtype(w: np.ndarray) -> dict:
@@ -423,42 +481,42 @@ class FixedPointMLP:
     # ------------------------------------------------------------------------ construction
     @classmethod
     def from_model(cls, net, spec: HardwareSpec, *, update: str | None = None) -> "FixedPointMLP":
-        """Quantise a (trained) float :class:`~models.eqprop_mlp.EqPropMLP` under ``spec``.
+        """Quantise a (trained) float energy model (:class:`~models.eqprop_mlp.EqPropMLP`,
+        :class:`~models.skip_mlp.SkipEqPropMLP`, ...) under ``spec``, term by term (:data:`INT_KERNELS`).
 
-        Weights: ``quantize_weights(W_l, spec)``; feedback: ``quantize_weights(W_{l+1}.T, spec)``;
-        biases: ``round_half_even(b_j / (scale_j * 2**-frac_bits))`` saturated to the accumulator;
-        requantisation: ``quant.requant_params``.
+        Weights: ``quantize_weights(W, spec)``; feedback: ``quantize_weights(W.T, spec)``; biases:
+        :func:`quant.bias_codes`; requantisation: ``quant.requant_params``. The update groups are
+        ``net.schedule(update)``.
 
         Args:
-            net: an ``EqPropMLP`` (any float dtype).
-            spec: integer spec (``fp32`` and ``analog_pcm`` are rejected with a ``ValueError``).
-            update: override ``net.config.update``.
+            net: an energy model whose state nodes form a layered chain (every node ``i`` has the
+                coupling ``Dense(post=i, pre=i-1)``), plus any further Dense / Bias terms.
+            spec: integer spec (``fp32`` and analog specs raise :class:`quant.UnsupportedError`).
+            update: override the model's update schedule.
+
+        Raises:
+            UnsupportedError: a term type without an integer kernel, or a spec this backend cannot run.
         """
         check_spec(spec)
-        if not isinstance(net, EqPropMLP):
-            raise ValueError(f"net={type(net).__name__} is invalid; allowed: a models.eqprop_mlp.EqPropMLP "
-                             "(other model families have no fixed-point mirror here)")
-        ws = [lin.weight.detach().to("cpu").double().numpy() for lin in net.layers]
-        bs = [lin.bias.detach().to("cpu").double().numpy() for lin in net.layers]
-        for i, w in enumerate(ws):
-            if w.shape != (net.config.sizes[i + 1], net.config.sizes[i]):
-                raise ValueError(f"net.layers[{i}].weight has shape {w.shape}; config.sizes={net.config.sizes}")
-        acc_hi = 2 ** (spec.acc_bits - 1) - 1
-        w_codes, b_codes, fwd_rq, fb_codes, fb_rq = [], [], [], [], []
-        for i, (w, b) in enumerate(zip(ws, bs)):
-            q = quant.quantize_weights(w, spec)
-            w_codes.append(q.codes)
-            # bias in forward-accumulator LSBs: acc LSB = scale_row * 2**-frac_bits(input state)
-            per_row_scale = np.broadcast_to(np.asarray(q.scale, dtype=np.float64).reshape(-1), (w.shape[0],))
-            bq = np.rint(np.ldexp(b / per_row_scale, spec.state.frac_bits))
-            b_codes.append(np.clip(bq, -acc_hi - 1, acc_hi).astype(np.int64))
-            fwd_rq.append(_requant_arrays(q, spec, w.shape[0]))
-            if i + 1 < len(ws):
-                qf = quant.quantize_weights(np.ascontiguousarray(ws[i + 1].T), spec)
-                fb_codes.append(qf.codes)
-                fb_rq.append(_requant_arrays(qf, spec, w.shape[0]))
-        return cls(spec, w_codes, b_codes, fwd_rq, fb_codes, fb_rq,
-                   update=update or net.config.update, cost=net.config.cost)
+        terms = getattr(net, "terms", None)
+        if terms is None or not hasattr(net, "nodes"):
+            raise ValueError(f"net={type(net).__name__} is invalid; allowed: an energy model such as "
+                             "models.eqprop_mlp.EqPropMLP (nodes and interaction terms)")
+        kernels = require_kernels(BACKEND, INT_KERNELS, terms)
+        sizes = (int(net.n_in),) + tuple(int(n.size) for n in net.nodes)
+        low = _Lowering(spec, sizes)
+        param = lambda name: net.get_parameter(name).detach().to("cpu").double().numpy()  # noqa: E731
+        for dense_pass in (True, False):  # couplings first: a bias needs its node's accumulator grid
+            for t, k in zip(terms, kernels):
+                if isinstance(t, Bias) != dense_pass:
+                    k.lower(t, param(t.params[0]), low)
+        missing = [i for i, w in enumerate(low.w_codes) if w is None]
+        if missing:
+            raise UnsupportedError(f"backend {BACKEND!r} needs the chain coupling Dense(post=i, pre=i-1) of every "
+                                   f"state node; nodes {missing} have none")
+        update = update or net.config.update
+        return cls(spec, low.w_codes, low.bias, low.fwd_rq, low.fb_codes, low.fb_rq,
+                   update=update, cost=net.config.cost, extra=low.extra, groups=net.schedule(update))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, spec: HardwareSpec, *, update: str | None = None) -> "FixedPointMLP":
@@ -525,8 +583,8 @@ class FixedPointMLP:
 
     # ----------------------------------------------------------------------------- dynamics
     def relax(self, x_codes, s0=None, *, beta: float = 0.0, y=None, n_steps: int, seed: int = 0,
-              step_offset: int = 0, early_exit: bool = True,
-              parallel: bool | None = None) -> tuple[list[np.ndarray], FixedPointRelaxInfo]:
+              step_offset: int = 0, early_exit: bool = True, record_trace: bool = False,
+              parallel: bool | None = None) -> tuple[list[np.ndarray], IntRelaxInfo]:
         """Run ``n_steps`` sweeps of the integer dynamics from ``s0`` (zeros if None).
 
         Args:
@@ -534,13 +592,15 @@ class FixedPointMLP:
             s0: optional list of (B, n_l) integer codes in ``[0, code(1.0)]``.
             beta: nudging strength (0: free phase); its sign is kept (symmetric nudging).
             y: (B,) int labels, needed when ``beta != 0``.
-            n_steps: number of sweeps (async: even layers then odd; sync: all from the old state).
+            n_steps: number of sweeps (``self.groups`` in turn; sync: all from the old state).
             seed, step_offset: stochastic-rounding counters (sweep ``t`` uses step ``step_offset + t``).
             early_exit: with deterministic rounding, stop once a sweep changed no code (the state is
                 then an exact fixed point, so further sweeps are the identity).
+            record_trace: ``info.trace`` = samples changed per sweep.
 
         Returns:
-            ``(states, info)``: list of (B, n_l) int64 codes and :class:`FixedPointRelaxInfo`.
+            ``(states, info)``: list of (B, n_l) int64 codes and :class:`~models.solvers.IntRelaxInfo`
+            (settling loop :func:`models.solvers.iterate`; ``n_overflow`` per node).
         """
         x, s, y, bm, bsh = self.check_relax_args(x_codes, s0, beta, y, n_steps, seed, step_offset)
         B, L = x.shape[0], self.n_layers
@@ -551,7 +611,8 @@ class FixedPointMLP:
         hid_bounds = [self._fwd_rowsum[i] * self.one_code for i in range(1, L)]
         hid_bounds += [r * self.one_code for r in self._fb_rowsum]
         sdt = exact_dtype(max(hid_bounds, default=0))
-        ddt = exact_dtype(self._fwd_rowsum[0] * int(np.abs(x).max(initial=0)))
+        xmax = int(np.abs(x).max(initial=0))
+        ddt = exact_dtype(self._fwd_rowsum[0] * xmax)
         log.debug("exact products: drive in %s, hidden products in %s", ddt.__name__, sdt.__name__)
         drive = exact_matmul(x, self._fwd_t[0], ddt)  # (B, n_0), computed once per phase
         det = rmode != 2
@@ -562,61 +623,69 @@ class FixedPointMLP:
         def fwd_term(i: int, acc, step: int):
             m, sh = self.fwd_requant[i]
             return get_requant_kernel(det, par(self.sizes[i + 1]))(
-                acc, self.bias_codes[i], m, sh, sp.acc_bits, wrap, rmode, seed, step, tensor_id(i, 0))
+                acc, self.bias_codes[i], m, sh, sp.acc_bits, wrap, rmode, seed, step, tensor_id(i))
+
+        def extra_term(c: TermContribution, tid: int, acc, step: int):
+            m, sh = c.requant
+            zero = np.zeros(len(m), dtype=np.int64)
+            return get_requant_kernel(det, par(len(m)))(acc, zero, m, sh, sp.acc_bits, wrap, rmode, seed, step, tid)
 
         n_over = np.zeros(L, dtype=np.int64)
         ovbuf = np.zeros(1, dtype=np.int64)
         # the drive accumulator is formed once per phase: its overflows are counted once; with
-        # deterministic rounding its requantised value is constant too
+        # deterministic rounding its requantised value is constant too. Static extra terms likewise.
         pre, n_over[0] = fwd_term(0, drive, step_offset)
-        s = [t.astype(sdt) for t in s]
-        steps = np.full(B, -1, dtype=np.int64)
-        changed = np.zeros(B, dtype=bool)
-        hist = [s]  # the last three states, for period-2 detection
+        static_acc, static_val = {}, {}
+        for k, c in enumerate(self.extra):
+            if c.static:
+                static_acc[k] = exact_matmul(x, self._extra_t[k], exact_dtype(_rowsum(c.codes) * xmax))
+                static_val[k], o = extra_term(c, self.extra_tid[k], static_acc[k], step_offset)
+                n_over[c.node] += o
         dummy = np.zeros((1, 1), dtype=sdt)
-        order = [list(range(0, L, 2)), list(range(1, L, 2))] if self.update == "async" else [list(range(L))]
-        n_run = 0
-        for t in range(n_steps):
+        tid_fb = [tensor_id(i, rng.KIND_STATE_FB) for i in range(L)]
+        tid_nudge = tensor_id(L - 1, rng.KIND_NUDGE)
+
+        def node_update(i: int, src: list, step: int, changed: np.ndarray) -> np.ndarray:
+            if i == 0:
+                fwd = pre if det else fwd_term(0, drive, step)[0]
+            else:
+                acc = exact_matmul(src[i - 1], self._fwd_t[i], sdt, par(self.sizes[i + 1]))
+                fwd, k = fwd_term(i, acc, step)
+                n_over[i] += k
+            for k, tid in self.extra_at[i]:  # extra terms: each its own accumulator and rounding
+                c = self.extra[k]
+                if c.static:
+                    v = static_val[k] if det else extra_term(c, tid, static_acc[k], step)[0]
+                else:
+                    acc = exact_matmul(src[c.src], self._extra_t[k], sdt, par(self.sizes[i + 1]))
+                    v, o = extra_term(c, tid, acc, step)
+                    n_over[i] += o
+                fwd = fwd + v
+            has_fb = i + 1 < L
+            acc_b = exact_matmul(src[i + 1], self._fb_t[i], sdt, par(self.sizes[i + 1])) if has_fb else dummy
+            mb, sb = self.fb_requant[i] if has_fb else self.fwd_requant[i]
+            nudge = i == L - 1 and bm != 0
+            out = np.empty((B, self.sizes[i + 1]), dtype=sdt)
+            ovbuf[0] = 0
+            get_update_kernel(det, has_fb, nudge, par(self.sizes[i + 1]))(
+                fwd, acc_b, mb, sb, src[i], y, bm, bsh, self.one_code, sp.acc_bits, wrap, rmode, seed,
+                step, tid_fb[i], tid_nudge, out, changed, ovbuf)
+            n_over[i] += ovbuf[0]
+            return out
+
+        def sweep(s: list, t: int):
             step = step_offset + t
             changed = np.zeros(B, dtype=bool)
-            old = s
             cur = list(s)
-            for group in order:
-                src = cur if self.update == "async" else old
-                new_vals = {}
-                for i in group:
-                    if i == 0:
-                        fwd = pre if det else fwd_term(0, drive, step)[0]
-                    else:
-                        acc = exact_matmul(src[i - 1], self._fwd_t[i], sdt, par(self.sizes[i + 1]))
-                        fwd, k = fwd_term(i, acc, step)
-                        n_over[i] += k
-                    has_fb = i + 1 < L
-                    acc_b = exact_matmul(src[i + 1], self._fb_t[i], sdt, par(self.sizes[i + 1])) if has_fb else dummy
-                    mb, sb = self.fb_requant[i] if has_fb else self.fwd_requant[i]
-                    nudge = i == L - 1 and bm != 0
-                    out = np.empty((B, self.sizes[i + 1]), dtype=sdt)
-                    ovbuf[0] = 0
-                    get_update_kernel(det, has_fb, nudge, par(self.sizes[i + 1]))(
-                        fwd, acc_b, mb, sb, src[i], y, bm, bsh, self.one_code, sp.acc_bits, wrap, rmode, seed,
-                        step, tensor_id(i, 0), out, changed, ovbuf)
-                    n_over[i] += ovbuf[0]
-                    new_vals[i] = out
+            for group in self.groups:  # nodes of a group read the state before the group (sync: one group)
+                new_vals = {i: node_update(i, cur, step, changed) for i in group}
                 for i, v in new_vals.items():
                     cur[i] = v
-            s = cur
-            n_run = t + 1
-            steps[(steps < 0) & ~changed] = n_run
-            hist = (hist + [s])[-3:]
-            if early_exit and det and not changed.any():
-                break
-        cycling = np.zeros(B, dtype=bool)
-        if len(hist) == 3:
-            same2 = np.ones(B, dtype=bool)
-            for a, c in zip(hist[2], hist[0]):
-                same2 &= (a == c).all(axis=1)
-            cycling = changed & same2
-        info = FixedPointRelaxInfo(steps, ~changed, cycling, n_run, n_over)
+            return cur, changed
+
+        s, info = iterate(sweep, [t.astype(sdt) for t in s], max_steps=n_steps, early_exit=early_exit and det,
+                          record_trace=record_trace)
+        info.n_overflow = n_over
         return [t.astype(np.int64) for t in s], info
 
     def free_phase(self, x_codes, n_steps: int, **kw) -> tuple[list[np.ndarray], FixedPointRelaxInfo]:
@@ -650,32 +719,18 @@ class FixedPointMLP:
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
-def _representable(spec: HardwareSpec) -> bool:
-    try:
-        spec.state.code_of(1.0)
-    except ValueError:
-        return False
-    return True
+
+def _rowsum(w: np.ndarray) -> int:
+    return int(np.abs(w).sum(axis=1).max(initial=0))
 
 
-def check_spec(spec) -> None:
-    """``ValueError`` unless ``spec`` is an integer spec this simulator can run.
+def check_spec(spec) -> HardwareSpec:
+    """``spec`` if this simulator can run it (:meth:`quant.HardwareSpec.require`), else ``ValueError``
+    (:class:`quant.UnsupportedError` naming the backend, the field and what it supports).
 
     >>> check_spec(quant.get_preset("fp32"))
     Traceback (most recent call last):
     ...
-    ValueError: spec 'fp32' is not integer (weights.kind='float32', state=float, acc_bits=None); allowed: integer weights, a FixedPoint state and acc_bits (e.g. quant.get_preset('int8')); float specs run on models.EqPropMLP
+    quant.spec.UnsupportedError: backend 'numba fixed point' does not support spec 'fp32': it is not integer (weights.kind='float32', state=float, acc_bits=None); it supports: integer weights, a FixedPoint state and acc_bits (e.g. quant.get_preset('int8'))
     """
-    if not isinstance(spec, HardwareSpec):
-        raise ValueError(f"spec={spec!r} is invalid; allowed: a quant.HardwareSpec")
-    if not spec.is_integer:
-        st = "float" if spec.state is None else "fixed"
-        raise ValueError(f"spec {spec.name!r} is not integer (weights.kind={spec.weights.kind!r}, state={st}, "
-                         f"acc_bits={spec.acc_bits}); allowed: integer weights, a FixedPoint state and acc_bits "
-                         "(e.g. quant.get_preset('int8')); float specs run on models.EqPropMLP")
-    if spec.analog is not None:
-        raise ValueError(f"spec {spec.name!r} has analog non-idealities; allowed: analog=None "
-                         "(analog crossbars are simulated elsewhere in hwsim)")
-    if not _representable(spec):
-        raise ValueError(f"spec.state={spec.state} cannot represent 1.0 exactly; allowed: e.g. unsigned "
-                         "FixedPoint(bits, bits - 1) so the hard sigmoid is the integer clamp [0, code(1.0)]")
+    return HardwareSpec.check(spec, BACKEND, integer=True, exact_one=True)

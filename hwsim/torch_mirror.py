@@ -31,9 +31,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from models.solvers import iterate
 from quant import ops, rng
 
-from .fixed_point import INPUT_TENSOR_ID, FixedPointMLP, FixedPointRelaxInfo, tensor_id
+from .fixed_point import INPUT_TENSOR_ID, FixedPointMLP
 
 
 def _t(a) -> torch.Tensor:
@@ -79,12 +80,16 @@ def _u24(seed: int, step: int, tid: int, shape) -> torch.Tensor:
 
 
 def torch_relax(fp: FixedPointMLP, x_codes, s0=None, *, beta: float = 0.0, y=None, n_steps: int,
-                seed: int = 0, step_offset: int = 0, early_exit: bool = True):
+                seed: int = 0, step_offset: int = 0, early_exit: bool = True, record_trace: bool = False):
     """Torch int64 relaxation with the semantics of :meth:`FixedPointMLP.relax` (same arguments).
+
+    Generic over the lowered terms: the chain accumulators plus every
+    :class:`~hwsim.fixed_point.TermContribution` (its own product, overflow and rounding); update
+    groups ``fp.groups``; settling loop :func:`models.solvers.iterate`.
 
     Returns:
         ``(states, info)``: list of (B, n_l) torch int64 codes and a
-        :class:`~hwsim.fixed_point.FixedPointRelaxInfo` (numpy arrays).
+        :class:`~models.solvers.IntRelaxInfo` (numpy arrays).
     """
     x_np = x_codes.numpy() if isinstance(x_codes, torch.Tensor) else x_codes
     s0_np = None if s0 is None else [t.numpy() if isinstance(t, torch.Tensor) else t for t in s0]
@@ -96,15 +101,25 @@ def torch_relax(fp: FixedPointMLP, x_codes, s0=None, *, beta: float = 0.0, y=Non
     stoch = rounding == "stochastic"
     W = [_t(w) for w in fp.w_codes]
     F = [_t(w) for w in fp.fb_codes]
+    E = [_t(c.codes) for c in fp.extra]
     bias = [_t(b) for b in fp.bias_codes]
     rq_f = [(_t(m), _t(sh)) for m, sh in fp.fwd_requant]
     rq_b = [(_t(m), _t(sh)) for m, sh in fp.fb_requant]
+    rq_e = [(_t(m), _t(sh)) for m, sh in (c.requant for c in fp.extra)]
     xt = _t(x)
     target = torch.nn.functional.one_hot(_t(yy), fp.sizes[-1]) * one if B else torch.zeros(0, fp.sizes[-1], dtype=torch.int64)
-    s = [_t(t) for t in s]
     n_over = np.zeros(L, dtype=np.int64)
     drive, n0 = overflow_t(xt @ W[0].T + bias[0], sp.acc_bits, mode)  # once per phase
     n_over[0] += n0
+    static = {}  # static extra accumulators (input only): formed once per phase, overflows counted once
+    for k, c in enumerate(fp.extra):
+        if c.static:
+            static[k], o = overflow_t(xt @ E[k].T, sp.acc_bits, mode)
+            n_over[c.node] += o
+
+    def rq(acc, pair, tid, step, n):
+        u = _u24(seed, step, tid, (B, n)) if stoch else None
+        return requant_rows(acc, *pair, rounding, u)
 
     def new_layer(i: int, src: list, step: int) -> torch.Tensor:
         n = fp.sizes[i + 1]
@@ -113,48 +128,36 @@ def torch_relax(fp: FixedPointMLP, x_codes, s0=None, *, beta: float = 0.0, y=Non
         else:
             a_f, k = overflow_t(src[i - 1] @ W[i].T + bias[i], sp.acc_bits, mode)
             n_over[i] += k
-        u = _u24(seed, step, tensor_id(i, 0), (B, n)) if stoch else None
-        p = requant_rows(a_f, *rq_f[i], rounding, u)
+        p = rq(a_f, rq_f[i], rng.tensor_id(rng.KIND_STATE_FWD, i), step, n)
+        for k, tid in fp.extra_at[i]:
+            c = fp.extra[k]
+            if c.static:
+                a_e = static[k]
+            else:
+                a_e, o = overflow_t(src[c.src] @ E[k].T, sp.acc_bits, mode)
+                n_over[i] += o
+            p = p + rq(a_e, rq_e[k], tid, step, n)
         if i + 1 < L:
             a_b, k = overflow_t(src[i + 1] @ F[i].T, sp.acc_bits, mode)
             n_over[i] += k
-            u = _u24(seed, step, tensor_id(i, 1), (B, n)) if stoch else None
-            p = p + requant_rows(a_b, *rq_b[i], rounding, u)
+            p = p + rq(a_b, rq_b[i], rng.tensor_id(rng.KIND_STATE_FB, i), step, n)
         if i == L - 1 and bm != 0:
-            u = _u24(seed, step, tensor_id(i, 2), (B, n)) if stoch else None
+            u = _u24(seed, step, rng.tensor_id(rng.KIND_NUDGE, i), (B, n)) if stoch else None
             p = p + ops.requantize(target - src[i], bm, bsh, rounding, u)
         return p.clamp(0, one)
 
-    steps = torch.full((B,), -1, dtype=torch.int64)
-    changed = torch.zeros(B, dtype=torch.bool)
-    hist = [s]
-    n_run = 0
-    for t in range(n_steps):
+    def sweep(s: list, t: int):
         step = step_offset + t
-        old = s
-        if fp.update == "sync":
-            s = [new_layer(i, old, step) for i in range(L)]
-        else:
-            s = list(old)
-            for parity in (0, 1):
-                upd = {i: new_layer(i, s, step) for i in range(parity, L, 2)}
-                for i, v in upd.items():
-                    s[i] = v
-        changed = torch.zeros(B, dtype=torch.bool)
-        for a, c in zip(s, old):
-            changed |= (a != c).any(dim=1)
-        n_run = t + 1
-        steps[(steps < 0) & ~changed] = n_run
-        hist = (hist + [s])[-3:]
-        if early_exit and not stoch and not bool(changed.any()):
-            break
-    cycling = torch.zeros(B, dtype=torch.bool)
-    if len(hist) == 3:
-        same2 = torch.ones(B, dtype=torch.bool)
-        for a, c in zip(hist[2], hist[0]):
-            same2 &= (a == c).all(dim=1)
-        cycling = changed & same2
-    info = FixedPointRelaxInfo(steps.numpy(), (~changed).numpy(), cycling.numpy(), n_run, n_over)
+        s = list(s)
+        for group in fp.groups:  # a group's nodes read the state before the group (sync: one group)
+            upd = {i: new_layer(i, s, step) for i in group}
+            for i, v in upd.items():
+                s[i] = v
+        return s, None
+
+    s, info = iterate(sweep, [_t(t) for t in s], max_steps=n_steps, early_exit=early_exit and not stoch,
+                      record_trace=record_trace)
+    info.n_overflow = n_over
     return s, info
 
 

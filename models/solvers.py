@@ -1,4 +1,5 @@
-"""Fixed-point solvers with one signature: ``relax(step, s0, *, max_steps, tol, damping, method)``.
+"""Fixed-point solvers with one signature: ``relax(step, s0, *, max_steps, tol, damping, method)``,
+and :func:`iterate`, the one settling loop of the integer backends (codes: "converged" = settled).
 
 A state is a list of tensors, each ``(B, n_i)`` (batch first); ``step`` maps a state to the next one.
 Every solver reports, per sample, the steps it took to converge, the final residual
@@ -17,8 +18,9 @@ True
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 State = list[torch.Tensor]
@@ -150,6 +152,91 @@ def anderson(step: Step, s0: State, *, max_steps: int, tol: float = 0.0, damping
     # residual of the returned state itself
     res = _residual(step(out), out)
     return out, RelaxInfo(steps, res <= tol, res, torch.zeros(bsz, dtype=torch.bool), trace, n)
+
+
+# ------------------------------------------------------------------------------ integer dynamics
+@dataclass
+class IntRelaxInfo(RelaxInfo):
+    """:class:`RelaxInfo` of an integer (code) relaxation; per-sample numpy arrays of shape ``(B,)``.
+
+    With integer codes "converged" means *settled*: the last sweep changed no code of the sample (an
+    exact fixed point for deterministic rounding; ``tol`` is 0). ``residual`` is the largest code
+    change of the sample in the last sweep, ``trace`` (``record_trace``) the number of samples whose
+    codes changed in each sweep, ``n_overflow`` (per node) the backend's accumulator overflows.
+    """
+
+    n_overflow: Any = None
+
+    def summary(self) -> dict:
+        """Scalar summary (fractions over the batch)."""
+        return {"n_steps": int(self.n_steps), "frac_converged": float(np.mean(self.converged)),
+                "frac_cycling": float(np.mean(self.cycling)),
+                "n_overflow": int(np.sum(self.n_overflow)) if self.n_overflow is not None else 0}
+
+
+def _np(a) -> np.ndarray:
+    return a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+
+def _changed(a: State, b: State) -> np.ndarray:
+    out = np.zeros(len(a[0]) if a else 0, dtype=bool)
+    for x, y in zip(a, b):
+        out |= _np((x != y).any(1))
+    return out
+
+
+def iterate(sweep: Callable, s0: State, *, max_steps: int, early_exit: bool = True,
+            record_trace: bool = False) -> tuple[State, IntRelaxInfo]:
+    """The settling loop of every integer backend (numpy int arrays or torch int tensors alike).
+
+    ``sweep(s, t) -> (s_new, changed)`` runs sweep ``t`` (0-based; the backend adds its counter
+    offset) and returns the new state and the per-sample flag "some code changed" (``None``: computed
+    here by comparing the states). Diagnostics as in :class:`IntRelaxInfo`: ``steps`` = first sweep
+    (1-based) after which the sample's codes did not change (``-1``: never), ``cycling`` = the last
+    sweep changed the sample but its codes equal those two sweeps earlier (period 2).
+
+    Args:
+        early_exit: stop after a sweep that changed no code of any sample (pass it only when the
+            sweep is deterministic: further sweeps are then the identity).
+
+    >>> import numpy as np
+    >>> s, info = iterate(lambda s, t: ([np.minimum(s[0] + 1, 3)], None), [np.zeros((2, 1), np.int64)], max_steps=10)
+    >>> s[0].ravel().tolist(), info.steps.tolist(), info.n_steps, bool(info.converged.all())
+    ([3, 3], [4, 4], 4, True)
+    >>> s, info = iterate(lambda s, t: ([1 - s[0]], None), [np.zeros((1, 1), np.int64)], max_steps=5)
+    >>> bool(info.cycling[0]), int(info.residual[0]), info.steps.tolist()
+    (True, 1, [-1])
+    """
+    if max_steps < 1:
+        raise ValueError(f"max_steps={max_steps} must be >= 1")
+    s = list(s0)
+    B = len(s[0]) if s else 0
+    steps = np.full(B, -1, dtype=np.int64)
+    changed = np.zeros(B, dtype=bool)
+    hist = [s]  # the last three states, for period-2 detection and the last residual
+    trace: list[float] = []
+    n_run = 0
+    for t in range(max_steps):
+        new, ch = sweep(s, t)
+        changed = _changed(new, s) if ch is None else _np(ch)
+        s = new
+        n_run = t + 1
+        steps[(steps < 0) & ~changed] = n_run
+        hist = (hist + [s])[-3:]
+        if record_trace:
+            trace.append(float(changed.sum()))
+        if early_exit and not changed.any():
+            break
+    cycling = np.zeros(B, dtype=bool)
+    if len(hist) == 3:
+        cycling = changed & ~_changed(hist[2], hist[0])
+    residual = np.zeros(B, dtype=np.int64)
+    if len(hist) >= 2:
+        for a, c in zip(hist[-1], hist[-2]):
+            if a.shape[1]:
+                d = _np(abs(a - c)).max(axis=1)
+                residual = np.maximum(residual, d.astype(np.int64))
+    return s, IntRelaxInfo(steps, ~changed, residual, cycling, trace, n_run)
 
 
 SOLVERS: dict[str, Callable[..., tuple[State, RelaxInfo]]] = {"fixed_point": fixed_point, "anderson": anderson}
