@@ -26,8 +26,7 @@ from typing import Any
 
 import torch
 
-from .energy import INPUT, Dense
-from .engine import UnsupportedError
+from .energy import INPUT, Bias, Dense, is_static
 from .eqprop_mlp import EqPropMLP
 
 
@@ -44,8 +43,9 @@ def bptt_grads(net: EqPropMLP, x: torch.Tensor, y: torch.Tensor, *, n_steps: int
     return {k: (g if g is not None else torch.zeros_like(p)) for (k, p), g in zip(params.items(), grads)}
 
 
-def coupling_matrix(net) -> torch.Tensor:
-    """Dense symmetric ``M`` with ``dPhi/ds = M s + c(x)`` over the concatenated state.
+def coupling_matrix(net) -> torch.Tensor | None:
+    """Dense symmetric ``M`` with ``dPhi/ds = M s + c(x)`` over the concatenated state, or None when
+    the model has a term that is not linear in the states (e.g. a pooled convolution).
 
     Built from the model's terms: each :class:`~models.energy.Dense` between two state nodes puts
     ``W`` and ``W^T`` in its blocks; static terms (input couplings, biases) only enter ``c(x)``.
@@ -57,11 +57,11 @@ def coupling_matrix(net) -> torch.Tensor:
     dtype = next(net.parameters()).dtype
     M = torch.zeros(offs[-1], offs[-1], dtype=dtype)
     for t in net.terms:
-        if not isinstance(t, Dense):
-            if any(n != INPUT for n in t.nodes[1:]):
-                raise UnsupportedError(f"implicit gradient: no coupling-matrix rule for term {t}")
-            continue
-        if t.pre == INPUT:
+        if not isinstance(t, (Dense, Bias)):
+            if is_static(t):
+                continue
+            return None
+        if isinstance(t, Bias) or t.pre == INPUT:
             continue
         W = net.get_parameter(t.weight).detach()  # (n_post, n_pre)
         M[offs[t.post]:offs[t.post + 1], offs[t.pre]:offs[t.pre + 1]] += W
@@ -69,9 +69,52 @@ def coupling_matrix(net) -> torch.Tensor:
     return M
 
 
-def implicit_grads(net: EqPropMLP, x: torch.Tensor, y: torch.Tensor, *, n_steps: int = 1000,
+def _adjoint_dense(M: torch.Tensor, D: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``(I - J^T) lam = g`` with ``J = diag(D) M``, one dense solve per sample."""
+    eye = torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
+    lam = torch.empty_like(g)
+    Mt = M.t()
+    for b in range(g.shape[0]):  # one dense solve per sample (batched LU hit an MKL DLASWP error under load)
+        A = eye - Mt * D[b][None, :]  # I - J^T, J = diag(D) M
+        lam[b] = torch.linalg.solve(A, g[b])
+    return lam
+
+
+def _adjoint_matrix_free(net, s: list[torch.Tensor], drive: list, D: torch.Tensor, g: torch.Tensor,
+                         tol: float) -> torch.Tensor:
+    """``(I - J^T) lam = g`` with ``J = diag(D) d(dPhi/ds)/ds`` by GMRES (scipy) on vector-Jacobian
+    products of the pre-activation map (autograd at the fixed state; the whole batch as one
+    block-diagonal system). For models with terms that are not linear in the states."""
+    import numpy as np
+    from scipy.sparse.linalg import LinearOperator, gmres
+
+    sizes = [t.shape[1] for t in s]
+    leaves = [t.detach().clone().requires_grad_() for t in s]
+    with torch.enable_grad():
+        pre = torch.cat([net.preact(i, leaves, drive) for i in range(len(sizes))], dim=1)
+
+    def matvec(v: np.ndarray) -> np.ndarray:
+        lam = torch.as_tensor(v.reshape(g.shape), dtype=g.dtype)
+        jt = torch.autograd.grad(pre, leaves, grad_outputs=D * lam, retain_graph=True)  # J^T lam
+        return (lam - torch.cat(jt, dim=1)).reshape(-1).numpy()
+
+    n = g.numel()
+    op = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
+    sol, info = gmres(op, g.reshape(-1).double().numpy(), rtol=tol, atol=0.0, restart=min(n, 200), maxiter=50)
+    if info != 0:
+        raise RuntimeError(f"implicit gradient: GMRES did not converge (info={info}); relax the free phase "
+                           "further or raise tol")
+    return torch.as_tensor(sol.reshape(g.shape), dtype=g.dtype)
+
+
+def implicit_grads(net, x: torch.Tensor, y: torch.Tensor, *, n_steps: int = 1000,
                    tol: float = 1e-12, free_state: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Adjoint gradient at the free fixed point (see module docstring)."""
+    """Adjoint gradient at the free fixed point (see module docstring).
+
+    Models whose terms are all :class:`~models.energy.Dense`/:class:`~models.energy.Bias` use the
+    dense coupling matrix (one exact solve per sample); others (pooled convolutions, ...) a
+    matrix-free GMRES solve on autograd vector-Jacobian products (relative residual ``tol``).
+    """
     if free_state is None:
         free_state, _ = net.free_phase(x, n_steps=n_steps, tol=tol)
     s = [t.detach() for t in free_state]
@@ -80,16 +123,11 @@ def implicit_grads(net: EqPropMLP, x: torch.Tensor, y: torch.Tensor, *, n_steps:
     with torch.no_grad():
         drive = net.drive(x)
         pre = torch.cat([net.preact(i, s, drive) for i in range(len(net.nodes))], dim=1)
-        D = ((pre > 0) & (pre < 1)).to(M.dtype)  # (B, N)
+        D = ((pre > 0) & (pre < 1)).to(pre.dtype)  # (B, N)
         g_out = net.cost_grad(s[-1], y) / bsz  # d mean(L) / d s_out
         g = torch.zeros_like(pre)
         g[:, -s[-1].shape[1]:] = g_out
-        eye = torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
-        lam = torch.empty_like(g)
-        Mt = M.t()
-        for b in range(bsz):  # one dense solve per sample (batched LU hit an MKL DLASWP error under load)
-            A = eye - Mt * D[b][None, :]  # I - J^T, J = diag(D) M
-            lam[b] = torch.linalg.solve(A, g[b])
+    lam = _adjoint_dense(M, D, g) if M is not None else _adjoint_matrix_free(net, s, drive, D, g, max(tol, 1e-12))
     params = dict(net.named_parameters())
     with torch.enable_grad():
         d = net.drive(x)
