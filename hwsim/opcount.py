@@ -72,20 +72,24 @@ True
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from models.energy import FLOAT_KERNELS, INPUT, Bias, Dense, EnergyModel, Node, is_static
+from models.engine import PHASES as ENGINE_PHASES
+from models.engine import UnsupportedError, check_nudging, check_update, n_nudged_phases, require_kernels, schedule_groups
 from quant import energy as qenergy
 from quant.quantizers import quantize_weights, requant_params
 from quant.spec import HardwareSpec
 
 DRIVE_MODES = ("every_step", "per_phase", "once")
 SPARSITIES = ("dense", "codes")
-NUDGINGS = ("one_sided", "symmetric", "random_sign")
-PHASES = ("drive", "free", "nudge_minus", "nudge_plus", "update")
-UPDATES = ("async", "sync")
+PHASES = ("drive",) + ENGINE_PHASES + ("update",)
+"""Phases of a :class:`Report`: the static drive, the engine's phases (:data:`models.engine.PHASES`:
+``free``, ``b1``, ``b2``) and the weight update."""
 
 FP32_SCALE_BITS = 32
 """Storage width of one weight scale (float32)."""
@@ -205,15 +209,43 @@ class Report:
 
 
 # --------------------------------------------------------------------------- model description
-def _sizes(model) -> tuple[int, ...]:
+class _Graph(EnergyModel):
+    """The terms of a sizes tuple ``(n_in, n_0, ..., n_out)``: the layered MLP's ``Dense`` and ``Bias``
+    terms (the structure of :class:`~models.eqprop_mlp.EqPropMLP`, no weights)."""
+
+    def __init__(self, sizes: tuple[int, ...], update: str = "async"):
+        self.n_in = sizes[0]
+        self.nodes = [Node(n) for n in sizes[1:]]
+        self.update = update
+        self.terms = []
+        for i in range(len(self.nodes)):
+            self.terms += [Dense(post=i, pre=i - 1 if i else INPUT, weight=f"layers.{i}.weight"),
+                           Bias(node=i, bias=f"layers.{i}.bias")]
+
+
+def _graph(model) -> EnergyModel:
+    """``model`` itself when it declares terms (an :class:`~models.energy.EnergyModel`), else the
+    layered MLP of a sizes tuple."""
+    if hasattr(model, "terms") and hasattr(model, "nodes"):
+        return model
     sizes = getattr(model, "sizes", model)
     try:
         sizes = tuple(int(n) for n in sizes)
     except TypeError:
-        raise ValueError(f"model={model!r} is invalid; allowed: an EqPropMLP or a sizes tuple like (784, 512, 10)")
+        raise ValueError(f"model={model!r} is invalid; allowed: an energy model (EqPropMLP, SkipEqPropMLP) "
+                         "or a sizes tuple like (784, 512, 10)")
     if len(sizes) < 2 or any(n < 1 for n in sizes):
         raise ValueError(f"sizes={sizes} is invalid; allowed: >= 2 positive widths (input, ..., output)")
-    return sizes
+    return _Graph(sizes)
+
+
+def _sizes(model) -> tuple[int, ...]:
+    g = _graph(model)
+    return (int(g.n_in),) + tuple(n.size for n in g.nodes)
+
+
+def _node_sizes(g) -> dict[int, int]:
+    return {INPUT: int(g.n_in), **{i: n.size for i, n in enumerate(g.nodes)}}
 
 
 def _check_int(name, v, lo=0):
@@ -245,7 +277,7 @@ class _Datapath:
         if not spec.is_integer:
             raise ValueError(f"spec {spec.name!r} mixes float and integer parts; allowed: fully float "
                              "(weights float32, state None, acc_bits None) or spec.is_integer")
-        return cls(False, spec.weights.bits, spec.state.bits, spec.acc_bits, spec.weights.kind == "ternary",
+        return cls(False, spec.weights.storage_bits, spec.state.bits, spec.acc_bits, spec.weights.kind == "ternary",
                    spec.rounding, spec.overflow == "saturate")
 
     @property
@@ -276,35 +308,116 @@ def _quantized_matrix(w, spec, sparsity: str) -> _Matrix:
     return _Matrix(n_out, n_in, nnz, tuple(mbits), n_scales)
 
 
-def _matrix_info(model, spec: HardwareSpec, sizes, sparsity: str):
-    """Per weight ``W_i`` (i = 1..L): ``(forward, feedback)`` :class:`_Matrix`; the feedback array
-    holds ``W_i^T`` quantised as its own tensor (docs/hwsim_semantics.md), ``None`` for ``W_1``.
-    From the weights when ``model`` has them, else dense with ``MULTIPLIER_BITS`` multipliers
-    (none for ``scale_rule="power_of_two"``)."""
+@dataclass(frozen=True)
+class _Acc:
+    """One accumulator of a node update: a :class:`~models.energy.Dense` term read forward
+    (``W s_pre`` into ``post``) or through its feedback array (``W^T s_post`` into ``pre``), with the
+    node's bias added when ``bias``. ``static``: its source is the input (computed per phase)."""
+
+    node: int
+    src: int
+    matrix: _Matrix
+    bias: bool = False
+
+    @property
+    def static(self) -> bool:
+        return self.src == INPUT
+
+
+class DenseOps:
+    """Op-count kernel of :class:`~models.energy.Dense`: a forward accumulator into ``post`` and, between
+    state nodes, a feedback accumulator into ``pre`` (the integer simulator's separate ``W^T`` array)."""
+
+    @staticmethod
+    def accumulators(t: Dense, matrix) -> list[_Acc]:
+        out = [_Acc(t.post, t.pre, matrix(t.weight, False))]
+        if t.pre != INPUT:
+            out.append(_Acc(t.pre, t.post, matrix(t.weight, True)))
+        return out
+
+    @staticmethod
+    def update_products(t: Dense, sizes: dict[int, int], is_float: bool) -> int:
+        """Products per sample of the contrast: fp32 (``EqPropMLP.contrast``) forms ``(s2 - s1)^T x`` for
+        an input coupling (one product), the integer update (``hwsim.onchip``) ``c2 c2'^T - c1 c1'^T``."""
+        n = sizes[t.post] * sizes[t.pre]
+        return n if (is_float and t.pre == INPUT) else 2 * n
+
+    @staticmethod
+    def weights(t: Dense, sizes: dict[int, int]) -> int:
+        return sizes[t.post] * sizes[t.pre]
+
+
+class BiasOps:
+    """Op-count kernel of :class:`~models.energy.Bias`: added in the node's first forward accumulator."""
+
+    @staticmethod
+    def accumulators(t: Bias, matrix) -> list[_Acc]:
+        return []
+
+    @staticmethod
+    def update_products(t: Bias, sizes: dict[int, int], is_float: bool) -> int:
+        return 0
+
+    @staticmethod
+    def weights(t: Bias, sizes: dict[int, int]) -> int:
+        return 0
+
+
+OPCOUNT_KERNELS: dict[type, type] = {Dense: DenseOps, Bias: BiasOps}
+"""Op-count kernel of each interaction term type (:func:`models.engine.require_kernels`)."""
+BACKEND = "op counter"
+
+
+def _matrix_info(model, spec: HardwareSpec, sparsity: str):
+    """The accumulators of every node, in term order (forward before feedback at a node as the terms
+    come), biases folded into the node's first forward accumulator. Matrices from the weights when
+    ``model`` has them, else dense with ``MULTIPLIER_BITS`` multipliers (none for
+    ``scale_rule="power_of_two"``); the feedback array holds ``W^T`` quantised as its own tensor
+    (docs/hwsim_semantics.md)."""
     dp = _Datapath.of(spec)
-    layers = getattr(model, "layers", None)
+    g = _graph(model)
+    has_weights = hasattr(model, "get_parameter")
     if sparsity not in SPARSITIES:
         raise ValueError(f"sparsity={sparsity!r} is invalid; allowed: {SPARSITIES}")
-    if sparsity == "codes" and (layers is None or dp.is_float):
-        raise ValueError("sparsity='codes' needs an EqPropMLP (not sizes) and an integer spec; "
+    if sparsity == "codes" and (not has_weights or dp.is_float):
+        raise ValueError("sparsity='codes' needs a network (not sizes) and an integer spec; "
                          "pass the network or use sparsity='dense'")
-    info = []
-    for i in range(1, len(sizes)):
-        pair = []
-        for n_out, n_in, transposed in ((sizes[i], sizes[i - 1], False), (sizes[i - 1], sizes[i], True)):
-            if transposed and i == 1:
-                pair.append(None)
-            elif dp.is_float:
-                pair.append(_Matrix(n_out, n_in, n_out * n_in, (0,) * n_out, 0))
-            elif layers is not None:
-                w = layers[i - 1].weight.detach()
-                pair.append(_quantized_matrix(w.t() if transposed else w, spec, sparsity))
-            else:
-                mb = 0 if spec.weights.scale_rule == "power_of_two" else MULTIPLIER_BITS
-                n_scales = n_out if spec.weights.granularity == "per_channel" else 1
-                pair.append(_Matrix(n_out, n_in, n_out * n_in, (mb,) * n_out, n_scales))
-        info.append(tuple(pair))
-    return dp, info
+    kernels = require_kernels(BACKEND, OPCOUNT_KERNELS, g.terms)
+
+    def matrix(name: str, transposed: bool) -> _Matrix:
+        if has_weights:
+            w = model.get_parameter(name).detach()
+            w = w.t() if transposed else w
+            n_out, n_in = w.shape
+        else:
+            t = next(t for t in g.terms if getattr(t, "weight", None) == name)
+            sz = _node_sizes(g)
+            n_out, n_in = (sz[t.pre], sz[t.post]) if transposed else (sz[t.post], sz[t.pre])
+        if dp.is_float:
+            return _Matrix(n_out, n_in, n_out * n_in, (0,) * n_out, 0)
+        if has_weights:
+            return _quantized_matrix(w, spec, sparsity)
+        mb = 0 if spec.weights.scale_rule == "power_of_two" else MULTIPLIER_BITS
+        n_scales = n_out if spec.weights.granularity == "per_channel" else 1
+        return _Matrix(n_out, n_in, n_out * n_in, (mb,) * n_out, n_scales)
+
+    accs: list[list[_Acc]] = [[] for _ in g.nodes]
+    for t, k in zip(g.terms, kernels):
+        for a in k.accumulators(t, matrix):
+            accs[a.node].append(a)
+    for t in g.terms:
+        if isinstance(t, Bias):
+            host = next((j for j, a in enumerate(accs[t.node]) if a.src != t.node and not a.bias
+                         and a.matrix.n_out == g.nodes[t.node].size and _is_forward(g, t.node, a)), None)
+            if host is None:
+                raise UnsupportedError(f"backend {BACKEND!r}: {t} has no Dense term into node {t.node} to fold into")
+            accs[t.node][host] = dataclasses.replace(accs[t.node][host], bias=True)
+    return dp, g, accs
+
+
+def _is_forward(g, node: int, a: _Acc) -> bool:
+    """``a`` is the forward read of a Dense term into ``node`` (not a feedback read)."""
+    return any(isinstance(t, Dense) and t.post == node and t.pre == a.src for t in g.terms)
 
 
 # ------------------------------------------------------------------------------- pieces
@@ -351,36 +464,35 @@ def _accumulate(c: Counts, dp: _Datapath, m: _Matrix, B: int, bias: bool) -> Non
     c.read_bits += dense * dp.w_bits + m.n_scales * FP32_SCALE_BITS + (m.n_out * dp.acc_bits if bias else 0)
 
 
-def _drive(sizes, dp, info, B) -> Counts:
-    """``A_f`` of the first layer, ``W_1 x + b_1``, and (deterministic rounding) its requantisation."""
+
+
+def _drive(dp, g, accs, B) -> Counts:
+    """The static accumulators (input couplings, e.g. ``W_1 x + b_1``; a skip coupling ``S x``) and,
+    with deterministic rounding, their requantisation: computed once per phase."""
     c = Counts()
-    fwd = info[0][0]
-    _accumulate(c, dp, fwd, B, bias=True)
-    if not dp.is_float and dp.rounding != "stochastic":
-        _requant(c, dp, fwd.mbits, dp.acc_bits, B)
+    for node_accs in accs:
+        for a in node_accs:
+            if a.static:
+                _accumulate(c, dp, a.matrix, B, bias=a.bias)
+                if not dp.is_float and dp.rounding != "stochastic":
+                    _requant(c, dp, a.matrix.mbits, dp.acc_bits, B)
     return c
 
 
-def _layer_update(sizes, dp, info, B, i: int, nudged: bool) -> Counts:
-    """Update of state layer ``i`` (1-based width index: ``n_i``) for ``B`` samples:
-    ``p = rq(A_f) + rq(A_b) (+ rq(beta (T - c)))``, ``c = clamp(p, 0, ONE)``."""
+def _node_update(dp, g, accs, B, i: int, nudged: bool) -> Counts:
+    """Update of state node ``i`` for ``B`` samples:
+    ``p = sum_k rq(A_k) (+ rq(beta (T - c)))``, ``c = clamp(p, 0, ONE)``."""
     c = Counts()
-    L = len(sizes) - 1
-    n = sizes[i]
-    fwd = info[i - 1][0]
-    n_rq = 1  # the forward term (layer 1: the requantised drive)
-    if i >= 2:
-        _accumulate(c, dp, fwd, B, bias=True)
-    if not dp.is_float and (i >= 2 or dp.rounding == "stochastic"):
-        _requant(c, dp, fwd.mbits, dp.acc_bits, B)  # stochastic: the drive is re-rounded every sweep
-    if i < L:
-        fb = info[i][1]  # feedback array W_{i+1}^T: (n_i, n_{i+1})
-        _accumulate(c, dp, fb, B, bias=False)
-        if not dp.is_float:
-            _requant(c, dp, fb.mbits, dp.acc_bits, B)
+    n = g.nodes[i].size
+    n_rq = 0
+    for a in accs[i]:
+        if not a.static:
+            _accumulate(c, dp, a.matrix, B, bias=a.bias)
+        if not dp.is_float and (not a.static or dp.rounding == "stochastic"):
+            _requant(c, dp, a.matrix.mbits, dp.acc_bits, B)  # stochastic: static terms re-rounded every sweep
         n_rq += 1
     w = 32 if dp.is_float else dp.acc_bits
-    if nudged and i == L:
+    if nudged and i == len(g.nodes) - 1:
         if dp.is_float:
             c.add("add", "fp", 32, B * n)                       # s - onehot(y)
             c.add("mult", "fp", 32, B * n)                      # * beta
@@ -395,19 +507,21 @@ def _layer_update(sizes, dp, info, B, i: int, nudged: bool) -> Counts:
     return c
 
 
-def _sweep(sizes, dp, info, B, nudged: bool) -> Counts:
+def _sweep(dp, g, accs, B, nudged: bool) -> Counts:
+    """One sweep: every node once (whatever the schedule's grouping)."""
     c = Counts()
-    for i in range(1, len(sizes)):
-        c = c + _layer_update(sizes, dp, info, B, i, nudged)
+    for group in g.schedule():
+        for i in group:
+            c = c + _node_update(dp, g, accs, B, i, nudged)
     return c
 
 
-def _phase(sizes, dp, info, B, n_steps: int, nudged: bool, drive_mode: str) -> Counts:
+def _phase(dp, g, accs, B, n_steps: int, nudged: bool, drive_mode: str) -> Counts:
     """``n_steps`` sweeps; the drive is included only when recomputed every sweep (else it is
     counted in the ``drive`` phase)."""
-    c = _sweep(sizes, dp, info, B, nudged).scaled(n_steps)
+    c = _sweep(dp, g, accs, B, nudged).scaled(n_steps)
     if drive_mode == "every_step":
-        c = c + _drive(sizes, dp, info, B).scaled(n_steps)
+        c = c + _drive(dp, g, accs, B).scaled(n_steps)
     return c
 
 
@@ -420,23 +534,25 @@ def _check_common(n_steps_name, n_steps, batch_size, drive_mode):
 
 # ---------------------------------------------------------------------------------- API
 def sweep_macs(model) -> int:
-    """Dense MACs of one relaxation sweep per sample: ``sum_{i>=2} 2 n_i n_{i-1}``.
+    """Dense MACs of one relaxation sweep per sample (:meth:`models.energy.EnergyModel.sweep_macs`:
+    every state-to-state coupling forward and transposed); for the MLP ``sum_{i>=2} 2 n_i n_{i-1}``.
 
     >>> sweep_macs((784, 512, 10))
     10240
     """
-    s = _sizes(model)
-    return sum(2 * s[i] * s[i - 1] for i in range(2, len(s)))
+    return _graph(model).sweep_macs()
 
 
 def drive_macs(model) -> int:
-    """Dense MACs of the input drive ``W_1 x`` per sample: ``n_0 n_1``.
+    """Dense MACs of the static (input-only) terms per sample, computed once per phase: ``n_0 n_1``
+    for the MLP (``W_1 x``), plus ``n_0 n_out`` for a skip coupling.
 
     >>> drive_macs((784, 512, 10))
     401408
     """
-    s = _sizes(model)
-    return s[0] * s[1]
+    g = _graph(model)
+    sizes = _node_sizes(g)
+    return sum(FLOAT_KERNELS[type(t)].macs(t, sizes) for t in g.terms if is_static(t))
 
 
 def count_inference(model, spec: HardwareSpec, *, n_steps: int, batch_size: int = 1,
@@ -444,8 +560,9 @@ def count_inference(model, spec: HardwareSpec, *, n_steps: int, batch_size: int 
     """Counts of one free phase (inference) of ``batch_size`` samples.
 
     Args:
-        model: an :class:`~models.eqprop_mlp.EqPropMLP` (its weights give ternary sparsity and the
-            requantisation multipliers) or a sizes tuple (dense; multipliers assumed
+        model: an energy model (:class:`~models.eqprop_mlp.EqPropMLP`,
+            :class:`~models.skip_mlp.SkipEqPropMLP`; its weights give ternary sparsity and the
+            requantisation multipliers) or a sizes tuple (the MLP, dense; multipliers assumed
             ``MULTIPLIER_BITS`` wide unless ``scale_rule="power_of_two"``).
         spec: fp32 or an integer :class:`HardwareSpec`.
         n_steps: relaxation sweeps ``T``.
@@ -457,35 +574,41 @@ def count_inference(model, spec: HardwareSpec, *, n_steps: int, batch_size: int 
         :class:`Report` with phases ``drive`` and ``free`` (``drive`` empty for ``every_step``,
         whose drives are inside ``free``).
     """
-    sizes = _sizes(model)
     _check_common("n_steps", n_steps, batch_size, drive_mode)
-    dp, info = _matrix_info(model, spec, sizes, sparsity)
+    dp, g, accs = _matrix_info(model, spec, sparsity)
     B = batch_size
     if drive_mode == "every_step":
-        phases = {"drive": Counts(), "free": _phase(sizes, dp, info, B, n_steps, False, drive_mode)}
+        phases = {"drive": Counts(), "free": _phase(dp, g, accs, B, n_steps, False, drive_mode)}
     else:
-        phases = {"drive": _drive(sizes, dp, info, B), "free": _sweep(sizes, dp, info, B, False).scaled(n_steps)}
+        phases = {"drive": _drive(dp, g, accs, B), "free": _sweep(dp, g, accs, B, False).scaled(n_steps)}
     return Report(phases, B)
 
 
-def _update(sizes, dp, spec, B: int) -> Counts:
+def _update(dp, g, spec, B: int) -> Counts:
+    """The contrast (per-term products of :data:`OPCOUNT_KERNELS`, summed over the batch) and one
+    update of every parameter."""
     c = Counts()
-    n_params = sum(sizes[i] * sizes[i - 1] + sizes[i] for i in range(1, len(sizes)))
+    sizes = _node_sizes(g)
+    kernels = require_kernels(BACKEND, OPCOUNT_KERNELS, g.terms)
     dt = dp.dtype
     pw = UPDATE_ACC_BITS if not dp.is_float else 32
     sb = 32 if dp.is_float else dp.s_bits
-    for i in range(1, len(sizes)):
-        n_out, n_in = sizes[i], sizes[i - 1]
-        # fp32 (EqPropMLP.contrast): layer 1 as (s2 - s1) x^T, one product; integer (hwsim.onchip):
-        # c2 c2'^T - c1 c1'^T for every layer, two products (the difference trick would save B n_1 n_0)
-        n_prod = n_out * n_in if (i == 1 and dp.is_float) else 2 * n_out * n_in
+    n_w = sum(k.weights(t, sizes) for t, k in zip(g.terms, kernels))
+    n_b = sum(sizes[t.node] for t in g.terms if isinstance(t, Bias))
+    for t, k in zip(g.terms, kernels):
+        if isinstance(t, Bias):
+            n_out = sizes[t.node]
+            c.add("add", dt, sb + (0 if dp.is_float else 1), B * n_out)  # d = s2 - s1 (bias product)
+            c.add("add", dt, pw, B * n_out)                               # bias sums over the batch
+            continue
+        n_prod = k.update_products(t, sizes, dp.is_float)
         c.macs += B * n_prod
-        c.add("add", dt, sb + (0 if dp.is_float else 1), B * n_out)  # d = s2 - s1 (bias product)
         if dp.is_float:
             c.add("mult", "fp", 32, B * n_prod)
         else:
             c.add("mult", "int", sb, B * n_prod, sb)
-        c.add("add", dt, pw, B * n_prod + B * n_out)  # accumulate P over the batch; bias sums
+        c.add("add", dt, pw, B * n_prod)  # accumulate P over the batch
+    n_params = n_w + n_b
     if dp.is_float:
         c.add("mult", "fp", 32, n_params)        # * -1 / ((b2 - b1) B)
         c.add("mult", "fp", 32, n_params)        # * lr
@@ -497,8 +620,6 @@ def _update(sizes, dp, spec, B: int) -> Counts:
     if up is None:
         raise ValueError(f"spec {spec.name!r} has update=None; allowed: an integer spec with an UpdateSpec "
                          "(quant.get_preset('int8')) for training counts")
-    n_w = sum(sizes[i] * sizes[i - 1] for i in range(1, len(sizes)))
-    n_b = sum(sizes[1:])
     mult_bits = int(up.lr_multiplier).bit_length() if up.lr_multiplier != 1 else 0
     rounding = "stochastic" if up.stochastic else "nearest_even"
     for n, reg_bits in ((n_w, up.hidden_bits), (n_b, dp.acc_bits)):
@@ -520,11 +641,12 @@ def _update(sizes, dp, spec, B: int) -> Counts:
 def count_training_step(model, spec: HardwareSpec, *, n_free_steps: int, n_nudge_steps: int,
                         nudging: str = "symmetric", batch_size: int = 1, drive_mode: str | None = None,
                         sparsity: str = "dense") -> Report:
-    """Counts of one EqProp training step (``EqPropMLP.eqprop_grads`` + the weight update).
+    """Counts of one EqProp training step (the phases of :func:`models.engine.run_phases` + the update).
 
-    Phases: ``free`` (``n_free_steps`` sweeps), ``nudge_minus`` (symmetric only) and ``nudge_plus``
-    (``n_nudge_steps`` each), ``update`` (contrast outer products for ``batch_size`` samples, then
-    one update per parameter), ``drive`` (``W_1 x``: once per phase for ``"per_phase"``, as the
+    Phases (:data:`PHASES`): ``free`` (``n_free_steps`` sweeps), ``b1`` (only when the nudging has two
+    nudged phases, :func:`models.engine.n_nudged_phases`) and ``b2`` (``n_nudge_steps`` each),
+    ``update`` (contrast outer products for ``batch_size`` samples, then one update per parameter),
+    ``drive`` (the static terms, e.g. ``W_1 x``: once per phase for ``"per_phase"``, as the
     fixed-point simulator runs it; once per step for ``"once"``, as ``EqPropMLP.eqprop_grads`` runs
     it; folded into each sweep for ``"every_step"``). Default (None): ``"once"`` for a float spec,
     ``"per_phase"`` for an integer one, i.e. what the code of that representation does.
@@ -534,82 +656,85 @@ def count_training_step(model, spec: HardwareSpec, *, n_free_steps: int, n_nudge
     >>> r.macs == 1 * 12 + (3 + 2 + 2) * 12 + (12 + 2 * 6)   # 1 drive, 7 sweeps, contrast
     True
     """
-    sizes = _sizes(model)
     if drive_mode is None:
         drive_mode = "per_phase" if spec.is_integer else "once"
     _check_common("n_free_steps", n_free_steps, batch_size, drive_mode)
     _check_int("n_nudge_steps", n_nudge_steps, 1)
-    if nudging not in NUDGINGS:
-        raise ValueError(f"nudging={nudging!r} is invalid; allowed: {NUDGINGS}")
-    dp, info = _matrix_info(model, spec, sizes, sparsity)
+    check_nudging(nudging, who="nudging")
+    dp, g, accs = _matrix_info(model, spec, sparsity)
     B = batch_size
-    n_phases = 3 if nudging == "symmetric" else 2
-    drives = {"every_step": 0, "per_phase": n_phases, "once": 1}[drive_mode]
-    phases = {"drive": _drive(sizes, dp, info, B).scaled(drives),
-              "free": _phase(sizes, dp, info, B, n_free_steps, False, drive_mode)}
-    if nudging == "symmetric":
-        phases["nudge_minus"] = _phase(sizes, dp, info, B, n_nudge_steps, True, drive_mode)
-    phases["nudge_plus"] = _phase(sizes, dp, info, B, n_nudge_steps, True, drive_mode)
-    phases["update"] = _update(sizes, dp, spec, B)
+    n_nudged = n_nudged_phases(nudging)
+    drives = {"every_step": 0, "per_phase": 1 + n_nudged, "once": 1}[drive_mode]
+    phases = {"drive": _drive(dp, g, accs, B).scaled(drives),
+              "free": _phase(dp, g, accs, B, n_free_steps, False, drive_mode)}
+    for name in ENGINE_PHASES[1:]:  # b1, b2
+        if name == "b2" or n_nudged == 2:
+            phases[name] = _phase(dp, g, accs, B, n_nudge_steps, True, drive_mode)
+    phases["update"] = _update(dp, g, spec, B)
     return Report(phases, B)
 
 
 def bptt_macs(model, *, n_steps: int, batch_size: int = 1, update: str = "async") -> dict[str, int]:
-    """Dense MACs of one BPTT gradient (:func:`models.gradients.bptt_grads`): forward through
-    ``n_steps`` sweeps from the zero state, then backward by autograd.
+    """Dense MACs of one BPTT gradient (:func:`models.gradients.bptt_grads`): the static terms once,
+    forward through ``n_steps`` sweeps from the zero state (schedule of the model's terms for
+    ``update``), then backward by autograd.
 
     Backward is derived from the schedule: walk back from the loss (on the last output state)
-    through the layer updates it depends on; each reached matmul costs its weight gradient (one
+    through the node updates it depends on; each reached matmul costs its weight gradient (one
     product of the same size) and, when its input state needs a gradient (not the initial zero
-    state, not ``x``), its input gradient (another).
+    state, not ``x``), its input gradient (another). A reached static term costs its weight gradient.
 
     >>> bptt_macs((20, 7, 5, 3), n_steps=3, batch_size=4)["backward"]
     2080
     """
-    sizes = _sizes(model)
+    g = _graph(model)
     _check_int("n_steps", n_steps, 1)
     _check_int("batch_size", batch_size, 1)
-    if update not in UPDATES:
-        raise ValueError(f"update={update!r} is invalid; allowed: {UPDATES}")
-    L = len(sizes) - 1
+    check_update(update)
+    sizes = _node_sizes(g)
     B = batch_size
-    # node ids: None = initial zero state; each layer update creates a node (layer, inputs)
-    nodes: list[tuple[int, list]] = []  # (layer i 1-based, [(in_node or 'x', macs)])
-    cur: list = [None] * (L + 1)  # cur[i] for i = 1..L
-    order = [[i for i in range(1, L + 1)]] if update == "sync" else \
-        [[i for i in range(1, L + 1) if (i - 1) % 2 == 0], [i for i in range(1, L + 1) if (i - 1) % 2 == 1]]
-    forward = sizes[0] * sizes[1]  # drive
+    n = len(g.nodes)
+    # per node: its dynamic inputs (source node, macs) and its static terms' macs
+    dyn: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+    static: list[int] = [0] * n
+    for t in g.terms:
+        if not isinstance(t, Dense):
+            continue
+        m = sizes[t.post] * sizes[t.pre]
+        if t.pre == INPUT:
+            static[t.post] += m
+        else:
+            dyn[t.post].append((t.pre, m))
+            dyn[t.pre].append((t.post, m))
+    # graph nodes: each node update creates one, (node, [(input graph node or None, macs)])
+    nodes: list[tuple[int, list]] = []
+    cur: list = [None] * n
+    forward = sum(static)
     for _ in range(n_steps):
-        for group in order:
-            snap = list(cur)
+        for group in schedule_groups(update, g.interaction_edges(), n):
+            snap = list(cur)  # nodes of a group read the state at its start (async: no edges inside)
             for i in group:
-                ins = []
-                ins.append(("x", sizes[0] * sizes[1]) if i == 1 else (snap[i - 1], sizes[i] * sizes[i - 1]))
-                if i < L:
-                    ins.append((snap[i + 1], sizes[i + 1] * sizes[i]))
+                ins = [(snap[src], m) for src, m in dyn[i]]
                 nodes.append((i, ins))
-                forward += sum(m for src, m in ins if src != "x")
+                forward += sum(m for _, m in ins)
                 cur[i] = len(nodes) - 1
-            # async groups see the new states of earlier groups; sync has one group
     needed = set()
-    stack = [cur[L]]
-    drive_needed = False
+    stack = [cur[n - 1]]
+    static_needed: set[int] = set()
     backward = 0
     while stack:
         k = stack.pop()
         if k is None or k in needed:
             continue
         needed.add(k)
-        for src, m in nodes[k][1]:
-            if src == "x":
-                drive_needed = True
-                continue
+        i, ins = nodes[k]
+        static_needed.add(i)
+        for src, m in ins:
             backward += m                     # weight gradient
             if src is not None:
                 backward += m                 # input-state gradient
                 stack.append(src)
-    if drive_needed:
-        backward += sizes[0] * sizes[1]       # W_1 gradient of the drive (x needs none)
+    backward += sum(static[i] for i in static_needed)   # static weight gradients (x needs none)
     return {"forward": B * forward, "backward": B * backward, "total": B * (forward + backward)}
 
 
@@ -617,30 +742,34 @@ def weight_memory(model, spec: HardwareSpec) -> dict[str, int]:
     """Bytes to store the network under ``spec`` (each tensor packed, rounded up to whole bytes).
 
     Returns:
-        ``weight_bytes`` (codes at ``weights.bits`` + scales as float32), ``code_bytes``,
+        ``weight_bytes`` (codes at ``weights.storage_bits`` + scales as float32), ``code_bytes``,
         ``scale_bytes``, ``bias_bytes`` (at ``acc_bits``; fp32: 32 bits), ``feedback_bytes``
-        (integer specs: codes + scales of the feedback arrays ``W_i^T``, i >= 2, see
-        docs/hwsim_semantics.md; 0 for fp32), ``hidden_bytes`` (``update.hidden_bits`` per weight;
-        0 without an update spec), ``inference_bytes`` = weights + biases + feedback,
+        (integer specs: codes + scales of the feedback arrays ``W^T`` of the couplings between state
+        nodes, see docs/hwsim_semantics.md; 0 for fp32), ``hidden_bytes`` (``update.hidden_bits``
+        per weight; 0 without an update spec), ``inference_bytes`` = weights + biases + feedback,
         ``training_bytes`` = inference + hidden.
 
     >>> from quant import get_preset
     >>> weight_memory((784, 512, 10), get_preset("int4"))["code_bytes"]   # 4 bits per weight
     203264
     """
-    sizes = _sizes(model)
+    g = _graph(model)
     dp = _Datapath.of(spec)
+    require_kernels(BACKEND, OPCOUNT_KERNELS, g.terms)
+    sizes = _node_sizes(g)
     code = scale = bias = hidden = feedback = 0
-    for i in range(1, len(sizes)):
-        n_out, n_in = sizes[i], sizes[i - 1]
+    for t in g.terms:
+        if isinstance(t, Bias):
+            bias += math.ceil(sizes[t.node] * dp.acc_bits / 8)
+            continue
+        n_out, n_in = sizes[t.post], sizes[t.pre]
         code += math.ceil(n_out * n_in * dp.w_bits / 8)
         if not dp.is_float:
             per_ch = spec.weights.granularity == "per_channel"
             scale += math.ceil((n_out if per_ch else 1) * FP32_SCALE_BITS / 8)
-            if i >= 2:  # feedback array W_i^T: (n_in, n_out), one scale per row of W_i^T
+            if t.pre != INPUT:  # feedback array W^T: (n_in, n_out), one scale per row of W^T
                 feedback += math.ceil(n_out * n_in * dp.w_bits / 8)
                 feedback += math.ceil((n_in if per_ch else 1) * FP32_SCALE_BITS / 8)
-        bias += math.ceil(n_out * dp.acc_bits / 8)
         if spec.update is not None:
             hidden += math.ceil(n_out * n_in * spec.update.hidden_bits / 8)
     inference = code + scale + bias + feedback
