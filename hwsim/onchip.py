@@ -49,32 +49,34 @@ import numba
 import numpy as np
 import torch
 
+from models.energy import INPUT
+from models.engine import NUDGINGS, UnsupportedError, beta_span, check_nudging, run_phases, steps_per_update
 from quant import HardwareSpec, apply_update, hidden_to_code, ops, rng
+from quant.numba_ops import requant
 
 log = logging.getLogger("eqprop_hwsim.hwsim.onchip")
 
-UPDATE_TENSOR_ID_BASE = 1 << 24
-"""``tensor_id`` of layer ``i``'s weight update is ``BASE + 2 i``, of its bias ``BASE + 2 i + 1``
-(far above the ids a relaxation uses for stochastic state rounding)."""
+BACKEND = "on-chip learning"
+ONCHIP_NUDGINGS = tuple(m for m in NUDGINGS if m != "random_sign")
+"""Nudging modes learned on chip (``random_sign`` draws its sign from a torch generator; the chip's
+randomness is counter based only)."""
+RMODE_NEAREST_EVEN, RMODE_STOCHASTIC = 0, 2  # quant.numba_ops.ROUNDING_CODES of the update roundings
 
 
-def update_tensor_id(layer: int, bias: bool = False) -> int:
-    """Counter ``tensor_id`` of a layer's weight (or bias) update.
+def update_tensor_id(array: int, bias: bool = False) -> int:
+    """Counter ``tensor_id`` of the update of synapse array ``array`` (chain layers first, then extra
+    input couplings) or of node ``array``'s bias register: :func:`quant.rng.tensor_id`.
 
     >>> update_tensor_id(0), update_tensor_id(1, bias=True)
     (16777216, 16777219)
     """
-    return UPDATE_TENSOR_ID_BASE + 2 * int(layer) + int(bool(bias))
+    return rng.tensor_id(rng.KIND_UPDATE_B if bias else rng.KIND_UPDATE_W, array)
 
 
 def check_update_spec(spec) -> HardwareSpec:
-    """``spec`` if it can learn on chip (integer weights and states, an ``update``), else ``ValueError``."""
-    if not isinstance(spec, HardwareSpec):
-        raise ValueError(f"spec={spec!r} is invalid; allowed: a HardwareSpec (e.g. quant.get_preset('int8'))")
-    if spec.update is None or not spec.is_integer:
-        raise ValueError(f"spec {spec.name!r} cannot learn on chip: need integer weights, integer states, "
-                         "acc_bits and an update section (presets int8, int4, ternary)")
-    return spec
+    """``spec`` if it can learn on chip (integer weights and states, an ``update``), else ``ValueError``
+    (:class:`quant.UnsupportedError` naming this backend, the field and what it supports)."""
+    return HardwareSpec.check(spec, BACKEND, integer=True, update=True)
 
 
 def bias_bits(spec: HardwareSpec) -> int:
@@ -131,60 +133,53 @@ def _as_i64(a, name: str) -> np.ndarray:
     return a.astype(np.int64, copy=False)
 
 
-def _check_args(H, Hb, x, c1, c2, specs):
-    n = len(H)
-    if not (len(Hb) == len(c1) == len(c2) == len(specs) == n) or n == 0:
+def chain_couplings(n_arrays: int) -> list[tuple[int, int]]:
+    """``(post, pre)`` of the layered chain's synapse arrays: ``(i, i-1)``, ``(0, INPUT)`` for the first."""
+    return [(i, i - 1 if i else INPUT) for i in range(n_arrays)]
+
+
+def _check_args(H, Hb, x, c1, c2, specs, couplings=None):
+    n = len(c1)
+    couplings = chain_couplings(len(H)) if couplings is None else [tuple(c) for c in couplings]
+    if not (len(Hb) == len(c2) == n and len(H) == len(specs) == len(couplings) >= n) or n == 0:
         raise ValueError(f"got {len(H)} hidden weights, {len(Hb)} biases, {len(c1)}/{len(c2)} states, "
-                         f"{len(specs)} specs; allowed: one of each per layer")
+                         f"{len(specs)} specs; allowed: one of each per layer (plus one weight and spec per "
+                         "extra coupling)")
     x = _as_i64(x, "x")
     H = [_as_i64(h, f"hidden[{i}]") for i, h in enumerate(H)]
     Hb = [_as_i64(h, f"bias_hidden[{i}]") for i, h in enumerate(Hb)]
     c1 = [_as_i64(c, f"s1[{i}]") for i, c in enumerate(c1)]
     c2 = [_as_i64(c, f"s2[{i}]") for i, c in enumerate(c2)]
+    for k, (post, pre) in enumerate(couplings):
+        check_update_spec(specs[k])
+        if not (0 <= post < n and INPUT <= pre < n):
+            raise ValueError(f"coupling {k} = (post={post}, pre={pre}) names no node of the {n} layers")
+        src = x if pre == INPUT else c1[pre]
+        if H[k].shape != (c1[post].shape[1], src.shape[1]) or src.shape[0] != c1[post].shape[0]:
+            raise ValueError(f"layer {k}: hidden {H[k].shape}, states {c1[post].shape}, input {src.shape}; "
+                             "allowed: H (n_post, n_pre), states (B, n) with matching B")
     for i in range(n):
-        check_update_spec(specs[i])
-        pre = x if i == 0 else c1[i - 1]
-        if H[i].shape != (c1[i].shape[1], pre.shape[1]) or c1[i].shape != c2[i].shape or Hb[i].shape != (H[i].shape[0],):
-            raise ValueError(f"layer {i}: hidden {H[i].shape}, bias {Hb[i].shape}, states {c1[i].shape}/"
-                             f"{c2[i].shape}, input {pre.shape}; allowed: H (n_i, n_prev), bias (n_i,), "
-                             "states (B, n_i) with matching B")
+        if c1[i].shape != c2[i].shape or Hb[i].shape != (c1[i].shape[1],):
+            raise ValueError(f"layer {i}: bias {Hb[i].shape}, states {c1[i].shape}/{c2[i].shape}; allowed: "
+                             "bias (n_i,), states (B, n_i) in both phases")
         st = specs[i].state
         for name, c in (("s1", c1[i]), ("s2", c2[i])):
             if c.size and (c.min() < st.qmin or c.max() > st.qmax):
                 raise ValueError(f"{name}[{i}] has codes outside [{st.qmin}, {st.qmax}] of the state format")
-        bound = 2 * c1[i].shape[0] * st.qmax * max(st.qmax, 2**st.frac_bits) * specs[i].update.lr_multiplier
+    for k, sp in enumerate(specs):
+        st = sp.state
+        bound = 2 * c1[0].shape[0] * st.qmax * max(st.qmax, 2**st.frac_bits) * sp.update.lr_multiplier
         if bound >= 2**62:
-            raise ValueError(f"layer {i}: batch {c1[i].shape[0]} x lr_multiplier {specs[i].update.lr_multiplier} "
+            raise ValueError(f"layer {k}: batch {c1[0].shape[0]} x lr_multiplier {sp.update.lr_multiplier} "
                              "may overflow int64; allowed: a smaller batch or multiplier")
-    return H, Hb, x, c1, c2
+    return H, Hb, x, c1, c2, couplings
 
 
 # --------------------------------------------------------------------------------------------- numba
-_hash_nb = numba.njit(cache=True)(rng.hash_u32_scalar)
-
-
 @numba.njit(cache=True)
-def _round_shift_nb(prod, shift, stochastic, seed, step, tid, idx):
-    """round(prod / 2**shift): stochastic (u24 counters) or nearest-even; mirrors quant.ops.shift_round."""
-    if shift == 0:
-        return prod
-    q = prod >> shift
-    r = prod - (q << shift)
-    if stochastic:
-        u = _hash_nb(seed, step, tid, idx) >> 8
-        if shift <= 24:
-            up = (u >> (24 - shift)) < r
-        else:
-            up = u < (r >> (shift - 24))
-    else:
-        half = np.int64(1) << (shift - 1)
-        up = (r > half) or (r == half and (q & 1) == 1)
-    return q + (1 if up else 0)
-
-
-@numba.njit(cache=True)
-def _update_weight_nb(H, post2T, pre2T, post1T, pre1T, mult, shift, stochastic, seed, step, tid, hmin, hmax):
-    """In place: H[i, j] <- sat(H + round(mult * sum_b (post2[b,i] pre2[b,j] - post1[b,i] pre1[b,j]) / 2**shift))."""
+def _update_weight_nb(H, post2T, pre2T, post1T, pre1T, mult, shift, rmode, seed, step, tid, hmin, hmax):
+    """In place: H[i, j] <- sat(H + round(mult * sum_b (post2[b,i] pre2[b,j] - post1[b,i] pre1[b,j]) / 2**shift))
+    (``rmode``: :data:`quant.numba_ops.ROUNDING_CODES`, nearest-even or stochastic)."""
     n, m = H.shape
     nb = post2T.shape[1]
     for i in range(n):
@@ -192,18 +187,18 @@ def _update_weight_nb(H, post2T, pre2T, post1T, pre1T, mult, shift, stochastic, 
             p = np.int64(0)
             for b in range(nb):
                 p += post2T[i, b] * pre2T[j, b] - post1T[i, b] * pre1T[j, b]
-            h = H[i, j] + _round_shift_nb(p * mult, shift, stochastic, seed, step, tid, np.int64(i * m + j))
+            h = H[i, j] + requant(p, mult, shift, rmode, seed, step, tid, np.int64(i * m + j))
             H[i, j] = min(max(h, hmin), hmax)
 
 
 @numba.njit(cache=True)
-def _update_bias_nb(Hb, post2T, post1T, one, mult, shift, stochastic, seed, step, tid, hmin, hmax):
+def _update_bias_nb(Hb, post2T, post1T, one, mult, shift, rmode, seed, step, tid, hmin, hmax):
     n, nb = post2T.shape
     for i in range(n):
         p = np.int64(0)
         for b in range(nb):
             p += post2T[i, b] - post1T[i, b]
-        h = Hb[i] + _round_shift_nb(p * one * mult, shift, stochastic, seed, step, tid, np.int64(i))
+        h = Hb[i] + requant(p * one, mult, shift, rmode, seed, step, tid, np.int64(i))
         Hb[i] = min(max(h, hmin), hmax)
 
 
@@ -214,66 +209,82 @@ def hidden_to_code_nb(H, extra_bits, qmin, qmax):
     flat_in = H.ravel()
     flat = out.ravel()
     for k in range(flat_in.size):
-        c = _round_shift_nb(flat_in[k], extra_bits, False, 0, 0, 0, 0)
+        c = requant(flat_in[k], 1, extra_bits, RMODE_NEAREST_EVEN, 0, 0, 0, 0)
         flat[k] = min(max(c, qmin), qmax)
     return out
 
 
-def update_numba(hidden: Sequence, bias_hidden: Sequence, x, s1: Sequence, s2: Sequence,
-                 specs: Sequence[HardwareSpec], *, seed: int, step: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """One on-chip EqProp update in numba (see module docstring); returns new arrays (inputs untouched).
+_UPDATE_DOC = """
+    Generic over the synapse arrays: array ``k`` is the weight of the Dense coupling
+    ``couplings[k] = (post, pre)`` (``pre = INPUT``: the input ``x``), its product
+    ``P_k = sum_b c^2_post[b] c^2_pre[b]^T - c^1_post[b] c^1_pre[b]^T``; node ``i``'s bias register
+    gets ``P_b[i]``. Default couplings: the layered chain (:func:`chain_couplings`).
 
     Args:
-        hidden: per layer, int64 hidden weights ``(n_i, n_{i-1})``.
-        bias_hidden: per layer, int64 bias registers ``(n_i,)``.
+        hidden: per synapse array, int64 hidden weights ``(n_post, n_pre)`` (chain layers first).
+        bias_hidden: per node, int64 bias registers ``(n_i,)``.
         x: input codes ``(B, n_in)``.
-        s1, s2: per layer, state codes ``(B, n_i)`` of the two phases (``s2`` the ``+beta`` one).
-        specs: per layer, the spec whose ``update`` applies (usually the same spec repeated).
-        seed, step: counters of the stochastic rounding.
+        s1, s2: per node, state codes ``(B, n_i)`` of the two phases (``s2`` the ``b2`` one).
+        specs: per synapse array, the spec whose ``update`` applies (node ``i``'s bias uses ``specs[i]``).
+        seed, step: counters of the stochastic rounding (tensor ids :func:`update_tensor_id`).
+        couplings: ``(post, pre)`` per synapse array (default: the chain).
 
     Returns:
         ``(hidden', bias_hidden')`` as lists of int64 numpy arrays.
-    """
-    H, Hb, x, c1, c2 = _check_args(hidden, bias_hidden, x, s1, s2, specs)
-    outH, outB = [], []
-    for i, spec in enumerate(specs):
+"""
+
+
+def update_numba(hidden: Sequence, bias_hidden: Sequence, x, s1: Sequence, s2: Sequence,
+                 specs: Sequence[HardwareSpec], *, seed: int, step: int,
+                 couplings: Sequence[tuple[int, int]] | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """One on-chip EqProp update in numba (see module docstring); returns new arrays (inputs untouched)."""
+    H, Hb, x, c1, c2, couplings = _check_args(hidden, bias_hidden, x, s1, s2, specs, couplings)
+    T = lambda a: np.ascontiguousarray(a.T)  # noqa: E731
+    outH = []
+    for k, ((post, pre), spec) in enumerate(zip(couplings, specs)):
         up = spec.update
-        pre1 = x if i == 0 else c1[i - 1]
-        pre2 = x if i == 0 else c2[i - 1]
-        h = H[i].copy()
-        hb = Hb[i].copy()
-        post1T, post2T = np.ascontiguousarray(c1[i].T), np.ascontiguousarray(c2[i].T)
-        _update_weight_nb(h, post2T, np.ascontiguousarray(pre2.T), post1T, np.ascontiguousarray(pre1.T),
-                          up.lr_multiplier, up.lr_shift, up.stochastic, seed, step, update_tensor_id(i),
+        h = H[k].copy()
+        _update_weight_nb(h, T(c2[post]), T(x if pre == INPUT else c2[pre]), T(c1[post]), T(x if pre == INPUT else c1[pre]),
+                          up.lr_multiplier, up.lr_shift, RMODE_STOCHASTIC if up.stochastic else RMODE_NEAREST_EVEN,
+                          seed, step, update_tensor_id(k),
                           ops.min_int(True, False, up.hidden_bits), ops.max_int(True, False, up.hidden_bits))
-        bb = bias_bits(spec)
-        _update_bias_nb(hb, post2T, post1T, 2**spec.state.frac_bits, up.lr_multiplier, up.lr_shift,
-                        up.stochastic, seed, step, update_tensor_id(i, True),
-                        ops.min_int(True, False, bb), ops.max_int(True, False, bb))
         outH.append(h)
+    outB = []
+    for i in range(len(c1)):
+        up = specs[i].update
+        hb = Hb[i].copy()
+        bb = bias_bits(specs[i])
+        _update_bias_nb(hb, T(c2[i]), T(c1[i]), 2**specs[i].state.frac_bits, up.lr_multiplier, up.lr_shift,
+                        RMODE_STOCHASTIC if up.stochastic else RMODE_NEAREST_EVEN, seed, step, update_tensor_id(i, True),
+                        ops.min_int(True, False, bb), ops.max_int(True, False, bb))
         outB.append(hb)
     return outH, outB
 
 
 def update_torch(hidden: Sequence, bias_hidden: Sequence, x, s1: Sequence, s2: Sequence,
-                 specs: Sequence[HardwareSpec], *, seed: int, step: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                 specs: Sequence[HardwareSpec], *, seed: int, step: int,
+                 couplings: Sequence[tuple[int, int]] | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The same update as :func:`update_numba`, independently: float64 BLAS outer products (exact,
     ``|P| < 2**53``) and :func:`quant.apply_update` in torch int64. Same arguments and returns."""
-    H, Hb, x, c1, c2 = _check_args(hidden, bias_hidden, x, s1, s2, specs)
+    H, Hb, x, c1, c2, couplings = _check_args(hidden, bias_hidden, x, s1, s2, specs, couplings)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     outH, outB = [], []
-    for i, spec in enumerate(specs):
-        t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
-        pre1 = t(x if i == 0 else c1[i - 1]).double()
-        pre2 = t(x if i == 0 else c2[i - 1]).double()
-        a1, a2 = t(c1[i]).double(), t(c2[i]).double()
+    for k, ((post, pre), spec) in enumerate(zip(couplings, specs)):
+        pre1 = t(x if pre == INPUT else c1[pre]).double()
+        pre2 = t(x if pre == INPUT else c2[pre]).double()
+        a1, a2 = t(c1[post]).double(), t(c2[post]).double()
         p = (a2.t() @ pre2 - a1.t() @ pre1).round().to(torch.int64)
-        pb = ((a2 - a1).sum(dim=0) * 2**spec.state.frac_bits).round().to(torch.int64)
-        h = apply_update(t(H[i]), p, spec, seed=seed, step=step, tensor_id=update_tensor_id(i))
-        hb = apply_update(t(Hb[i]), pb, bias_update_spec(spec), seed=seed, step=step,
-                          tensor_id=update_tensor_id(i, True))
-        outH.append(h.numpy())
-        outB.append(hb.numpy())
+        outH.append(apply_update(t(H[k]), p, spec, seed=seed, step=step, tensor_id=update_tensor_id(k)).numpy())
+    for i in range(len(c1)):
+        spec = specs[i]
+        pb = ((t(c2[i]).double() - t(c1[i]).double()).sum(dim=0) * 2**spec.state.frac_bits).round().to(torch.int64)
+        outB.append(apply_update(t(Hb[i]), pb, bias_update_spec(spec), seed=seed, step=step,
+                                 tensor_id=update_tensor_id(i, True)).numpy())
     return outH, outB
+
+
+update_numba.__doc__ += _UPDATE_DOC
+update_torch.__doc__ += _UPDATE_DOC
 
 
 def codes_numba(hidden: Sequence, spec: HardwareSpec) -> list[np.ndarray]:
@@ -318,6 +329,11 @@ class OnChipState:
             ``round_half_even(H_b / 2**(hidden_bits - bits - frac_bits))``.
         fwd_requant, fb_requant: the chip's fixed requantisation pairs (scales never change).
         update, cost: dynamics of the network (as in :class:`~hwsim.fixed_point.FixedPointMLP`).
+        extra_hidden: hidden weights of the extra *input* couplings (e.g. the skip term of
+            ``SkipEqPropMLP``), learned like layer 0 (outer product with the input); their
+            update rate is ``spec.update``.
+        extra: the fixed point model's :class:`~hwsim.fixed_point.TermContribution` s they came from
+            (node, source, requantisation); groups: the update groups of the dynamics.
     """
 
     spec: HardwareSpec
@@ -328,6 +344,18 @@ class OnChipState:
     fb_requant: list
     update: str = "async"
     cost: str = "mse"
+    extra_hidden: list = dataclasses.field(default_factory=list)
+    extra: list = dataclasses.field(default_factory=list)
+    groups: list | None = None
+
+    @property
+    def couplings(self) -> list[tuple[int, int]]:
+        """``(post, pre)`` of every synapse array: the chain layers, then the extra input couplings."""
+        return chain_couplings(len(self.hidden)) + [(c.node, c.src) for c in self.extra]
+
+    def update_specs(self) -> tuple:
+        """Per synapse array, the spec whose update applies (chain: ``layer_specs``; extras: ``spec``)."""
+        return tuple(self.layer_specs) + (self.spec,) * len(self.extra)
 
     @property
     def extra_bits(self) -> int:
@@ -362,12 +390,20 @@ class OnChipState:
         bb = bias_bits(spec)
         hidden = [np.asarray(w, dtype=np.int64) << extra for w in fp.w_codes]
         bias_hidden = [ops.saturate(np.asarray(b, dtype=np.int64) << bextra, bb, True) for b in fp.bias_codes]
+        dynamic = [c.term for c in fp.extra if not c.static]
+        if dynamic:
+            raise UnsupportedError(f"backend {BACKEND!r} has no update for the state-to-state term(s) {dynamic}; "
+                                   "it supports: the layered chain Dense couplings, Bias, and Dense couplings "
+                                   "from the input")
+        extra_hidden = [np.asarray(c.codes, dtype=np.int64) << extra for c in fp.extra]
         return cls(spec, layer_specs, hidden, bias_hidden, list(fp.fwd_requant), list(fp.fb_requant),
-                   fp.update, fp.cost)
+                   fp.update, fp.cost, extra_hidden, list(fp.extra), [list(g) for g in fp.groups])
 
-    def w_codes(self, backend: str = "numba") -> list[np.ndarray]:
-        """Weight codes of the hidden registers (numba or torch path, bit-identical)."""
-        return codes_numba(self.hidden, self.spec) if backend == "numba" else codes_torch(self.hidden, self.spec)
+    def w_codes(self, backend: str = "numba", *, extra: bool = False) -> list[np.ndarray]:
+        """Weight codes of the hidden registers (numba or torch path, bit-identical); ``extra``: of the
+        extra input couplings instead of the chain."""
+        h = self.extra_hidden if extra else self.hidden
+        return codes_numba(h, self.spec) if backend == "numba" else codes_torch(h, self.spec)
 
     def bias_codes(self) -> list[np.ndarray]:
         """Biases in forward-accumulator LSBs (nearest-even, saturated to ``acc_bits``)."""
@@ -380,8 +416,9 @@ class OnChipState:
         from .fixed_point import FixedPointMLP
 
         w = self.w_codes(backend)
+        extra = [dataclasses.replace(c, codes=e) for c, e in zip(self.extra, self.w_codes(backend, extra=True))]
         return FixedPointMLP(self.spec, w, self.bias_codes(), self.fwd_requant, [a.T for a in w[1:]],
-                             self.fb_requant, update=self.update, cost=self.cost)
+                             self.fb_requant, update=self.update, cost=self.cost, extra=extra, groups=self.groups)
 
     def scales(self) -> list[float]:
         """Per-layer real weight scale the chip applies, ``multiplier * 2**-shift`` of its requantisation
@@ -393,6 +430,9 @@ class OnChipState:
         biases ``bias_acc * scale * 2**-frac_bits`` (for comparing against float EqProp)."""
         from models.eqprop_mlp import EqPropConfig, EqPropMLP
 
+        if self.extra:
+            raise UnsupportedError(f"to_float_model rebuilds an EqPropMLP; this chip has the extra terms "
+                                   f"{[c.term for c in self.extra]}")
         w = self.w_codes()
         sizes = (w[0].shape[1],) + tuple(a.shape[0] for a in w)
         net = EqPropMLP(EqPropConfig(sizes=sizes, cost=self.cost, update=self.update), seed=0).to(dtype)
@@ -415,25 +455,18 @@ def layer_specs_for_lr(fp, lr, *, batch_size: int, beta_span: float, spec: Hardw
                  for a, s in zip(lrs, sc))
 
 
-def _phases(fp, xc, yb, *, beta, nudging, n_free_steps, n_nudge_steps, seed, step_offset, backend):
-    """Free phase, then the two nudged phases from the free equilibrium; codes as numpy int64."""
+def _relax_fn(fp, xc, yb, *, seed, backend):
+    """The backend's relaxation bound to inputs and targets, in the engine's signature; codes as numpy."""
     if backend == "numba":
-        relax = fp.relax
-        conv = lambda s: s
+        def relax(s0, *, beta, n_steps, step_offset):
+            return fp.relax(xc, s0, beta=beta, y=yb, n_steps=n_steps, seed=seed, step_offset=step_offset)
     else:
         from .torch_mirror import torch_relax
 
-        relax = lambda *a, **k: torch_relax(fp, *a, **k)
-        conv = lambda s: [t.numpy() for t in s]
-    free = conv(relax(xc, n_steps=n_free_steps, seed=seed, step_offset=step_offset)[0])
-    off = step_offset + n_free_steps
-    s2 = conv(relax(xc, free, beta=beta, y=yb, n_steps=n_nudge_steps, seed=seed, step_offset=off)[0])
-    if nudging == "one_sided":
-        s1 = free
-    else:
-        s1 = conv(relax(xc, free, beta=-beta, y=yb, n_steps=n_nudge_steps, seed=seed,
-                        step_offset=off + n_nudge_steps)[0])
-    return free, s1, s2
+        def relax(s0, *, beta, n_steps, step_offset):
+            s, info = torch_relax(fp, xc, s0, beta=beta, y=yb, n_steps=n_steps, seed=seed, step_offset=step_offset)
+            return [t.numpy() for t in s], info
+    return relax
 
 
 def onchip_step(state: OnChipState, x_codes, y, *, beta: float, nudging: str = "symmetric",
@@ -445,7 +478,8 @@ def onchip_step(state: OnChipState, x_codes, y, *, beta: float, nudging: str = "
         state: current registers.
         x_codes: (B, n_in) input codes; y: (B,) labels.
         beta: nudging strength (> 0); nudging: ``"symmetric"`` (-beta vs +beta) or ``"one_sided"``.
-        seed, step: counters (relaxation sweeps use step offsets ``step * (n_free + 2 n_nudge)``).
+        seed, step: counters (relaxation sweeps start at ``step * models.engine.steps_per_update(...)``,
+            phases laid out by :func:`models.engine.phase_offsets`).
         backend: ``"numba"`` (FixedPointMLP.relax + :func:`update_numba`) or ``"torch"``
             (:func:`hwsim.torch_mirror.torch_relax` + :func:`update_torch`).
         fp: the state's FixedPointMLP if already built.
@@ -455,17 +489,19 @@ def onchip_step(state: OnChipState, x_codes, y, *, beta: float, nudging: str = "
     """
     if backend not in ("numba", "torch"):
         raise ValueError(f"backend={backend!r} is invalid; allowed: 'numba' or 'torch'")
-    if nudging not in ("symmetric", "one_sided"):
-        raise ValueError(f"nudging={nudging!r} is invalid; allowed: 'symmetric' or 'one_sided'")
+    check_nudging(nudging, ONCHIP_NUDGINGS, "nudging")
     if not beta > 0:
         raise ValueError(f"beta={beta!r} is invalid; allowed: a float > 0")
     fp = fp if fp is not None else state.to_fixed_point(backend)
-    offset = step * (n_free_steps + 2 * n_nudge_steps)
-    free, s1, s2 = _phases(fp, x_codes, y, beta=beta, nudging=nudging, n_free_steps=n_free_steps,
-                           n_nudge_steps=n_nudge_steps, seed=seed, step_offset=offset, backend=backend)
+    ph = run_phases(_relax_fn(fp, x_codes, y, seed=seed, backend=backend), beta=beta, mode=nudging,
+                    n_free_steps=n_free_steps, n_nudge_steps=n_nudge_steps,
+                    offset=step * steps_per_update(n_free_steps, n_nudge_steps), allowed=ONCHIP_NUDGINGS)
     fn = update_numba if backend == "numba" else update_torch
-    H, Hb = fn(state.hidden, state.bias_hidden, x_codes, s1, s2, state.layer_specs, seed=seed, step=step)
-    return dataclasses.replace(state, hidden=H, bias_hidden=Hb), {"free": free, "s1": s1, "s2": s2}
+    H, Hb = fn(state.hidden + state.extra_hidden, state.bias_hidden, x_codes, ph.s1, ph.s2, state.update_specs(),
+               seed=seed, step=step, couplings=state.couplings)
+    L = len(state.hidden)
+    new = dataclasses.replace(state, hidden=H[:L], extra_hidden=H[L:], bias_hidden=Hb)
+    return new, {"free": ph.free, "s1": ph.s1, "s2": ph.s2}
 
 
 def train_onchip(fp_model, x, y, *, epochs: int, batch_size: int, beta: float, spec=None, lr=None,
@@ -505,9 +541,9 @@ def train_onchip(fp_model, x, y, *, epochs: int, batch_size: int, beta: float, s
         raise ValueError(f"x {x.shape} and y {y.shape}: need x (N, n_in) and y (N,) with the same N >= 1")
     if not (isinstance(epochs, int) and epochs >= 1 and isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"epochs={epochs!r}, batch_size={batch_size!r}; allowed: ints >= 1")
-    beta_span = 2 * beta if nudging == "symmetric" else beta
+    span = beta_span(check_nudging(nudging, ONCHIP_NUDGINGS, "nudging"), beta)
     if lr is not None:
-        layer_specs = layer_specs_for_lr(fp_model, lr, batch_size=batch_size, beta_span=beta_span)
+        layer_specs = layer_specs_for_lr(fp_model, lr, batch_size=batch_size, beta_span=span)
     elif spec is None:
         layer_specs = None
     elif isinstance(spec, HardwareSpec):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hwsim import onchip
-from quant import HardwareSpec, UpdateSpec, get_preset, hidden_to_code, ops
+from quant import HardwareSpec, UnsupportedError, UpdateSpec, get_preset, hidden_to_code, ops
 from quant.tolerances import BIT_EXACT
 
 LEARNING_PRESETS = ["int8", "int4", "ternary"]
@@ -116,10 +116,14 @@ def test_update_spec_for_lr_realises_the_rate():
 def test_bad_input_is_a_clear_value_error():
     spec = get_preset("int8")
     H, Hb, x, s1, s2 = _random_case(spec, sizes=(5, 4), batch=3)
-    with pytest.raises(ValueError, match="cannot learn on chip"):
+    with pytest.raises(UnsupportedError, match="backend 'on-chip learning' does not support spec 'fp32'"):
         onchip.update_numba(H, Hb, x, s1, s2, [get_preset("fp32")], seed=0, step=0)
-    with pytest.raises(ValueError, match="cannot learn on chip"):
+    with pytest.raises(UnsupportedError, match="'on-chip learning' does not support spec 'analog_pcm'"):
         onchip.update_torch(H, Hb, x, s1, s2, [get_preset("analog_pcm")], seed=0, step=0)
+    with pytest.raises(UnsupportedError, match="cannot learn on chip"):
+        onchip.update_numba(H, Hb, x, s1, s2, [spec.replace(update=None)], seed=0, step=0)
+    with pytest.raises(ValueError, match="nudging='random_sign' is invalid"):
+        onchip.onchip_step(None, x, np.zeros(3, np.int64), beta=0.1, nudging="random_sign")
     with pytest.raises(ValueError, match="integer codes"):
         onchip.update_numba(H, Hb, x.astype(float), s1, s2, [spec], seed=0, step=0)
     with pytest.raises(ValueError, match="outside"):
