@@ -1,7 +1,8 @@
 """The energy-model protocol: state nodes plus interaction terms whose sum is the primitive ``Phi``.
 
 A network is a list of state **nodes** (node ``i`` holds ``s_i`` of shape ``(B, n_i)``, activation
-``rho`` = the box / hard sigmoid ``clamp(., 0, 1)``; the last node is the output) and a list of
+``rho`` = the projection on a box: hard sigmoid ``clamp(., 0, 1)`` or hard tanh ``clamp(., -1, 1)``;
+the last node is the output) and a list of
 **interaction terms** ``T_k`` with ``Phi(x, s; theta) = sum_k T_k(x, s; theta)``. The input ``x`` is
 node :data:`INPUT` (clamped, never updated). From the terms alone the protocol gives
 
@@ -50,12 +51,15 @@ from .solvers import RelaxInfo, relax
 
 INPUT = -1
 """Node index of the clamped input ``x``."""
+ACTIVATIONS = {"hard_sigmoid": (0.0, 1.0), "hard_tanh": (-1.0, 1.0)}
+"""Activation name -> the box its projection clamps to (backends without a kernel for a box refuse it)."""
 State = list[torch.Tensor]
 
 
 @dataclass(frozen=True)
 class Node:
-    """A state node: ``size`` units per sample, activation ``rho`` (``"hard_sigmoid"``: box [0, 1]).
+    """A state node: ``size`` units per sample, activation ``rho`` = projection on the box
+    :data:`ACTIVATIONS` ``[activation]`` (``"hard_sigmoid"``: [0, 1], ``"hard_tanh"``: [-1, 1]).
 
     States are always stored flat, ``(B, size)``, so solvers and backends treat every node alike;
     ``shape`` is how kernels view one sample (e.g. ``(C, H, W)`` for a conv feature map; default
@@ -73,8 +77,13 @@ class Node:
         if math.prod(shape) != self.size:
             raise ValueError(f"Node.shape={shape} has {math.prod(shape)} units; expected size={self.size}")
         object.__setattr__(self, "shape", shape)
-        if self.activation != "hard_sigmoid":
-            raise ValueError(f"Node.activation={self.activation!r} is invalid; allowed: 'hard_sigmoid'")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"Node.activation={self.activation!r} is invalid; allowed: {tuple(ACTIVATIONS)}")
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The box ``(lo, hi)`` of the node's states."""
+        return ACTIVATIONS[self.activation]
 
 
 @dataclass(frozen=True)
@@ -361,6 +370,7 @@ class EnergyModel:
         if beta != 0.0 and y is None:
             raise ValueError("a nudged step (beta != 0) needs the targets y")
         contrib = self._node_contributions()
+        bounds = [n.bounds for n in self.nodes]
         last = len(self.nodes) - 1
         nudge = self.nudger(beta, y, drive_dtype(drive)) if beta != 0.0 else None
 
@@ -370,11 +380,12 @@ class EnergyModel:
                 a = acc(a, None, s)
             if i == last and nudge is not None:
                 a = a - beta * nudge(s[i])
+            lo, hi = bounds[i]
             if a is None or a.ndim == 1:
                 a = torch.zeros_like(s[i]) + (0 if a is None else a)
-                return a.clamp_(0.0, 1.0)
+                return a.clamp_(lo, hi)
             # in place on a fresh tensor (saves an allocation per node per sweep); never on the drive
-            return a.clamp(0.0, 1.0) if a is drive[i] else a.clamp_(0.0, 1.0)
+            return a.clamp(lo, hi) if a is drive[i] else a.clamp_(lo, hi)
 
         groups = self.schedule()
         if self.update == "sync":

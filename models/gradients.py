@@ -123,7 +123,9 @@ def implicit_grads(net, x: torch.Tensor, y: torch.Tensor, *, n_steps: int = 1000
     with torch.no_grad():
         drive = net.drive(x)
         pre = torch.cat([net.preact(i, s, drive) for i in range(len(net.nodes))], dim=1)
-        D = ((pre > 0) & (pre < 1)).to(pre.dtype)  # (B, N)
+        lo = torch.cat([torch.full((n.size,), n.bounds[0], dtype=pre.dtype) for n in net.nodes])
+        hi = torch.cat([torch.full((n.size,), n.bounds[1], dtype=pre.dtype) for n in net.nodes])
+        D = ((pre > lo) & (pre < hi)).to(pre.dtype)  # (B, N): inside the box, where rho' = 1
         g_out = net.cost_grad(s[-1], y) / bsz  # d mean(L) / d s_out
         g = torch.zeros_like(pre)
         g[:, -s[-1].shape[1]:] = g_out
@@ -131,7 +133,7 @@ def implicit_grads(net, x: torch.Tensor, y: torch.Tensor, *, n_steps: int = 1000
     params = dict(net.named_parameters())
     with torch.enable_grad():
         d = net.drive(x)
-        out = torch.cat([torch.clamp(net.preact(i, s, d), 0, 1) for i in range(len(net.nodes))], dim=1)
+        out = torch.cat([torch.clamp(net.preact(i, s, d), *n.bounds) for i, n in enumerate(net.nodes)], dim=1)
         grads = torch.autograd.grad(out, list(params.values()), grad_outputs=lam, allow_unused=True)
     return {k: (gr if gr is not None else torch.zeros_like(p)) for (k, p), gr in zip(params.items(), grads)}
 
