@@ -285,3 +285,123 @@ def test_error_messages():
         ce.relax(codes, beta=0.1, y=y, n_steps=3)
     with pytest.raises(ValueError, match="update"):
         FixedPointMLP.from_model(_net("random"), spec, update="random")
+
+
+# ------------------------------------------------------------------ other energy models (term kernels)
+from dataclasses import dataclass  # noqa: E402
+
+from torch import nn  # noqa: E402
+
+from hwsim import onchip  # noqa: E402
+from hwsim.fixed_point import INT_KERNELS  # noqa: E402
+from models.energy import Dense  # noqa: E402
+from models.engine import UnsupportedError  # noqa: E402
+from models.skip_mlp import SkipEqPropMLP  # noqa: E402
+
+SKIP_SIZES = (20, 12, 9, 5)
+
+
+class _StateSkipMLP(EqPropMLP):
+    """Test model: the MLP plus a state-to-state coupling Dense(post=2, pre=0) (dynamic, both directions)."""
+
+    def __init__(self, config, seed):
+        super().__init__(config, seed)
+        gen = torch.Generator().manual_seed(seed + 7)
+        self.skip2 = nn.Linear(config.sizes[1], config.sizes[3], bias=False)
+        with torch.no_grad():
+            self.skip2.weight.uniform_(-0.3, 0.3, generator=gen)
+        self.terms = self.terms + [Dense(post=2, pre=0, weight="skip2.weight")]
+
+
+def _random_inputs(n_in: int, B: int = 24, seed: int = 0):
+    r = np.random.default_rng(seed)
+    return r.random((B, n_in)), r.integers(0, SKIP_SIZES[-1], B)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+@pytest.mark.parametrize("update", ["async", "sync"])
+@pytest.mark.parametrize("model", ["skip", "state_skip"])
+def test_extra_terms_numba_equals_torch_mirror(preset, rounding, update, model):
+    cfg = EqPropConfig(sizes=SKIP_SIZES, update=update)
+    net = SkipEqPropMLP(cfg, seed=2, skip_gain=2.0) if model == "skip" else _StateSkipMLP(cfg, seed=2)
+    spec = quant.get_preset(preset).replace(rounding=rounding)
+    fp = FixedPointMLP.from_model(net, spec)
+    want_extra = 1 if model == "skip" else 2  # a state-state coupling has a forward and a feedback part
+    assert len(fp.extra) == want_extra and all(c.static == (model == "skip") for c in fp.extra)
+    assert fp.groups == net.schedule(update)
+    if model == "state_skip" and update == "async":
+        assert fp.groups == [[0], [1], [2]]  # nodes 0 and 2 now interact: three colours
+    x, y = _random_inputs(SKIP_SIZES[0])
+    xc = fp.quantize_input(x, seed=3)
+    s_n, i_n = fp.relax(xc, n_steps=15, seed=3, record_trace=True)
+    s_t, i_t = torch_relax(fp, torch.from_numpy(xc), n_steps=15, seed=3, record_trace=True)
+    _assert_same(s_n, s_t, i_n, i_t)
+    assert np.array_equal(i_n.residual, i_t.residual) and i_n.trace == i_t.trace
+    for beta in (0.4, -0.4):
+        a, ia = fp.relax(xc, s_n, beta=beta, y=y, n_steps=6, seed=3, step_offset=15)
+        b, ib = torch_relax(fp, torch.from_numpy(xc), s_t, beta=beta, y=torch.from_numpy(y), n_steps=6, seed=3,
+                            step_offset=15)
+        _assert_same(a, b, ia, ib)
+
+
+def _wide_spec():
+    """An fp32-like integer spec: 12-bit weights and states (small net: exact in a 32-bit accumulator)."""
+    return quant.HardwareSpec("wide", quant.WeightFormat("int", bits=12), quant.FixedPoint(12, 11), acc_bits=32)
+
+
+def test_skip_model_fixed_point_tracks_the_float_model():
+    net = SkipEqPropMLP(EqPropConfig(sizes=SKIP_SIZES), seed=4, skip_gain=3.0).double()
+    x, _ = _random_inputs(SKIP_SIZES[0], B=200, seed=1)
+    s_float, _ = net.free_phase(torch.from_numpy(x), n_steps=60)
+    fp = FixedPointMLP.from_model(net, _wide_spec())
+    s_int, _ = fp.relax(fp.quantize_input(x), n_steps=60)
+    out = fp.dequantize_states(s_int)[-1]
+    err = np.abs(out - s_float[-1].numpy())
+    assert err.max() < 0.01
+    assert np.mean(out.argmax(1) == s_float[-1].numpy().argmax(1)) >= 0.95
+    # the skip term is really in the integer dynamics: without it the outputs move far more
+    no_skip = FixedPointMLP(fp.spec, fp.w_codes, fp.bias_codes, fp.fwd_requant, fp.fb_codes, fp.fb_requant)
+    out0 = fp.dequantize_states(no_skip.relax(fp.quantize_input(x), n_steps=60)[0])[-1]
+    assert np.abs(out0 - s_float[-1].numpy()).max() > 10 * err.max()
+
+
+def test_term_without_integer_kernel_is_refused_by_name():
+    @dataclass(frozen=True)
+    class Quadratic:
+        node: int
+
+        @property
+        def nodes(self):
+            return (self.node,)
+
+        @property
+        def params(self):
+            return ()
+
+    net = EqPropMLP(EqPropConfig(sizes=(6, 5, 3)), seed=0)
+    net.terms = net.terms + [Quadratic(1)]
+    with pytest.raises(UnsupportedError, match=r"backend 'numba fixed point' has no kernel for interaction term "
+                                               r".*Quadratic\(node=1\); it supports: Bias, Dense"):
+        FixedPointMLP.from_model(net, quant.get_preset("int8"))
+    assert set(INT_KERNELS) == {Dense, type(net.terms[1])}
+
+
+def test_onchip_learns_the_skip_term_bit_exactly_and_refuses_state_couplings():
+    spec = onchip.onchip_spec(quant.get_preset("int8"))
+    net = SkipEqPropMLP(EqPropConfig(sizes=SKIP_SIZES), seed=5, skip_gain=2.0)
+    fp = FixedPointMLP.from_model(net, spec)
+    st = onchip.OnChipState.from_fixed_point(fp)
+    assert len(st.extra_hidden) == 1 and st.couplings[-1] == (len(SKIP_SIZES) - 2, -1)
+    x, y = _random_inputs(SKIP_SIZES[0], B=16)
+    xc = fp.quantize_input(x)
+    new = {be: onchip.onchip_step(st, xc, y, beta=0.5, n_free_steps=12, n_nudge_steps=5, seed=1, step=2, backend=be)[0]
+           for be in ("numba", "torch")}
+    for a, b in zip(new["numba"].hidden + new["numba"].extra_hidden + new["numba"].bias_hidden,
+                    new["torch"].hidden + new["torch"].extra_hidden + new["torch"].bias_hidden):
+        assert np.array_equal(a, b)
+    assert not np.array_equal(new["numba"].extra_hidden[0], st.extra_hidden[0])  # the skip weights learned
+    fp2 = new["numba"].to_fixed_point()
+    assert len(fp2.extra) == 1 and np.array_equal(fp2.extra[0].codes, new["numba"].w_codes(extra=True)[0])
+    with pytest.raises(UnsupportedError, match="on-chip learning.*state-to-state"):
+        onchip.OnChipState.from_fixed_point(FixedPointMLP.from_model(_StateSkipMLP(EqPropConfig(sizes=SKIP_SIZES), 0), spec))
