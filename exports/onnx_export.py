@@ -45,8 +45,10 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from models.energy import INPUT, Bias, Dense, EnergyModel
+from models.engine import UnsupportedError, require_kernels
 from models.eqprop_mlp import EqPropMLP
-from quant import HardwareSpec, get_preset, quantize_weights
+from quant import HardwareSpec, bias_codes, bias_lsb, get_preset, quantize_weights
 
 from .metadata import write_metadata
 
@@ -133,9 +135,9 @@ def check_export_args(net, spec, fmt: str, n_steps: int) -> None:
     """Raise ``ValueError`` (with the fix) for every unsupported combination."""
     from hwsim.fixed_point import FixedPointMLP
 
-    if not (isinstance(net, EqPropMLP) or (fmt == "int" and isinstance(net, FixedPointMLP))):
-        raise ValueError(f"net is a {type(net).__name__}; allowed: models.eqprop_mlp.EqPropMLP "
-                         "(or a hwsim.fixed_point.FixedPointMLP for fmt='int')")
+    if not (isinstance(net, EnergyModel) or (fmt == "int" and isinstance(net, FixedPointMLP))):
+        raise ValueError(f"net is a {type(net).__name__}; allowed: an energy model (models.eqprop_mlp.EqPropMLP, "
+                         "models.skip_mlp.SkipEqPropMLP, ...) or a hwsim.fixed_point.FixedPointMLP for fmt='int'")
     if not isinstance(spec, HardwareSpec):
         raise ValueError(f"spec={spec!r} is invalid; allowed: a quant.HardwareSpec (e.g. quant.get_preset('int8'))")
     if fmt not in FORMATS:
@@ -161,53 +163,54 @@ def check_export_args(net, spec, fmt: str, n_steps: int) -> None:
 
 
 # --------------------------------------------------------------------------- the relaxation
-LayerFn = Callable[[_Builder, int, list[str]], str]
+NodeFn = Callable[[_Builder, int, list[str]], str]
+"""``node_fn(g, i, states) -> name``: the new state of node ``i`` from ``states``."""
 
 
-def _sweep(g: _Builder, n_layers: int, update: str, states: list[str], layer: LayerFn) -> list[str]:
-    """One sweep: async (even layers then odd, in place) or sync (all from the old states)."""
-    if update == "sync":
-        return [layer(g, i, states) for i in range(n_layers)]
+def _sweep(g: _Builder, groups: list[list[int]], states: list[str], node_fn: NodeFn) -> list[str]:
+    """One sweep: the model's update groups (``net.schedule()``) in turn, each node computed from the
+    states at the start of its group (async: nodes of a group do not interact; sync: one group)."""
     s = list(states)
-    for parity in (0, 1):
-        for i in range(parity, n_layers, 2):
-            s[i] = layer(g, i, s)
+    for group in groups:
+        src = list(s)
+        for i in group:
+            s[i] = node_fn(g, i, src)
     return s
 
 
-def _relax(g: _Builder, sizes: tuple[int, ...], update: str, zeros: list[str], layer: LayerFn, n_steps: int,
-           loop: bool, state_type: int) -> list[str]:
+def _relax(g: _Builder, node_sizes: tuple[int, ...], groups: list[list[int]], zeros: list[str], node_fn: NodeFn,
+           n_steps: int, loop: bool, state_type: int) -> list[str]:
     """``n_steps`` sweeps from the states ``zeros``: unrolled into ``g`` or as one ONNX ``Loop`` node."""
-    n = len(sizes) - 1
+    n = len(node_sizes)
     if not loop:
         s = zeros
         for _ in range(n_steps):
-            s = _sweep(g, n, update, s, layer)
+            s = _sweep(g, groups, s, node_fn)
         return s
     body = _Builder(prefix="body_")
     it, cond_in = "body_iter", "body_cond_in"
     s_in = [f"body_state_in_{i}" for i in range(n)]
-    s_out = _sweep(body, n, update, s_in, layer)
+    s_out = _sweep(body, groups, s_in, node_fn)
     s_out = [body.op("Identity", [t], stem=f"body_state_out_{i}") for i, t in enumerate(s_out)]
     cond_out = body.op("Identity", [cond_in], stem="body_cond_out")
     vi = lambda name, dims: helper.make_tensor_value_info(name, state_type, dims)  # noqa: E731
     graph = helper.make_graph(
         body.nodes, "sweep",
         [helper.make_tensor_value_info(it, TensorProto.INT64, []),
-         helper.make_tensor_value_info(cond_in, TensorProto.BOOL, [])] + [vi(s_in[i], ["B", sizes[i + 1]]) for i in range(n)],
-        [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, [])] + [vi(s_out[i], ["B", sizes[i + 1]]) for i in range(n)],
+         helper.make_tensor_value_info(cond_in, TensorProto.BOOL, [])] + [vi(s_in[i], ["B", node_sizes[i]]) for i in range(n)],
+        [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, [])] + [vi(s_out[i], ["B", node_sizes[i]]) for i in range(n)],
         body.inits)
     trip = g.const("loop_trip_count", np.array(n_steps, dtype=np.int64))
     return g.op("Loop", [trip, ""] + zeros, stem="loop_state", n_out=n, body=graph) if n > 1 else \
         [g.op("Loop", [trip, ""] + zeros, stem="loop_state", body=graph)]
 
 
-def _zero_states(g: _Builder, x: str, sizes: tuple[int, ...], dtype: np.dtype) -> list[str]:
+def _zero_states(g: _Builder, x: str, node_sizes: tuple[int, ...], dtype: np.dtype) -> list[str]:
     """``(B, n_i)`` zeros for every state, ``B`` read from the input's shape."""
     batch = g.op("Shape", [x], stem="batch", start=0, end=1)
     value = numpy_helper.from_array(np.zeros(1, dtype=dtype))
     out = []
-    for i, n in enumerate(sizes[1:]):
+    for i, n in enumerate(node_sizes):
         shape = g.op("Concat", [batch, g.const(f"width_{i}", np.array([n], np.int64))], stem=f"zshape_{i}", axis=0)
         out.append(g.op("ConstantOfShape", [shape], stem=f"zeros_{i}", value=value))
     return out
@@ -231,61 +234,207 @@ def _finish(g: _Builder, sizes: tuple[int, ...], model_config: dict, spec: Hardw
     return model
 
 
-def _float_params(net: EqPropMLP) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(lin.weight.detach().cpu().to(torch.float32).numpy(), lin.bias.detach().cpu().to(torch.float32).numpy())
-            for lin in net.layers]
+# --------------------------------------------------------------------------- float and QDQ term handlers
+Build = Callable[[_Builder, str, "str | None"], str]
+"""``build(g, u, acc) -> acc'``: add a term's contribution (read from the source tensor ``u``) to the
+node's accumulator ``acc`` (``None``: the first contribution)."""
 
 
-def _float_layer(w: list[str], b: list[str], drive: str, n_layers: int, post: Callable[[_Builder, str, int], str]):
-    """Layer update of the float and QDQ graphs: ``post(clamp(preact, 0, 1))``."""
-    def layer(g: _Builder, i: int, s: list[str]) -> str:
-        a = drive if i == 0 else g.op("Gemm", [s[i - 1], w[i], b[i]], stem=f"ff_{i}", transB=1)
-        if i + 1 < n_layers:
-            a = g.op("Gemm", [s[i + 1], w[i + 1], a], stem=f"pre_{i}")
-        return post(g, g.op("Clip", [a, "zero_f", "one_f"], stem=f"rho_{i}"), i)
-    return layer
+class _Ctx:
+    """What the float and QDQ handlers build with: the outer graph, the weight tensors by parameter
+    name (float32 constants, or ``DequantizeLinear`` of integer codes) and the term rounding.
 
-
-def build_float_model(net: EqPropMLP, spec: HardwareSpec, n_steps: int, loop: bool) -> onnx.ModelProto:
-    """float32 graph: input ``x`` (B, n_0) float32; outputs ``state_i`` float32 and ``prediction`` int64."""
-    g = _Builder()
-    params = _float_params(net)
-    w = [g.const(f"W_{i}", wi) for i, (wi, _) in enumerate(params)]
-    b = [g.const(f"b_{i}", bi) for i, (_, bi) in enumerate(params)]
-    g.const("zero_f", np.array(0.0, np.float32))
-    g.const("one_f", np.array(1.0, np.float32))
-    drive = g.op("Gemm", [INPUT_FLOAT, w[0], b[0]], stem="drive", transB=1)
-    layer = _float_layer(w, b, drive, net.n_layers, lambda g_, t, i: t)
-    zeros = _zero_states(g, INPUT_FLOAT, net.sizes, np.float32)
-    s = _relax(g, net.sizes, net.config.update, zeros, layer, n_steps, loop, TensorProto.FLOAT)
-    return _finish(g, net.sizes, net.config.to_dict(), spec, "float", n_steps, loop, INPUT_FLOAT, TensorProto.FLOAT, s, TensorProto.FLOAT)
-
-
-def qdq_weight_bits(spec: HardwareSpec) -> int:
-    """Container width of the QDQ weight codes: ternary codes {-1, 0, 1} are stored as INT4."""
-    return 4 if spec.weights.kind == "ternary" else spec.weights.bits
-
-
-def build_qdq_model(net: EqPropMLP, spec: HardwareSpec, n_steps: int, loop: bool) -> onnx.ModelProto:
-    """QDQ graph (opset 21): weights ``DequantizeLinear(codes, scale, axis=0)``; input and states
-    ``DequantizeLinear(QuantizeLinear(clip(v, min_value, max_value), 2**-frac_bits, 0))``.
-
-    Biases stay float32 (the torch fake-quant path quantizes weights and states, not biases).
+    Float: ``W`` as a float32 constant; the feedback product uses the same ``W``.
+    QDQ (the graph form of :func:`models.qat.qat_relax`): ``W_hat = DequantizeLinear(codes, scale)``,
+    the feedback array ``F_hat`` = ``W^T`` quantised as its own tensor, the bias ``b_hat =
+    DequantizeLinear(quant.bias_codes, quant.bias_lsb)`` (int32 codes on the grid of its host
+    accumulator: the node's first forward Dense term), and every term rounded to the state LSB
+    (``R(v) = Round(v / lsb) * lsb``, half to even, no saturation) before the terms are summed.
     """
+
+    def __init__(self, g: _Builder, net, spec: HardwareSpec, fmt: str):
+        self.g, self.net, self.spec, self.fmt = g, net, spec, fmt
+        self.qdq = fmt == "qdq"
+        self._w: dict[tuple[str, bool], str] = {}
+        self._scale: dict[str, np.ndarray] = {}
+        self.hosts: dict[int, Dense] = {}   # node -> the Dense term whose forward accumulator holds its bias
+        self.bias_of: dict[int, Bias] = {}
+        for t in net.terms:
+            if isinstance(t, Dense) and t.post not in self.hosts:
+                self.hosts[t.post] = t
+            if isinstance(t, Bias):
+                self.bias_of[t.node] = t
+        if self.qdq:
+            g.const("t_inv_lsb", np.array(2.0 ** spec.state.frac_bits, np.float32))
+            g.const("t_lsb", np.array(spec.state.lsb, np.float32))
+
+    def param(self, name: str) -> np.ndarray:
+        return self.net.get_parameter(name).detach().cpu().double().numpy()
+
+    def weight(self, name: str, transposed: bool = False) -> str:
+        """``W`` (float: the constant; QDQ: ``W_hat``), or (QDQ, ``transposed``) ``F_hat`` of ``W^T``."""
+        key = (name, transposed and self.qdq)
+        if key in self._w:
+            return self._w[key]
+        w = self.param(name)
+        stem = name.replace(".", "_") + ("_T" if key[1] else "")
+        if not self.qdq:
+            out = self.g.const(stem, w.astype(np.float32))
+        else:
+            q = quantize_weights(w.T.copy() if key[1] else w, self.spec)
+            codes = self.g.add_init(_code_initializer(f"Wq_{stem}", q.codes, self.spec.weights.onnx_storage_bits, True))
+            scale = np.asarray(q.scale, np.float64).reshape(-1)
+            if not key[1]:
+                self._scale[name] = scale
+            scale32 = scale.astype(np.float32)
+            attrs = {"axis": 0} if scale32.size > 1 else {}
+            sc = self.g.const(f"W_scale_{stem}", scale32 if scale32.size > 1 else scale32.reshape(()))
+            out = self.g.op("DequantizeLinear", [codes, sc], stem=f"W_{stem}", **attrs)
+        self._w[key] = out
+        return out
+
+    def bias(self, t: Bias) -> str:
+        """``b`` (float) or ``b_hat`` on the grid of its host's accumulator (QDQ)."""
+        b = self.param(t.bias)
+        stem = t.bias.replace(".", "_")
+        if not self.qdq:
+            return self.g.const(stem, b.astype(np.float32))
+        host = self.hosts[t.node]
+        self.weight(host.weight)
+        scale = self._scale[host.weight]
+        codes = np.asarray(bias_codes(b, scale, self.spec), np.int64)
+        lsb = np.asarray(bias_lsb(scale, self.spec), np.float64).reshape(-1)
+        if codes.size and (codes.min() < -2**31 or codes.max() >= 2**31):
+            raise ValueError(f"{t}: bias codes do not fit int32; allowed: spec.acc_bits <= 32")
+        c = self.g.const(f"bq_{stem}", codes.astype(np.int32))
+        lsb32 = lsb.astype(np.float32)
+        attrs = {"axis": 0} if lsb32.size > 1 else {}
+        sc = self.g.const(f"b_lsb_{stem}", lsb32 if lsb32.size > 1 else lsb32.reshape(()))
+        return self.g.op("DequantizeLinear", [c, sc], stem=f"b_{stem}", **attrs)
+
+    def term(self, g: _Builder, v: str, stem: str) -> str:
+        """QDQ: ``R(v)``, the simulator's per-term requantisation; float: ``v``."""
+        if not self.qdq:
+            return v
+        r = g.op("Round", [g.op("Mul", [v, "t_inv_lsb"], stem=f"{stem}_sc")], stem=f"{stem}_rnd")
+        return g.op("Mul", [r, "t_lsb"], stem=f"{stem}_R")
+
+
+def _add(g: _Builder, acc: str | None, v: str, stem: str) -> str:
+    return v if acc is None else g.op("Add", [acc, v], stem=f"{stem}_sum")
+
+
+class DenseOnnx:
+    """:class:`~models.energy.Dense` ``s_post . (W s_pre)``: ``Gemm(s_pre, W, transB=1)`` into ``post``
+    and, between states, ``Gemm(s_post, W)`` (float) / ``Gemm(s_post, F_hat, transB=1)`` (QDQ) into
+    ``pre``. Float accumulates in the Gemm's ``C`` input; QDQ rounds each term, then adds."""
+
+    static_rank = 1  # float static part: biases first, then input couplings (as EnergyModel.drive)
+
+    @staticmethod
+    def contributions(t: Dense, ctx: _Ctx) -> list[tuple[int, int, Build]]:
+        W = ctx.weight(t.weight)
+        stem = t.weight.replace(".", "_")
+        hosts_bias = ctx.qdq and ctx.hosts.get(t.post) is t and t.post in ctx.bias_of
+        b = [ctx.bias(ctx.bias_of[t.post])] if hosts_bias else []  # built once, in the outer graph
+
+        def forward(g: _Builder, u: str, acc: str | None) -> str:
+            if not ctx.qdq:
+                return g.op("Gemm", [u, W] + ([acc] if acc is not None else []), stem=f"ff_{stem}", transB=1)
+            v = ctx.term(g, g.op("Gemm", [u, W] + b, stem=f"ff_{stem}", transB=1), f"ff_{stem}")
+            return _add(g, acc, v, f"ff_{stem}")
+
+        out = [(t.post, t.pre, forward)]
+        if t.pre != INPUT:
+            F = ctx.weight(t.weight, transposed=True)
+
+            def feedback(g: _Builder, u: str, acc: str | None) -> str:
+                if not ctx.qdq:
+                    return g.op("Gemm", [u, F] + ([acc] if acc is not None else []), stem=f"fb_{stem}")
+                v = ctx.term(g, g.op("Gemm", [u, F], stem=f"fb_{stem}", transB=1), f"fb_{stem}")
+                return _add(g, acc, v, f"fb_{stem}")
+
+            out.append((t.pre, t.post, feedback))
+        return out
+
+
+class BiasOnnx:
+    """:class:`~models.energy.Bias`: float: the constant starts the node's static accumulator; QDQ: the
+    ``C`` input of its host's forward ``Gemm`` (see :class:`_Ctx`)."""
+
+    static_rank = 0
+
+    @staticmethod
+    def contributions(t: Bias, ctx: _Ctx) -> list[tuple[int, int, Build]]:
+        if ctx.qdq:
+            if t.node not in ctx.hosts:
+                raise UnsupportedError(f"backend 'onnx qdq': {t} needs a Dense term into node {t.node} "
+                                       "(a bias lives on its accumulator grid)")
+            return []
+        b = ctx.bias(t)
+        return [(t.node, INPUT, lambda g, u, acc: b if acc is None else g.op("Add", [acc, b], stem="bias_sum"))]
+
+
+FLOAT_HANDLERS: dict[type, type] = {Dense: DenseOnnx, Bias: BiasOnnx}
+"""Term handlers of the ``float`` and ``qdq`` graphs, by term type (:func:`models.engine.require_kernels`)."""
+
+
+def register_onnx_handler(term_type: type, handler: type) -> None:
+    """Add (or replace) the ``float``/``qdq`` graph handler of a term type."""
+    FLOAT_HANDLERS[term_type] = handler
+
+
+def _float_like_graph(net, spec: HardwareSpec, fmt: str, n_steps: int, loop: bool) -> onnx.ModelProto:
+    """The float and QDQ graphs: static contributions once (outside the sweeps), then per node the
+    dynamic ones in term order, ``Clip(., 0, 1)`` and (QDQ) the state's ``QuantizeLinear ->
+    DequantizeLinear``."""
     g = _Builder()
-    fmt_s = spec.state
-    w_bits = qdq_weight_bits(spec)
-    w, b = [], []
-    for i, (wi, bi) in enumerate(_float_params(net)):
-        q = quantize_weights(net.layers[i].weight.detach().cpu().double().numpy(), spec)
-        codes = g.add_init(_code_initializer(f"Wq_{i}", q.codes, w_bits, True))
-        scale = np.asarray(q.scale, np.float64).reshape(-1).astype(np.float32)
-        attrs = {"axis": 0} if scale.size > 1 else {}
-        sc = g.const(f"W_scale_{i}", scale if scale.size > 1 else scale.reshape(()))
-        w.append(g.op("DequantizeLinear", [codes, sc], stem=f"W_{i}", **attrs))
-        b.append(g.const(f"b_{i}", bi))
+    handlers = require_kernels(f"onnx {fmt}", FLOAT_HANDLERS, net.terms)
+    ctx = _Ctx(g, net, spec, fmt)
     g.const("zero_f", np.array(0.0, np.float32))
     g.const("one_f", np.array(1.0, np.float32))
+    post: Callable[[_Builder, str, object], str] = lambda g_, v, i: v  # noqa: E731
+    x = INPUT_FLOAT
+    if fmt == "qdq":
+        post = _state_qdq(g, spec)
+        x = post(g, INPUT_FLOAT, "x")
+    n = len(net.nodes)
+    static: list[str | None] = [None] * n
+    dynamic: list[list[tuple[int, Build]]] = [[] for _ in range(n)]
+    contribs = [(h, c) for t, h in zip(net.terms, handlers) for c in h.contributions(t, ctx)]
+    for rank in sorted({h.static_rank for h, _ in contribs}):
+        for h, (node, src, build) in contribs:
+            if src == INPUT and h.static_rank == rank:
+                static[node] = build(g, x, static[node])
+    for h, (node, src, build) in contribs:
+        if src != INPUT:
+            dynamic[node].append((src, build))
+
+    def node_fn(g_: _Builder, i: int, s: list[str]) -> str:
+        a = static[i]
+        for src, build in dynamic[i]:
+            a = build(g_, s[src], a)
+        if a is None:
+            raise UnsupportedError(f"backend 'onnx {fmt}': node {i} has no interaction term")
+        return post(g_, g_.op("Clip", [a, "zero_f", "one_f"], stem=f"rho_{i}"), i)
+
+    node_sizes = tuple(nd.size for nd in net.nodes)
+    sizes = (int(net.n_in),) + node_sizes
+    zeros = _zero_states(g, INPUT_FLOAT, node_sizes, np.float32)
+    s = _relax(g, node_sizes, net.schedule(), zeros, node_fn, n_steps, loop, TensorProto.FLOAT)
+    return _finish(g, sizes, _model_config(net), spec, fmt, n_steps, loop, INPUT_FLOAT, TensorProto.FLOAT, s,
+                   TensorProto.FLOAT)
+
+
+def _model_config(net) -> dict:
+    cfg = net.config.to_dict() if hasattr(net, "config") else {}
+    extra = [str(t) for t in net.terms if isinstance(t, Dense) and t.weight.startswith("skip")]
+    return {**cfg, "model": type(net).__name__, **({"extra_terms": extra} if extra else {})}
+
+
+def _state_qdq(g: _Builder, spec: HardwareSpec) -> Callable[[_Builder, str, object], str]:
+    """``v -> DequantizeLinear(QuantizeLinear(clip(v, min_value, max_value), 2**-frac_bits, 0))``."""
+    fmt_s = spec.state
     s_type, s_np = _zero_point(fmt_s.bits, fmt_s.signed)
     g.const("s_scale", np.array(fmt_s.lsb, np.float32))
     if s_np is None:
@@ -306,12 +455,24 @@ def build_qdq_model(net: EqPropMLP, spec: HardwareSpec, n_steps: int, loop: bool
         q = g_.op("QuantizeLinear", [v, "s_scale", "s_zp"], stem=f"q_{i}")
         return g_.op("DequantizeLinear", [q, "s_scale", "s_zp"], stem=f"s_{i}")
 
-    xq = fq(g, INPUT_FLOAT, "x")
-    drive = g.op("Gemm", [xq, w[0], b[0]], stem="drive", transB=1)
-    layer = _float_layer(w, b, drive, net.n_layers, fq)
-    zeros = _zero_states(g, INPUT_FLOAT, net.sizes, np.float32)
-    s = _relax(g, net.sizes, net.config.update, zeros, layer, n_steps, loop, TensorProto.FLOAT)
-    return _finish(g, net.sizes, net.config.to_dict(), spec, "qdq", n_steps, loop, INPUT_FLOAT, TensorProto.FLOAT, s, TensorProto.FLOAT)
+    return fq
+
+
+def build_float_model(net, spec: HardwareSpec, n_steps: int, loop: bool) -> onnx.ModelProto:
+    """float32 graph: input ``x`` (B, n_in) float32; outputs ``state_i`` float32 and ``prediction`` int64.
+    Terms through :data:`FLOAT_HANDLERS` (any energy model whose term types have a handler)."""
+    return _float_like_graph(net, spec, "float", n_steps, loop)
+
+
+def build_qdq_model(net, spec: HardwareSpec, n_steps: int, loop: bool) -> onnx.ModelProto:
+    """QDQ graph (opset 21), the graph form of :func:`models.qat.qat_relax` (the one fake-quant path):
+    weights ``DequantizeLinear(codes, scale, axis=0)`` (codes in ``spec.weights.onnx_storage_bits``),
+    feedback arrays quantised as their own tensors, biases ``DequantizeLinear(int32 codes, bias_lsb)``
+    (:func:`quant.bias_codes`), each term rounded to the state LSB, ``Clip(sum, 0, 1)``; the input and
+    every state pass through ``QuantizeLinear -> DequantizeLinear`` in the spec's state format (scale
+    ``2**-frac_bits``, zero point 0; an identity on states already on the grid).
+    """
+    return _float_like_graph(net, spec, "qdq", n_steps, loop)
 
 
 MATMUL_MODES = ("auto", "integer", "int64")
@@ -412,16 +573,18 @@ def build_int_model(net, spec: HardwareSpec, n_steps: int, loop: bool, matmul: s
     g.const("acc_half", np.array(acc_hi + 1, np.int64))
     g.const("acc_mod", np.array(2 * (acc_hi + 1), np.int64))
     st = spec.state
+    extra_codes = [c.codes for c in fp.extra]
+    all_codes = fp.w_codes + fp.fb_codes + extra_codes
     # MatMulInteger needs uint8 activations and int8 weights, and int32 partial sums must be exact
     s_max = max(one, st.qmax)  # input codes reach qmax, states one_code
-    w_max = max(int(np.abs(w).max(initial=0)) for w in fp.w_codes + fp.fb_codes)
-    rowsum = max(int(np.abs(w).sum(axis=1).max(initial=0)) for w in fp.w_codes + fp.fb_codes)
+    w_max = max(int(np.abs(w).max(initial=0)) for w in all_codes)
+    rowsum = max(int(np.abs(w).sum(axis=1).max(initial=0)) for w in all_codes)
     int_ok = (not st.signed and st.qmax <= 255 and w_max <= 127 and rowsum * s_max < 2**31)
     if matmul == "integer" and not int_ok:
         raise ValueError("matmul='integer' needs unsigned <= 8-bit states, |codes| <= 127 and int32-exact sums; "
                          "allowed here: matmul='int64' or 'auto'")
     use_int = int_ok if matmul == "auto" else matmul == "integer"
-    w_bits = 4 if spec.weights.kind == "ternary" else spec.weights.bits
+    w_bits = spec.weights.onnx_storage_bits
     op_type = TensorProto.INT8 if use_int else TensorProto.INT64
 
     stored: dict[bytes, str] = {}
@@ -452,21 +615,42 @@ def build_int_model(net, spec: HardwareSpec, n_steps: int, loop: bool, matmul: s
     acc0 = g.op("Add", [product(g, INPUT_CODES, w_fwd[0], "drive"), bias[0]], stem="drive_b")
     drive = _requantize(g, _overflow(g, acc0, spec.acc_bits, spec.overflow, "drive"), rq_f[0], rounding, "drive")
 
+    # extra terms (hwsim.fixed_point.TermContribution, e.g. a skip coupling): each its own accumulator
+    # rq(ovf(codes @ c_src)); static ones (input only) formed once, outside the sweeps
+    extra: list[tuple[int, object]] = []   # (node, static value name or (weight, consts) for a dynamic one)
+    for k, c in enumerate(fp.extra):
+        w_e = weight(f"Eq_{k}", c.codes.T)  # (n_src, n_node)
+        rq_e = _requant_consts(g, f"rqe_{k}", *c.requant)
+        if c.static:
+            a = _overflow(g, product(g, INPUT_CODES, w_e, f"ex{k}"), spec.acc_bits, spec.overflow, f"ex{k}")
+            extra.append((c.node, _requantize(g, a, rq_e, rounding, f"ex{k}")))
+        else:
+            extra.append((c.node, (k, c.src, w_e, rq_e)))
+
     def layer(g_: _Builder, i: int, s: list[str]) -> str:
         if i == 0:
             p = drive
         else:
             a = g_.op("Add", [product(g_, s[i - 1], w_fwd[i], f"ff{i}"), bias[i]], stem=f"ff{i}_b")
             p = _requantize(g_, _overflow(g_, a, spec.acc_bits, spec.overflow, f"ff{i}"), rq_f[i], rounding, f"ff{i}")
+        for node, v in extra:
+            if node != i:
+                continue
+            if not isinstance(v, str):
+                k, src, w_e, rq_e = v
+                a = _overflow(g_, product(g_, s[src], w_e, f"ex{k}"), spec.acc_bits, spec.overflow, f"ex{k}")
+                v = _requantize(g_, a, rq_e, rounding, f"ex{k}")
+            p = g_.op("Add", [p, v], stem=f"pre{i}_ex")
         if i + 1 < L:
             a = _overflow(g_, product(g_, s[i + 1], w_fb[i], f"fb{i}"), spec.acc_bits, spec.overflow, f"fb{i}")
             p = g_.op("Add", [p, _requantize(g_, a, rq_b[i], rounding, f"fb{i}")], stem=f"pre{i}")
         return g_.op("Clip", [p, "i64_zero", "one_code"], stem=f"c{i}")
 
-    zeros = _zero_states(g, INPUT_CODES, sizes, np.int64)
-    s = _relax(g, sizes, fp.update, zeros, layer, n_steps, loop, TensorProto.INT64)
-    cfg = net.config.to_dict() if hasattr(net, "config") else {"sizes": list(sizes), "update": fp.update,
-                                                                 "cost": fp.cost}
+    node_sizes = tuple(sizes[1:])
+    zeros = _zero_states(g, INPUT_CODES, node_sizes, np.int64)
+    s = _relax(g, node_sizes, fp.groups, zeros, layer, n_steps, loop, TensorProto.INT64)
+    cfg = _model_config(net) if hasattr(net, "terms") else {"sizes": list(sizes), "update": fp.update,
+                                                              "cost": fp.cost}
     return _finish(g, tuple(sizes), cfg, spec, "int", n_steps, loop, INPUT_CODES, TensorProto.INT64, s,
                    TensorProto.INT64)
 

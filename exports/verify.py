@@ -5,7 +5,8 @@ format     reference                                   tolerance
 =========  ==========================================  ============================================
 ``float``  torch float32 ``EqPropMLP.free_phase``      :data:`FLOAT_GRAPH_TOL` on states, argmax
 ``qdq``    torch fake-quant path                       :data:`QDQ_MAX_LSB` output-state LSBs and
-           (:func:`fake_quant_free_phase`)             argmax agreement >= :data:`QDQ_MIN_ARGMAX`
+           (:func:`models.qat.qat_relax` via           argmax agreement >= :data:`QDQ_MIN_ARGMAX`
+           :func:`fake_quant_free_phase`)
 ``int``    :class:`hwsim.fixed_point.FixedPointMLP`    ``BIT_EXACT``: 0 differing codes, 0 predictions
 =========  ==========================================  ============================================
 
@@ -34,7 +35,7 @@ import onnxruntime as ort
 import torch
 
 from models.eqprop_mlp import EqPropMLP
-from quant import HardwareSpec, fake_quant_state, fake_quant_weights
+from quant import HardwareSpec
 from quant.tolerances import F32_VS_F64
 
 log = logging.getLogger("eqprop_hwsim.exports")
@@ -107,34 +108,24 @@ def torch_free_phase(net: EqPropMLP, x, n_steps: int) -> tuple[list[np.ndarray],
     return [t.numpy() for t in s], s[-1].argmax(dim=1).numpy()
 
 
-def fake_quant_free_phase(net: EqPropMLP, spec: HardwareSpec, x, n_steps: int,
+def fake_quant_free_phase(net, spec: HardwareSpec, x, n_steps: int,
                           dtype: torch.dtype = torch.float32) -> tuple[list[np.ndarray], np.ndarray]:
-    """The torch fake-quant path on ``EqPropMLP``'s own dynamics (the QDQ graph's reference).
+    """The one torch fake-quant path, :func:`models.qat.qat_relax` (the QDQ graph's reference).
 
-    Weights ``W_hat = fake_quant_weights(W, spec)`` (biases float), input
-    ``x_hat = fake_quant_state(x, spec)`` and after every layer update
-    ``s_i = fake_quant_state(rho(preact_i), spec)``; update order from ``net.config.update``.
+    Weights ``W_hat`` (and feedback arrays ``F_hat``, ``W^T`` quantised as their own tensor),
+    biases on the forward-accumulator grid (:func:`quant.bias_codes`: the simulator's rule), input
+    ``x_hat = fake_quant_state(x, spec)``, every term rounded to the state LSB, then the hard
+    sigmoid; update order ``net.schedule()``. Computed in ``dtype`` (float32: the graph's precision).
 
     Returns:
         ``(states, prediction)``: float numpy states ``(B, n_i)`` and int64 ``(B,)``.
     """
+    from models.qat import qat_relax
+
     if spec.rounding == "stochastic":
         raise ValueError("fake_quant_free_phase: rounding='stochastic' needs counters; allowed: 'nearest_even' or 'floor'")
     fq = copy.deepcopy(net).to(dtype)
-    with torch.no_grad():
-        for lin in fq.layers:
-            lin.weight.copy_(fake_quant_weights(lin.weight, spec))
-        xq = fake_quant_state(_as_torch(x, dtype), spec)
-        drive = fq.drive(xq)
-        s = fq.zero_state(xq.shape[0], xq)
-        n = fq.n_layers
-        order = [list(range(n))] if fq.config.update == "sync" else [list(range(0, n, 2)), list(range(1, n, 2))]
-        for _ in range(n_steps):
-            old = list(s)
-            for group in order:
-                src = old if fq.config.update == "sync" else s
-                for i in group:
-                    s[i] = fake_quant_state(fq.update_layer(i, src, drive, 0.0, None), spec)
+    s, _ = qat_relax(fq, _as_torch(x, dtype), spec, n_steps=n_steps)
     return [t.numpy() for t in s], s[-1].argmax(dim=1).numpy()
 
 

@@ -59,7 +59,7 @@ def test_qdq_graph_matches_fake_quant_torch(preset, container, loop):
     net = _net()
     m = export_onnx(net, get_preset(preset), fmt="qdq", n_steps=T, loop=loop)
     codes = [t for t in m.graph.initializer if t.name.startswith("Wq_")]
-    assert [t.data_type for t in codes] == [container] * 3
+    assert [t.data_type for t in codes] == [container] * (3 + 2)  # 3 forward arrays, 2 feedback arrays (W^T)
     if container == TensorProto.INT4:  # packed: two codes a byte
         assert all(len(t.raw_data) == (int(np.prod(t.dims)) + 1) // 2 for t in codes)
     r = V.verify_qdq(net, m, _x(256))
