@@ -427,9 +427,9 @@ def _float_like_graph(net, spec: HardwareSpec, fmt: str, n_steps: int, loop: boo
 
 
 def _model_config(net) -> dict:
+    """The model's config plus its class and terms (the metadata's ``model`` entry)."""
     cfg = net.config.to_dict() if hasattr(net, "config") else {}
-    extra = [str(t) for t in net.terms if isinstance(t, Dense) and t.weight.startswith("skip")]
-    return {**cfg, "model": type(net).__name__, **({"extra_terms": extra} if extra else {})}
+    return {**cfg, "model": type(net).__name__, "terms": [str(t) for t in net.terms]}
 
 
 def _state_qdq(g: _Builder, spec: HardwareSpec) -> Callable[[_Builder, str, object], str]:

@@ -255,3 +255,69 @@ def test_export_command_from_checkpoint(tmp_path):
     assert read_spec(out) == get_preset("int4")
     with pytest.raises(ValueError, match="unknown"):
         export_command(ckpt, "int9", tmp_path / "x.onnx", "int", T, False)
+
+
+# ------------------------------------------------------------- a second energy model (terms -> handlers)
+def _skip_net(seed=0):
+    from models.skip_mlp import SkipEqPropMLP
+    return SkipEqPropMLP(EqPropConfig(sizes=SIZES), seed=seed)
+
+
+@pytest.mark.parametrize("loop", [False, True])
+def test_skip_model_exports_and_verifies_in_every_format(loop):
+    net, x = _skip_net(), _x(128)
+    mf = export_onnx(net, get_preset("fp32"), fmt="float", n_steps=T, loop=loop)
+    r = V.verify_float(net, mf, x)
+    assert r["passed"], r
+    assert "skip.weight" in str(read_metadata(mf)["model"]["terms"])
+    # the skip term is in the graph: the plain MLP with the same layers gives other states
+    mlp_states, _ = V.torch_free_phase(_net(), x, T)
+    assert np.abs(_session(mf).run(None, {"x": x})[-2] - mlp_states[-1]).max() > 1e-3
+    for preset in ("int8", "ternary"):
+        spec = get_preset(preset)
+        mi = export_onnx(net, spec, fmt="int", n_steps=T, loop=loop)
+        ri = V.verify_int(net, mi, x)
+        assert ri["int_graph_mismatches"] == 0 and ri["passed"], ri
+        assert any(t.name.startswith("Eq_") for t in mi.graph.initializer)  # the skip array
+        # QDQ graph: the simulator's semantics in float ops (qat_relax has no extra-term kernel yet,
+        # so the simulator is the reference here): states on the grid, within the QDQ tolerance
+        fp = FixedPointMLP.from_model(net, spec)
+        ref, ref_p, _ = V.simulate_int(fp, fp.quantize_input(x.astype(np.float64)), T)
+        mq = export_onnx(net, spec, fmt="qdq", n_steps=T, loop=loop)
+        states, pred, _ = V.run_session(_session(mq), x)
+        d = max(np.abs(s / spec.state.lsb - r).max() for s, r in zip(states, ref))
+        assert d <= V.QDQ_MAX_LSB and (pred == ref_p).mean() >= V.QDQ_MIN_ARGMAX, (preset, d)
+
+
+def test_qdq_graph_follows_the_simulator_rules():
+    """QDQ = qat_relax = simulator: quantised biases, per-term rounding, own feedback arrays; on this
+    net the states equal the simulator's codes (a graph with float biases would drift)."""
+    net, x = _net(), _x(128)
+    spec = get_preset("int4")
+    fp = FixedPointMLP.from_model(net, spec)
+    ref, _, _ = V.simulate_int(fp, fp.quantize_input(x.astype(np.float64)), T)
+    states, _, _ = V.run_session(_session(export_onnx(net, spec, fmt="qdq", n_steps=T)), x)
+    diff = sum(int((np.rint(s / spec.state.lsb) != r).sum()) for s, r in zip(states, ref))
+    assert diff <= 0.001 * sum(r.size for r in ref), diff
+    assert any(t.name.startswith("bq_") and t.data_type == TensorProto.INT32 for t in
+               export_onnx(net, spec, fmt="qdq", n_steps=T).graph.initializer)
+
+
+@pytest.mark.parametrize("fmt, preset", [("float", "fp32"), ("qdq", "int8"), ("int", "int8")])
+def test_unsupported_term_raises_naming_backend_term_and_supported(fmt, preset):
+    from dataclasses import dataclass
+
+    from models.engine import UnsupportedError
+
+    @dataclass(frozen=True)
+    class Attention:
+        node: int
+
+        @property
+        def nodes(self):
+            return (self.node,)
+
+    net = _net()
+    net.terms = net.terms + [Attention(node=1)]
+    with pytest.raises(UnsupportedError, match=r"Attention\(node=1\).*Bias, Dense"):
+        export_onnx(net, get_preset(preset), fmt=fmt, n_steps=2)
