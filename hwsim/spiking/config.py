@@ -149,9 +149,15 @@ class SpikingParams:
 
     @classmethod
     def from_model(cls, net, config: SpikingConfig) -> "SpikingParams":
-        """Convert a trained :class:`models.eqprop_mlp.EqPropMLP` (weights times ``v_threshold``)."""
+        """Convert a trained :class:`models.eqprop_mlp.EqPropMLP` (weights times ``v_threshold``).
+
+        Raises:
+            models.engine.UnsupportedError: the model has a term beyond the layered chain (e.g. the
+                skip coupling of ``SkipEqPropMLP``): the ports would silently drop it.
+        """
         import numpy as np
 
+        check_terms(net)
         g = config.v_threshold
         ws = [lin.weight.detach().cpu().double().numpy() * g for lin in net.layers]
         bs = [lin.bias.detach().cpu().double().numpy() * g for lin in net.layers]
@@ -161,6 +167,28 @@ class SpikingParams:
         """Same trained weights under another config (rescaled if the threshold changed)."""
         r = config.v_threshold / self.config.v_threshold
         return SpikingParams(tuple(w * r for w in self.weights), tuple(b * r for b in self.biases), config)
+
+
+SPIKING_BACKEND = "spiking ports (snntorch, Brian2)"
+SPIKING_TERMS = ("Dense", "Bias")
+
+
+def check_terms(net) -> None:
+    """The ports run the layered chain ``Dense(i, i-1)`` + ``Bias(i)`` of :class:`EqPropMLP` (synapses
+    into layer ``i`` and their feedback, a bias current); any other term raises
+    :class:`models.engine.UnsupportedError` naming the backend, the term and what is supported."""
+    from models.energy import INPUT, Bias, Dense
+    from models.engine import UnsupportedError, require_kernels
+
+    terms = getattr(net, "terms", None)
+    if terms is None:
+        return
+    require_kernels(SPIKING_BACKEND, {Dense: "synapses", Bias: "bias current"}, terms)
+    chain = [Dense(post=i, pre=i - 1 if i else INPUT, weight=f"layers.{i}.weight") for i in range(len(net.layers))]
+    for t in terms:
+        if isinstance(t, Dense) and t not in chain:
+            raise UnsupportedError(f"backend {SPIKING_BACKEND!r} has no kernel for interaction term {t}; it supports: "
+                                   "the layered chain Dense(post=i, pre=i-1) and Bias")
 
 
 def check_input(x, n_in: int):
