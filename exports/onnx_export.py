@@ -1,24 +1,35 @@
-"""ONNX graphs of an :class:`~models.eqprop_mlp.EqPropMLP`'s inference under a :class:`~quant.HardwareSpec`.
+"""ONNX graphs of an energy model's inference (:class:`~models.eqprop_mlp.EqPropMLP`,
+:class:`~models.skip_mlp.SkipEqPropMLP`, ...) under a :class:`~quant.HardwareSpec`.
 
 Inference is the free phase: ``T`` sweeps of the dynamics from the zero state, then
 ``prediction = argmax(s_out)`` (first index on ties, like ``torch.argmax`` and ``np.argmax``).
-One sweep (async: even layers ``0, 2, ...`` first, then odd ones; sync: all from the old state)::
+One sweep runs the model's update groups (``net.schedule()``: for the MLP, async = even layers
+``0, 2, ...`` then odd ones; sync = all from the old state); node ``i`` becomes
+``clamp(dPhi/ds_i, 0, 1)``, for the MLP::
 
     s_i <- clamp(W_i s_{i-1} + b_i + W_{i+1}^T s_{i+1}, 0, 1)      # s_{-1} = x, no W_{L} term for the output
+
+Each interaction term is built by a handler found through a table keyed by its type (like
+Brevitas' export handler per op): :data:`FLOAT_HANDLERS` for the ``float`` and ``qdq`` graphs
+(``Dense``: ``Gemm`` forward into ``post`` and transposed into ``pre``; ``Bias``), the integer
+lowering of :data:`hwsim.fixed_point.INT_KERNELS` for ``int``. A term type without a handler
+raises :class:`models.engine.UnsupportedError` naming the format, the term and what is supported.
+Static (input-only) contributions are computed once, outside the sweeps.
 
 Formats (``fmt``):
 
 * ``"float"`` -- float32 weights and states; any spec (the spec only travels in the metadata).
-* ``"qdq"``   -- weights as integer codes + scale through ``DequantizeLinear`` (opset 21): INT8,
-  INT4 (packed, two codes a byte), ternary codes ``{-1, 0, 1}`` stored as INT4, ``int`` kinds in
-  the smallest of INT4/INT8/INT16 holding ``bits``; the input and every state pass through
-  ``QuantizeLinear -> DequantizeLinear`` in the spec's state format (scale ``2**-frac_bits``,
-  zero point 0). ``QuantizeLinear`` rounds half to even, so ``qdq`` needs
-  ``spec.rounding == "nearest_even"``. This is the graph form of the torch fake-quant path
-  (:func:`exports.verify.fake_quant_free_phase`).
+* ``"qdq"``   -- the graph form of the one fake-quant path :func:`models.qat.qat_relax` (the
+  simulator's rules in float ops): weights as integer codes + scale through ``DequantizeLinear``
+  (opset 21; containers ``spec.weights.onnx_storage_bits``: INT8, INT4 packed two codes a byte,
+  ternary codes ``{-1, 0, 1}`` as INT4), feedback arrays ``W^T`` quantised as their own tensors,
+  biases as int32 codes on the accumulator grid (:func:`quant.bias_codes`), every term rounded to
+  the state LSB (``Round``, half to even), ``Clip``; the input and every state pass through
+  ``QuantizeLinear -> DequantizeLinear`` in the spec's state format (scale ``2**-frac_bits``, zero
+  point 0). Needs ``spec.rounding == "nearest_even"``.
 * ``"int"``   -- integer only (int64 tensors, ``MatMul``/``MatMulInteger``, ``Mod``, ``Clip``):
-  the integer semantics of :class:`hwsim.fixed_point.FixedPointMLP`, bit for bit
-  (see :func:`build_int_model`).
+  the integer semantics of :class:`hwsim.fixed_point.FixedPointMLP`, bit for bit, extra terms
+  (a skip coupling) included (see :func:`build_int_model`).
 
 The sweeps are unrolled ``T`` times (``loop=False``) or run by an ONNX ``Loop`` whose body is one
 sweep (``loop=True``); weights live in the outer graph either way.
