@@ -1,41 +1,52 @@
 #!/usr/bin/env python
-"""Run the eqprop-hwsim verification tracks (thin CLI over :mod:`tracks`).
+"""Run the eqprop-hwsim verification tracks (thin CLI over :mod:`tracks`; argparse subcommands).
 
-    python run_suite.py --list                 # id, slug, name, estimated time
+    python run_suite.py --list                 # id, slug, name, estimated time (= run_suite.py run --list)
     python run_suite.py --list --markdown      # the README track table
     python run_suite.py --all --quick          # every track, quick mode
-    python run_suite.py --track 2 int8 --seeds 0 1 --out runs/mine
+    python run_suite.py --track 2 int8 --seeds 0 1 --out runs/mine --set 2.n_images=20
+    python run_suite.py export --checkpoint net.pt --spec int8 --out net.onnx --verify 1000
+    python run_suite.py sweep --kinds prog --levels 0,0.05 --precisions int8 --jobs 2
 
-Exit status: 0 when every selected track passed, 1 when one failed, 2 on bad usage.
-Subcommands (``run_suite.py NAME ...``) dispatch through ``SUBCOMMANDS``.
+Subcommands: ``run`` (the default when the first argument is an option), ``export``, ``sweep``.
+Exit status: 0 success (every selected track passed), 1 a track or a verification failed, 2 bad
+usage or bad input (nothing run, nothing overwritten), 130 interrupted (Ctrl-C; results so far are
+kept and marked interrupted).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
+import signal
 import sys
 import time
 from typing import Callable
 
 import tracks
 
-#: ``run_suite.py NAME args...`` -> ``SUBCOMMANDS[NAME](args) -> exit status``. Others add e.g.
-#: ``"export"`` and ``"sweep"`` here; the default (no subcommand) is :func:`run_main`.
-SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {}
+#: subcommand name -> ``handler(parsed args, argv of the subcommand) -> exit status`` (filled below).
+SUBCOMMANDS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {}
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+_EPILOG = ("exit status: 0 success, 1 a track (or a verification) failed, 2 bad usage or bad input "
+           "(nothing run, nothing overwritten), 130 interrupted")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="run_suite.py", description="Run eqprop-hwsim verification tracks and write a report.",
-        epilog=("exit status: 0 all selected tracks passed, 1 a track failed, 2 bad usage. "
-                + (f"subcommands: {', '.join(sorted(SUBCOMMANDS))} (run_suite.py NAME --help)"
-                   if SUBCOMMANDS else "")))
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors return exit status 2 through :class:`_UsageExit` instead of exiting."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise _UsageExit(f"{self.prog}: error: {message}\ntry: {self.prog} --help")
+
+
+class _UsageExit(Exception):
+    pass
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     sel = p.add_argument_group("selection")
     sel.add_argument("--list", action="store_true", help="list tracks (id, slug, name, estimated time)")
     sel.add_argument("--markdown", action="store_true", help="with --list: print the README markdown table")
@@ -45,14 +56,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true", help="quick mode (smaller data, fewer steps)")
     run.add_argument("--out", metavar="DIR", help="output folder (default: new runs/YYYYmmdd-HHMMSS); "
                      "an existing non-empty folder is refused")
-    run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="S", help="seeds (default 0 1 2)")
+    run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="S",
+                     help="distinct seeds >= 0 (default 0 1 2)")
     run.add_argument("--data-dir", metavar="DIR", help="dataset root (also exported as EQPROP_DATA)")
-    run.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N, mps (default cpu)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N, mps (default cpu); "
+                     "an unavailable device is refused")
+    run.add_argument("--no-progress", action="store_true", help="no progress output")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="track override (repeatable; VALUE parsed as JSON, else a string), e.g. "
-                          "--set n_test=1000; each track documents the keys it accepts")
+                     help="track setting (repeatable; VALUE parsed as JSON, else a string), e.g. --set n_test=1000 "
+                          "(every selected track) or --set 17.n_test=1000 (one track); checked against the "
+                          "track's typed config before anything runs")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+
+
+def build_main_parser() -> argparse.ArgumentParser:
+    """``run_suite.py {run,export,sweep} ...`` with argparse subparsers."""
+    p = _Parser(prog="run_suite.py", description="eqprop-hwsim: verification tracks, ONNX export, noise sweeps. "
+                "Without a subcommand the arguments go to `run`.", epilog=_EPILOG)
+    sub = p.add_subparsers(dest="command", metavar="{run,export,sweep}")
+    _add_run_arguments(sub.add_parser("run", help="list or run tracks (default)", epilog=_EPILOG))
+    _add_export_arguments(sub.add_parser("export", help="export a checkpoint to ONNX", epilog=_EPILOG))
+    _add_sweep_arguments(sub.add_parser("sweep", help="analog noise sweep (resumable)", epilog=_EPILOG))
+    for sp in sub.choices.values():
+        sp.__class__ = _Parser
     return p
 
 
@@ -71,9 +97,9 @@ def _setup_logging(verbose: bool) -> None:
     lib.setLevel(logging.DEBUG if verbose else logging.INFO)  # INFO reaches suite.log, not the console
 
 
-def _usage_error(msg: str) -> int:
-    print(f"run_suite.py: error: {msg}", file=sys.stderr)
-    print("try: python run_suite.py --list, or --help", file=sys.stderr)
+def _usage_error(msg: str, prog: str = "run_suite.py") -> int:
+    print(f"{prog}: error: {msg}", file=sys.stderr)
+    print(f"try: python {prog} --help" + ("" if " " in prog else ", or --list"), file=sys.stderr)
     return EXIT_USAGE
 
 
@@ -120,10 +146,16 @@ class _Table:
               flush=True)
 
 
-def run_main(argv: list[str]) -> int:
-    """The default command: list or run tracks."""
-    parser = build_parser()
-    args = parser.parse_args(argv)  # exits 2 on bad arguments
+def _seeds_error(seeds: list[int]) -> str | None:
+    try:
+        tracks.runner.check_seeds(seeds)
+    except ValueError as e:
+        return f"--seeds: {e}"
+    return None
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    """``run``: list or run tracks."""
     _setup_logging(args.verbose)
     if args.markdown and not args.list:
         return _usage_error("--markdown only goes with --list")
@@ -137,6 +169,12 @@ def run_main(argv: list[str]) -> int:
         return _usage_error("nothing selected: use --all, --track ID [ID ...] or --list")
     if not _DEVICE.match(args.device):
         return _usage_error(f"--device {args.device!r}; allowed: cpu, cuda, cuda:N, mps")
+    try:
+        tracks.base.check_device(args.device)
+    except ValueError as e:
+        return _usage_error(f"--device: {e}")
+    if (msg := _seeds_error(args.seeds)) is not None:
+        return _usage_error(msg)
     try:
         selected = tracks.all_tracks() if args.all else [tracks.get_track(t) for t in args.track]
     except tracks.UnknownTrackError as e:
@@ -154,17 +192,13 @@ def run_main(argv: list[str]) -> int:
         if not os.path.isdir(data_dir):
             return _usage_error(f"--data-dir {args.data_dir} is not a folder")
         os.environ["EQPROP_DATA"] = data_dir  # child processes and data loaders see it too
-    overrides = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            return _usage_error(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
     try:
-        out = tracks.runner.prepare_out_dir(args.out)
+        overrides = tracks.parse_set_options(args.overrides)
+        tracks.resolve_overrides(unique, overrides, quick=args.quick)  # before any folder is made
+    except tracks.ConfigError as e:
+        return _usage_error(str(e))
+    try:
+        out = tracks.prepare_out_dir(args.out)
     except tracks.OutDirError as e:
         return _usage_error(str(e))
     table = _Table(unique)
@@ -173,11 +207,13 @@ def run_main(argv: list[str]) -> int:
     try:
         suite = tracks.run_tracks(
             unique, out, quick=args.quick, seeds=args.seeds, data_dir=data_dir, device=args.device,
-            overrides=overrides,
-            progress=not args.no_progress, argv=["run_suite.py", *argv], on_done=table.row)
+            overrides=overrides, progress=not args.no_progress, argv=["run_suite.py", *argv], on_done=table.row)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; results of the finished tracks are in {out}", file=sys.stderr)
-        return 130
+        print(f"\ninterrupted: results of the finished tracks are in {out} (marked interrupted; tracks not run "
+              "count as not passed)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (tracks.ConfigError, tracks.OutDirError, ValueError) as e:  # validated above; kept for races
+        return _usage_error(str(e))
     n_pass = sum(r.passed for r in suite.tracks)
     print(f"\n{n_pass}/{len(suite.tracks)} tracks passed in {time.perf_counter() - t0:.1f} s")
     for r in suite.failed:
@@ -186,86 +222,114 @@ def run_main(argv: list[str]) -> int:
     return EXIT_OK if suite.passed else EXIT_FAILED
 
 
-def _export_main(argv: list[str]) -> int:
-    """``run_suite.py export --checkpoint PATH --spec int8 --out model.onnx [--format int|qdq|float]``."""
-    p = argparse.ArgumentParser(prog="run_suite.py export",
-                                description="Export a trained EqPropMLP checkpoint to ONNX under a hardware spec.")
+def _add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = "Export a trained EqPropMLP checkpoint to ONNX under a hardware spec."
     p.add_argument("--checkpoint", required=True, help="checkpoint written by training (models.checkpoint)")
     p.add_argument("--spec", required=True, help="preset name (fp32, int8, int4, ternary) or a HardwareSpec .json")
     p.add_argument("--out", required=True, help="output .onnx path (never overwritten unless --overwrite)")
     p.add_argument("--format", dest="fmt", choices=("float", "qdq", "int"), default="int",
                    help="float graph, QDQ graph, or integer-only graph (default: int)")
-    p.add_argument("--steps", type=int, default=30, help="relaxation steps T (default 30)")
+    p.add_argument("--steps", type=int, default=30, help="relaxation steps T >= 1 (default 30)")
     p.add_argument("--loop", action="store_true", help="export the relaxation as an ONNX Loop (default: unrolled)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--verify", type=int, default=0, metavar="N",
-                   help="verify the file in onnxruntime on the first N MNIST test images")
+                   help="verify the graph in onnxruntime on the first N (1..10000) MNIST test images before "
+                        "it is written")
     p.add_argument("--data-dir", help="data root for --verify")
+
+
+def _export(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    prog = "run_suite.py export"
     try:
-        args = p.parse_args(argv)
-    except SystemExit as e:
-        return EXIT_USAGE if e.code else EXIT_OK
-    from tracks.harness.commands import export_model
-    try:
-        info = export_model(args.checkpoint, args.spec, args.out, fmt=args.fmt, n_steps=args.steps, loop=args.loop,
-                            overwrite=args.overwrite, verify_n=args.verify, data_dir=args.data_dir)
+        info = tracks.commands.export_model(
+            args.checkpoint, args.spec, args.out, fmt=args.fmt, n_steps=args.steps, loop=args.loop,
+            overwrite=args.overwrite, verify_n=args.verify, data_dir=args.data_dir)
     except (ValueError, FileExistsError, FileNotFoundError) as e:
-        return _usage_error(str(e))
-    print(f"wrote {info['path']} ({info['bytes']} bytes, spec {info['spec']})")
+        return _usage_error(str(e), prog)
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; nothing written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if "verify" in info:
         print("verification:", {k: v for k, v in info["verify"].items() if not isinstance(v, (list, dict))})
         if not info["verify"].get("passed", False):
-            print("verification FAILED", file=sys.stderr)
+            print(f"{prog}: verification FAILED; {args.out} was not written", file=sys.stderr)
             return EXIT_FAILED
+    print(f"wrote {info['path']} ({info['bytes']} bytes, spec {info['spec']})")
     return EXIT_OK
 
 
 def _floats(s: str) -> list[float]:
-    return [float(v) for v in s.split(",") if v]
+    return [float(v) for v in s.split(",") if v.strip()]
 
 
-def _sweep_main(argv: list[str]) -> int:
-    """``run_suite.py sweep --kinds prog,read --levels 0,0.02,0.05 --precisions int8,int4 --jobs 2``."""
-    p = argparse.ArgumentParser(prog="run_suite.py sweep",
-                                description="Analog noise sweep: accuracy vs noise kind x level x precision x seed "
-                                            "(resumable; appends to OUT/sweep.jsonl).")
+def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Analog noise sweep: accuracy vs noise kind x level x precision x seed (resumable: "
+                     "appends to OUT/sweep.jsonl; a resume must have the same inputs, else it is refused).")
     p.add_argument("--kinds", default="prog", help="comma list of noise kinds (default prog)")
     p.add_argument("--levels", default="0,0.01,0.02,0.05,0.1,0.2", help="comma list of noise levels")
     p.add_argument("--precisions", default="fp32,int8,int4", help="comma list of weight precisions")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="distinct seeds >= 0")
     p.add_argument("--out", default="runs/sweep", help="sweep folder (resumed if it exists)")
-    p.add_argument("--jobs", type=int, default=1, help="parallel processes")
+    p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (>= 1)")
     p.add_argument("--no-resume", action="store_true", help="refuse to reuse an existing sweep.jsonl")
-    p.add_argument("--model", help="model file (default: train one and cache it under OUT/cache)")
-    p.add_argument("--n-test", type=int, default=None, help="test images per point (default all 10k)")
+    p.add_argument("--model", help="EqPropMLP checkpoint (models.checkpoint, as export takes; default: train "
+                                   "one and cache it under OUT/cache)")
+    p.add_argument("--n-test", type=int, default=None, help="test images per point, 1..10000 (default all)")
     p.add_argument("--data-dir")
     p.add_argument("--no-progress", action="store_true")
+
+
+def _sweep(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    prog = "run_suite.py sweep"
     try:
-        args = p.parse_args(argv)
-    except SystemExit as e:
-        return EXIT_USAGE if e.code else EXIT_OK
-    from tracks.harness.commands import sweep
+        levels = _floats(args.levels)
+    except ValueError:
+        return _usage_error(f"--levels {args.levels!r}: expected a comma list of numbers, e.g. 0,0.05,0.1", prog)
     try:
-        res = sweep(kinds=args.kinds.split(","), levels=_floats(args.levels), precisions=args.precisions.split(","),
-                    seeds=args.seeds, out=args.out, jobs=args.jobs, resume=not args.no_resume, model=args.model,
-                    n_test=args.n_test, data_dir=args.data_dir, progress=not args.no_progress)
-    except (ValueError, FileExistsError) as e:
-        return _usage_error(str(e))
-    print(f"{len(res['records'])} points; plots: {', '.join(map(str, res['plots']))}")
+        res = tracks.commands.sweep(
+            kinds=[k.strip() for k in args.kinds.split(",") if k.strip()], levels=levels,
+            precisions=[k.strip() for k in args.precisions.split(",") if k.strip()], seeds=args.seeds,
+            out=args.out, jobs=args.jobs, resume=not args.no_resume, model=args.model, n_test=args.n_test,
+            data_dir=args.data_dir, progress=not args.no_progress)
+    except (ValueError, FileExistsError, tracks.DataError) as e:
+        return _usage_error(str(e), prog)
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; finished points are kept in {args.out}/sweep.jsonl (rerun the same "
+              "command to resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"{len(res['records'])} points; summary: {res['summary_path']}; plots: {', '.join(map(str, res['plots']))}")
     return EXIT_OK
 
 
-SUBCOMMANDS["export"] = _export_main
-SUBCOMMANDS["sweep"] = _sweep_main
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch ``argv[0]`` to a subcommand in ``SUBCOMMANDS``, else run :func:`run_main`."""
+    """Parse ``argv`` with the subcommand parser and run the command; arguments that start with an option
+    (or none) go to ``run``, so ``run_suite.py --all --quick`` is ``run_suite.py run --all --quick``.
+
+    ``run_suite.py -h`` shows the subcommands; ``run_suite.py run -h`` the options of ``run``.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SUBCOMMANDS:
-        return SUBCOMMANDS[argv[0]](argv[1:])
-    return run_main(argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["run", *argv]
+    try:
+        args = build_main_parser().parse_args(argv)
+    except _UsageExit as e:
+        print(e, file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as e:  # --help
+        return EXIT_OK if not e.code else EXIT_USAGE
+    if args.command is None:
+        build_main_parser().print_help()
+        return EXIT_USAGE
+    return SUBCOMMANDS[args.command](args, argv[1:])
+
+
+SUBCOMMANDS.update(run=_run, export=_export, sweep=_sweep)
+
+
+def _sigterm_as_interrupt(signum, frame):  # a batch scheduler's SIGTERM ends the run like Ctrl-C
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     sys.exit(main())

@@ -75,6 +75,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, train_config: 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The raw checkpoint dict, validated; raises :class:`CheckpointError` with the fix."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; give the checkpoint file (.pt)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (train one with models.train.train(..., checkpoint=PATH))")
     try:
@@ -89,6 +91,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     missing = {"model_class", "model_config", "state_dict"} - set(payload)
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {sorted(missing)}")
+    if not isinstance(payload["model_config"], dict):
+        raise CheckpointError(f"{path}: model_config is a {type(payload['model_config']).__name__}, expected a dict "
+                              "of the model's config fields; re-save it with models.checkpoint.save_checkpoint")
+    if not isinstance(payload["state_dict"], dict) or not all(
+            isinstance(v, torch.Tensor) for v in payload["state_dict"].values()):
+        raise CheckpointError(f"{path}: state_dict is not a dict of tensors; re-save it with "
+                              "models.checkpoint.save_checkpoint")
     return payload
 
 
@@ -100,7 +109,11 @@ def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32)
     if cls_name not in reg:
         raise CheckpointError(f"{path}: unknown model_class {cls_name!r}; supported: {sorted(reg)}")
     cls, cfg_cls = reg[cls_name]
-    model = cls(cfg_cls.from_dict(payload["model_config"])).to(dtype)
+    try:
+        config = cfg_cls.from_dict(payload["model_config"])
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: model_config does not describe a {cls_name}: {e}") from None
+    model = cls(config).to(dtype)
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as e:

@@ -24,6 +24,7 @@ from torch import nn
 from .checkpoint import read_checkpoint, save_checkpoint
 from .eqprop_mlp import NUDGINGS, EqPropMLP
 from .looped import LoopedMLP
+from .progress import progress as progress_bar
 
 log = logging.getLogger("eqprop_hwsim.models.train")
 
@@ -184,11 +185,8 @@ def train(net: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
         log.info("resumed %s at epoch %d", checkpoint, start_epoch)
     base_lrs = [g["lr"] for g in opt.param_groups]
     n = x_train.shape[0]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.epochs * math.ceil(n / cfg.batch_size), initial=start_epoch * math.ceil(n / cfg.batch_size),
-                   desc=f"train[{cfg.method}]", leave=False)
+    n_batches = math.ceil(n / cfg.batch_size)
+    bar = progress_bar(total=(cfg.epochs - start_epoch) * n_batches, enabled=progress, desc=f"train[{cfg.method}]")
     params = dict(net.named_parameters())
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.lr_schedule == "cosine":
@@ -211,8 +209,7 @@ def train(net: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
             cnt += len(idx)
             if callback is not None:
                 callback(epoch, bi, net)
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
         history["train_loss"].append(tot / cnt)
         history["lr"].append(opt.param_groups[0]["lr"])
         if x_val is not None:
@@ -221,8 +218,7 @@ def train(net: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
         if checkpoint is not None:
             save_checkpoint(checkpoint, net, train_config=cfg.to_dict(), metrics={"history": history},
                             epoch=epoch + 1, optimizer_state=opt.state_dict(), overwrite=True)
-    if bar is not None:
-        bar.close()
+    bar.close()
     return history
 
 

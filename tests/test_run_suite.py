@@ -69,5 +69,11 @@ def test_main_exit_codes_and_out_dir(two_tracks, tmp_path, capsys):
 
 def test_subcommand_dispatch(monkeypatch):
     seen = []
-    monkeypatch.setitem(run_suite.SUBCOMMANDS, "export", lambda argv: seen.append(argv) or 0)
-    assert run_suite.main(["export", "--x"]) == 0 and seen == [["--x"]]
+    monkeypatch.setitem(run_suite.SUBCOMMANDS, "export", lambda args, argv: seen.append((args.out, argv)) or 0)
+    assert run_suite.main(["export", "--checkpoint", "c", "--spec", "int8", "--out", "o"]) == 0
+    assert seen == [("o", ["--checkpoint", "c", "--spec", "int8", "--out", "o"])]
+    ran = []
+    monkeypatch.setitem(run_suite.SUBCOMMANDS, "run", lambda args, argv: ran.append((args.list, argv)) or 0)
+    assert run_suite.main(["--list"]) == 0 and run_suite.main(["run", "--list"]) == 0  # run is the default
+    assert ran == [(True, ["--list"]), (True, ["--list"])]
+    assert run_suite.main(["bogus"]) == 2

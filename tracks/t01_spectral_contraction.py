@@ -7,11 +7,12 @@ updates the Lipschitz bound ``(1-g) + g ||W_eff||_2`` is computed with the exact
 independently of the power-iteration estimate used inside the layer. Also measured: the free-phase
 residual after T steps and the test accuracy, for both runs.
 
-Overrides (tests): ``sn_gamma`` (e.g. 2.0 makes "SN" non-contracting: the broken path),
-``n_train``, ``epochs``.
+Settings: :class:`Config` (``QUICK`` / ``FULL``); ``sn_gamma=2.0`` makes "SN" non-contracting (the
+broken path the tests run).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -39,6 +40,30 @@ SPEC = TrackSpec(
 CONVERGENCE_STEPS = 200
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Settings of Track 1."""
+
+    n_train: int = 60000      # training images (seeded subset)
+    n_test: int = 10000       # test images (the first n_test)
+    epochs: int = 3           # BPTT epochs
+    hidden: int = 256         # hidden units of LoopedMLP 784-hidden-10
+    n_steps: int = 30         # relaxation steps T in training and evaluation
+    log_every: int = 50       # updates between two exact Lipschitz measurements
+    sn_gamma: float = 0.95    # spectral-norm target (> 1: the broken path)
+
+    def __post_init__(self) -> None:
+        for f in ("n_train", "n_test", "epochs", "hidden", "n_steps", "log_every"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{f}={getattr(self, f)} is invalid; allowed: an int >= 1")
+        if not self.sn_gamma > 0:
+            raise ValueError(f"sn_gamma={self.sn_gamma} is invalid; allowed: a float > 0")
+
+
+QUICK = Config(n_train=2000, n_test=2000, epochs=1, hidden=100, n_steps=20, log_every=5)
+FULL = Config()
+
+
 def _residual(net: LoopedMLP, x: torch.Tensor, n_steps: int) -> float:
     net.eval()
     _, info = net.relax(x, n_steps=n_steps, record_trace=True)
@@ -47,27 +72,22 @@ def _residual(net: LoopedMLP, x: torch.Tensor, n_steps: int) -> float:
 
 def run(ctx: TrackContext) -> TrackResult:
     seed = ctx.seeds[0]
-    ov = dict(ctx.overrides)
-    ctx.check_overrides({"sn_gamma", "n_train", "epochs"})
-    n_train = int(ov.get("n_train", 2000 if ctx.quick else 60000))
-    n_test = 2000 if ctx.quick else 10000
-    epochs = int(ov.get("epochs", 1 if ctx.quick else 3))
-    hidden = 100 if ctx.quick else 256
-    n_steps = 20 if ctx.quick else 30
-    log_every = 5 if ctx.quick else 50
+    c = ctx.settings(QUICK, FULL)
+    device = ctx.torch_device
+    n_train, n_test, epochs, hidden, n_steps, log_every = c.n_train, c.n_test, c.epochs, c.hidden, c.n_steps, c.log_every
     x, y = load_dataset("mnist", "train", ctx.data_dir)
     xt, yt = load_dataset("mnist", "test", ctx.data_dir)
     idx = np.random.default_rng(seed).permutation(x.shape[0])[:n_train]
-    x, y = torch.as_tensor(x[idx]), torch.as_tensor(y[idx])
-    xt, yt = torch.as_tensor(xt[:n_test]), torch.as_tensor(yt[:n_test])
+    x, y = torch.as_tensor(x[idx]).to(device), torch.as_tensor(y[idx]).to(device)
+    xt, yt = torch.as_tensor(xt[:n_test]).to(device), torch.as_tensor(yt[:n_test]).to(device)
     cfg = TrainConfig(method="bptt", epochs=epochs, batch_size=100, optimizer="adam", lr=1e-3,
                       n_free_steps=n_steps, seed=seed)
     metrics: dict = {}
     curves: dict[str, list[tuple[int, float]]] = {}
     for tag, sn, method in (("sn", True, "exact"), ("sn_power", True, "power"), ("no_sn", False, "exact")):
         lc = LoopedConfig(n_in=784, n_hidden=hidden, n_out=10, gate=0.5, spectral_norm=sn, sn_method=method,
-                          sn_gamma=float(ov.get("sn_gamma", 0.95)), init_gain=1.0)
-        net = LoopedMLP(lc, seed=seed)
+                          sn_gamma=c.sn_gamma, init_gain=1.0)
+        net = LoopedMLP(lc, seed=seed).to(device)
         curve = [(0, net.lipschitz())]
         state = {"n": 0}
 

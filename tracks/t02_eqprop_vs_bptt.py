@@ -13,6 +13,7 @@ Overrides (tests): ``skip_nudge=True`` contrasts the free state with itself (the
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -43,6 +44,28 @@ TOL = {torch.float64: 1e-12, torch.float32: 1e-6}
 MAX_STEPS = 5000
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Settings of Track 2."""
+
+    n_images: int = 100                 # MNIST training images in the batch
+    nets: tuple[str, ...] = ("1h", "2h")  # networks of NETS to compare
+    float32: bool = True                # also compare in float32 (float64 always)
+    extra_betas: bool = True            # also beta = 1e-4 (reported, not in the criterion's grid)
+    skip_nudge: bool = False            # contrast the free state with itself (the broken path of the tests)
+
+    def __post_init__(self) -> None:
+        if self.n_images < 1:
+            raise ValueError(f"n_images={self.n_images} is invalid; allowed: an int >= 1")
+        bad = [k for k in self.nets if k not in NETS]
+        if bad or not self.nets:
+            raise ValueError(f"nets={list(self.nets)} is invalid; allowed: a non-empty subset of {list(NETS)}")
+
+
+QUICK = Config(n_images=10, float32=False, extra_betas=False)
+FULL = Config()
+
+
 def _batch(n: int, seed: int, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = load_dataset("mnist", "train", data_dir)
     idx = np.random.default_rng(seed).choice(x.shape[0], size=n, replace=False)
@@ -59,16 +82,18 @@ def _eqprop(net, x, y, beta, mode, dtype, skip_nudge):
 
 def run(ctx: TrackContext) -> TrackResult:
     seed = ctx.seeds[0]
-    n = 10 if ctx.quick else 100
-    ctx.check_overrides({"skip_nudge", "nets"})
-    skip_nudge = bool(ctx.overrides.get("skip_nudge", False))
-    nets = {k: NETS[k] for k in ctx.overrides.get("nets", NETS)}
-    dtypes = (torch.float64,) if ctx.quick else (torch.float64, torch.float32)
-    betas = BETA_GRID if ctx.quick else BETA_GRID + BETA_EXTRA
+    c = ctx.settings(QUICK, FULL)
+    device = ctx.torch_device
+    n = c.n_images
+    skip_nudge = c.skip_nudge
+    nets = {k: NETS[k] for k in c.nets}
+    dtypes = (torch.float64, torch.float32) if c.float32 else (torch.float64,)
+    betas = BETA_GRID + BETA_EXTRA if c.extra_betas else BETA_GRID
     x64, y = _batch(n, seed, ctx.data_dir)
+    x64, y = x64.to(device), y.to(device)
     rows, metrics, notes = [], {}, []
     for tag, sizes in nets.items():
-        net64 = EqPropMLP(EqPropConfig(sizes=sizes), seed=seed).double()
+        net64 = EqPropMLP(EqPropConfig(sizes=sizes), seed=seed).double().to(device)
         s, info = net64.free_phase(x64, n_steps=MAX_STEPS, tol=TOL[torch.float64])
         metrics[f"free_residual_{tag}"] = float(info.residual.max())
         metrics[f"free_steps_{tag}"] = int(info.steps.max())
@@ -83,7 +108,7 @@ def run(ctx: TrackContext) -> TrackResult:
         metrics[f"sync_residual_400_{tag}"] = float(info_sync.residual.max())
         metrics[f"async_residual_400_{tag}"] = float(info_async.residual.max())
         metrics[f"sync_frac_cycling_{tag}"] = float(info_sync.cycling.float().mean())
-        net32 = EqPropMLP(EqPropConfig(sizes=sizes))
+        net32 = EqPropMLP(EqPropConfig(sizes=sizes)).to(device)
         net32.load_state_dict({k: v.float() for k, v in net64.state_dict().items()})
         best = -np.inf
         for dtype, net in ((torch.float64, net64), (torch.float32, net32)):

@@ -14,9 +14,8 @@ ex-situ weights left as programmed.
 Criteria: ``recovered_fraction >= 0.5``; ``fault_gap_points >= 2`` (the faults really hurt: with
 the fault injection bypassed the gap is ~0 and the track fails).
 
-Overrides: ``disable_noise`` (bypass fault and drift injection: the failure test), ``stuck_frac``,
-``insitu_steps``, ``eval_every``, ``lr``, ``beta``, ``control`` (also run the in-situ steps on the fault-free
-chip, ``acc_clean_after_insitu``; default on in full runs), ``n_test``, ``model`` (see :func:`tracks.sweep.track_model`).
+Settings: :class:`Config` (``QUICK`` / ``FULL``); ``disable_noise`` bypasses fault and drift
+injection (the failure test).
 """
 from __future__ import annotations
 
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from models.progress import progress as progress_bar
 
 from hwsim.analog import AnalogCrossbarMLP, AnalogSimConfig, adc_range_for
 from quant.presets import get_preset
@@ -36,7 +35,7 @@ from tracks.harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from tracks.data import load_dataset
 from tracks.harness.stats import mean_ci95
 from tracks.harness.threads import torch_threads
-from tracks.sweep import track_model
+from tracks.sweep import check_model_settings, track_model
 
 log = logging.getLogger("eqprop_hwsim.tracks.t03")
 
@@ -80,7 +79,7 @@ def heal_one_seed(net, x_tr, y_tr, x_te, y_te, *, seed: int, stuck_frac: float, 
     lrs = list(lr) + [lr[-1]] * (chip.n_layers - len(lr))
     gen = torch.Generator().manual_seed(1000 + seed)
     curve = [{"step": 0, "accuracy": acc_faulty}]
-    for t in tqdm(range(1, steps + 1), disable=not progress, desc=f"in-situ seed {seed}"):
+    for t in progress_bar(range(1, steps + 1), enabled=progress, desc=f"in-situ seed {seed}"):
         idx = torch.randint(0, x_tr.shape[0], (batch_size,), generator=gen)
         g = chip.eqprop_grads(x_tr[idx], y_tr[idx], beta=beta, n_free_steps=20, n_nudge_steps=8)
         chip.apply_update([-lrs[i] * gi for i, gi in enumerate(g)])
@@ -122,27 +121,55 @@ def _plot(results, path: Path) -> Path:
     return path
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Settings of Track 3."""
+
+    n_test: int = 10000              # test images (the first n_test)
+    insitu_steps: int = 400          # in-situ EqProp updates (batches of 100) on the faulty chip
+    eval_every: int | None = None    # updates between two accuracy measurements (None: insitu_steps // 10)
+    lr: tuple[float, ...] | None = None  # in-situ learning rate per layer (None: the ex-situ model's)
+    beta: float = 0.5                # nudging strength (symmetric)
+    stuck_frac: float = 0.10         # fraction of stuck devices (half at g_min, half at g_max)
+    control: bool = True             # also run the in-situ steps on the fault-free chip
+    disable_noise: bool = False      # bypass fault and drift injection (the failure test)
+    torch_threads: int = 1           # torch threads while the track runs
+    model: dict = dataclasses.field(default_factory=dict)  # ex-situ model settings (tracks.sweep.track_model)
+
+    def __post_init__(self) -> None:
+        for f in ("n_test", "insitu_steps", "torch_threads"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{f}={getattr(self, f)} is invalid; allowed: an int >= 1")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ValueError(f"eval_every={self.eval_every} is invalid; allowed: an int >= 1 or null")
+        if not 0.0 <= self.stuck_frac <= 1.0:
+            raise ValueError(f"stuck_frac={self.stuck_frac} is invalid; allowed: a fraction in [0, 1]")
+        if not self.beta > 0:
+            raise ValueError(f"beta={self.beta} is invalid; allowed: a float > 0")
+        check_model_settings(self.model)
+
+
+QUICK = Config(n_test=1000, insitu_steps=60, eval_every=10, control=False)
+FULL = Config()
+
+
 def run(ctx: TrackContext) -> TrackResult:
-    with torch_threads(int(ctx.overrides.get("torch_threads", 1))):
-        return _run(ctx)
+    c = ctx.settings(QUICK, FULL)
+    with torch_threads(c.torch_threads):
+        return _run(ctx, c)
 
 
-def _run(ctx: TrackContext) -> TrackResult:
-    ov = ctx.overrides
-    disable = bool(ov.get("disable_noise", False))
-    stuck_frac = float(ov.get("stuck_frac", 0.10))
-    if not 0.0 <= stuck_frac <= 1.0:
-        raise ValueError(f"overrides['stuck_frac']={stuck_frac} is invalid; allowed: a fraction in [0, 1]")
-    net, _, settings = track_model(ctx)
+def _run(ctx: TrackContext, c: Config) -> TrackResult:
+    disable = c.disable_noise
+    stuck_frac = c.stuck_frac
+    net, _, settings = track_model(ctx, c.model)
     net = net.double()
     seeds = tuple(ctx.seeds[:1]) if ctx.quick else tuple(ctx.seeds)
-    n_test = ov.get("n_test", 1000 if ctx.quick else 10000)
-    steps = int(ov.get("insitu_steps", 60 if ctx.quick else 400))
-    eval_every = int(ov.get("eval_every", max(1, steps // (6 if ctx.quick else 10))))
-    if steps < 1 or eval_every < 1:
-        raise ValueError(f"insitu_steps={steps}, eval_every={eval_every} are invalid; allowed: ints >= 1")
-    lr = tuple(ov.get("lr", settings["lr"]))
-    beta = float(ov.get("beta", 0.5))
+    n_test = c.n_test
+    steps = c.insitu_steps
+    eval_every = c.eval_every if c.eval_every is not None else max(1, steps // 10)
+    lr = tuple(c.lr if c.lr is not None else settings["lr"])
+    beta = c.beta
     xte, yte = load_dataset("mnist", "test", data_dir=ctx.data_dir)
     xte, yte = torch.as_tensor(np.asarray(xte[:n_test]), dtype=torch.float64), torch.as_tensor(np.asarray(yte[:n_test]))
     xtr, ytr = load_dataset("mnist", "train", data_dir=ctx.data_dir)
@@ -150,7 +177,7 @@ def _run(ctx: TrackContext) -> TrackResult:
     xtr, ytr = torch.as_tensor(np.asarray(xtr[:n_tr]), dtype=torch.float64), torch.as_tensor(np.asarray(ytr[:n_tr]))
     results = [heal_one_seed(net, xtr, ytr, xte, yte, seed=s, stuck_frac=stuck_frac, steps=steps,
                              eval_every=eval_every, lr=lr, beta=beta, batch_size=100, disable=disable,
-                             progress=ctx.progress, control=bool(ov.get("control", not ctx.quick))) for s in seeds]
+                             progress=ctx.progress, control=c.control) for s in seeds]
 
     def mean(k):
         return mean_ci95([r[k] for r in results])
@@ -179,7 +206,7 @@ def _run(ctx: TrackContext) -> TrackResult:
              f"{T_INFERENCE_S:g} s with nu spread {DRIFT_NU_STD} and global compensation; in-situ EqProp "
              f"{steps} batches of 100, lr {lr}, beta {beta}, symmetric nudging, on the noisy chip"]
     if disable:
-        notes.append("fault and drift injection disabled through ctx.overrides['disable_noise'] (failure test)")
+        notes.append("fault and drift injection disabled by the disable_noise setting (failure test)")
     if math.isnan(rec):
         notes.append("no accuracy gap between the clean and faulty chip: recovered_fraction undefined (nan)")
     return TrackResult(metrics=metrics, artifacts=[str(plot)], notes=notes)

@@ -1,13 +1,13 @@
-"""Track 4: on-chip EqProp learning on a simulated Ternary chip (shared code: :mod:`tracks.quantized`).
+"""Track 4: on-chip EqProp learning on a simulated Ternary chip (shared code: :mod:`tracks.shared.quantized`).
 
 Float EqProp vs post-training quantisation, QAT, and on-chip integer EqProp fine-tuning in the
-fixed-point simulator under the ``ternary`` preset, on real MNIST; see :mod:`tracks.quantized` for the
-procedure, the metrics and the overrides.
+fixed-point simulator under the ``ternary`` preset, on real MNIST; see :mod:`tracks.shared.quantized` for the
+procedure, the metrics and the settings.
 """
 from __future__ import annotations
 
 from .harness.base import TrackContext, TrackResult
-from .shared.quantized import make_spec, run_quantized
+from .shared.quantized import FULL, QUICK, make_spec, run_quantized  # noqa: F401 (typed config)
 
 PRESET = "ternary"
 SPEC = make_spec(4, "ternary", "Ternary EqProp: PTQ, QAT and on-chip learning", PRESET)

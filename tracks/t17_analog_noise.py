@@ -15,9 +15,10 @@ Criteria: ``acc_drop_prog5 <= 1`` point (int8, 5 % programming noise); ``acc_dro
 points (the noise was really injected: a bypassed noise path gives 0 and fails); the noise-free
 cosine at the best beta ``>= 0.9`` (the analog EqProp estimate is a gradient at all).
 
-Overrides (``ctx.overrides``): ``disable_noise`` (bypass every noise injection: the failure test),
-``jobs`` (sweep worker processes), ``n_test``, ``precisions``, ``betas``, ``grad_noise``, ``torch_threads``,
-``model`` (see :func:`tracks.sweep.track_model`).
+Settings: :class:`Config` (``QUICK`` / ``FULL``); ``disable_noise`` bypasses every noise injection
+(the failure test). A training run that diverged (non-finite weights) fails the track with that
+reason; a chip at chance accuracy fails ``acc_chip_int8_clean`` (a drop of 0 between two chance
+accuracies is no pass).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from quant.presets import get_preset
 from tracks.harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from tracks.data import load_dataset
 from tracks.harness.threads import torch_threads
-from tracks.sweep import evaluate_point, grid, plot_sweep, run_sweep, summarize, track_model
+from tracks.sweep import check_model_settings, evaluate_point, grid, plot_sweep, run_sweep, summarize, track_model
 
 log = logging.getLogger("eqprop_hwsim.tracks.t17")
 
@@ -50,6 +51,7 @@ SPEC = TrackSpec(
         Criterion("acc_drop_prog5", "<=", 1.0),
         Criterion("acc_drop_prog20", ">=", 2.0),
         Criterion("grad_cosine_best_noise0", ">=", 0.9),
+        Criterion("acc_chip_int8_clean", ">=", 0.5),  # a chip at chance makes every drop 0: no pass
     ),
     est_seconds_full=1800.0,
     est_seconds_quick=45.0,
@@ -61,6 +63,7 @@ READ_LEVELS_QUICK = (0.0, 0.01, 0.05)
 BETAS = (0.05, 0.1, 0.2, 0.5, 1.0)
 GRAD_NOISE_FULL = (0.0, 0.002, 0.005, 0.01, 0.02)
 GRAD_NOISE_QUICK = (0.0, 0.005, 0.02)
+DIVERGED_BELOW_ACC = 0.3  # float accuracy below this (chance is 0.1): training diverged, the drops mean nothing
 
 
 def _drop(rows, kind, prec, level) -> float:
@@ -114,28 +117,64 @@ def _plot_grad(rows, path: Path) -> Path:
     return path
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Settings of Track 17."""
+
+    n_test: int | None = None                   # test images per sweep point (None: all 10k)
+    precisions: tuple[str, ...] = ("fp32", "int8", "int4")  # weight precisions of the programming sweep
+    read_levels: tuple[float, ...] = READ_LEVELS_FULL  # read-noise levels (INT8)
+    betas: tuple[float, ...] = BETAS            # nudging strengths of the gradient-quality scan
+    grad_noise: tuple[float, ...] = GRAD_NOISE_FULL  # read-noise levels of the gradient-quality scan
+    grad_batch: int = 200                       # training images of the gradient-quality batch
+    jobs: int = 1                               # sweep worker processes
+    torch_threads: int = 1                      # torch threads while the track runs
+    disable_noise: bool = False                 # bypass every noise injection (the failure test)
+    model: dict = dataclasses.field(default_factory=dict)  # model settings (tracks.sweep.track_model)
+
+    def __post_init__(self) -> None:
+        from quant.presets import list_presets
+        if self.n_test is not None and self.n_test < 1:
+            raise ValueError(f"n_test={self.n_test} is invalid; allowed: an int >= 1 or null (all)")
+        for f in ("grad_batch", "jobs", "torch_threads"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{f}={getattr(self, f)} is invalid; allowed: an int >= 1")
+        if "int8" not in self.precisions or not set(self.precisions) <= set(list_presets()):
+            raise ValueError(f"precisions={list(self.precisions)} is invalid; allowed: presets of "
+                             f"{list_presets()}, including 'int8' (the headline metric)")
+        for f in ("read_levels", "grad_noise", "betas"):
+            if not getattr(self, f):
+                raise ValueError(f"{f} is empty; allowed: at least one value")
+        if not {0.0, 0.01} <= set(self.read_levels) or 0.0 not in self.grad_noise:
+            raise ValueError(f"read_levels={list(self.read_levels)}, grad_noise={list(self.grad_noise)}: read_levels "
+                             "must include 0.0 and 0.01 (acc_drop_read1), grad_noise 0.0 (the reference level)")
+        check_model_settings(self.model)
+
+
+QUICK = Config(n_test=1000, read_levels=READ_LEVELS_QUICK, grad_noise=GRAD_NOISE_QUICK, grad_batch=64)
+FULL = Config()
+
+
 def run(ctx: TrackContext) -> TrackResult:
-    with torch_threads(int(ctx.overrides.get("torch_threads", 1))):
-        return _run(ctx)
+    c = ctx.settings(QUICK, FULL)
+    with torch_threads(c.torch_threads):
+        return _run(ctx, c)
 
 
-def _run(ctx: TrackContext) -> TrackResult:
-    ov = ctx.overrides
-    disable = bool(ov.get("disable_noise", False))
-    net, model_path, settings = track_model(ctx)
+def _run(ctx: TrackContext, c: Config) -> TrackResult:
+    disable = c.disable_noise
+    net, model_path, settings = track_model(ctx, c.model)
     seeds = tuple(ctx.seeds[:1]) if ctx.quick else tuple(ctx.seeds)
-    n_test = ov.get("n_test", 1000 if ctx.quick else None)
-    precisions = tuple(ov.get("precisions", ("fp32", "int8", "int4")))
-    if "int8" not in precisions:
-        raise ValueError(f"overrides['precisions']={precisions}: 'int8' is required (the headline metric)")
+    n_test = c.n_test
+    precisions = c.precisions
     out = Path(ctx.out_dir) / "t17"
     base = get_preset("analog_pcm").analog
     context = {"model_path": str(model_path), "data_dir": ctx.data_dir, "dataset": "mnist", "n_test": n_test,
                "n_steps": 30, "base_analog": base.to_dict(), "adc_preact_range": 2.0, "disable_noise": disable}
-    read_levels = READ_LEVELS_QUICK if ctx.quick else READ_LEVELS_FULL
+    read_levels = c.read_levels
     points = grid(("prog",), PROG_LEVELS, precisions, seeds) + grid(("read",), read_levels, ("int8",), seeds)
     jsonl = out / ("sweep_disabled.jsonl" if disable else "sweep.jsonl")
-    records = run_sweep(points, evaluate_point, context, jsonl, jobs=int(ov.get("jobs", 1)), resume=True,
+    records = run_sweep(points, evaluate_point, context, jsonl, jobs=c.jobs, resume=True,
                         progress=ctx.progress)
     rows = summarize(records)
 
@@ -148,17 +187,16 @@ def _run(ctx: TrackContext) -> TrackResult:
 
     # gradient quality vs beta and read noise (a training batch)
     xtr, ytr = load_dataset("mnist", "train", data_dir=ctx.data_dir)
-    nb = 64 if ctx.quick else 200
+    nb = c.grad_batch
     xg, yg = torch.as_tensor(np.asarray(xtr[-nb:]), dtype=torch.float64), torch.as_tensor(np.asarray(ytr[-nb:]))
-    betas = tuple(ov.get("betas", BETAS))
-    grad_noise = tuple(ov.get("grad_noise", GRAD_NOISE_QUICK if ctx.quick else GRAD_NOISE_FULL))
+    betas, grad_noise = c.betas, c.grad_noise
     grows = gradient_quality(net, xg, yg, betas=betas, noise_levels=grad_noise,
                              seeds=seeds, n_free_steps=30, n_nudge_steps=15, disable_noise=disable)
     best = {}
     for noise in sorted({r["read_noise"] for r in grows}):
-        rr = [r for r in grows if r["read_noise"] == noise]
-        b = max(rr, key=lambda r: r["cos_mean"])
-        best[noise] = b
+        rr = [r for r in grows if r["read_noise"] == noise and np.isfinite(r["cos_mean"])]
+        # all-NaN cosines (diverged weights): no best beta, NaN metrics (never a pass)
+        best[noise] = max(rr, key=lambda r: r["cos_mean"]) if rr else {"beta": float("nan"), "cos_mean": float("nan")}
     best_rows = [{"read_noise": k, "best_beta": v["beta"], "cos_mean": v["cos_mean"]} for k, v in best.items()]
 
     plots = [plot_sweep(rows, "prog", ctx.plots_dir / "t17_prog_noise.png",
@@ -191,5 +229,11 @@ def _run(ctx: TrackContext) -> TrackResult:
              "best beta per read-noise level: " + ", ".join(f"{100 * r['read_noise']:g}% -> {r['best_beta']:g}"
                                                            for r in best_rows)]
     if disable:
-        notes.append("noise injection disabled through ctx.overrides['disable_noise'] (failure test)")
-    return TrackResult(metrics=metrics, artifacts=[str(p) for p in plots], notes=notes)
+        notes.append("noise injection disabled by the disable_noise setting (failure test)")
+    failure = None
+    cos0 = metrics["grad_cosine_best_noise0"]
+    if not (np.isfinite(acc_float) and acc_float >= DIVERGED_BELOW_ACC) or not np.isfinite(cos0):
+        failure = (f"the trained model diverged or did not learn: float accuracy {acc_float:.3f} (chance 0.1), "
+                   f"noise-free gradient cosine {cos0}; lower the learning rate (--set model='{{\"lr\": [0.2, 0.1]}}')")
+        notes.append(failure)
+    return TrackResult(metrics=metrics, artifacts=[str(p) for p in plots], notes=notes, failure=failure)

@@ -1,13 +1,13 @@
-"""Track 19: on-chip EqProp learning on a simulated INT4 chip (shared code: :mod:`tracks.quantized`).
+"""Track 19: on-chip EqProp learning on a simulated INT4 chip (shared code: :mod:`tracks.shared.quantized`).
 
 Float EqProp vs post-training quantisation, QAT, and on-chip integer EqProp fine-tuning in the
-fixed-point simulator under the ``int4`` preset, on real MNIST; see :mod:`tracks.quantized` for the
-procedure, the metrics and the overrides.
+fixed-point simulator under the ``int4`` preset, on real MNIST; see :mod:`tracks.shared.quantized` for the
+procedure, the metrics and the settings.
 """
 from __future__ import annotations
 
 from .harness.base import TrackContext, TrackResult
-from .shared.quantized import make_spec, run_quantized
+from .shared.quantized import FULL, QUICK, make_spec, run_quantized  # noqa: F401 (typed config)
 
 PRESET = "int4"
 SPEC = make_spec(19, "int4", "INT4 EqProp: PTQ, QAT and on-chip learning", PRESET)

@@ -25,13 +25,14 @@ thresholds are in the metrics as ``required_*``): EqProp test accuracy >= 0.97 (
 <= 0.01 (full) / 0.05 (quick). The project targets are higher (98.5 %, within 0.3 pt of BP, 89.5 %);
 the measured values are reported either way.
 
-``ctx.overrides`` (for tests): ``datasets``, ``methods`` (tuples; a subset leaves the other metrics
-out, so the criteria on them fail), ``n_train``, ``n_val``, ``n_test``, ``epochs``
-(ints), ``net_hook`` (callable ``hook(net, method)`` applied to each new network before training:
+Settings: :class:`Config` (``QUICK`` / ``FULL``): ``datasets``, ``methods`` (a subset leaves the other
+metrics out, so the criteria on them fail), ``n_train``, ``n_val``, ``n_test``, ``epochs``, and from
+the API only ``net_hook`` (callable ``hook(net, method)`` applied to each new network before training:
 inject a broken component, e.g. an EqProp estimate without its nudged phase).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -67,21 +68,47 @@ SPEC = TrackSpec(
 
 DATASETS = {"mnist": "mnist", "fashion_mnist": "fmnist"}  # dataset name -> metric prefix
 METHODS = {"eqprop": "eqprop", "bptt": "bp"}  # TrainConfig.method -> metric suffix
-FULL = dict(n_train=None, n_val=5000, n_test=None, epochs=10)
-QUICK = dict(n_train=2000, n_val=500, n_test=2000, epochs=3)
-FULL_EPOCHS = FULL["epochs"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Settings of Track 25."""
+
+    n_train: int | None = None     # training images after the validation split (None: all)
+    n_val: int = 5000              # validation images carved from train
+    n_test: int | None = None      # test images (None: all 10k)
+    epochs: int = 10               # training epochs per run
+    datasets: tuple[str, ...] = tuple(DATASETS)  # datasets to train on
+    methods: tuple[str, ...] = tuple(METHODS)    # training methods
+    net_hook: Callable | None = None  # API only: hook(net, method) before training (failure tests)
+
+    def __post_init__(self) -> None:
+        for f in ("n_train", "n_test"):
+            v = getattr(self, f)
+            if v is not None and v < 1:
+                raise ValueError(f"{f}={v} is invalid; allowed: an int >= 1 or null (all)")
+        if self.n_val < 1 or self.epochs < 1:
+            raise ValueError(f"n_val={self.n_val}, epochs={self.epochs} are invalid; allowed: ints >= 1")
+        if not self.datasets or any(d not in DATASETS for d in self.datasets):
+            raise ValueError(f"datasets={list(self.datasets)} is invalid; allowed: a non-empty subset of {list(DATASETS)}")
+        if not self.methods or any(m not in METHODS for m in self.methods):
+            raise ValueError(f"methods={list(self.methods)} is invalid; allowed: a non-empty subset of {list(METHODS)}")
+
+
+FULL = Config()
+QUICK = Config(n_train=2000, n_val=500, n_test=2000, epochs=3)
+FULL_EPOCHS = FULL.epochs
 REQUIRED_FULL = {"mnist": 0.97, "fmnist": 0.85, "mnist_gap": 0.01}
 REQUIRED_QUICK = {"mnist": 0.80, "fmnist": 0.65, "mnist_gap": 0.05}
 TRAIN_THREADS = 1  # batch-100 sweeps are too small for intra-op threads; on a shared machine OpenMP
 #                    worker spin-waiting multiplied CPU time several-fold (measured under load)
-_OVERRIDES = {"datasets", "methods", "n_train", "n_val", "n_test", "epochs", "net_hook"}
 
 
 def _train_one(ds: str, method: str, seed: int, data: dict[str, torch.Tensor], epochs: int, ctx: TrackContext,
                hook: Callable | None, ckpt_dir: Path) -> dict[str, Any]:
     prefix = DATASETS[ds]
     cfg = get_recipe(f"{prefix}_784_512_10_{method}", epochs=epochs, seed=seed)
-    net = EqPropMLP(EqPropConfig(sizes=SIZES), seed=seed)
+    net = EqPropMLP(EqPropConfig(sizes=SIZES), seed=seed).to(ctx.torch_device)
     if hook is not None:
         hook(net, method)
     with torch_threads(TRAIN_THREADS):
@@ -104,7 +131,10 @@ def _load(ds: str, ctx: TrackContext, n_train, n_val, n_test) -> dict[str, torch
     x_te, y_te = load_dataset(ds, "test", ctx.data_dir)
     if n_test is not None:
         x_te, y_te = x_te[:n_test], y_te[:n_test]
-    t = torch.from_numpy
+    dev = ctx.torch_device
+
+    def t(a):
+        return torch.from_numpy(a).to(dev)
     return {"x_tr": t(x_tr), "y_tr": t(y_tr), "x_val": t(x_val), "y_val": t(y_val), "x_te": t(x_te), "y_te": t(y_te)}
 
 
@@ -134,20 +164,9 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def run(ctx: TrackContext) -> TrackResult:
-    ctx.check_overrides(_OVERRIDES)
-    ov = ctx.overrides
-    base = QUICK if ctx.quick else FULL
-    n_train, n_val, n_test, epochs = (ov.get(k, base[k]) for k in ("n_train", "n_val", "n_test", "epochs"))
-    datasets = tuple(ov.get("datasets", tuple(DATASETS)))
-    bad = [d for d in datasets if d not in DATASETS]
-    if bad or not datasets:
-        raise ValueError(f"t25: datasets={datasets}; allowed: {tuple(DATASETS)}")
-    methods = tuple(ov.get("methods", tuple(METHODS)))
-    if not methods or any(m not in METHODS for m in methods):
-        raise ValueError(f"t25: methods={methods}; allowed: {tuple(METHODS)}")
-    hook = ov.get("net_hook")
-    if hook is not None and not callable(hook):
-        raise ValueError("t25: override net_hook must be callable hook(net, method)")
+    c = ctx.settings(QUICK, FULL)
+    n_train, n_val, n_test, epochs = c.n_train, c.n_val, c.n_test, c.epochs
+    datasets, methods, hook = c.datasets, c.methods, c.net_hook
     seeds = tuple(ctx.seeds[:1]) if ctx.quick else tuple(ctx.seeds)
     if not seeds:
         raise ValueError("t25: ctx.seeds is empty; give at least one seed")

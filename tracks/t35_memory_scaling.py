@@ -26,12 +26,14 @@ Metrics: ``mem_ratio_t30`` (EqProp / BPTT step bytes at T=30), ``eqprop_mem_grow
 T of EqProp's step bytes), ``bptt_mem_growth``, ``bptt_bytes_per_sweep`` (least-squares slope), a
 table ``rows`` and a plot.
 
-``ctx.overrides`` (for tests): ``t_values`` (tuple of T), ``batch_size`` (int), ``repeats`` (int),
+Settings: :class:`Config` (``QUICK`` / ``FULL``): ``t_values``, ``batch_size``, ``repeats``,
 ``eqprop_variant`` (``"standard"`` or ``"keep_trajectory"``: an EqProp step that also keeps every
 state of its relaxations alive until the step ends, as BPTT must: a broken EqProp memory path).
+The probes run on the CPU (peak RSS of a subprocess); ``--device`` does not apply.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -73,7 +75,31 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESH
               "MALLOC_ARENA_MAX": "1"}
 """glibc tunables of the probe process: big buffers mmapped, freed heap memory trimmed at once."""
 EQPROP_VARIANTS = ("standard", "keep_trajectory")
-_OVERRIDES = {"t_values", "batch_size", "repeats", "eqprop_variant"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Settings of Track 35."""
+
+    t_values: tuple[int, ...] = T_FULL   # relaxation steps T measured (must include 30)
+    batch_size: int = BATCH_SIZE         # images per training step
+    repeats: int = REPEATS_FULL          # probe subprocesses per point (median)
+    eqprop_variant: str = "standard"     # "keep_trajectory": the broken EqProp memory path
+
+    def __post_init__(self) -> None:
+        if len(self.t_values) < 2 or 30 not in self.t_values or min(self.t_values) < 1:
+            raise ValueError(f"t_values={list(self.t_values)} is invalid; allowed: at least two ints >= 1 "
+                             "including 30 (for mem_ratio_t30)")
+        if not 1 <= self.batch_size <= 60000:
+            raise ValueError(f"batch_size={self.batch_size} is invalid; allowed: an int in [1, 60000]")
+        if self.repeats < 1:
+            raise ValueError(f"repeats={self.repeats} is invalid; allowed: an int >= 1")
+        if self.eqprop_variant not in EQPROP_VARIANTS:
+            raise ValueError(f"eqprop_variant={self.eqprop_variant!r} is invalid; allowed: {list(EQPROP_VARIANTS)}")
+
+
+QUICK = Config(t_values=T_QUICK, repeats=REPEATS_QUICK)
+FULL = Config()
 
 
 def _status_kib(field: str) -> int:
@@ -196,8 +222,8 @@ def measure(t_values: tuple[int, ...], x: np.ndarray, y: np.ndarray, *, repeats:
     samples: dict[tuple[str, int], list[int]] = {j: [] for j in jobs}
     todo = [(r, j) for r in range(repeats) for j in jobs]
     if progress:
-        from tqdm.auto import tqdm
-        todo = tqdm(todo, desc="t35 probes", leave=False)
+        from models.progress import progress as progress_bar
+        todo = progress_bar(todo, desc="t35 probes")
     for r, job in todo:
         row = run_probe([job], x, y, seed=r, variant=variant)[0]
         samples[(row["method"], row["T"])].append(row["step_bytes"])
@@ -226,14 +252,8 @@ def _plot(rows: list[dict[str, Any]], path: Path, batch: int) -> None:
 
 
 def run(ctx: TrackContext) -> TrackResult:
-    ctx.check_overrides(_OVERRIDES)
-    ov = ctx.overrides
-    t_values = tuple(int(t) for t in ov.get("t_values", T_QUICK if ctx.quick else T_FULL))
-    if len(t_values) < 2 or 30 not in t_values:
-        raise ValueError(f"t_values={t_values}: need at least two values including 30 (for mem_ratio_t30)")
-    batch = int(ov.get("batch_size", BATCH_SIZE))
-    repeats = int(ov.get("repeats", REPEATS_QUICK if ctx.quick else REPEATS_FULL))
-    variant = ov.get("eqprop_variant", "standard")
+    c = ctx.settings(QUICK, FULL)
+    t_values, batch, repeats, variant = c.t_values, c.batch_size, c.repeats, c.eqprop_variant
     x, y = load_dataset("mnist", "train", ctx.data_dir)
     x, y = x[:batch], y[:batch]
     rows = measure(t_values, x, y, repeats=repeats, variant=variant, progress=ctx.progress)

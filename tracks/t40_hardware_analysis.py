@@ -18,12 +18,13 @@ Table rows (``metrics["rows"]``) are dicts with the keys of :data:`ROW_FIELDS` (
 representation has no such number). Other representations (analog, spiking) add a row by
 registering a builder with :func:`register_row_builder`; its row must carry the same keys.
 
-``ctx.overrides`` (for tests): ``analytic_n_free_steps`` (int; the T1 the analytic count assumes,
-default the real T1), ``models`` (tuple of sizes tuples), ``representations`` (tuple of names),
-``n_cross_check`` (MNIST samples for the FLOP cross-check, default 8).
+Settings: :class:`Config` (``QUICK`` / ``FULL``): ``analytic_n_free_steps`` (the T1 the analytic count
+assumes; another value than the real T1 is the broken path of the tests), ``models`` (sizes tuples),
+``representations`` (names), ``n_cross_check`` (MNIST samples for the FLOP cross-check).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Callable
 
@@ -214,17 +215,36 @@ def _plot(rows: list[dict], path) -> None:
     plt.close(fig)
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Settings of Track 40."""
+
+    models: tuple[tuple[int, ...], ...] = MODELS_FULL  # layer sizes of the analysed models
+    representations: tuple[str, ...] = REPRESENTATIONS  # presets in the table (must include fp32 and int8)
+    analytic_n_free_steps: int = N_FREE_STEPS  # T1 assumed by the analytic count (the broken path if not T1)
+    n_cross_check: int = 8                     # MNIST images of the FLOP cross-check
+    fixed_point_all: bool = True               # cross-check the integer simulator for every representation
+
+    def __post_init__(self) -> None:
+        if not self.models or any(len(m) < 2 or min(m) < 1 for m in self.models):
+            raise ValueError(f"models={[list(m) for m in self.models]} is invalid; allowed: lists of >= 2 sizes >= 1")
+        if "fp32" not in self.representations or "int8" not in self.representations:
+            raise ValueError(f"representations={list(self.representations)} is invalid; allowed: names of "
+                             f"{list(REPRESENTATIONS)} including 'fp32' and 'int8' (the energy ratio metric)")
+        if self.analytic_n_free_steps < 1 or not 1 <= self.n_cross_check <= 10000:
+            raise ValueError(f"analytic_n_free_steps={self.analytic_n_free_steps}, n_cross_check="
+                             f"{self.n_cross_check} are invalid; allowed: ints >= 1 (n_cross_check <= 10000)")
+
+
+QUICK = Config(models=MODELS_QUICK, fixed_point_all=False)
+FULL = Config()
+
+
 def run(ctx: TrackContext) -> TrackResult:
-    ctx.check_overrides({"models", "representations", "analytic_n_free_steps", "n_cross_check"})
-    ov = ctx.overrides
-    models = tuple(tuple(m) for m in ov.get("models", MODELS_QUICK if ctx.quick else MODELS_FULL))
-    reps = tuple(ov.get("representations", REPRESENTATIONS))
-    analytic_t1 = ov.get("analytic_n_free_steps", N_FREE_STEPS)
-    n_check = ov.get("n_cross_check", 8)
-    if "fp32" not in reps or "int8" not in reps:
-        raise ValueError(f"representations={reps} must include 'fp32' and 'int8' (the energy ratio metric)")
+    c = ctx.settings(QUICK, FULL)
+    models, reps, analytic_t1, n_check = c.models, c.representations, c.analytic_n_free_steps, c.n_cross_check
     fixed_point_reps = [n for n in reps if n in REPRESENTATIONS and get_preset(n).is_integer]
-    if ctx.quick:  # quick: the integer simulator is cross-checked for its first representation only
+    if not c.fixed_point_all:  # quick: the integer simulator is cross-checked for its first representation only
         fixed_point_reps = fixed_point_reps[:1]
     x_all, y_all = load_dataset("mnist", "test", ctx.data_dir)
     x = torch.from_numpy(x_all[:n_check]).float()

@@ -26,10 +26,11 @@ Metrics (stable names):
   (``key`` as in ``bytes_per_format``, ``form`` ``unrolled`` or ``loop``); ``rows``: the full table;
 * ``accuracy_<key>``: test accuracy of the ``Loop`` graph's predictions.
 
-``ctx.overrides`` (for tests and experiments): ``checkpoint`` (path of a trained EqPropMLP to use
+Settings: :class:`T41Config` (``QUICK`` / ``FULL``): ``checkpoint`` (path of a trained EqPropMLP to use
 instead of training), ``hidden``, ``n_train``, ``epochs``, ``n_test``, ``n_steps`` (T),
-``presets`` (tuple of integer presets), ``int_rounding`` (build the integer graphs with this
-rounding instead of the spec's -- a deliberately broken export; the comparison must catch it).
+``presets`` (integer presets), ``int_rounding`` (build the integer graphs with this rounding
+instead of the spec's -- a deliberately broken export; the comparison must catch it).
+ONNX graphs run in onnxruntime on the CPU; training follows ``--device``.
 """
 from __future__ import annotations
 
@@ -75,7 +76,6 @@ SPEC = TrackSpec(
 RECIPE = "mnist_784_512_10_eqprop"
 PRESETS = ("int8", "int4", "ternary")
 FORMS = ("unrolled", "loop")
-OVERRIDES = ("checkpoint", "hidden", "n_train", "epochs", "n_test", "n_steps", "presets", "int_rounding")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +85,19 @@ class T41Config:
     epochs: int = 2
     n_test: int = 10_000     # test images compared (10 000 = the full MNIST test set)
     n_steps: int = 30        # T free sweeps (the recipe's n_free_steps)
-    presets: tuple = PRESETS
+    presets: tuple[str, ...] = PRESETS
+    checkpoint: str | None = None     # trained EqPropMLP checkpoint to use instead of training
+    int_rounding: str | None = None   # integer graphs built with this rounding (the broken path)
+
+    def __post_init__(self) -> None:
+        for f in ("hidden", "n_train", "epochs", "n_steps"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{f}={getattr(self, f)} is invalid; allowed: an int >= 1")
+        if not 1 <= self.n_test <= 10000 or self.n_train > 60000:
+            raise ValueError(f"n_test={self.n_test}, n_train={self.n_train} are invalid; allowed: "
+                             "n_test in [1, 10000], n_train in [1, 60000]")
+        if not self.presets or any(p not in PRESETS for p in self.presets):
+            raise ValueError(f"presets={list(self.presets)} is invalid; allowed: a non-empty subset of {list(PRESETS)}")
 
 
 FULL = T41Config()
@@ -93,22 +105,22 @@ QUICK = T41Config(hidden=64, n_train=6000, epochs=1, n_test=1000, n_steps=30)
 
 
 def _config(ctx: TrackContext) -> T41Config:
-    ctx.check_overrides(OVERRIDES)
-    kw = {k: ctx.overrides[k] for k in ("hidden", "n_train", "epochs", "n_test", "n_steps", "presets")
-          if k in ctx.overrides}
-    return dataclasses.replace(QUICK if ctx.quick else FULL, **kw)
+    return ctx.settings(QUICK, FULL)
 
 
 def _trained_net(ctx: TrackContext, cfg: T41Config, seed: int) -> tuple[EqPropMLP, str]:
-    if "checkpoint" in ctx.overrides:
-        net, _ = load_checkpoint(ctx.overrides["checkpoint"])
+    if cfg.checkpoint is not None:
+        net, _ = load_checkpoint(cfg.checkpoint)
         if not isinstance(net, EqPropMLP):
-            raise ValueError(f"checkpoint holds a {type(net).__name__}; allowed: an EqPropMLP")
-        return net, f"checkpoint {ctx.overrides['checkpoint']}"
+            raise ValueError(f"checkpoint {cfg.checkpoint} holds a {type(net).__name__}; allowed: an EqPropMLP")
+        return net, f"checkpoint {cfg.checkpoint}"
     x, y = load_dataset("mnist", "train", ctx.data_dir)
-    net = EqPropMLP(EqPropConfig(sizes=(784, cfg.hidden, 10)), seed=seed)
+    dev = ctx.torch_device
+    net = EqPropMLP(EqPropConfig(sizes=(784, cfg.hidden, 10)), seed=seed).to(dev)
     tcfg = get_recipe(RECIPE, epochs=cfg.epochs, seed=seed, n_free_steps=cfg.n_steps)
-    train(net, torch.from_numpy(x[:cfg.n_train]), torch.from_numpy(y[:cfg.n_train]), tcfg, progress=ctx.progress)
+    train(net, torch.from_numpy(x[:cfg.n_train]).to(dev), torch.from_numpy(y[:cfg.n_train]).to(dev), tcfg,
+          progress=ctx.progress)
+    net = net.cpu()  # exports and onnxruntime comparisons run on the CPU
     return net, f"recipe {RECIPE}, {cfg.epochs} epoch(s) on {cfg.n_train} images, seed {seed}"
 
 
@@ -131,7 +143,7 @@ def run(ctx: TrackContext) -> TrackResult:
     xt, yt = load_dataset("mnist", "test", ctx.data_dir)
     xt, yt = xt[:cfg.n_test], yt[:cfg.n_test]
     out = Path(ctx.out_dir) / "onnx"
-    int_rounding = ctx.overrides.get("int_rounding")
+    int_rounding = cfg.int_rounding
     notes = [f"model {'-'.join(map(str, net.sizes))} from {origin}; T = {cfg.n_steps}; "
              f"{len(xt)} MNIST test images; onnxruntime CPU, default graph optimisations"]
 

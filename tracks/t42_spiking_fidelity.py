@@ -4,7 +4,7 @@ Procedure (seed ``ctx.seeds[0]``):
 
 1. Train an :class:`EqPropMLP` on real MNIST with :func:`models.train.train` (EqProp, symmetric
    nudging); quick: 784-64-10 on 5000 images, full: 784-128-10 on 10000 (or load
-   ``overrides["checkpoint"]``). The trained model is saved as an artifact.
+   ``--set checkpoint=PATH``). The trained model is saved as an artifact.
 2. ``float_acc``: float64 free phase (``FLOAT_STEPS`` sweeps) on the test slice.
 3. snntorch port (:mod:`hwsim.spiking.snntorch_port`, IF, reset by subtraction, feedback by spikes,
    constant-current input) for ``T`` in 8..128: accuracy, rate vs float state (mean abs error,
@@ -18,7 +18,8 @@ Procedure (seed ``ctx.seeds[0]``):
 6. Synaptic operations per inference at ``T = 64`` vs the float network's MACs
    (``FLOAT_STEPS`` sweeps), energy from :mod:`quant.energy` (Horowitz ISSCC 2014, fp32).
 
-``ctx.overrides`` (tests, ablations): ``model`` (a trained EqPropMLP, skips training),
+Settings: :class:`T42Config` (``QUICK`` / ``FULL``): from the API only ``model`` (a trained EqPropMLP,
+skips training) and the transforms; from the CLI too:
 ``checkpoint`` (path for :func:`models.checkpoint.load_checkpoint`), ``n_train``, ``n_test``,
 ``n_brian``, ``hidden``, ``epochs``, ``steps`` (tuple of T), ``snn_transform`` /
 ``brian2_transform`` (callables ``SpikingParams -> SpikingParams`` applied to the parameters given
@@ -30,8 +31,8 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -70,19 +71,33 @@ SPEC = TrackSpec(
 FLOAT_STEPS = 60
 """Free-phase sweeps of the float reference (settled: more sweeps change no prediction here)."""
 STEPS = (8, 16, 32, 64, 128)
-OVERRIDES = ("model", "checkpoint", "n_train", "n_test", "n_brian", "hidden", "epochs", "steps",
-             "snn_transform", "brian2_transform", "poisson")
 
 
 @dataclass(frozen=True)
 class T42Config:
-    n_train: int
-    n_test: int
-    n_brian: int
-    hidden: int
-    epochs: int
-    steps: tuple[int, ...] = STEPS
-    poisson: bool = False
+    """Settings of Track 42."""
+
+    n_train: int                  # training images of the float model
+    n_test: int                   # test images of the snntorch accuracy paths
+    n_brian: int                  # test images simulated in Brian2 (slow)
+    hidden: int                   # hidden units of 784-hidden-10
+    epochs: int                   # EqProp training epochs
+    steps: tuple[int, ...] = STEPS  # time steps T (must include 64)
+    poisson: bool = False         # also run Poisson input at T=64
+    checkpoint: str | None = None  # EqPropMLP checkpoint to use instead of training
+    model: Any = None             # API only: a trained EqPropMLP (skips training)
+    snn_transform: Callable | None = None     # API only: SpikingParams -> SpikingParams (snntorch path)
+    brian2_transform: Callable | None = None  # API only: SpikingParams -> SpikingParams (Brian2)
+
+    def __post_init__(self) -> None:
+        for f in ("n_train", "n_test", "n_brian", "hidden", "epochs"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{f}={getattr(self, f)} is invalid; allowed: an int >= 1")
+        if self.n_test > 10000 or self.n_train > 60000:
+            raise ValueError(f"n_test={self.n_test}, n_train={self.n_train}: MNIST has 10000 / 60000 images")
+        if 64 not in self.steps or min(self.steps) < 1:
+            raise ValueError(f"steps={list(self.steps)} is invalid; allowed: ints >= 1 including 64 "
+                             "(the criterion is measured at T=64)")
 
 
 QUICK = T42Config(n_train=5000, n_test=500, n_brian=2, hidden=64, epochs=2)
@@ -90,35 +105,30 @@ FULL = T42Config(n_train=10000, n_test=10000, n_brian=10, hidden=128, epochs=3) 
 
 
 def _config(ctx: TrackContext) -> T42Config:
-    ctx.check_overrides(OVERRIDES)
-    cfg = QUICK if ctx.quick else FULL
-    kw = {k: ctx.overrides[k] for k in ("n_train", "n_test", "n_brian", "hidden", "epochs", "poisson")
-          if k in ctx.overrides}
-    if "steps" in ctx.overrides:
-        kw["steps"] = tuple(int(t) for t in ctx.overrides["steps"])
-    cfg = replace(cfg, **kw)
-    for f in ("n_test", "n_brian"):
-        if int(getattr(cfg, f)) < 1:
-            raise ValueError(f"override {f}={getattr(cfg, f)} must be >= 1")
-    if 64 not in cfg.steps:
-        raise ValueError(f"steps={cfg.steps} must include 64 (the criterion is measured at T=64)")
-    return cfg
+    return ctx.settings(QUICK, FULL)
 
 
 def _model(ctx: TrackContext, cfg: T42Config, seed: int) -> tuple[EqPropMLP, list[str]]:
     notes = []
-    if "model" in ctx.overrides:
-        return ctx.overrides["model"], ["model given through ctx.overrides (not trained here)"]
-    if "checkpoint" in ctx.overrides:
-        net, _ = load_checkpoint(ctx.overrides["checkpoint"])
-        return net, [f"model loaded from {ctx.overrides['checkpoint']}"]
+    if cfg.model is not None:
+        if not isinstance(cfg.model, EqPropMLP):
+            raise ValueError(f"model is a {type(cfg.model).__name__}; allowed: an EqPropMLP")
+        return cfg.model, ["model given through the config (not trained here)"]
+    if cfg.checkpoint is not None:
+        net, _ = load_checkpoint(cfg.checkpoint)
+        if not isinstance(net, EqPropMLP):
+            raise ValueError(f"checkpoint {cfg.checkpoint} holds a {type(net).__name__}; the spiking ports run "
+                             "an EqPropMLP (layered, hard-sigmoid): give an EqPropMLP checkpoint")
+        return net, [f"model loaded from {cfg.checkpoint}"]
     x, y = load_dataset("mnist", "train", ctx.data_dir)
-    x, y = torch.from_numpy(x[:cfg.n_train]), torch.from_numpy(y[:cfg.n_train])
-    net = EqPropMLP(EqPropConfig(sizes=(784, cfg.hidden, 10)), seed=seed)
+    dev = ctx.torch_device
+    x, y = torch.from_numpy(x[:cfg.n_train]).to(dev), torch.from_numpy(y[:cfg.n_train]).to(dev)
+    net = EqPropMLP(EqPropConfig(sizes=(784, cfg.hidden, 10)), seed=seed).to(dev)
     tcfg = TrainConfig(method="eqprop", epochs=cfg.epochs, batch_size=50, optimizer="sgd", lr=(0.1, 0.05),
                        momentum=0.0, beta=0.5, nudging="symmetric", n_free_steps=20, n_nudge_steps=8, seed=seed)
     t0 = time.time()
     train(net, x, y, tcfg, progress=ctx.progress)
+    net = net.cpu()  # the spiking ports (snntorch, Brian2) and the float reference run on the CPU
     notes.append(f"trained 784-{cfg.hidden}-10 by EqProp on {cfg.n_train} MNIST images, {cfg.epochs} epochs "
                  f"({time.time() - t0:.0f} s)")
     path = save_checkpoint(ctx.out_dir / "t42_model.pt", net, train_config=tcfg.to_dict(), overwrite=True)
@@ -136,8 +146,8 @@ def run(ctx: TrackContext) -> TrackResult:
     cfg = _config(ctx)
     seed = int(ctx.seeds[0])
     torch.manual_seed(seed)
-    snn_tf = ctx.overrides.get("snn_transform", lambda p: p)
-    b2_tf = ctx.overrides.get("brian2_transform", lambda p: p)
+    snn_tf = cfg.snn_transform or (lambda p: p)
+    b2_tf = cfg.brian2_transform or (lambda p: p)
     net, notes = _model(ctx, cfg, seed)
     net = copy.deepcopy(net).double()  # never change the caller's model
     x_te, y_te = load_dataset("mnist", "test", ctx.data_dir)

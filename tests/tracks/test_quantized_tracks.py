@@ -5,7 +5,7 @@ import math
 import pytest
 
 from tracks import base
-from tracks.shared.quantized import OVERRIDES
+from tracks.shared.quantized import QUICK
 from tracks.harness.stats import mean_ci95
 
 TINY = {"n_train": 300, "n_test": 200, "hidden": 32, "epochs": 1, "ft_epochs": 1}
@@ -54,8 +54,8 @@ def test_specs_and_overrides():
         names = {c.metric for c in spec.criteria}
         assert {"onchip_gap_pt", "update_cosine_min", "bitexact_mismatches", "code_range_violations"} <= names
     assert [_module(p).SPEC.id for p in ("ternary", "int8", "int4")] == [4, 16, 19]
-    with pytest.raises(ValueError, match="unknown overrides"):
+    with pytest.raises(ValueError, match="unknown setting"):
         _module("int8").run(base.TrackContext(out_dir=".", quick=True, overrides={"bypass": True}))
-    assert "bypass_quantizer" in OVERRIDES
+    assert QUICK.bypass_quantizer is False  # a typed setting (--set bypass_quantizer=true)
     m, h = mean_ci95([0.9, 0.92])
     assert m == pytest.approx(0.91) and h > 0

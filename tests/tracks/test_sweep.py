@@ -34,15 +34,20 @@ def test_run_sweep_appends_and_resumes(tmp_path):
     pts = sweep.grid(("prog",), (0.0, 0.5, 1.0), ("int8",), (0, 1))
     path = tmp_path / "s.jsonl"
     # a previous, interrupted run: one finished point and a truncated line
-    done = {**pts[1].to_dict(), "key": pts[1].key, "accuracy": -7.0}
+    done = {**pts[1].to_dict(), "key": pts[1].key, "accuracy": -7.0, "inputs": {"k": 1.0}}
     path.write_text(json.dumps(done) + "\n" + '{"kind": "pro')
     recs = sweep.run_sweep(pts, square_level, {"k": 1.0}, path, jobs=1, resume=True)
     assert [r["key"] for r in recs] == [p.key for p in pts]
     assert recs[1]["accuracy"] == -7.0          # kept, not recomputed
     assert recs[4]["accuracy"] == 0.0           # level 1.0 computed
     assert len(sweep.read_jsonl(path)) == 6     # 1 old + 5 new, truncated line ignored
+    with pytest.raises(sweep.SweepMismatchError, match=r"k: 1.0 -> 2.0"):  # other inputs: refused
+        sweep.run_sweep(pts, square_level, {"k": 2.0}, path, jobs=1, resume=True)
+    assert len(sweep.read_jsonl(path)) == 6     # untouched
     recs2 = sweep.run_sweep(pts, square_level, {"k": 1.0}, path, jobs=1, resume=False)
     assert recs2[1]["accuracy"] == 1.0 and len(sweep.read_jsonl(path)) == 6
+    with pytest.raises(ValueError, match="repeat"):
+        sweep.grid(("prog",), (0.0,), ("int8",), (0, 0))
 
 
 def test_run_sweep_in_worker_processes_matches_in_process(tmp_path):
@@ -76,6 +81,8 @@ def test_end_to_end_sweep_on_tiny_model(tmp_path):
     assert acc[0.5] < acc[0.0] - 0.05           # 50 % programming noise hurts
     assert (tmp_path / "sw" / "sweep_prog.png").stat().st_size > 1000
     assert len(sweep.read_jsonl(tmp_path / "sw" / "sweep.jsonl")) == 2
+    from models.checkpoint import load_checkpoint
+    assert torch.equal(load_checkpoint(path)[0].layers[0].weight, net.layers[0].weight)  # one checkpoint format
     with pytest.raises(FileExistsError, match="resume"):
         sweep.sweep_command(kinds=("prog",), levels=(0.0,), precisions=("int8",), seeds=(0,), out=tmp_path / "sw",
                             resume=False, model=path, n_test=10, progress=False)

@@ -41,7 +41,7 @@ def test_t35_fails_when_eqprop_keeps_its_trajectory(tmp_path):
 
 
 def test_t35_rejects_bad_overrides(tmp_path):
-    with pytest.raises(ValueError, match="unknown overrides"):
+    with pytest.raises(ValueError, match="unknown setting"):
         t35.run(_ctx(tmp_path, n_steps=3))
     with pytest.raises(ValueError, match="including 30"):
         t35.run(_ctx(tmp_path, t_values=(10, 100)))
@@ -83,12 +83,12 @@ def test_t25_quick_passes_and_reports(tmp_path):
         assert 0.0 <= m[k] <= 1.0
     assert m["mnist_test_acc_eqprop"] > 0.8 and math.isnan(m["mnist_test_acc_eqprop_ci95"])  # one seed: no CI
     assert len(m["per_seed"]) == 4 and {r["method"] for r in m["per_seed"]} == {"eqprop", "bptt"}
-    assert all(len(c["val_acc"]) == t25.QUICK["epochs"] for c in m["curves"])
+    assert all(len(c["val_acc"]) == t25.QUICK.epochs for c in m["curves"])
     # the saved checkpoint is the model that was scored
     row = next(r for r in m["per_seed"] if r["dataset"] == "mnist" and r["method"] == "eqprop")
     net, meta = load_checkpoint(tmp_path / row["checkpoint"])
     x, y = load_dataset("mnist", "test")
-    acc = evaluate(net, torch.from_numpy(x[:t25.QUICK["n_test"]]), torch.from_numpy(y[:t25.QUICK["n_test"]]))
+    acc = evaluate(net, torch.from_numpy(x[:t25.QUICK.n_test]), torch.from_numpy(y[:t25.QUICK.n_test]))
     assert acc == row["test_acc"] == meta["metrics"]["test_acc"]
     assert (tmp_path / res.artifacts[0]).stat().st_size > 0
 
@@ -105,7 +105,7 @@ def test_t25_fails_when_nudged_phase_is_skipped(tmp_path):
 def test_t25_mean_ci95_and_bad_overrides(tmp_path):
     m, h = t25.mean_ci95([0.5, 0.7])  # the shared helper (tracks.harness.stats)
     assert m == pytest.approx(0.6) and h == pytest.approx(12.7062 * 0.1414214 / 1.4142136, rel=1e-4)
-    with pytest.raises(ValueError, match="unknown overrides"):
+    with pytest.raises(ValueError, match="unknown setting"):
         t25.run(_ctx(tmp_path, lr=0.1))
     with pytest.raises(ValueError, match="datasets"):
         t25.run(_ctx(tmp_path, datasets=("cifar",)))

@@ -51,7 +51,7 @@ def test_t40_fails_when_analytic_count_is_broken(tmp_path):
 
 
 def test_t40_rejects_unknown_override(tmp_path):
-    with pytest.raises(ValueError, match="unknown overrides"):
+    with pytest.raises(ValueError, match="unknown setting"):
         t40.run(_ctx(tmp_path, n_steps=3))
 
 

@@ -51,7 +51,7 @@ def test_t41_fails_when_integer_graph_rounds_differently(tmp_path):
 
 
 def test_t41_rejects_unknown_override(tmp_path):
-    with pytest.raises(ValueError, match="unknown overrides"):
+    with pytest.raises(ValueError, match="unknown setting"):
         t41.run(_ctx(tmp_path, T=3))
 
 

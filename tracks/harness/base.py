@@ -74,6 +74,27 @@ class TrackSpec:
             raise ValueError(f"track {self.id}: at least one pass criterion is required")
 
 
+def check_device(device: str):
+    """``torch.device(device)`` if that device exists here, else ``ValueError`` naming what is available."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r} is not a torch device ({e}); allowed: cpu, cuda, cuda:N, mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
+    elif dev.type != "cpu":
+        raise ValueError(f"device {device!r}: allowed: cpu, cuda, cuda:N, mps")
+    return dev
+
+
 @dataclass
 class TrackContext:
     """What the runner hands a track: where to write, how hard to try, where data lives."""
@@ -85,12 +106,25 @@ class TrackContext:
     device: str = "cpu"
     progress: bool = True
     overrides: dict[str, Any] = field(default_factory=dict)
+    config: Any = None  # the validated typed config (set by the runner); None: built from overrides
 
-    def check_overrides(self, allowed) -> None:
-        """Raise ``ValueError`` naming any override key the track does not accept."""
-        unknown = sorted(set(self.overrides) - set(allowed))
-        if unknown:
-            raise ValueError(f"unknown overrides {unknown}; allowed: {sorted(allowed)}")
+    def settings(self, quick_cfg: Any, full_cfg: Any) -> Any:
+        """The track's typed config: ``self.config`` when the runner resolved it, else the mode's
+        instance (``quick_cfg`` or ``full_cfg``) with ``self.overrides`` applied and validated.
+
+        Raises:
+            tracks.harness.config.ConfigError: an unknown key or a value of the wrong type.
+        """
+        base = quick_cfg if self.quick else full_cfg
+        if self.config is not None and type(self.config) is type(base):
+            return self.config
+        from .config import apply_overrides
+        return apply_overrides(base, self.overrides, label=f"track config {type(base).__name__}")
+
+    @property
+    def torch_device(self):
+        """``torch.device(self.device)``, checked to exist (:func:`check_device`)."""
+        return check_device(self.device)
 
     @property
     def plots_dir(self) -> Path:

@@ -14,6 +14,7 @@ True
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import pkgutil
@@ -48,6 +49,12 @@ class Track:
     spec: TrackSpec | None
     run: Callable[[TrackContext], TrackResult] | None
     error: str | None = None  # import / validation failure with traceback; None when usable
+    quick_config: Any = None  # the module's QUICK config instance (a frozen dataclass), if it has one
+    full_config: Any = None  # the module's FULL config instance
+
+    def config(self, quick: bool) -> Any:
+        """The typed config of the mode (``QUICK`` or ``FULL``), ``None`` for a track without one."""
+        return self.quick_config if quick else self.full_config
 
     @property
     def broken(self) -> bool:
@@ -91,7 +98,12 @@ def _track_from_module(module: ModuleType, module_name: str, id_hint: int | None
     if slug_hint is not None and spec.slug != slug_hint:
         log.warning("%s: SPEC.slug=%r differs from the file name slug %r; using SPEC.slug",
                     module_name, spec.slug, slug_hint)
-    return Track(spec.id, spec.slug, module_name, spec, run)
+    quick_cfg, full_cfg = getattr(module, "QUICK", None), getattr(module, "FULL", None)
+    if (quick_cfg is None) != (full_cfg is None) or any(
+            c is not None and not dataclasses.is_dataclass(c) for c in (quick_cfg, full_cfg)):
+        return Track(spec.id, spec.slug, module_name, None, None,
+                     f"{module_name}: QUICK and FULL must both be config dataclass instances (or both absent)")
+    return Track(spec.id, spec.slug, module_name, spec, run, quick_config=quick_cfg, full_config=full_cfg)
 
 
 def _discover() -> dict[str, Track]:

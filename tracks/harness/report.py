@@ -74,7 +74,9 @@ def _criterion_text(c: dict[str, Any]) -> str:
     return f"{c['metric']} = {fmt_value(c.get('value'))} (need {c['op']} {c['threshold']:g})"
 
 
-def _status(passed: bool) -> str:
+def _status(passed: bool, t: dict[str, Any] | None = None) -> str:
+    if t is not None and t.get("not_run"):
+        return "NOT RUN"
     return "PASS" if passed else "FAIL"
 
 
@@ -99,6 +101,15 @@ def render_report(results: dict[str, Any]) -> str:
     suite, tracks = results.get("suite", {}), results.get("tracks", [])
     n_pass = sum(bool(t.get("passed")) for t in tracks)
     out = ["# eqprop-hwsim verification report", ""]
+    state = suite.get("state")
+    if state == "interrupted":
+        out.append("**INTERRUPTED: the suite was stopped before every selected track ran; tracks not run count "
+                   "as not passed.**")
+        out.append("")
+    elif state == "running":
+        out.append("**INCOMPLETE: the suite is running, or was killed before it finished; tracks not run count "
+                   "as not passed.**")
+        out.append("")
     out.append(f"**{n_pass}/{len(tracks)} tracks passed.** "
                f"Started {suite.get('started')}, finished {suite.get('finished') or '(running)'}; "
                f"mode {'quick' if suite.get('quick') else 'full'}, seeds {suite.get('seeds')}, "
@@ -113,7 +124,7 @@ def render_report(results: dict[str, Any]) -> str:
         key = _criterion_text(crit[0]) if crit else ""
         if t.get("failure"):
             key = t["failure"].splitlines()[0][:200]
-        out.append(f"| [{t['id']}](#{_anchor(t)}) | {_cell(t['name'])} | {_status(t['passed'])} | "
+        out.append(f"| [{t['id']}](#{_anchor(t)}) | {_cell(t['name'])} | {_status(t['passed'], t)} | "
                    f"{t.get('seconds', 0):.1f} | {_cell(key)} |")
     for t in tracks:
         out += [""] + _track_section(t)
@@ -122,7 +133,7 @@ def render_report(results: dict[str, Any]) -> str:
 
 def _track_section(t: dict[str, Any]) -> list[str]:
     out = [f'<a id="{_anchor(t)}"></a>', f"## Track {t['id']}: {t['name']} ({t['slug']}) - "
-           f"{_status(t['passed'])}", ""]
+           f"{_status(t['passed'], t)}", ""]
     if t.get("claim"):
         out += [f"**Claim.** {t['claim']}", ""]
     est = t.get("est_seconds")

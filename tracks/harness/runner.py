@@ -3,12 +3,15 @@
 The runner never prints: it logs to ``eqprop_hwsim.tracks`` (and to ``<out>/suite.log`` while it
 runs) and calls ``on_done(TrackRun)`` as each track finishes so a CLI can print a table row. A track
 that raises fails on its own (message and traceback recorded); the others still run. Results are
-rewritten after every track, so an interrupted suite leaves valid, partial files.
+rewritten after every track, so an interrupted suite leaves valid, partial files: every selected track
+is listed from the start with ``"not_run": true`` and ``"passed": false`` until it ran, and
+``suite.state`` is ``running`` (or a killed run), ``interrupted`` (Ctrl-C) or ``complete``; only a
+complete suite can pass.
 
 ``results.json`` (DESIGN section 7)::
 
-    {"suite": {"version", "started", "finished", "argv", "machine", "commit", "out_dir",
-               "quick", "seeds", "device", "passed"},
+    {"suite": {"version", "started", "finished", "state", "argv", "machine", "commit", "out_dir",
+               "quick", "seeds", "device", "overrides", "passed"},
      "tracks": [{"id", "slug", "name", "claim", "passed", "criteria", "metrics", "artifacts",
                  "seconds", "notes", "failure", "traceback"}]}
 
@@ -104,6 +107,7 @@ class TrackRun:
     failure: str | None = None
     traceback: str | None = None
     est_seconds: float | None = None  # the spec's estimate for this mode, for the report
+    not_run: bool = False  # the suite stopped (interrupted or killed) before this track ran
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(dataclasses.asdict(self))
@@ -123,7 +127,13 @@ class SuiteResult:
 
     @property
     def passed(self) -> bool:
-        return bool(self.tracks) and all(t.passed for t in self.tracks)
+        """Every selected track ran and passed (an interrupted or unfinished suite never passes)."""
+        return (bool(self.tracks) and all(t.passed for t in self.tracks)
+                and self.suite.get("state", "complete") == "complete")
+
+    @property
+    def interrupted(self) -> bool:
+        return self.suite.get("state") == "interrupted"
 
     @property
     def failed(self) -> list[TrackRun]:
@@ -157,7 +167,8 @@ def prepare_out_dir(out_dir: str | os.PathLike | None) -> Path:
     """Create the output folder; refuse an existing non-empty one.
 
     Raises:
-        OutDirError: ``out_dir`` exists and holds files, or is a file.
+        OutDirError: ``out_dir`` exists and holds files, is a file, or cannot be created or written
+            (read-only parent, a file in the path).
     """
     path = default_out_dir() if out_dir is None else Path(out_dir)
     if path.exists() and not path.is_dir():
@@ -166,7 +177,14 @@ def prepare_out_dir(out_dir: str | os.PathLike | None) -> Path:
         raise OutDirError(f"output folder {path} exists and is not empty; results are never "
                           f"overwritten. Choose another, e.g. --out {default_out_dir(path.parent or '.')}, "
                           f"or omit --out for a new folder under {DEFAULT_RUNS_ROOT}/")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OutDirError(f"cannot write to output folder {path}: {e.strerror or e} "
+                          f"({type(e).__name__}); choose a writable folder with --out") from None
     return path
 
 
@@ -264,17 +282,30 @@ def run_tracks(
         data_dir: dataset root handed to tracks (see :func:`tracks.data.load_dataset`).
         device: torch device string for tracks that use torch.
         progress: whether tracks may show progress bars.
-        overrides: free-form per-run settings passed to ``ctx.overrides``.
+        overrides: ``--set`` settings, validated against every track's typed config before anything
+            is written (:func:`tracks.harness.config.resolve_overrides`; ``ID.KEY`` scopes to one track).
         argv: recorded in ``results.json`` (defaults to ``sys.argv``).
         on_start: called with each track before it runs.
         on_done: called with each :class:`TrackRun` as it finishes (a CLI prints a row here).
 
     Returns:
-        The :class:`SuiteResult`; its ``passed`` is True when every track passed.
+        The :class:`SuiteResult`; its ``passed`` is True when every track ran and passed.
+
+    Raises:
+        tracks.harness.config.ConfigError: an override is unknown or of the wrong type (nothing written).
+        ValueError: repeated or negative seeds, an unavailable device (nothing written).
+        OutDirError: the output folder exists and is not empty, or cannot be created.
+        KeyboardInterrupt: after ``results.json`` / ``report.md`` were marked ``"state": "interrupted"``.
     """
     from .report import write_report  # report imports runner types; import here avoids a cycle
 
+    from .base import check_device
+    from .config import resolve_overrides
+
     resolved = [t if isinstance(t, Track) else get_track(t) for t in tracks]
+    seeds = check_seeds(seeds)
+    check_device(device)
+    configs = resolve_overrides(resolved, dict(overrides or {}), quick=quick)  # before any work
     out = prepare_out_dir(out_dir)
     handler = logging.FileHandler(out / LOG_FILE, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -282,22 +313,34 @@ def run_tracks(
     root_logger.addHandler(handler)  # records what the logger's level lets through (the CLI sets INFO)
     try:
         suite = {
-            "version": _version(), "started": _now(), "finished": None,
+            "version": _version(), "started": _now(), "finished": None, "state": "running",
             "argv": list(sys.argv if argv is None else argv), "machine": describe_machine(),
             "commit": _git_commit(), "out_dir": str(out), "quick": quick, "seeds": list(seeds),
-            "device": device, "data_dir": data_dir,
+            "device": device, "data_dir": data_dir, "overrides": json_safe(dict(overrides or {})),
         }
-        result = SuiteResult(out_dir=out, suite=suite, tracks=[])
-        for track in resolved:
-            if on_start is not None:
-                on_start(track)
-            ctx = TrackContext(out_dir=out, quick=quick, seeds=tuple(int(s) for s in seeds), data_dir=data_dir,
-                               device=device, progress=progress, overrides=dict(overrides or {}))
-            run = run_one(track, ctx)
-            result.tracks.append(run)
+        # every selected track is listed from the start as "not run": a killed suite never reads as passed
+        result = SuiteResult(out_dir=out, suite=suite, tracks=[_not_run(t, quick) for t in resolved])
+        _write(result, write_report)
+        try:
+            for i, track in enumerate(resolved):
+                if on_start is not None:
+                    on_start(track)
+                ctx = TrackContext(out_dir=out, quick=quick, seeds=seeds, data_dir=data_dir, device=device,
+                                   progress=progress, overrides=dict(overrides or {}),
+                                   config=configs.get(track.module))
+                run = run_one(track, ctx)
+                result.tracks[i] = run
+                _write(result, write_report)
+                if on_done is not None:
+                    on_done(run)
+        except KeyboardInterrupt:
+            log.error("suite interrupted; tracks not run: %s",
+                      [f"{t.id} {t.slug}" for t in result.tracks if t.not_run])
+            result.suite["state"] = "interrupted"
+            result.suite["finished"] = _now()
             _write(result, write_report)
-            if on_done is not None:
-                on_done(run)
+            raise
+        result.suite["state"] = "complete"
         result.suite["finished"] = _now()
         result.suite["machine"] = describe_machine()  # now knows the GPU if a track imported torch
         _write(result, write_report)
@@ -305,6 +348,32 @@ def run_tracks(
     finally:
         root_logger.removeHandler(handler)
         handler.close()
+
+
+def check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
+    """``seeds`` as a tuple of distinct ints >= 0 (``ValueError`` naming the problem otherwise).
+
+    >>> check_seeds([0, 1])
+    (0, 1)
+    """
+    seeds = tuple(seeds)
+    bad = [s for s in seeds if not isinstance(s, (int, np.integer)) or isinstance(s, bool) or s < 0]
+    if not seeds or bad:
+        raise ValueError(f"seeds {list(seeds)}: allowed: one or more distinct ints >= 0 (bad: {bad})")
+    dup = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dup:
+        raise ValueError(f"seeds {list(seeds)} repeat {dup}; a repeated seed repeats a run and fakes a narrow "
+                         "confidence interval: give distinct seeds")
+    return tuple(int(s) for s in seeds)
+
+
+def _not_run(track: Track, quick: bool) -> TrackRun:
+    spec = track.spec
+    crit = [{**c.to_dict(), "value": None, "passed": False} for c in (spec.criteria if spec else ())]
+    return TrackRun(id=track.id, slug=track.slug, name=track.name, claim=spec.claim if spec else "", passed=False,
+                    criteria=crit, metrics={}, artifacts=[], seconds=0.0,
+                    failure="not run: the suite stopped before this track", not_run=True,
+                    est_seconds=None if spec is None else (spec.est_seconds_quick if quick else spec.est_seconds_full))
 
 
 def _write(result: SuiteResult, write_report: Callable[[dict[str, Any], Path], Path]) -> None:

@@ -29,9 +29,9 @@ Checks of the integer path (they fail when the quantizer is bypassed):
 * ``code_range_violations``: weight entries of every simulated model (PTQ, QAT, on chip) that are not
   integers in ``[qmin, qmax]`` of the preset, plus hidden registers outside ``hidden_bits``.
 
-``ctx.overrides`` (tests): ``bypass_quantizer`` (bool: the simulated paths use the float model, the
-quantizer is the identity), ``n_train``, ``n_test``, ``hidden``, ``epochs``, ``ft_epochs``,
-``scratch`` (int).
+Settings: :class:`QuantTrackConfig` (``QUICK`` / ``FULL``, every field settable with ``--set``);
+``bypass_quantizer`` makes the simulated paths use the float model (the quantizer is the identity:
+the failure test).
 """
 from __future__ import annotations
 
@@ -62,7 +62,6 @@ TARGET_GAP_PT = {"int8": 0.3, "int4": 1.0, "ternary": 1.5}
 CRITERION_GAP_PT = {"int8": 1.5, "int4": 2.5, "ternary": 3.5}
 """Pass thresholds: looser than the targets (the quick variant tests 500 images: 1 image = 0.2 pt)."""
 UPDATE_COSINE_MIN = 0.9
-OVERRIDES = ("bypass_quantizer", "n_train", "n_test", "hidden", "epochs", "ft_epochs", "scratch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +79,17 @@ class QuantTrackConfig:
     n_free_steps: int = 30      # free-phase sweeps (training and inference)
     n_nudge_steps: int = 10     # sweeps per nudged phase
     scratch: int = 1            # seeds (the first ones) that also train on chip from scratch
+    bypass_quantizer: bool = False  # the simulated paths use the float model (the failure test)
+
+    def __post_init__(self) -> None:
+        for f in ("hidden", "n_train", "n_test", "epochs", "ft_epochs", "batch_size", "n_free_steps",
+                  "n_nudge_steps"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{f}={getattr(self, f)} is invalid; allowed: an int >= 1")
+        if self.scratch < 0:
+            raise ValueError(f"scratch={self.scratch} is invalid; allowed: an int >= 0")
+        if self.n_train > 60000 or self.n_test > 10000:
+            raise ValueError(f"n_train={self.n_train}, n_test={self.n_test}: MNIST has 60000 / 10000 images")
 
 
 # ft_epochs=2 in quick: with 1 epoch on 2000 images the ternary on-chip fine-tuning could not recover the
@@ -108,11 +118,7 @@ def make_spec(track_id: int, slug: str, name: str, preset: str) -> TrackSpec:
 
 
 def _config(ctx: TrackContext) -> QuantTrackConfig:
-    ctx.check_overrides(OVERRIDES)
-    cfg = QUICK if ctx.quick else FULL
-    kw = {k: ctx.overrides[k] for k in ("n_train", "n_test", "hidden", "epochs", "ft_epochs", "scratch")
-          if k in ctx.overrides}
-    return dataclasses.replace(cfg, **kw)
+    return ctx.settings(QUICK, FULL)
 
 
 def _acc_float(net, x, y) -> float:
@@ -235,7 +241,7 @@ def _run_seed(preset: str, cfg: QuantTrackConfig, seed: int, data, bypass: bool,
 def run_quantized(ctx: TrackContext, preset: str, track_id: int) -> TrackResult:
     """Run the track for ``preset`` (see module docstring)."""
     cfg = _config(ctx)
-    bypass = bool(ctx.overrides.get("bypass_quantizer", False))
+    bypass = cfg.bypass_quantizer
     seeds = tuple(ctx.seeds[:1]) if ctx.quick else tuple(ctx.seeds)
     if not seeds:
         raise ValueError("ctx.seeds is empty; allowed: at least one seed")
