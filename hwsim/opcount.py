@@ -1,8 +1,16 @@
-"""Analytic operation counts, weight memory and energy of an :class:`~models.eqprop_mlp.EqPropMLP`
-under a :class:`~quant.spec.HardwareSpec`.
+"""Analytic operation counts, weight memory and energy of an energy model (:class:`~models.eqprop_mlp.EqPropMLP`,
+:class:`~models.skip_mlp.SkipEqPropMLP`, ... or a sizes tuple for the MLP) under a
+:class:`~quant.spec.HardwareSpec`.
 
-Everything is computed from the layer widths, the spec and (optionally) the actual weights; the
-energy of a count is ``sum_op count(op) * E(op)`` with ``E`` from :mod:`quant.energy`.
+Everything is computed from the model's interaction terms, the spec and (optionally) the actual
+weights; the energy of a count is ``sum_op count(op) * E(op)`` with ``E`` from :mod:`quant.energy`.
+Each term type has an op-count kernel (:data:`OPCOUNT_KERNELS`, keyed by type; a term without one
+raises :class:`models.engine.UnsupportedError`): a ``Dense`` term is a forward accumulator into
+``post`` and, between state nodes, a feedback accumulator into ``pre``; a ``Bias`` is added in its
+node's first forward accumulator. Terms that read only the input are *static* (the drive: once per
+phase). The dense MACs per sweep and per drive come from the float kernels
+(:meth:`models.energy.EnergyModel.sweep_macs`), the phases from :mod:`models.engine`
+(:data:`PHASES`). Below, the MLP's closed forms.
 
 Notation: widths ``n_0 .. n_L`` (``n_0`` the input), weight ``W_i`` of shape ``(n_i, n_{i-1})``
 for ``i = 1..L`` (``EqPropMLP.layers[i-1]``), batch ``B``.
@@ -185,7 +193,7 @@ class Counts:
 
 @dataclass
 class Report:
-    """Counts per phase (``drive``, ``free``, ``nudge_minus``, ``nudge_plus``, ``update``)."""
+    """Counts per phase (:data:`PHASES`: ``drive``, ``free``, ``b1``, ``b2``, ``update``)."""
 
     phases: dict[str, Counts]
     batch_size: int
