@@ -138,7 +138,7 @@ class Config:
 
 
 FULL = Config()
-QUICK = Config(sizes=(784, 128, 10), n_train=10000, epochs=2, n_test=500, n_boot=200, hw_n_test=300)
+QUICK = Config(sizes=(784, 128, 10), n_train=5000, epochs=2, n_test=500, n_boot=200, hw_n_test=300)
 
 
 def run(ctx: TrackContext) -> TrackResult:
