@@ -178,20 +178,22 @@ def _np(a) -> np.ndarray:
     return a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
 
 
-def _changed(a: State, b: State) -> np.ndarray:
-    out = np.zeros(len(a[0]) if a else 0, dtype=bool)
-    for x, y in zip(a, b):
-        out |= _np((x != y).any(1))
-    return out
+def _sample_residual(a: State, b: State) -> np.ndarray:
+    """Per-sample ``max_i |a_i - b_i|`` (int64 for integer states, float64 otherwise)."""
+    ds = [_np(abs(x - y)).max(axis=1) for x, y in zip(a, b) if x.shape[1]]
+    if not ds:
+        return np.zeros(len(a[0]) if a else 0, dtype=np.int64)
+    r = np.max(np.stack(ds), axis=0)
+    return r.astype(np.int64) if r.dtype.kind in "iub" else r.astype(np.float64)
 
 
-def iterate(sweep: Callable, s0: State, *, max_steps: int, early_exit: bool = True,
+def iterate(sweep: Callable, s0: State, *, max_steps: int, tol: float = 0.0, early_exit: bool = True,
             record_trace: bool = False) -> tuple[State, IntRelaxInfo]:
     """The settling loop of every integer backend (numpy int arrays or torch int tensors alike).
 
     ``sweep(s, t) -> (s_new, changed)`` runs sweep ``t`` (0-based; the backend adds its counter
     offset) and returns the new state and the per-sample flag "some code changed" (``None``: computed
-    here by comparing the states). Diagnostics as in :class:`IntRelaxInfo`: ``steps`` = first sweep
+    here as ``max |s_new - s| > tol``; ``tol = 0`` for codes, a float tolerance for analog states). Diagnostics as in :class:`IntRelaxInfo`: ``steps`` = first sweep
     (1-based) after which the sample's codes did not change (``-1``: never), ``cycling`` = the last
     sweep changed the sample but its codes equal those two sweeps earlier (period 2).
 
@@ -218,7 +220,7 @@ def iterate(sweep: Callable, s0: State, *, max_steps: int, early_exit: bool = Tr
     n_run = 0
     for t in range(max_steps):
         new, ch = sweep(s, t)
-        changed = _changed(new, s) if ch is None else _np(ch)
+        changed = _sample_residual(new, s) > tol if ch is None else _np(ch)
         s = new
         n_run = t + 1
         steps[(steps < 0) & ~changed] = n_run
@@ -229,13 +231,8 @@ def iterate(sweep: Callable, s0: State, *, max_steps: int, early_exit: bool = Tr
             break
     cycling = np.zeros(B, dtype=bool)
     if len(hist) == 3:
-        cycling = changed & ~_changed(hist[2], hist[0])
-    residual = np.zeros(B, dtype=np.int64)
-    if len(hist) >= 2:
-        for a, c in zip(hist[-1], hist[-2]):
-            if a.shape[1]:
-                d = _np(abs(a - c)).max(axis=1)
-                residual = np.maximum(residual, d.astype(np.int64))
+        cycling = changed & ~(_sample_residual(hist[2], hist[0]) > tol)
+    residual = _sample_residual(hist[-1], hist[-2]) if len(hist) >= 2 else np.zeros(B, dtype=np.int64)
     return s, IntRelaxInfo(steps, ~changed, residual, cycling, trace, n_run)
 
 

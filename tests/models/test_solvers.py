@@ -39,3 +39,48 @@ def test_bad_arguments():
         relax(lambda s: s, [torch.zeros(1, 1)], max_steps=3, method="newton")
     with pytest.raises(ValueError, match="damping"):
         relax(lambda s: s, [torch.zeros(1, 1)], max_steps=3, damping=1.0)
+
+
+# ------------------------------------------------------------------ the integer settling loop
+def test_iterate_same_diagnostics_on_numpy_and_torch():
+    import numpy as np
+
+    from models.solvers import IntRelaxInfo, iterate
+
+    start = np.array([[0, 5], [4, 4], [3, 0]], dtype=np.int64)
+
+    def sweep_np(s, t):
+        a = s[0].copy()
+        a[0] = np.minimum(a[0] + 1, 4)
+        a[2] = 3 - a[2]
+        return [a], None
+
+    def sweep_t(s, t):
+        a = s[0].clone()
+        a[0] = torch.clamp(a[0] + 1, max=4)
+        a[2] = 3 - a[2]
+        return [a], None
+
+    out = []
+    for sweep, s0 in ((sweep_np, [start]), (sweep_t, [torch.from_numpy(start)])):
+        s, info = iterate(sweep, s0, max_steps=8, record_trace=True)
+        assert isinstance(info, IntRelaxInfo)
+        out.append((np.asarray(s[0]), info))
+    (a, i), (b, j) = out
+    assert np.array_equal(a, b)
+    # sample 0: [0,5] -> [1,4] -> ... -> [4,4], unchanged from sweep 5 on; 1: fixed; 2: 0,3 -> 3,0 -> ... (period 2)
+    assert i.steps.tolist() == j.steps.tolist() == [5, 1, -1]
+    assert i.cycling.tolist() == j.cycling.tolist() == [False, False, True]
+    assert i.converged.tolist() == [True, True, False] and i.residual.tolist() == j.residual.tolist() == [0, 0, 3]
+    assert i.trace == j.trace and i.n_steps == j.n_steps == 8
+
+
+def test_iterate_float_tolerance_and_early_exit():
+    from models.solvers import iterate
+
+    s, info = iterate(lambda s, t: ([0.5 * s[0] + 1.0], None), [torch.zeros(2, 1, dtype=torch.float64)],
+                      max_steps=100, tol=1e-6)
+    assert info.n_steps < 30 and bool(info.converged.all()) and info.residual.dtype.kind == "f"
+    s, info = iterate(lambda s, t: ([0.5 * s[0] + 1.0], None), [torch.zeros(2, 1, dtype=torch.float64)],
+                      max_steps=100, tol=1e-6, early_exit=False)
+    assert info.n_steps == 100
