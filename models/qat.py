@@ -53,12 +53,12 @@ from quant import (FixedPoint, HardwareSpec, bias_codes, bias_lsb, fake_quant_st
                    quantize_weights)
 
 from .energy import INPUT, Bias, Dense
-from .engine import Phases, check_nudging, require_kernels, run_phases
+from .engine import Phases, UnsupportedError, check_nudging, require_kernels, run_phases
 from .eqprop_mlp import EqPropConfig, EqPropMLP, rho  # noqa: F401  (EqPropConfig for doctest)
 from .solvers import RelaxInfo, State, relax
 
-QAT_KERNELS = {Dense: "W_hat s (and F_hat s for the feedback)", Bias: "b_hat on the accumulator grid"}
-"""Terms the fake-quant path implements, for the chain of :class:`EqPropMLP` only (see _check_model)."""
+QAT_KERNELS = {Dense: "R(W_hat s) (and R(F_hat s) for the feedback)", Bias: "b_hat on the accumulator grid"}
+"""Terms the fake-quant path implements (on :class:`EqPropMLP` and subclasses, see _check_model)."""
 
 log = logging.getLogger("eqprop_hwsim.models.qat")
 
@@ -122,20 +122,32 @@ def _check_spec(spec) -> HardwareSpec:
 
 
 def _check_model(net) -> None:
-    """The fake-quant path implements the layered chain (Dense + Bias per layer) of EqPropMLP."""
+    """The fake-quant path implements EqPropMLP's layered chain plus any extra Dense terms (each its
+    own rounded term, as the simulator's extra accumulators)."""
+    if not isinstance(net, EqPropMLP):
+        raise UnsupportedError(f"backend 'QAT fake-quant' supports EqPropMLP and its subclasses (layers.i chain); "
+                               f"got {type(net).__name__}")
     require_kernels("QAT fake-quant", QAT_KERNELS, net.terms)
-    chain = [Dense(post=i, pre=i - 1 if i else INPUT, weight=f"layers.{i}.weight") for i in range(net.n_layers)]
-    extra = [t for t in net.terms if isinstance(t, Dense) and t not in chain]
-    if extra:
-        raise ValueError(f"backend 'QAT fake-quant' supports the layered chain of EqPropMLP only; "
-                         f"the model has the extra term(s) {extra}; use the float model or the fixed-point simulator")
+
+
+def _extra_terms(net) -> list[Dense]:
+    chain = {Dense(post=i, pre=i - 1 if i else INPUT, weight=f"layers.{i}.weight") for i in range(net.n_layers)}
+    return [t for t in net.terms if isinstance(t, Dense) and t not in chain]
+
+
+def _fq(w: torch.Tensor, spec: HardwareSpec) -> torch.Tensor:
+    return w if spec.weights.is_float else fake_quant_weights(w.contiguous(), spec)
 
 
 def qat_weights(net: EqPropMLP, spec: HardwareSpec) -> list[dict[str, torch.Tensor]]:
-    """Per layer ``{"w": W_hat_i, "b": b_hat_i, "fb": F_hat_i}`` (``"fb"`` for ``i < L-1``), all
-    straight-through; float passthrough for float weights.
+    """Per layer ``{"w": W_hat_i, "b": b_hat_i, "fb": F_hat_i, "extra": [(src, E_hat), ...]}``
+    (``"fb"`` for ``i < L-1``), all straight-through; float passthrough for float weights.
 
-    Shapes: ``w`` ``(n_i, n_{i-1})``, ``b`` ``(n_i,)``, ``fb`` ``(n_i, n_{i+1})``.
+    Shapes: ``w`` ``(n_i, n_{i-1})``, ``b`` ``(n_i,)``, ``fb`` ``(n_i, n_{i+1})``. ``extra`` holds the
+    contributions of Dense terms beyond the chain (e.g. the skip coupling of
+    :class:`~models.skip_mlp.SkipEqPropMLP`) into node ``i``: ``E_hat`` quantised as its own tensor
+    (``W`` for the forward contribution, ``W^T`` for the feedback one), ``src`` the source node
+    (``INPUT``: static, rounded once per phase).
     """
     _check_spec(spec)
     _check_model(net)
@@ -152,7 +164,13 @@ def qat_weights(net: EqPropMLP, spec: HardwareSpec) -> list[dict[str, torch.Tens
         if i + 1 < n:
             w_next = net.layers[i + 1].weight
             d["fb"] = fake_quant_weights(w_next.t().contiguous(), spec) if not spec.weights.is_float else w_next.t()
+        d["extra"] = []
         out.append(d)
+    for t in _extra_terms(net):
+        w = net.get_parameter(t.weight)
+        out[t.post]["extra"].append((t.pre, _fq(w, spec)))
+        if t.pre != INPUT:
+            out[t.pre]["extra"].append((t.post, _fq(w.t(), spec)))
     return out
 
 
@@ -170,20 +188,27 @@ def _round_term(t: torch.Tensor, spec: HardwareSpec) -> torch.Tensor:
 
 
 def qat_step(net: EqPropMLP, spec: HardwareSpec, wb, s: State, drive: torch.Tensor,
-             beta: float = 0.0, y: torch.Tensor | None = None) -> State:
+             beta: float = 0.0, y: torch.Tensor | None = None, static: dict | None = None) -> State:
     """One sweep of the fake-quant dynamics (see module docstring).
 
     Args:
         wb: :func:`qat_weights` output.
         s: states, list of ``(B, n_i)``.
         drive: ``R(W_hat_0 x_hat + b_hat_0)``, ``(B, n_0)``.
+        static: per node, the sum of its rounded static extra terms ``R(E_hat x_hat)`` (once per phase).
     """
     n = net.n_layers
+    static = static or {}
 
     def update(i, s):
         a = drive if i == 0 else _round_term(torch.addmm(wb[i]["b"], s[i - 1], wb[i]["w"].t()), spec)
         if i + 1 < n:
             a = a + _round_term(s[i + 1] @ wb[i]["fb"].t(), spec)
+        if i in static:
+            a = a + static[i]
+        for src, e in wb[i]["extra"]:
+            if src != INPUT:
+                a = a + _round_term(s[src] @ e.t(), spec)
         if i == n - 1 and beta != 0.0:
             a = a + _round_term(-beta * net.cost_grad(s[i], y), spec)
         return rho(a)
@@ -219,8 +244,14 @@ def qat_relax(net: EqPropMLP, x: torch.Tensor, spec: HardwareSpec, s0: State | N
         wb = qat_weights(net, spec) if wb is None else wb
         xq = _fq_state(x, spec)
         drive = _round_term(torch.addmm(wb[0]["b"], xq, wb[0]["w"].t()), spec)
+        static: dict = {}
+        for i, d in enumerate(wb):
+            for src, e in d["extra"]:
+                if src == INPUT:
+                    r = _round_term(xq @ e.t(), spec)
+                    static[i] = static[i] + r if i in static else r
         s0 = net.zero_state(x.shape[0], x) if s0 is None else list(s0)
-        return relax(lambda s: qat_step(net, spec, wb, s, drive, beta, y), s0, max_steps=n_steps,
+        return relax(lambda s: qat_step(net, spec, wb, s, drive, beta, y, static), s0, max_steps=n_steps,
                      tol=0.0, record_trace=False)
 
 

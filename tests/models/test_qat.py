@@ -59,15 +59,18 @@ def test_states_on_grid_and_weights_quantised(preset):
 
 
 @pytest.mark.parametrize("preset", QUANT_PRESETS)
-@pytest.mark.parametrize("sizes", [(784, 24, 10), (784, 16, 12, 10)])
-def test_fake_quant_codes_equal_the_integer_mirror(preset, sizes):
-    """float64 QAT forward == hwsim.torch_mirror.torch_relax codes (free and nudged) on real MNIST."""
+@pytest.mark.parametrize("sizes,skip", [((784, 24, 10), False), ((784, 16, 12, 10), False), ((784, 16, 10), True)])
+def test_fake_quant_codes_equal_the_integer_mirror(preset, sizes, skip):
+    """float64 QAT forward == hwsim.torch_mirror.torch_relax codes (free and nudged) on real MNIST,
+    for the MLP and for the skip model (its extra term rounded on its own, as in the simulator)."""
     from hwsim.fixed_point import FixedPointMLP
     from hwsim.torch_mirror import torch_relax
+    from models.skip_mlp import SkipEqPropMLP
 
     x, y = load_dataset("mnist", "test")
     x, y = torch.tensor(x[:32]).double(), torch.tensor(y[:32])
-    net = EqPropMLP(EqPropConfig(sizes=sizes), seed=1).double()
+    net = (SkipEqPropMLP(EqPropConfig(sizes=sizes), seed=1, skip_gain=2.0) if skip
+           else EqPropMLP(EqPropConfig(sizes=sizes), seed=1)).double()
     spec = get_preset(preset)
     fp = FixedPointMLP.from_model(net, spec)
     xc = torch.tensor(fp.quantize_input(x.numpy()))
