@@ -101,6 +101,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
+def check_eqprop_checkpoint(path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` is a readable checkpoint of an ``EqPropMLP``
+    (cheap: reads the file, builds no model)."""
+    payload = read_checkpoint(path)
+    if payload["model_class"] != "EqPropMLP":
+        raise CheckpointError(f"checkpoint {path} holds a {payload['model_class']}; this needs an EqPropMLP "
+                              "(layered, hard sigmoid) checkpoint")
+
+
 def load_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model from a checkpoint; returns ``(model, meta)`` (meta = everything else)."""
     payload = read_checkpoint(path)

@@ -110,6 +110,14 @@ def test_typed_configs_quick_and_full_and_validation():
         apply_overrides(cfg, {"skip_nudge": "yes"}, label="t")
 
 
+def test_wrong_model_class_checkpoint_setting(capsys, tmp_path):
+    looped = save_checkpoint(tmp_path / "looped.pt", LoopedMLP(LoopedConfig(n_in=784, n_hidden=8, n_out=10)))
+    for tid in ("42", "41"):
+        rc, _, err = _main(capsys, "--track", tid, "--set", f"checkpoint={looped}", "--out", str(tmp_path / "r"))
+        assert rc == 2 and "LoopedMLP" in err and "EqPropMLP" in err and "Traceback" not in err, err
+        assert not (tmp_path / "r").exists()
+
+
 def test_unwritable_out_is_a_usage_error(capsys, tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("mine")
@@ -423,7 +431,7 @@ def test_sweep_killed_and_resumed_equals_uninterrupted(tmp_path, reference_summa
         time.sleep(0.1)
     assert not [w for w in workers if _alive(w)], "orphaned worker processes"
     assert 0 < len(sweep.read_jsonl(jsonl)) < N_POINTS
-    r = _cli(*args)
+    r = _cli(*args[:-len(_SWEEP_ARGS) - 2], "--jobs", "1", *_SWEEP_ARGS)  # resume (jobs do not change results)
     assert r.returncode == 0, r.stderr
     assert (out / "summary.json").read_text() == ref
     assert len(sweep.read_jsonl(jsonl)) == N_POINTS

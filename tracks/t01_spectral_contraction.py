@@ -21,6 +21,7 @@ import torch
 from models.looped import LoopedConfig, LoopedMLP
 from models.train import TrainConfig, evaluate, train
 
+from .harness.plots import figure
 from .harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from .data import load_dataset
 
@@ -122,20 +123,14 @@ def run(ctx: TrackContext) -> TrackResult:
 
 
 def _plot(curves, ctx: TrackContext) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for tag, curve in curves.items():
-        label = {"sn": "SN (exact sigma)", "sn_power": "SN (1-step power iteration)", "no_sn": "without SN"}[tag]
-        ax.plot([c[0] for c in curve], [c[1] for c in curve], marker=".", label=label)
-    ax.axhline(1.0, color="k", ls="--", lw=0.8, label="L = 1 (contraction bound)")
-    ax.set_xlabel("updates"); ax.set_ylabel("Lipschitz bound (1-g) + g ||W_eff||_2")
-    ax.set_title("Track 1: LoopedMLP on MNIST")
-    ax.legend()
-    fig.tight_layout()
     path = ctx.plots_dir / "t01_lipschitz.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, figsize=(6, 4), dpi=120) as (fig, _axes):
+        ax = _axes[0][0]
+        for tag, curve in curves.items():
+            label = {"sn": "SN (exact sigma)", "sn_power": "SN (1-step power iteration)", "no_sn": "without SN"}[tag]
+            ax.plot([c[0] for c in curve], [c[1] for c in curve], marker=".", label=label)
+        ax.axhline(1.0, color="k", ls="--", lw=0.8, label="L = 1 (contraction bound)")
+        ax.set_xlabel("updates"); ax.set_ylabel("Lipschitz bound (1-g) + g ||W_eff||_2")
+        ax.set_title("Track 1: LoopedMLP on MNIST")
+        ax.legend()
     return str(path.relative_to(ctx.out_dir))

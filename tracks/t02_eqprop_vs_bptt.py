@@ -22,6 +22,7 @@ import torch
 from models.eqprop_mlp import EqPropConfig, EqPropMLP
 from models.gradients import bptt_grads, compare_grads, implicit_grads
 
+from .harness.plots import figure
 from .harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from .data import load_dataset
 
@@ -148,32 +149,26 @@ def run(ctx: TrackContext) -> TrackResult:
 
 
 def _plot(rows, ctx: TrackContext) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tags = sorted({r["net"] for r in rows})
-    fig, axes = plt.subplots(1, len(tags), figsize=(5.5 * len(tags), 4), sharey=True, squeeze=False)
-    axes = axes[0]
-    for ax, tag in zip(axes, tags):
-        for dtype, ls in (("float64", "-"), ("float32", ":")):
-            for mode, marker in (("one_sided", "o"), ("symmetric", "s")):
-                sel = [r for r in rows if r["net"] == tag and r["dtype"] == dtype and r["mode"] == mode]
-                if not sel:
-                    continue
-                betas = sorted({r["beta"] for r in sel})
-                worst = [min(r["cos_bptt"] for r in sel if r["beta"] == b) for b in betas]
-                # log10(1 - cosine); cosine 1 to machine precision is drawn at -16, NaN as a gap
-                ax.plot(betas, [np.log10(max(1 - w, 1e-16)) if np.isfinite(w) else np.nan for w in worst], ls,
-                        marker=marker, label=f"{mode} {dtype}")
-        ax.axhline(-3.0, color="k", lw=0.8, ls="--", label="cosine 0.999")
-        ax.set_xscale("log")
-        ax.set_xlim(5e-5, 1.0)
-        ax.set_ylim(-16.5, 0.5)
-        ax.set_xlabel("beta"); ax.set_title(f"{tag}: worst layer, log10(1 - cosine(EqProp, BPTT))")
-    axes[0].set_ylabel("log10(1 - cosine)"); axes[0].legend(fontsize=7)
-    fig.tight_layout()
     path = ctx.plots_dir / "t02_cosine_vs_beta.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, nrows=1, ncols=len(tags), figsize=(5.5 * len(tags), 4), sharey=True, dpi=120) as (fig, _axes):
+        axes = _axes
+        axes = axes[0]
+        for ax, tag in zip(axes, tags):
+            for dtype, ls in (("float64", "-"), ("float32", ":")):
+                for mode, marker in (("one_sided", "o"), ("symmetric", "s")):
+                    sel = [r for r in rows if r["net"] == tag and r["dtype"] == dtype and r["mode"] == mode]
+                    if not sel:
+                        continue
+                    betas = sorted({r["beta"] for r in sel})
+                    worst = [min(r["cos_bptt"] for r in sel if r["beta"] == b) for b in betas]
+                    # log10(1 - cosine); cosine 1 to machine precision is drawn at -16, NaN as a gap
+                    ax.plot(betas, [np.log10(max(1 - w, 1e-16)) if np.isfinite(w) else np.nan for w in worst], ls,
+                            marker=marker, label=f"{mode} {dtype}")
+            ax.axhline(-3.0, color="k", lw=0.8, ls="--", label="cosine 0.999")
+            ax.set_xscale("log")
+            ax.set_xlim(5e-5, 1.0)
+            ax.set_ylim(-16.5, 0.5)
+            ax.set_xlabel("beta"); ax.set_title(f"{tag}: worst layer, log10(1 - cosine(EqProp, BPTT))")
+        axes[0].set_ylabel("log10(1 - cosine)"); axes[0].legend(fontsize=7)
     return str(path.relative_to(ctx.out_dir))

@@ -31,6 +31,7 @@ from models.progress import progress as progress_bar
 
 from hwsim.analog import AnalogCrossbarMLP, AnalogSimConfig, adc_range_for
 from quant.presets import get_preset
+from tracks.harness.plots import figure
 from tracks.harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from tracks.data import load_dataset
 from tracks.harness.stats import mean_ci95
@@ -98,26 +99,21 @@ def heal_one_seed(net, x_tr, y_tr, x_te, y_te, *, seed: int, stuck_frac: float, 
 
 
 def _plot(results, path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for i, r in enumerate(results):
-        st = [c["step"] for c in r["curve"]]
-        ax.plot(st, [100 * c["accuracy"] for c in r["curve"]], marker="o", color="C0",
-                label="faulty chip, in-situ EqProp" if i == 0 else None)
-        ax.hlines(100 * r["acc_faulty"], 0, st[-1], color="C3", linestyles="--",
-                  label="faulty chip, ex-situ weights left" if i == 0 else None)
-        ax.hlines(100 * r["acc_clean"], 0, st[-1], color="C2", linestyles=":",
-                  label="fault-free chip" if i == 0 else None)
-    ax.set_xlabel("in-situ EqProp steps (batches)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("self-healing on a faulty crossbar")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, figsize=(5.5, 3.8), dpi=120) as (fig, _axes):
+        ax = _axes[0][0]
+        for i, r in enumerate(results):
+            st = [c["step"] for c in r["curve"]]
+            ax.plot(st, [100 * c["accuracy"] for c in r["curve"]], marker="o", color="C0",
+                    label="faulty chip, in-situ EqProp" if i == 0 else None)
+            ax.hlines(100 * r["acc_faulty"], 0, st[-1], color="C3", linestyles="--",
+                      label="faulty chip, ex-situ weights left" if i == 0 else None)
+            ax.hlines(100 * r["acc_clean"], 0, st[-1], color="C2", linestyles=":",
+                      label="fault-free chip" if i == 0 else None)
+        ax.set_xlabel("in-situ EqProp steps (batches)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title("self-healing on a faulty crossbar")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     return path
 
 

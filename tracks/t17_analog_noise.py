@@ -34,6 +34,7 @@ from hwsim.analog import AnalogCrossbarMLP
 from models.gradients import bptt_grads, compare_grads
 from quant.formats import AnalogSpec
 from quant.presets import get_preset
+from tracks.harness.plots import figure
 from tracks.harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from tracks.data import load_dataset
 from tracks.harness.threads import torch_threads
@@ -98,22 +99,17 @@ def gradient_quality(net, x, y, *, betas, noise_levels, seeds, n_free_steps: int
 
 
 def _plot_grad(rows, path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for noise in sorted({r["read_noise"] for r in rows}):
-        rr = sorted((r for r in rows if r["read_noise"] == noise), key=lambda r: r["beta"])
-        ax.plot([r["beta"] for r in rr], [r["cos_mean"] for r in rr], marker="o", label=f"read noise {100 * noise:g} %")
-    ax.set_xscale("log")
-    ax.set_xlabel("nudging beta")
-    ax.set_ylabel("mean layer cosine (EqProp on chip vs BPTT)")
-    ax.set_title("gradient quality under read noise")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, figsize=(5.5, 3.8), dpi=120) as (fig, _axes):
+        ax = _axes[0][0]
+        for noise in sorted({r["read_noise"] for r in rows}):
+            rr = sorted((r for r in rows if r["read_noise"] == noise), key=lambda r: r["beta"])
+            ax.plot([r["beta"] for r in rr], [r["cos_mean"] for r in rr], marker="o", label=f"read noise {100 * noise:g} %")
+        ax.set_xscale("log")
+        ax.set_xlabel("nudging beta")
+        ax.set_ylabel("mean layer cosine (EqProp on chip vs BPTT)")
+        ax.set_title("gradient quality under read noise")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     return path
 
 

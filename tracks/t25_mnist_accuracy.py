@@ -47,6 +47,7 @@ from models.train import evaluate, train
 
 from .harness.stats import mean_ci95
 from .harness.threads import torch_threads
+from .harness.plots import figure
 from .harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from .data import load_dataset, train_val_split
 from .shared.recipes import SIZES, get_recipe
@@ -139,28 +140,22 @@ def _load(ds: str, ctx: TrackContext, n_train, n_val, n_test) -> dict[str, torch
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     dss = sorted({r["dataset"] for r in rows})
-    fig, axes = plt.subplots(1, len(dss), figsize=(5 * len(dss), 3.6), squeeze=False)
-    for ax, ds in zip(axes[0], dss):
-        for r in rows:
-            if r["dataset"] != ds:
-                continue
-            ep = range(1, len(r["val_acc"]) + 1)
-            ax.plot(ep, r["val_acc"], "o-" if r["method"] == "eqprop" else "s--",
-                    color="C0" if r["method"] == "eqprop" else "C1", alpha=0.8,
-                    label=f"{r['method']} seed {r['seed']}")
-        ax.set_title(f"{ds}: validation accuracy")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, nrows=1, ncols=len(dss), figsize=(5 * len(dss), 3.6), dpi=120) as (fig, _axes):
+        axes = _axes
+        for ax, ds in zip(axes[0], dss):
+            for r in rows:
+                if r["dataset"] != ds:
+                    continue
+                ep = range(1, len(r["val_acc"]) + 1)
+                ax.plot(ep, r["val_acc"], "o-" if r["method"] == "eqprop" else "s--",
+                        color="C0" if r["method"] == "eqprop" else "C1", alpha=0.8,
+                        label=f"{r['method']} seed {r['seed']}")
+            ax.set_title(f"{ds}: validation accuracy")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("accuracy")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
 
 
 def run(ctx: TrackContext) -> TrackResult:

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from .harness.plots import figure
 from .harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from .data import load_dataset
 
@@ -232,23 +233,17 @@ def measure(t_values: tuple[int, ...], x: np.ndarray, y: np.ndarray, *, repeats:
 
 
 def _plot(rows: list[dict[str, Any]], path: Path, batch: int) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for m, style in (("eqprop", "o-"), ("bptt", "s--")):
-        r = [row for row in rows if row["method"] == m]
-        ax.plot([row["T"] for row in r], [row["step_bytes"] / 2**20 for row in r], style, label=m)
-    ax.set_xscale("log")
-    ax.set_xlabel("relaxation steps T (free phase)")
-    ax.set_ylabel("peak step memory above baseline (MiB)")
-    ax.set_title(f"784-512-10, batch {batch}: measured peak RSS of one step")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, figsize=(5.5, 3.8), dpi=120) as (fig, _axes):
+        ax = _axes[0][0]
+        for m, style in (("eqprop", "o-"), ("bptt", "s--")):
+            r = [row for row in rows if row["method"] == m]
+            ax.plot([row["T"] for row in r], [row["step_bytes"] / 2**20 for row in r], style, label=m)
+        ax.set_xscale("log")
+        ax.set_xlabel("relaxation steps T (free phase)")
+        ax.set_ylabel("peak step memory above baseline (MiB)")
+        ax.set_title(f"784-512-10, batch {batch}: measured peak RSS of one step")
+        ax.legend()
+        ax.grid(alpha=0.3)
 
 
 def run(ctx: TrackContext) -> TrackResult:

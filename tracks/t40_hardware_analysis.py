@@ -40,6 +40,7 @@ from models.gradients import bptt_grads
 from quant import get_preset
 from quant.energy import SOURCE
 
+from .harness.plots import figure
 from .harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from .data import load_dataset
 
@@ -193,26 +194,20 @@ def cross_check_fixed_point(net: EqPropMLP, spec_name: str, x: torch.Tensor, y: 
 
 
 def _plot(rows: list[dict], path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2), squeeze=False)
-    for ax, m in zip(axes[0], models):
-        mr = [r for r in rows if r["model"] == m and r.get("energy_pj_train_by_phase")]
-        names = [r["representation"] for r in mr]
-        bottom = [0.0] * len(mr)
-        for phase in opcount.PHASES:
-            vals = [r["energy_pj_train_by_phase"].get(phase, 0.0) / 1e6 for r in mr]
-            ax.bar(names, vals, bottom=bottom, label=phase)
-            bottom = [b + v for b, v in zip(bottom, vals)]
-        ax.set_title(f"{m}: one EqProp training step (T1={N_FREE_STEPS}, T2={N_NUDGE_STEPS}, {NUDGING})", fontsize=9)
-        ax.set_ylabel("energy estimate (uJ per sample)")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, nrows=1, ncols=len(models), figsize=(6 * len(models), 4.2), dpi=110) as (fig, _axes):
+        axes = _axes
+        for ax, m in zip(axes[0], models):
+            mr = [r for r in rows if r["model"] == m and r.get("energy_pj_train_by_phase")]
+            names = [r["representation"] for r in mr]
+            bottom = [0.0] * len(mr)
+            for phase in opcount.PHASES:
+                vals = [r["energy_pj_train_by_phase"].get(phase, 0.0) / 1e6 for r in mr]
+                ax.bar(names, vals, bottom=bottom, label=phase)
+                bottom = [b + v for b, v in zip(bottom, vals)]
+            ax.set_title(f"{m}: one EqProp training step (T1={N_FREE_STEPS}, T2={N_NUDGE_STEPS}, {NUDGING})", fontsize=9)
+            ax.set_ylabel("energy estimate (uJ per sample)")
+            ax.legend(fontsize=8)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,11 +45,12 @@ import torch
 from exports import verify as V
 from exports.onnx_export import build_int_model, export_onnx
 from hwsim.fixed_point import FixedPointMLP
-from models.checkpoint import load_checkpoint
+from models.checkpoint import check_eqprop_checkpoint, load_checkpoint
 from models.eqprop_mlp import EqPropConfig, EqPropMLP
 from models.train import train
 from quant import get_preset
 
+from .harness.plots import figure
 from .harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from .data import load_dataset
 from .shared.recipes import get_recipe
@@ -96,6 +97,8 @@ class T41Config:
         if not 1 <= self.n_test <= 10000 or self.n_train > 60000:
             raise ValueError(f"n_test={self.n_test}, n_train={self.n_train} are invalid; allowed: "
                              "n_test in [1, 10000], n_train in [1, 60000]")
+        if self.checkpoint is not None:
+            check_eqprop_checkpoint(self.checkpoint)
         if not self.presets or any(p not in PRESETS for p in self.presets):
             raise ValueError(f"presets={list(self.presets)} is invalid; allowed: a non-empty subset of {list(PRESETS)}")
 
@@ -241,29 +244,22 @@ def _accuracy(path: Path, fmt: str, net, xt, yt) -> float:
 
 
 def _plot(rows, ctx: TrackContext) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ok = [r for r in rows if r.get("ort_ran")]
     keys = list(dict.fromkeys(r["format"] for r in ok))
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    width = 0.38
-    xs = np.arange(len(keys))
-    for j, form in enumerate(FORMS):
-        sel = {r["format"]: r for r in ok if r["form"] == form}
-        for ax, field, label in ((axes[0], "bytes", "file size (kB)"), (axes[1], "load_s", "session load (s)"),
-                                 (axes[2], "run_s", "run, all test images (s)")):
-            vals = [sel[k][field] / (1e3 if field == "bytes" else 1.0) if k in sel else 0.0 for k in keys]
-            ax.bar(xs + (j - 0.5) * width, vals, width, label=form)
-            ax.set_title(label)
-    for ax in axes:
-        ax.set_xticks(xs, keys, rotation=40, ha="right", fontsize=8)
-    axes[0].legend()
-    fig.suptitle("Track 41: ONNX exports in onnxruntime")
-    fig.tight_layout()
     path = ctx.plots_dir / "t41_onnx_formats.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, nrows=1, ncols=3, figsize=(13, 3.8), dpi=110) as (fig, _axes):
+        axes = _axes[0]
+        width = 0.38
+        xs = np.arange(len(keys))
+        for j, form in enumerate(FORMS):
+            sel = {r["format"]: r for r in ok if r["form"] == form}
+            for ax, field, label in ((axes[0], "bytes", "file size (kB)"), (axes[1], "load_s", "session load (s)"),
+                                     (axes[2], "run_s", "run, all test images (s)")):
+                vals = [sel[k][field] / (1e3 if field == "bytes" else 1.0) if k in sel else 0.0 for k in keys]
+                ax.bar(xs + (j - 0.5) * width, vals, width, label=form)
+                ax.set_title(label)
+        for ax in axes:
+            ax.set_xticks(xs, keys, rotation=40, ha="right", fontsize=8)
+        axes[0].legend()
+        fig.suptitle("Track 41: ONNX exports in onnxruntime")
     return str(path.relative_to(ctx.out_dir))

@@ -41,10 +41,11 @@ from hwsim.spiking.brian2_port import run_brian2
 from hwsim.spiking.config import SpikingConfig, SpikingParams
 from hwsim.spiking.snntorch_port import run_snntorch
 from hwsim.spiking.synops import energy_estimate, float_macs, synops_per_sample
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import check_eqprop_checkpoint, load_checkpoint, save_checkpoint
 from models.eqprop_mlp import EqPropConfig, EqPropMLP
 from models.train import TrainConfig, train
 
+from .harness.plots import figure
 from .harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from .data import load_dataset
 
@@ -95,6 +96,8 @@ class T42Config:
                 raise ValueError(f"{f}={getattr(self, f)} is invalid; allowed: an int >= 1")
         if self.n_test > 10000 or self.n_train > 60000:
             raise ValueError(f"n_test={self.n_test}, n_train={self.n_train}: MNIST has 10000 / 60000 images")
+        if self.checkpoint is not None:
+            check_eqprop_checkpoint(self.checkpoint)
         if 64 not in self.steps or min(self.steps) < 1:
             raise ValueError(f"steps={list(self.steps)} is invalid; allowed: ints >= 1 including 64 "
                              "(the criterion is measured at T=64)")
@@ -241,28 +244,21 @@ def run(ctx: TrackContext) -> TrackResult:
 
 
 def _plot(ctx: TrackContext, table: list[dict[str, Any]], float_acc: float, no_fb_mae: float) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ts = [r["T"] for r in table]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    a1.semilogx(ts, [100 * r["snn_acc"] for r in table], "o-", base=2, label="spiking (snntorch)")
-    a1.axhline(100 * float_acc, color="k", ls="--", label="float EqProp")
-    a1.set_xlabel("time steps T")
-    a1.set_ylabel("MNIST test accuracy (%)")
-    a1.legend()
-    a2.plot(ts, [r["rate_mae"] for r in table], "o-", label="mean |rate - state|")
-    a2.plot(ts, [1 - r["rate_corr"] for r in table], "s-", label="1 - corr(rate, state)")
-    a2.axhline(no_fb_mae, color="C0", ls=":", label="mean |rate - state|, no feedback, T=64")
-    a2.set_xscale("log", base=2)
-    a2.set_yscale("log")
-    a2.set_xlabel("time steps T")
-    a2.legend(fontsize=8)
-    fig.suptitle("Track 42: spiking EqProp vs float")
-    fig.tight_layout()
     path = ctx.plots_dir / "t42_acc_vs_T.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, nrows=1, ncols=2, figsize=(9, 3.5), dpi=110) as (fig, _axes):
+        a1, a2 = _axes[0]
+        a1.semilogx(ts, [100 * r["snn_acc"] for r in table], "o-", base=2, label="spiking (snntorch)")
+        a1.axhline(100 * float_acc, color="k", ls="--", label="float EqProp")
+        a1.set_xlabel("time steps T")
+        a1.set_ylabel("MNIST test accuracy (%)")
+        a1.legend()
+        a2.plot(ts, [r["rate_mae"] for r in table], "o-", label="mean |rate - state|")
+        a2.plot(ts, [1 - r["rate_corr"] for r in table], "s-", label="1 - corr(rate, state)")
+        a2.axhline(no_fb_mae, color="C0", ls=":", label="mean |rate - state|, no feedback, T=64")
+        a2.set_xscale("log", base=2)
+        a2.set_yscale("log")
+        a2.set_xlabel("time steps T")
+        a2.legend(fontsize=8)
+        fig.suptitle("Track 42: spiking EqProp vs float")
     return str(path.relative_to(ctx.out_dir))

@@ -52,6 +52,7 @@ from quant import get_preset
 
 from ..harness.stats import mean_ci95
 from ..harness.threads import torch_threads
+from ..harness.plots import figure
 from ..harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from ..data import load_dataset
 
@@ -297,47 +298,35 @@ def run_quantized(ctx: TrackContext, preset: str, track_id: int) -> TrackResult:
 
 
 def _plot_acc(rows, names, preset, track_id, ctx) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     paths = [k for k in ("acc_float", "acc_ptq", "acc_qat", "acc_onchip", "acc_onchip_scratch") if k in rows[0]]
     means, errs = zip(*(mean_ci95([100 * r[k] for r in rows if k in r]) for k in paths))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.bar(range(len(paths)), means, yerr=[0 if math.isnan(e) else e for e in errs], capsize=4, color="tab:blue")
-    for i, k in enumerate(paths):
-        pts = [100 * r[k] for r in rows if k in r]
-        ax.plot([i] * len(pts), pts, "k.", ms=4)
-    ax.set_xticks(range(len(paths)), [p.replace("acc_", "") for p in paths])
-    lo = min(100 * r[k] for r in rows for k in paths if k in r)
-    ax.set_ylim(max(0.0, lo - 5), 100)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Track {track_id} ({preset}): accuracy per path, mean and 95% CI over {len(rows)} seed(s)")
-    fig.tight_layout()
     path = ctx.plots_dir / f"t{track_id:02d}_{preset}_accuracy.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, figsize=(7, 4), dpi=110) as (fig, _axes):
+        ax = _axes[0][0]
+        ax.bar(range(len(paths)), means, yerr=[0 if math.isnan(e) else e for e in errs], capsize=4, color="tab:blue")
+        for i, k in enumerate(paths):
+            pts = [100 * r[k] for r in rows if k in r]
+            ax.plot([i] * len(pts), pts, "k.", ms=4)
+        ax.set_xticks(range(len(paths)), [p.replace("acc_", "") for p in paths])
+        lo = min(100 * r[k] for r in rows for k in paths if k in r)
+        ax.set_ylim(max(0.0, lo - 5), 100)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"Track {track_id} ({preset}): accuracy per path, mean and 95% CI over {len(rows)} seed(s)")
     return str(path.relative_to(ctx.out_dir))
 
 
 def _plot_cos(rows, preset, track_id, ctx) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    n_layers = len(rows[0]["update_cosine"])
-    for j, (key, label) in enumerate((("update_cosine_start", "start"), ("update_cosine", "end"))):
-        for r in rows:
-            ax.plot(np.arange(n_layers) + 0.15 * (2 * j - 1), r[key], "o", color=f"C{j}",
-                    label=label if r is rows[0] else None)
-    ax.axhline(UPDATE_COSINE_MIN, color="r", ls="--", lw=1, label="criterion")
-    ax.set_xticks(range(n_layers), [f"W{i}" for i in range(n_layers)])
-    ax.set_ylabel("cosine(integer update, float EqProp step)")
-    ax.set_title(f"Track {track_id} ({preset}): per-layer update cosine")
-    ax.legend()
-    fig.tight_layout()
     path = ctx.plots_dir / f"t{track_id:02d}_{preset}_update_cosine.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, figsize=(6, 4), dpi=110) as (fig, _axes):
+        ax = _axes[0][0]
+        n_layers = len(rows[0]["update_cosine"])
+        for j, (key, label) in enumerate((("update_cosine_start", "start"), ("update_cosine", "end"))):
+            for r in rows:
+                ax.plot(np.arange(n_layers) + 0.15 * (2 * j - 1), r[key], "o", color=f"C{j}",
+                        label=label if r is rows[0] else None)
+        ax.axhline(UPDATE_COSINE_MIN, color="r", ls="--", lw=1, label="criterion")
+        ax.set_xticks(range(n_layers), [f"W{i}" for i in range(n_layers)])
+        ax.set_ylabel("cosine(integer update, float EqProp step)")
+        ax.set_title(f"Track {track_id} ({preset}): per-layer update cosine")
+        ax.legend()
     return str(path.relative_to(ctx.out_dir))
