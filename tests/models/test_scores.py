@@ -61,3 +61,14 @@ def test_output_probs_ce_is_the_trained_softmax_and_mse_the_normalised_states():
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="tol"):
         free_phase_scores(_net(), torch.rand(2, 12, dtype=torch.float64), tol=0.0)
+
+
+def test_scores_work_for_any_energy_model_conv():
+    from models.conv import ConvConfig, ConvEqProp
+
+    net = ConvEqProp(ConvConfig(in_shape=(1, 12, 12), channels=(4, 6), kernel=3, n_out=3), seed=0).double()
+    x = torch.rand(5, 144, dtype=torch.float64)
+    raw = free_phase_scores(net, x, n_steps=80, tol=1e-9)
+    s, _ = net.free_phase(x, n_steps=80, tol=1e-9)
+    np.testing.assert_allclose(raw["energy"], net.energy(x, s).detach().numpy(), atol=1e-12)
+    assert np.all(raw["settling_steps"] <= 80)
