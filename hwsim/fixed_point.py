@@ -503,6 +503,11 @@ class FixedPointMLP:
             raise ValueError(f"net={type(net).__name__} is invalid; allowed: an energy model such as "
                              "models.eqprop_mlp.EqPropMLP (nodes and interaction terms)")
         kernels = require_kernels(BACKEND, INT_KERNELS, terms)
+        boxed = [i for i, n in enumerate(net.nodes) if n.activation != "hard_sigmoid"]
+        if boxed:
+            raise UnsupportedError(f"backend {BACKEND!r} has no integer activation for nodes {boxed} "
+                                   f"({net.nodes[boxed[0]].activation}); it supports: hard_sigmoid (the clamp "
+                                   "[0, code(1.0)])")
         sizes = (int(net.n_in),) + tuple(int(n.size) for n in net.nodes)
         low = _Lowering(spec, sizes)
         param = lambda name: net.get_parameter(name).detach().to("cpu").double().numpy()  # noqa: E731

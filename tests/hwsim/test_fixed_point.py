@@ -385,6 +385,12 @@ def test_term_without_integer_kernel_is_refused_by_name():
                                                r".*Quadratic\(node=1\); it supports: Bias, Dense"):
         FixedPointMLP.from_model(net, quant.get_preset("int8"))
     assert set(INT_KERNELS) == {Dense, type(net.terms[1])}
+    from models.energy import Node
+
+    tanh = EqPropMLP(EqPropConfig(sizes=(6, 5, 3)), seed=0)
+    tanh.nodes = [Node(5, "hard_tanh"), tanh.nodes[1]]
+    with pytest.raises(UnsupportedError, match=r"'numba fixed point' has no integer activation for nodes \[0\]"):
+        FixedPointMLP.from_model(tanh, quant.get_preset("int8"))
 
 
 def test_onchip_learns_the_skip_term_bit_exactly_and_refuses_state_couplings():
