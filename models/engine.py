@@ -34,6 +34,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from quant.spec import UnsupportedError as _QuantUnsupportedError
+
 NUDGINGS = ("one_sided", "symmetric", "random_sign")
 """Nudging modes: how ``(b1, b2)`` follow from ``beta``."""
 UPDATES = ("async", "sync")
@@ -168,8 +170,9 @@ def run_phases(relax: Relax, *, beta: float, mode: str = "symmetric", n_free_ste
 
 
 # ------------------------------------------------------------------------- backend capabilities
-class UnsupportedError(ValueError):
-    """A backend was asked for an interaction term, spec or mode it does not implement."""
+UnsupportedError = _QuantUnsupportedError
+"""A backend was asked for an interaction term, spec or mode it does not implement (one class for
+term, spec and mode refusals: :class:`quant.spec.UnsupportedError`)."""
 
 
 def require_kernels(backend: str, kernels: Mapping[type, Any], terms: Iterable[Any]) -> list[Any]:
@@ -179,7 +182,7 @@ def require_kernels(backend: str, kernels: Mapping[type, Any], terms: Iterable[A
     >>> require_kernels("demo", {}, [Dense(post=0, pre=-1, weight="w")])
     Traceback (most recent call last):
     ...
-    models.engine.UnsupportedError: backend 'demo' has no kernel for interaction term Dense(post=0, pre=-1, weight='w'); it supports: (none)
+    quant.spec.UnsupportedError: backend 'demo' has no kernel for interaction term Dense(post=0, pre=-1, weight='w'); it supports: (none)
     """
     out = []
     for t in terms:
