@@ -30,13 +30,14 @@ True
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import DictConfig
 from .energy import INPUT, Bias, Dense, EnergyModel, Node, register_float_kernel
 from .engine import check_update
 from .eqprop_mlp import COSTS
@@ -167,7 +168,7 @@ register_float_kernel(ConvPool, ConvPoolFloat)
 
 
 @dataclass(frozen=True)
-class ConvConfig:
+class ConvConfig(DictConfig):
     """Architecture and dynamics of a :class:`ConvEqProp`.
 
     Attributes:
@@ -211,18 +212,6 @@ class ConvConfig:
                 raise ValueError(f"ConvConfig: conv layer {i} leaves no spatial extent "
                                  f"(in_shape={self.in_shape}, kernel={self.kernel}, padding={self.padding}, "
                                  f"pool={self.pool}); use fewer layers, padding, or a smaller kernel/pool")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["in_shape"], d["channels"] = list(self.in_shape), list(self.channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ConvConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"ConvConfig: unknown keys {sorted(unknown)}; valid: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
 
 
 class ConvEqProp(EnergyModel, nn.Module):

@@ -38,12 +38,12 @@ b2 = +-beta with a random sign per batch). No autograd goes through the dynamics
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .config import DictConfig
 from .energy import INPUT, Bias, Dense, EnergyModel, Node, one_hot  # noqa: F401  (one_hot re-exported)
 from .engine import NUDGINGS, UPDATES, check_update  # noqa: F401  (re-exported names)
 from .solvers import RelaxInfo, State  # noqa: F401
@@ -52,7 +52,7 @@ COSTS = ("mse", "ce")
 
 
 @dataclass(frozen=True)
-class EqPropConfig:
+class EqPropConfig(DictConfig):
     """Architecture and dynamics of an :class:`EqPropMLP`.
 
     Attributes:
@@ -79,18 +79,6 @@ class EqPropConfig:
         check_update(self.update, "EqPropConfig.update")
         if not (self.ce_scale > 0 and self.init_gain > 0):
             raise ValueError("EqPropConfig.ce_scale and init_gain must be > 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["sizes"] = list(self.sizes)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EqPropConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"EqPropConfig: unknown keys {sorted(unknown)}; valid: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
 
 
 def rho(a: torch.Tensor) -> torch.Tensor:

@@ -34,18 +34,18 @@ True
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .config import DictConfig
 from .engine import run_phases
 from .solvers import RelaxInfo, relax
 
 
 @dataclass(frozen=True)
-class LoopedConfig:
+class LoopedConfig(DictConfig):
     """Attributes:
         n_in, n_hidden, n_out: widths of input, looped state and readout.
         gate: ``g`` of the damped update.
@@ -79,16 +79,6 @@ class LoopedConfig:
             raise ValueError(f"LoopedConfig.sn_gamma={self.sn_gamma} must be > 0")
         if self.sn_method not in ("exact", "power"):
             raise ValueError(f"LoopedConfig.sn_method={self.sn_method!r}; allowed: ('exact', 'power')")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LoopedConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"LoopedConfig: unknown keys {sorted(unknown)}")
-        return cls(**d)
 
 
 class LoopedMLP(nn.Module):
