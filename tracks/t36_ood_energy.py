@@ -68,7 +68,7 @@ from tracks.harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from tracks.harness.plots import figure
 from tracks.harness.stats import mean_ci95
 from tracks.harness.threads import torch_threads
-from tracks.shared.ood import analog_scores, auroc, fpr_at_tpr, int_scores, noise_images, paired_bootstrap, roc
+from tracks.shared.ood import analog_scorer, auroc, fpr_at_tpr, int_scorer, noise_images, paired_bootstrap, roc
 
 log = logging.getLogger("eqprop_hwsim.tracks.t36")
 
@@ -250,14 +250,11 @@ def _hardware(net, x_te, conf_float, oods, seed, c: Config, rng, rows, hw_rows, 
     n = min(c.hw_n_test or len(x_te["id"]), len(x_te["id"]))
     keys = ["id", *oods]
     for path in ("int8", "analog"):
+        score = (int_scorer(net, get_preset("int8"), n_steps=c.n_steps) if path == "int8" else
+                 analog_scorer(net, prog_noise=c.prog_noise, weights="int8", seed=seed, n_steps=c.n_steps, tol=c.tol))
         conf, pred = {}, None
         for k in keys:
-            xk = x_te[k][:n]
-            if path == "int8":
-                raw, info = int_scores(net, xk, get_preset("int8"), n_steps=c.n_steps)
-            else:
-                raw, info = analog_scores(net, xk, prog_noise=c.prog_noise, weights="int8", seed=seed,
-                                          n_steps=c.n_steps, tol=c.tol)
+            raw, info = score(x_te[k][:n])
             conf[k] = confidence(_noised(raw, rng) if c.score_noise else raw)
             if k == "id":
                 pred, settled = info["pred"], info["frac_settled"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -131,43 +131,45 @@ def with_params(net, params: dict[str, torch.Tensor]):
     return twin
 
 
-def int_scores(net, x: torch.Tensor, spec, *, n_steps: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Scores on the integer simulator (:class:`hwsim.fixed_point.FixedPointMLP` of ``net`` under ``spec``).
+def int_scorer(net, spec, *, n_steps: int) -> Callable[[torch.Tensor], tuple[dict[str, np.ndarray], dict[str, Any]]]:
+    """Scores on the integer simulator (:class:`hwsim.fixed_point.FixedPointMLP` of ``net`` under
+    ``spec``, built once): returns ``score(x) -> (raw scores, {"frac_settled", "pred"})``.
 
     The integer free phase settles on its own arithmetic (deterministic rounding: ``info.steps`` is
     the first sweep that changed no code). Its states and input codes are dequantised with the state
     LSB, and ``E`` / ``Phi`` are those of the *quantised* model (``models.qat.qat_weights``: weights
     on the int8 grid, biases on the accumulator grid, the rule every integer path uses).
-
-    Returns:
-        ``(raw scores, {"frac_settled": fraction of inputs whose codes settled, "pred": argmax})``.
     """
     import quant
     from hwsim.fixed_point import FixedPointMLP
     from models.qat import qat_weights
 
     fp = FixedPointMLP.from_model(net, spec)
-    xc = fp.quantize_input(x.detach().cpu().double().numpy())
-    codes, info = fp.relax(xc, n_steps=n_steps)
-    s = [torch.as_tensor(a) for a in fp.dequantize_states(codes)]
-    xq = torch.as_tensor(quant.dequantize_state(xc, spec), dtype=torch.float64)
-    wb = qat_weights(copy.deepcopy(net).double(), spec)
     params = {}
-    for i, d in enumerate(wb):
+    for i, d in enumerate(qat_weights(copy.deepcopy(net).double(), spec)):
         params[f"layers.{i}.weight"] = d["w"].detach()
         params[f"layers.{i}.bias"] = d["b"].detach()
     q = with_params(net, params)
-    raw = scores_from_states(q.energy, q.phi, xq, s, info.steps, n_steps, cost=net.config.cost,
-                             ce_scale=float(net.config.ce_scale))
-    return raw, {"frac_settled": float(np.mean(info.converged)), "pred": s[-1].argmax(dim=1).numpy()}
+
+    def score(x: torch.Tensor):
+        xc = fp.quantize_input(x.detach().cpu().double().numpy())
+        codes, info = fp.relax(xc, n_steps=n_steps)
+        s = [torch.as_tensor(a) for a in fp.dequantize_states(codes)]
+        xq = torch.as_tensor(quant.dequantize_state(xc, spec), dtype=torch.float64)
+        raw = scores_from_states(q.energy, q.phi, xq, s, info.steps, n_steps, cost=net.config.cost,
+                                 ce_scale=float(net.config.ce_scale))
+        return raw, {"frac_settled": float(np.mean(info.converged)), "pred": s[-1].argmax(dim=1).numpy()}
+
+    return score
 
 
-def analog_scores(net, x: torch.Tensor, *, prog_noise: float, weights: str, seed: int, n_steps: int, tol: float,
-                  adc_preact_range: float = 2.0) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Scores on the analog crossbar (:class:`hwsim.analog.AnalogCrossbarMLP`, ``analog_pcm`` device
-    with programming noise ``prog_noise`` (fraction of g_max) as the only random non-ideality,
-    ``weights`` precision before programming, 8-bit DAC/ADC, ADC full scale covering pre-activations
-    in ``[-adc_preact_range, adc_preact_range]``: Track 17's chip).
+def analog_scorer(net, *, prog_noise: float, weights: str, seed: int, n_steps: int, tol: float,
+                  adc_preact_range: float = 2.0) -> Callable[[torch.Tensor], tuple[dict[str, np.ndarray], dict[str, Any]]]:
+    """Scores on one programmed analog crossbar (:class:`hwsim.analog.AnalogCrossbarMLP`,
+    ``analog_pcm`` device with programming noise ``prog_noise`` (fraction of g_max) as the only random
+    non-ideality, ``weights`` precision before programming, 8-bit DAC/ADC, ADC full scale covering
+    pre-activations in ``[-adc_preact_range, adc_preact_range]``: Track 17's chip); returns
+    ``score(x) -> (raw scores, {"frac_settled", "pred"})``.
 
     The chip relaxes through its noisy reads; ``E`` / ``Phi`` are those of the weights it holds
     (:meth:`~hwsim.analog.AnalogCrossbarMLP.effective_weights`), at its states.
@@ -181,8 +183,6 @@ def analog_scores(net, x: torch.Tensor, *, prog_noise: float, weights: str, seed
     base = dataclasses.replace(base, adc_range=adc_range_for(net64, adc_preact_range))
     spec, sim = analog_for_point("prog", prog_noise, base)
     chip = AnalogCrossbarMLP(net64, spec, weights=weights, sim=sim, seed=seed)
-    x64 = x.detach().cpu().double()
-    s, info = chip.relax(x64, n_steps=n_steps, tol=tol)
     params = {}
     for arr, (W, b) in zip(chip.arrays, chip.effective_weights()):
         if arr.weight is not None:
@@ -190,6 +190,12 @@ def analog_scores(net, x: torch.Tensor, *, prog_noise: float, weights: str, seed
         if arr.bias is not None:
             params[arr.bias] = b
     q = with_params(net, params)
-    raw = scores_from_states(q.energy, q.phi, x64, s, info.steps, n_steps, cost=net.config.cost,
-                             ce_scale=float(net.config.ce_scale))
-    return raw, {"frac_settled": float(info.converged.double().mean()), "pred": s[-1].argmax(dim=1).numpy()}
+
+    def score(x: torch.Tensor):
+        x64 = x.detach().cpu().double()
+        s, info = chip.relax(x64, n_steps=n_steps, tol=tol)
+        raw = scores_from_states(q.energy, q.phi, x64, s, info.steps, n_steps, cost=net.config.cost,
+                                 ce_scale=float(net.config.ce_scale))
+        return raw, {"frac_settled": float(info.converged.double().mean()), "pred": s[-1].argmax(dim=1).numpy()}
+
+    return score
