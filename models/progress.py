@@ -54,6 +54,7 @@ class Progress:
         self._t0 = self._last = time.monotonic()
         self._bar = None
         self._closed = False
+        self._printed_n = 0
         if mode == "bar":
             from tqdm.auto import tqdm
             self._bar = tqdm(total=total, desc=desc, leave=leave, file=stream)
@@ -100,6 +101,7 @@ class Progress:
             msg = f"{self.desc}: {self.n}, {_fmt_s(el)}"
         self.stream.write(msg + (" done" if final else "") + "\n")
         self.stream.flush()
+        self._printed_n = self.n
 
     def close(self) -> None:
         if self._closed:
@@ -107,7 +109,7 @@ class Progress:
         self._closed = True
         if self.mode == "bar":
             self._bar.close()
-        elif self.mode == "lines" and self.n:
+        elif self.mode == "lines" and self.n and self.n != self._printed_n:
             self._line(final=True)
 
 
