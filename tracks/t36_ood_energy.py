@@ -32,6 +32,7 @@ Criteria. The plan's target (energy AUROC >= 0.85 on at least 2 of the 3 headlin
 significantly better than max-softmax, p < 0.05) is the metric ``target_met`` (1 / 0), reported,
 not a pass criterion: measured, the oriented energy AUROC is far *below* 0.5 on Fashion-MNIST,
 uniform noise and inverted MNIST (inputs with more ink drive the units harder and settle at lower
+energy) and high only on Gaussian noise (as much ink as MNIST but unstructured: weak drive, high
 energy), so the target is missed. The pass criteria say what the track does establish, and fail
 when the path they name breaks:
 
@@ -80,8 +81,9 @@ SPEC = TrackSpec(
           "is in-distribution (|AUROC - 0.5| >= 0.2 on >= 2 of {Fashion-MNIST, Gaussian, uniform noise} for "
           "the MNIST model) and survives INT8 and a 5 %-noise analog crossbar (Spearman >= 0.9 with the "
           "float energy, AUROC within 0.05); the plan's target (oriented energy AUROC >= 0.85 on 2 of 3 "
-          "and better than max-softmax, p < 0.05) is reported as target_met and is missed: low energy "
-          "marks inputs with little ink, not in-distribution ones.",
+          "and better than max-softmax, p < 0.05) is reported as target_met and is missed: the energy "
+          "follows how hard the input drives the units, so it flags Gaussian noise but rates inputs with "
+          "more ink (Fashion-MNIST, uniform noise, inverted MNIST) as more in-distribution than MNIST.",
     criteria=(
         Criterion("energy_informative_sets", ">=", 2),
         Criterion("int8_energy_spearman_min", ">=", 0.9),
