@@ -87,7 +87,7 @@ class Config:
     beta_train: float = 0.1                 # nudging of EqProp training (symmetric)
     n_free_steps: int = 20                  # free sweeps per training step (also the BPTT depth)
     n_nudge_steps: int = 10                 # sweeps of each nudged phase
-    lr: float = 1e-3                        # Adam step size (both methods)
+    lr: float = 2e-3                        # Adam step size (both methods)
     batch_train: int = 64                   # training minibatch
     required_acc: float = 0.97              # EqProp test accuracy threshold
     required_gap: float = 0.01              # BP minus EqProp accuracy threshold
