@@ -36,6 +36,7 @@ from hwsim.fixed_point import FixedPointMLP
 from hwsim.onchip import update_torch
 from hwsim.torch_mirror import torch_relax
 from models.eqprop_mlp import EqPropConfig, EqPropMLP
+from models.engine import run_phases
 from models.gradients import bptt_grads
 from quant import get_preset
 from quant.energy import SOURCE
@@ -183,9 +184,12 @@ def cross_check_fixed_point(net: EqPropMLP, spec_name: str, x: torch.Tensor, y: 
     rows = _compare(net, B, [(f"fixed_point_free_phase_{spec_name}", inf.macs,
                               lambda: out.setdefault("free", torch_relax(fp, xc, n_steps=N_FREE_STEPS,
                                                                           early_exit=False)[0]))])
-    free = out["free"]
-    s1 = torch_relax(fp, xc, free, beta=-BETA, y=yy, n_steps=N_NUDGE_STEPS, early_exit=False)[0]
-    s2 = torch_relax(fp, xc, free, beta=BETA, y=yy, n_steps=N_NUDGE_STEPS, early_exit=False)[0]
+    def relax(s0, *, beta, n_steps, step_offset):
+        return torch_relax(fp, xc, s0, beta=beta, y=yy, n_steps=n_steps, step_offset=step_offset, early_exit=False)
+
+    ph = run_phases(relax, beta=BETA, mode=NUDGING, n_free_steps=N_FREE_STEPS, n_nudge_steps=N_NUDGE_STEPS,
+                    free_state=out["free"])
+    s1, s2 = ph.s1, ph.s2
     H = [torch.zeros(n, m, dtype=torch.int64).numpy() for n, m in zip(net.sizes[1:], net.sizes[:-1])]
     Hb = [torch.zeros(n, dtype=torch.int64).numpy() for n in net.sizes[1:]]
     c1, c2 = [t.numpy() for t in s1], [t.numpy() for t in s2]

@@ -70,20 +70,6 @@ NOISE_KINDS = ("prog", "read", "drift", "stuck")
 
 
 # ------------------------------------------------------------------------ trained model
-def _eqprop_grads_fixed_steps(net: EqPropMLP, x, y, beta: float, n_free: int, n_nudge: int) -> dict[str, torch.Tensor]:
-    """Symmetric EqProp estimate with a fixed number of sweeps of ``net.step`` (the model's own
-    dynamics, without the solver's per-step diagnostics, which dominate the cost of small nets)."""
-    drive = net.drive(x)
-    s = net.zero_state(x.shape[0], x)
-    for _ in range(n_free):
-        s = net.step(s, drive)
-    s1, s2 = s, s
-    for _ in range(n_nudge):
-        s1 = net.step(s1, drive, -beta, y)
-        s2 = net.step(s2, drive, beta, y)
-    return net.contrast(x, s1, s2, -beta, beta)
-
-
 def train_mlp(sizes: Sequence[int], x: torch.Tensor, y: torch.Tensor, *, epochs: int = 1, lr: Sequence[float] = (0.1, 0.05),
               beta: float = 0.5, batch_size: int = 100, n_free_steps: int = 20, n_nudge_steps: int = 8,
               seed: int = 0, progress: bool = False) -> EqPropMLP:
@@ -108,7 +94,8 @@ def train_mlp(sizes: Sequence[int], x: torch.Tensor, y: torch.Tensor, *, epochs:
             for a in range(0, n, batch_size):
                 idx = perm[a:a + batch_size]
                 with torch.no_grad():
-                    g = _eqprop_grads_fixed_steps(net, x[idx], y[idx], beta, n_free_steps, n_nudge_steps)
+                    g = net.eqprop_grads(x[idx], y[idx], beta=beta, mode="symmetric", n_free_steps=n_free_steps,
+                                     n_nudge_steps=n_nudge_steps)
                     for i, lin in enumerate(net.layers):
                         lin.weight -= lrs[i] * g[f"layers.{i}.weight"]
                         lin.bias -= lrs[i] * g[f"layers.{i}.bias"]
