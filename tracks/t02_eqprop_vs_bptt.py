@@ -19,6 +19,7 @@ import logging
 import numpy as np
 import torch
 
+from models.engine import NUDGINGS
 from models.eqprop_mlp import EqPropConfig, EqPropMLP
 from models.gradients import bptt_grads, compare_grads, implicit_grads
 
@@ -39,7 +40,7 @@ SPEC = TrackSpec(
 
 BETA_GRID = (0.5, 0.1, 0.01, 0.001)
 BETA_EXTRA = (1e-4,)
-MODES = ("one_sided", "symmetric")
+MODES = tuple(m for m in NUDGINGS if m != "random_sign")  # the deterministic modes of the engine
 NETS = {"1h": (784, 512, 10), "2h": (784, 256, 256, 10)}
 TOL = {torch.float64: 1e-12, torch.float32: 1e-6}
 MAX_STEPS = 5000
