@@ -299,12 +299,16 @@ class Array:
         pre: the node it reads forward (:data:`~models.energy.INPUT` for the input, ``None`` for a
             bias-only array); a state node is also driven by the transpose read ``W^T s_post``.
         weight, bias: the model's parameter names (``None`` when absent).
+        conv: the :class:`~models.conv.ConvPool` term of a conv array (``None``: a dense array). A
+            conv array holds the im2col matrix ``[W.reshape(C_out, C_in k k) | b]``: one row per
+            output channel; every read is one crossbar read per conv position (:class:`ConvPoolAnalog`).
     """
 
     post: int
     pre: int | None
     weight: str | None
     bias: str | None = None
+    conv: Any = None
 
     @property
     def has_bias(self) -> bool:
@@ -337,13 +341,59 @@ class BiasAnalog:
     @staticmethod
     def place(t: Bias, arrays: list[Array]) -> None:
         for k, a in enumerate(arrays):
-            if a.post == t.node and a.bias is None and a.weight is not None:
+            if a.post == t.node and a.bias is None and a.weight is not None and a.conv is None:
                 arrays[k] = dataclasses.replace(a, bias=t.bias)
                 return
         arrays.append(Array(post=t.node, pre=None, weight=None, bias=t.bias))
 
 
-ANALOG_KERNELS: dict[type, type] = {Dense: DenseAnalog, Bias: BiasAnalog}
+ROUTE_LAYER_BASE = 250
+"""Read-noise ``tensor_id`` of the routing read of conv array ``k``: ``(read, ROUTE_LAYER_BASE + k, 0)``
+(the read kind has 500 layer slots; arrays ``k < 250`` never collide with it)."""
+
+
+class ConvPoolAnalog:
+    """:class:`~models.conv.ConvPool` ``s_post . (P(conv(s_pre, W)) + b)`` on one array (im2col).
+
+    The array is ``A = [W.reshape(C_out, C_in k k) | b]`` (one row per output channel, one column
+    per kernel tap, the bias column last), programmed, drifted and updated like a dense array.
+
+    * **forward** (into ``post``): the ``C_in k k`` patch of every conv position ``l`` (zero
+      padding; ``F.unfold`` order) is one forward read ``A [patch_l, 1]`` with its own DAC, read
+      noise (index ``l C_out + c`` within the sample's block: rows ``b L + l``) and ADC; the
+      periphery max-pools the converted outputs (floor mode, first maximum in row-major order, the
+      tie rule of ``torch.max_pool2d``); ``P(conv + b) = P(conv) + b`` as ``b`` is per channel.
+    * **routing** (what the feedback needs): ``U(s_post)`` puts each pooled unit at its window's
+      maximum of a *routing read*, a forward read of the array on the current ``s_pre`` with the
+      bias line undriven (its read noise ``tensor_id(read, ROUTE_LAYER_BASE + k, 0)``), as the
+      float kernel routes by ``conv(s_pre, W)`` (adding ``b`` first could merge near-ties by rounding).
+    * **feedback** (into ``pre``): ``U`` at every conv position (a ``C_out`` vector) is one
+      transpose read ``u^T A[:, :-1]`` (DAC, read noise, ADC per column); the periphery sums the
+      overlapping columns back to the image (``F.fold``, col2im), i.e. ``conv_transpose(U, W)``.
+    * **in-situ update**: the EqProp contrast of ``ConvPoolFloat.dphi`` (``conv2d_weight(s_pre, U)``
+      and ``sum s_post``) on chip-relaxed states as ``U^T [patches, 1]``, ``U`` from routing reads
+      of the chip (one read step after the phases).
+
+    im2col/col2im, pooling and routing are digital data movement done in torch on both backends;
+    every read (DAC, dot product, noise, ADC) goes through the backend's read kernel.
+    """
+
+    order = 0
+
+    @staticmethod
+    def place(t, arrays: list[Array]) -> None:
+        arrays.append(Array(post=t.post, pre=t.pre, weight=t.weight, bias=t.bias, conv=t))
+
+
+def _conv_kernels() -> dict[type, type]:
+    try:
+        from models.conv import ConvPool
+    except ImportError:  # pragma: no cover - the conv model is part of the package
+        return {}
+    return {ConvPool: ConvPoolAnalog}
+
+
+ANALOG_KERNELS: dict[type, type] = {Dense: DenseAnalog, Bias: BiasAnalog, **_conv_kernels()}
 """Crossbar mapping of each interaction term type (:func:`models.engine.require_kernels`)."""
 
 
@@ -371,6 +421,7 @@ def _float_targets(net, arrays: Sequence[Array], fmt: WeightFormat | None = None
         cols = []
         if a.weight is not None:
             w = net.get_parameter(a.weight).detach().to(torch.float64).cpu()
+            w = w.reshape(w.shape[0], -1)   # a conv kernel as its im2col rows (C_out, C_in k k)
             if fmt is not None and not fmt.is_float:
                 w = quantize_weights(w, fmt).dequantize()
             cols.append(w)
@@ -464,6 +515,9 @@ class AnalogCrossbarMLP:
     def array_shape(self, k: int) -> tuple[int, int]:
         """``(n_post, n_pre + has_bias)`` of array ``k``."""
         a = self.arrays[k]
+        if a.conv is not None:
+            c_out = self.net.get_parameter(a.weight).shape[0]
+            return c_out, a.conv.in_shape[0] * a.conv.kernel ** 2 + int(a.has_bias)
         return self.node_sizes[a.post], self._size(a.pre) + int(a.has_bias)
 
     def target_weights(self) -> list[torch.Tensor]:
@@ -521,16 +575,18 @@ class AnalogCrossbarMLP:
         return out
 
     # ---------------------------------------------------------------- reads and dynamics
-    def _read(self, i: int, u: torch.Tensor, transpose: bool) -> torch.Tensor:
+    def _read(self, i: int, u: torch.Tensor, transpose: bool, route: bool = False) -> torch.Tensor:
         a = self.analog
         sigma_out = a.read_noise_std * math.sqrt(2.0) / (1.0 - self.g_lo)
         dac = (2 ** a.dac_bits - 1) if a.dac_bits is not None else 0
         adc_q = (2 ** (a.adc_bits - 1) - 1) if a.adc_bits is not None else 0
         adc_delta = a.adc_range / adc_q if adc_q else 1.0
-        tid = tensor_id(rng.KIND_READ, i, int(transpose))
+        tid = tensor_id(rng.KIND_READ, ROUTE_LAYER_BASE + i, 0) if route else tensor_id(rng.KIND_READ, i, int(transpose))
         gain = self.w_max[i] * self.gain
         om = self.omega(i)
         has_bias = self.arrays[i].has_bias
+        if route and has_bias:   # the routing read leaves the bias line undriven: argmax of conv(s_pre, W)
+            om, has_bias = om[:, :-1].contiguous(), False
         if self.backend == "numba":
             y = _read_nb(om.numpy(), np.ascontiguousarray(u.numpy()), transpose, self.seed, self.read_step, tid,
                          sigma_out, dac, adc_q, adc_delta, gain, has_bias)
@@ -544,9 +600,59 @@ class AnalogCrossbarMLP:
         a = None
         for k, src, tr in self._reads[i]:
             u = x if src == INPUT else (x[:, :0] if src is None else s[src])
-            r = self._read(k, u, tr)
+            t = self.arrays[k].conv
+            if t is None:
+                r = self._read(k, u, tr)
+            elif not tr:
+                r = self._conv_forward(k, u)
+            else:
+                r = self._conv_feedback(k, s[t.pre], u)
             a = r if a is None else a + r
         return torch.zeros_like(s[i]) if a is None else a
+
+    # ---------------------------------------------------------------- conv arrays (ConvPoolAnalog)
+    @staticmethod
+    def _patches(t, u: torch.Tensor) -> torch.Tensor:
+        """im2col: ``(B, C_in H W)`` -> ``(B L, C_in k k)``, one row per conv position (row-major)."""
+        cols = torch.nn.functional.unfold(u.reshape(u.shape[0], *t.in_shape), t.kernel, padding=t.padding)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+    def _conv_map(self, k: int, u: torch.Tensor, route: bool = False) -> torch.Tensor:
+        """Converted forward reads of every conv position: ``conv(u, W) + b``, ``(B, C_out, Hc, Wc)``."""
+        t = self.arrays[k].conv
+        hc, wc = t.conv_shape
+        y = self._read(k, self._patches(t, u), False, route)
+        return y.reshape(u.shape[0], hc, wc, -1).permute(0, 3, 1, 2)
+
+    def _conv_forward(self, k: int, u: torch.Tensor) -> torch.Tensor:
+        from models.conv import ConvPoolFloat
+        return ConvPoolFloat._pool(self.arrays[k].conv, self._conv_map(k, u))[0].flatten(1)
+
+    def _unpool(self, k: int, s_pre: torch.Tensor, s_post: torch.Tensor) -> torch.Tensor:
+        """``U(s_post)``, ``(B, C_out, Hc, Wc)``, routed by the maxima of a routing read of ``s_pre``."""
+        from models.conv import ConvPoolFloat
+        t = self.arrays[k].conv
+        y = self._conv_map(k, s_pre, route=True)
+        _, idx = ConvPoolFloat._pool(t, y)
+        hc, wc = y.shape[-2:]
+        post = s_post.reshape(s_post.shape[0], *t.out_shape(y.shape[1]))
+        if idx is None:
+            u = post
+        else:
+            u = torch.nn.functional.max_unpool2d(post, idx, t.pool, output_size=(hc - hc % t.pool, wc - wc % t.pool))
+        if u.shape[-2:] != y.shape[-2:]:
+            u = torch.nn.functional.pad(u, (0, wc - u.shape[-1], 0, hc - u.shape[-2]))
+        return u
+
+    def _conv_feedback(self, k: int, s_pre: torch.Tensor, s_post: torch.Tensor) -> torch.Tensor:
+        """``conv_transpose(U(s_post), W)`` as transpose reads per conv position, then col2im."""
+        t = self.arrays[k].conv
+        u = self._unpool(k, s_pre, s_post)
+        rows = u.permute(0, 2, 3, 1).reshape(-1, u.shape[1])           # (B L, C_out)
+        cols = self._read(k, rows, True)                                  # (B L, C_in k k)
+        cols = cols.reshape(u.shape[0], -1, cols.shape[1]).transpose(1, 2)
+        img = torch.nn.functional.fold(cols, t.in_shape[1:], t.kernel, padding=t.padding)
+        return img.flatten(1)
 
     def sweeper(self, x: torch.Tensor, beta: float = 0.0, y: torch.Tensor | None = None):
         """``s -> one sweep`` (groups of ``net.schedule()``, each node from the state at the start of
@@ -637,7 +743,12 @@ class AnalogCrossbarMLP:
 
         ``g_k = -(s_post^{b2 T} [s_pre^{b2}, 1] - s_post^{b1 T} [s_pre^{b1}, 1]) / ((b2 - b1) B)``
         (the ``1`` column only for an array with a bias), ``(b1, b2)`` from the nudging ``mode``
-        (:data:`models.engine.NUDGINGS`; ``random_sign`` draws from ``generator``).
+        (:data:`models.engine.NUDGINGS`; ``random_sign`` draws from ``generator``). A conv array's
+        ``s_post^T [s_pre, 1]`` is ``U(s_post)^T [patches(s_pre), 1]`` (:class:`ConvPoolAnalog`),
+        ``U`` routed by routing reads of both phases' states at one read step (the same noise
+        realisation: for an input array the two are one read of ``x``, so ``U2 - U1`` routes only
+        the state difference; separate draws flip routings and ruin the first layer's contrast),
+        after which the read counter has advanced by 1.
         """
         ph = self.phases(x, y, beta=beta, n_free_steps=n_free_steps, n_nudge_steps=n_nudge_steps, mode=mode,
                          generator=generator)
@@ -650,8 +761,24 @@ class AnalogCrossbarMLP:
             cols = [] if arr.pre is None else [x if arr.pre == INPUT else s[arr.pre]]
             return torch.cat(cols + ([ones] if arr.has_bias else []), dim=1)
 
-        return [(s2[a.post].t() @ inputs(a, s2) - s1[a.post].t() @ inputs(a, s1)) * (scale / bsz)
-                for a in self.arrays]
+        def conv_dphi(k: int, arr: Array, s: list[torch.Tensor]) -> torch.Tensor:
+            pre = x if arr.pre == INPUT else s[arr.pre]
+            u = self._unpool(k, pre, s[arr.post])
+            rows = u.permute(0, 2, 3, 1).reshape(-1, u.shape[1])                  # (B L, C_out)
+            p = self._patches(arr.conv, pre)
+            if arr.has_bias:
+                p = torch.cat([p, torch.ones(p.shape[0], 1, dtype=p.dtype)], dim=1)
+            return rows.t() @ p
+
+        out = []
+        for k, a in enumerate(self.arrays):
+            if a.conv is None:
+                out.append((s2[a.post].t() @ inputs(a, s2) - s1[a.post].t() @ inputs(a, s1)) * (scale / bsz))
+            else:
+                out.append((conv_dphi(k, a, s2) - conv_dphi(k, a, s1)) * (scale / bsz))
+        if any(a.conv is not None for a in self.arrays):
+            self.read_step += 1   # the routing reads of the contrast: one read step
+        return out
 
     def apply_update(self, delta: Sequence[torch.Tensor]) -> None:
         """Add ``delta[k]`` (real units, augmented ``[dW | db]`` per array) as conductance changes.

@@ -265,7 +265,7 @@ def test_unsupported_term_raises_naming_backend_term_and_supported():
 
     net = _net()
     net.terms = net.terms + [Attention(node=1)]
-    with pytest.raises(UnsupportedError, match=r"'analog crossbar'.*Attention\(node=1\).*Bias, Dense"):
+    with pytest.raises(UnsupportedError, match=r"'analog crossbar'.*Attention\(node=1\).*Bias, ConvPool, Dense"):
         AnalogCrossbarMLP(net, AnalogSpec(), seed=0)
 
 
