@@ -188,9 +188,11 @@ def _run(ctx: TrackContext, c: Config) -> TrackResult:
     hw_rows: list[dict[str, Any]] = []
     acc: dict[str, list[float]] = {ds: [] for ds in TRAIN_SETS}
     keep: dict[str, Any] = {}         # seed-0 scores of the MNIST model for the plots
+    n_test = 0
     noise_rng = np.random.default_rng(12345)
     for ds, oods in TRAIN_SETS.items():
         sets = _sets(ds, c, ctx.data_dir)
+        n_test = len(sets["id"]) if ds == "mnist" else n_test
         x_te = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in sets.items()}
         y_id = torch.as_tensor(load_dataset(ds, "test", ctx.data_dir)[1][:len(sets["id"])])
         for seed in seeds:
@@ -216,7 +218,7 @@ def _run(ctx: TrackContext, c: Config) -> TrackResult:
 
     summary = _summarise(rows)
     metrics = _metrics(summary, boots, hw_rows, acc, c)
-    metrics.update({"n_seeds": len(seeds), "n_test": len(_sets("mnist", c, ctx.data_dir)["id"]),
+    metrics.update({"n_seeds": len(seeds), "n_test": n_test,
                     "seconds_measured": round(time.time() - t0, 1), "auroc_table": summary, "bootstrap": boots,
                     "hardware": hw_rows})
     plots = _plots(ctx, keep, c)

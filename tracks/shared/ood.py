@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from models.scores import SCORES, output_probs, scores_from_states  # noqa: F401
+from models.scores import scores_from_states
 
 OOD_KINDS = ("fashion_mnist", "mnist", "gaussian", "uniform", "inverted")
 """Kinds of OOD set: another data set's test images, two noise images, the ID test images inverted."""
