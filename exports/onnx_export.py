@@ -386,7 +386,75 @@ class BiasOnnx:
         return [(t.node, INPUT, lambda g, u, acc: b if acc is None else g.op("Add", [acc, b], stem="bias_sum"))]
 
 
-FLOAT_HANDLERS: dict[type, type] = {Dense: DenseOnnx, Bias: BiasOnnx}
+class ConvPoolOnnx:
+    """:class:`~models.conv.ConvPool` ``s_post . (P(conv(s_pre, W)) + b)`` (float graph).
+
+    States stay flat ``(B, n)`` between sweeps; the handler reshapes to ``(B, C, H, W)`` around the
+    image ops. Forward into ``post``: ``Reshape -> Conv(W, b, pads) -> MaxPool(pool, stride pool;
+    floor mode drops a ragged edge) -> Reshape``; ``P(conv + b) = P(conv) + b`` (``b`` per
+    channel). Feedback into ``pre`` (reads both ``s_post`` and ``s_pre``): the routing recomputes
+    ``Conv(s_pre, W)`` (no bias) and ``MaxPool`` with its ``Indices`` output, ``MaxUnpool`` puts
+    each pooled unit of ``s_post`` at its window's maximum (``output_shape`` = the full conv map,
+    so a ragged edge stays 0), then ``ConvTranspose(W, pads)``. onnxruntime's ``MaxPool`` indices
+    are flat over ``N C H W`` (torch's over ``H W``), but ``MaxUnpool`` reads them in the same
+    convention, and its tie rule is torch's (first maximum in row-major order; tested on exact
+    ties), so no equality-mask workaround is needed.
+    """
+
+    static_rank = 1
+
+    @staticmethod
+    def contributions(t, ctx: _Ctx) -> list[tuple[object, int, Build]]:
+        if ctx.qdq:
+            raise UnsupportedError(f"backend 'onnx qdq' has no kernel for interaction term {t} yet: the QDQ conv "
+                                   "graph follows the integer conv semantics of hwsim.fixed_point (issue 12)")
+        g0 = ctx.g
+        W = ctx.weight(t.weight)
+        c_out = int(ctx.net.get_parameter(t.weight).shape[0])
+        stem = t.weight.replace(".", "_")
+        img_in = g0.const(f"{stem}_in_shape", np.array([-1, *t.in_shape], np.int64))
+        out_shape = t.out_shape(c_out)
+        img_out = g0.const(f"{stem}_out_shape", np.array([-1, *out_shape], np.int64))
+        flat_in = g0.const(f"{stem}_flat_in", np.array([-1, int(np.prod(t.in_shape))], np.int64))
+        flat_out = g0.const(f"{stem}_flat_out", np.array([-1, int(np.prod(out_shape))], np.int64))
+        b = [ctx.g.const(t.bias.replace(".", "_"), ctx.param(t.bias).astype(np.float32))] if t.bias else []
+        pads = [t.padding] * 4
+        pool = {"kernel_shape": [t.pool, t.pool], "strides": [t.pool, t.pool]}
+
+        def forward(g: _Builder, u: str, acc: str | None) -> str:
+            y = g.op("Conv", [g.op("Reshape", [u, img_in], stem=f"img_{stem}"), W] + b, stem=f"conv_{stem}",
+                     pads=pads)
+            if t.pool > 1:
+                y = g.op("MaxPool", [y], stem=f"pool_{stem}", **pool)
+            return _add(g, acc, g.op("Reshape", [y, flat_out], stem=f"ff_{stem}"), f"ff_{stem}")
+
+        out: list[tuple[object, int, Build]] = [(t.post, t.pre, forward)]
+        if t.pre != INPUT:
+            def feedback(g: _Builder, u, acc: str | None) -> str:
+                s_post, s_pre = u
+                post = g.op("Reshape", [s_post, img_out], stem=f"post_{stem}")
+                if t.pool > 1:
+                    y = g.op("Conv", [g.op("Reshape", [s_pre, img_in], stem=f"rimg_{stem}"), W], stem=f"route_{stem}",
+                             pads=pads)
+                    _, idx = g.op("MaxPool", [y], stem=f"rpool_{stem}", n_out=2, **pool)
+                    post = g.op("MaxUnpool", [post, idx, g.op("Shape", [y], stem=f"rshape_{stem}")],
+                                stem=f"unpool_{stem}", **pool)
+                v = g.op("ConvTranspose", [post, W], stem=f"convT_{stem}", pads=pads)
+                return _add(g, acc, g.op("Reshape", [v, flat_in], stem=f"fb_{stem}"), f"fb_{stem}")
+
+            out.append((t.pre, (t.post, t.pre), feedback))
+        return out
+
+
+def _conv_handlers() -> dict[type, type]:
+    try:
+        from models.conv import ConvPool
+    except ImportError:  # pragma: no cover
+        return {}
+    return {ConvPool: ConvPoolOnnx}
+
+
+FLOAT_HANDLERS: dict[type, type] = {Dense: DenseOnnx, Bias: BiasOnnx, **_conv_handlers()}
 """Term handlers of the ``float`` and ``qdq`` graphs, by term type (:func:`models.engine.require_kernels`)."""
 
 
@@ -423,8 +491,8 @@ def _float_like_graph(net, spec: HardwareSpec, fmt: str, n_steps: int, loop: boo
 
     def node_fn(g_: _Builder, i: int, s: list[str]) -> str:
         a = static[i]
-        for src, build in dynamic[i]:
-            a = build(g_, s[src], a)
+        for src, build in dynamic[i]:   # src: a node, or a tuple of nodes (a term that reads several)
+            a = build(g_, tuple(s[j] for j in src) if isinstance(src, tuple) else s[src], a)
         if a is None:
             raise UnsupportedError(f"backend 'onnx {fmt}': node {i} has no interaction term")
         return post(g_, g_.op("Clip", [a, "zero_f", "one_f"], stem=f"rho_{i}"), i)
@@ -569,6 +637,10 @@ def build_int_model(net, spec: HardwareSpec, n_steps: int, loop: bool, matmul: s
 
     if matmul not in MATMUL_MODES:
         raise ValueError(f"matmul={matmul!r} is invalid; allowed: one of {MATMUL_MODES}")
+    conv = [t for t in getattr(net, "terms", ()) if type(t) in _conv_handlers()]
+    if conv:
+        raise UnsupportedError(f"backend 'onnx int' has no kernel for interaction term {conv[0]} yet (the integer "
+                               "conv graph needs hwsim.fixed_point's integer ConvPool semantics; issue 12)")
     fp = net if isinstance(net, FixedPointMLP) else FixedPointMLP.from_model(net, spec)
     spec = fp.spec
     rounding = rounding or spec.rounding
