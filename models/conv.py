@@ -155,13 +155,14 @@ class ConvPoolFloat:
 
     @staticmethod
     def macs(t: ConvPool, sizes: dict[int, int]) -> int:
-        """Per sample and sweep: the convolution (every pre-pool position) and, between states, the
-        transposed convolution of the feedback (the routing reuses the forward's window maxima)."""
+        """Per sample and sweep, what this kernel computes: the convolution (every pre-pool position)
+        and, between states, the feedback's routing convolution (``_route`` recomputes
+        ``conv(s_pre, W)`` for the window maxima) and its transposed convolution: 3 convolutions."""
         c_in = t.in_shape[0]
         c_out = sizes[t.post] // math.prod(t.out_shape(1)[1:])
         h, w = t.conv_shape
         conv = c_out * c_in * t.kernel * t.kernel * h * w
-        return conv * (1 if t.pre == INPUT else 2)
+        return conv * (1 if t.pre == INPUT else 3)
 
 
 register_float_kernel(ConvPool, ConvPoolFloat)
