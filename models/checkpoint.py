@@ -38,15 +38,18 @@ class CheckpointError(ValueError):
 
 
 def _model_registry() -> dict[str, tuple[type, type]]:
+    from .conv import ConvConfig, ConvEqProp
     from .eqprop_mlp import EqPropConfig, EqPropMLP
     from .looped import LoopedConfig, LoopedMLP
-    return {"EqPropMLP": (EqPropMLP, EqPropConfig), "LoopedMLP": (LoopedMLP, LoopedConfig)}
+    from .skip_mlp import SkipEqPropMLP
+    return {"EqPropMLP": (EqPropMLP, EqPropConfig), "LoopedMLP": (LoopedMLP, LoopedConfig),
+            "SkipEqPropMLP": (SkipEqPropMLP, EqPropConfig), "ConvEqProp": (ConvEqProp, ConvConfig)}
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, train_config: dict[str, Any] | None = None,
                     metrics: dict[str, Any] | None = None, epoch: int = 0,
                     optimizer_state: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
-    """Atomically write a checkpoint of ``model`` (an EqPropMLP or LoopedMLP) to ``path``."""
+    """Atomically write a checkpoint of ``model`` (a model class of the registry) to ``path``."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"checkpoint {path} already exists; choose another path or pass overwrite=True")

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .checkpoint import read_checkpoint, save_checkpoint
+from .energy import EnergyModel
 from .eqprop_mlp import NUDGINGS, EqPropMLP
 from .looped import LoopedMLP
 from .progress import progress as progress_bar
@@ -117,19 +118,15 @@ def compute_grads(net: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
                   generator: torch.Generator | None = None) -> tuple[dict[str, torch.Tensor], float]:
     """Gradient estimate of one batch by ``cfg.method``; returns (grads by param name, batch loss)."""
     if cfg.method == "eqprop":
-        if isinstance(net, EqPropMLP):
-            grads, st = net.eqprop_grads(x, y, beta=cfg.beta, mode=cfg.nudging, n_free_steps=cfg.n_free_steps,
-                                         n_nudge_steps=cfg.n_nudge_steps, generator=generator, return_states=True)
-            loss = float(net.cost(st["free"][-1], y).mean())
-        else:
-            mode = "symmetric" if cfg.nudging == "symmetric" else "one_sided"
-            grads = net.eqprop_grads(x, y, beta=cfg.beta, mode=mode, n_free_steps=cfg.n_free_steps,
-                                     n_nudge_steps=cfg.n_nudge_steps)
-            loss = float("nan")
-        return grads, loss
+        kw = dict(beta=cfg.beta, mode=cfg.nudging, n_free_steps=cfg.n_free_steps, n_nudge_steps=cfg.n_nudge_steps,
+                  generator=generator)
+        if not isinstance(net, EnergyModel):  # LoopedMLP: gradients only, no free-phase loss
+            return net.eqprop_grads(x, y, **kw), float("nan")
+        grads, st = net.eqprop_grads(x, y, return_states=True, **kw)
+        return grads, float(net.cost(st["free"][-1], y).mean())
     params = dict(net.named_parameters())
     with torch.enable_grad():
-        if isinstance(net, EqPropMLP):
+        if isinstance(net, EnergyModel):
             s = net.zero_state(x.shape[0], x)
             d = net.drive(x)
             for _ in range(cfg.n_free_steps):
