@@ -303,6 +303,8 @@ class _Matrix:
     nnz: int
     mbits: tuple[int, ...]
     n_scales: int
+    n_weights: int = 0
+    """Stored weights read per use when not ``n_out * n_in`` (a conv kernel reused at every position)."""
 
 
 def _quantized_matrix(w, spec, sparsity: str) -> _Matrix:
@@ -371,7 +373,58 @@ class BiasOps:
         return 0
 
 
-OPCOUNT_KERNELS: dict[type, type] = {Dense: DenseOps, Bias: BiasOps}
+def _conv_size(t, sizes: dict[int, int]) -> tuple[int, int, int]:
+    """``(C_out Hc Wc, C_in k k, C_out)`` of a :class:`~models.conv.ConvPool`: pre-pool outputs, taps per output."""
+    hc, wc = t.conv_shape
+    c_out = sizes[t.post] // math.prod(t.out_shape(1)[1:])
+    return c_out * hc * wc, t.in_shape[0] * t.kernel ** 2, c_out
+
+
+class ConvPoolOps:
+    """Op-count kernel of :class:`~models.conv.ConvPool` (float specs; what ``ConvPoolFloat`` computes).
+
+    Per sample, with ``conv = C_out Hc Wc C_in k k`` (every pre-pool position of the convolution):
+
+    * forward accumulator into ``post``: ``conv`` MACs (static for an input coupling: the drive);
+    * between states, into ``pre``: the **routing** convolution ``conv(s_pre, W)`` (the float kernel
+      recomputes it to find the window maxima; max pooling, un-pooling and the bias add are free in
+      torch's FLOP counter and here) and the transposed convolution, ``conv`` MACs each;
+    * contrast (per EqProp step): ``dphi`` at both equilibria, each a routing convolution and the
+      weight-gradient convolution (``conv2d_weight``): ``4 conv`` products, also for an input coupling.
+
+    The ``C_out C_in k k`` kernel is read once per use (not per position); bias reads are not counted.
+    Integer specs are refused: their counts follow the integer ConvPool of ``hwsim.fixed_point``
+    (issue 12, not yet modelled here).
+    """
+
+    @staticmethod
+    def accumulators(t, matrix) -> list[_Acc]:
+        m = matrix(t, False)
+        out = [_Acc(t.post, t.pre, m)]
+        if t.pre != INPUT:
+            out += [_Acc(t.pre, t.post, m), _Acc(t.pre, t.post, m)]   # routing conv, transposed conv
+        return out
+
+    @staticmethod
+    def update_products(t, sizes: dict[int, int], is_float: bool) -> int:
+        n_out, k, _ = _conv_size(t, sizes)
+        return 4 * n_out * k
+
+    @staticmethod
+    def weights(t, sizes: dict[int, int]) -> int:
+        _, k, c_out = _conv_size(t, sizes)
+        return c_out * k + (c_out if t.bias is not None else 0)
+
+
+def _conv_kernels() -> dict[type, type]:
+    try:
+        from models.conv import ConvPool
+    except ImportError:  # pragma: no cover
+        return {}
+    return {ConvPool: ConvPoolOps}
+
+
+OPCOUNT_KERNELS: dict[type, type] = {Dense: DenseOps, Bias: BiasOps, **_conv_kernels()}
 """Op-count kernel of each interaction term type (:func:`models.engine.require_kernels`)."""
 BACKEND = "op counter"
 
@@ -392,7 +445,13 @@ def _matrix_info(model, spec: HardwareSpec, sparsity: str):
                          "pass the network or use sparsity='dense'")
     kernels = require_kernels(BACKEND, OPCOUNT_KERNELS, g.terms)
 
-    def matrix(name: str, transposed: bool) -> _Matrix:
+    def matrix(name, transposed: bool) -> _Matrix:
+        if not isinstance(name, str):   # a conv term: pre-pool outputs x taps, the kernel read once
+            if not dp.is_float:
+                raise UnsupportedError(f"backend {BACKEND!r}: {name} is counted for float specs only (the integer "
+                                       f"ConvPool counts follow hwsim.fixed_point; spec {spec.name!r})")
+            n_out, k, c_out = _conv_size(name, _node_sizes(g))
+            return _Matrix(n_out, k, n_out * k, (0,) * n_out, 0, n_weights=c_out * k)
         if has_weights:
             w = model.get_parameter(name).detach()
             w = w.t() if transposed else w
@@ -462,7 +521,7 @@ def _accumulate(c: Counts, dp: _Datapath, m: _Matrix, B: int, bias: bool) -> Non
     if dp.is_float:  # addmm: K mults and K adds per output (the bias / previous term is one of them)
         c.add("mult", "fp", 32, B * dense)
         c.add("add", "fp", 32, B * dense)
-        c.read_bits += dense * 32 + (m.n_out * 32 if bias else 0)
+        c.read_bits += (m.n_weights or dense) * 32 + (m.n_out * 32 if bias else 0)
         return
     if not dp.ternary:
         c.add("mult", "int", dp.w_bits, B * m.nnz, dp.s_bits)
@@ -706,6 +765,9 @@ def bptt_macs(model, *, n_steps: int, batch_size: int = 1, update: str = "async"
     dyn: list[list[tuple[int, int]]] = [[] for _ in range(n)]
     static: list[int] = [0] * n
     for t in g.terms:
+        if not isinstance(t, (Dense, Bias)):
+            raise UnsupportedError(f"backend 'bptt op counter' has no kernel for interaction term {t}; "
+                                   "it supports: Bias, Dense")
         if not isinstance(t, Dense):
             continue
         m = sizes[t.post] * sizes[t.pre]
@@ -769,6 +831,15 @@ def weight_memory(model, spec: HardwareSpec) -> dict[str, int]:
     for t in g.terms:
         if isinstance(t, Bias):
             bias += math.ceil(sizes[t.node] * dp.acc_bits / 8)
+            continue
+        if not isinstance(t, Dense):   # a ConvPool: the C_out x C_in k k kernel and C_out biases
+            if not dp.is_float:
+                raise UnsupportedError(f"backend {BACKEND!r}: {t} is counted for float specs only (spec {spec.name!r})")
+            _, k, c_out = _conv_size(t, sizes)
+            code += math.ceil(c_out * k * dp.w_bits / 8)
+            bias += math.ceil(c_out * dp.acc_bits / 8) if t.bias is not None else 0
+            if spec.update is not None:
+                hidden += math.ceil(c_out * k * spec.update.hidden_bits / 8)
             continue
         n_out, n_in = sizes[t.post], sizes[t.pre]
         code += math.ceil(n_out * n_in * dp.w_bits / 8)

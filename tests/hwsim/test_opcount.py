@@ -86,7 +86,7 @@ def test_unsupported_term_raises_naming_the_counter():
 
     net = EqPropMLP(EqPropConfig(sizes=(6, 4, 3)), seed=0)
     net.terms = net.terms + [Attention(node=1)]
-    with pytest.raises(UnsupportedError, match=r"'op counter'.*Attention.*Bias, Dense"):
+    with pytest.raises(UnsupportedError, match=r"'op counter'.*Attention.*Bias, ConvPool, Dense"):
         oc.count_inference(net, get_preset("int8"), n_steps=2)
 
 
