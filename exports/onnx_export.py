@@ -11,7 +11,9 @@ One sweep runs the model's update groups (``net.schedule()``: for the MLP, async
 
 Each interaction term is built by a handler found through a table keyed by its type (like
 Brevitas' export handler per op): :data:`FLOAT_HANDLERS` for the ``float`` and ``qdq`` graphs
-(``Dense``: ``Gemm`` forward into ``post`` and transposed into ``pre``; ``Bias``), the integer
+(``Dense``: ``Gemm`` forward into ``post`` and transposed into ``pre``; ``Bias``; ``ConvPool``:
+``Conv``/``MaxPool`` forward, ``MaxPool`` indices + ``MaxUnpool`` + ``ConvTranspose`` feedback, float
+only so far, :class:`ConvPoolOnnx`), the integer
 lowering of :data:`hwsim.fixed_point.INT_KERNELS` for ``int``. A term type without a handler
 raises :class:`models.engine.UnsupportedError` naming the format, the term and what is supported.
 Static (input-only) contributions are computed once, outside the sweeps.

@@ -5,7 +5,9 @@ table keyed by term type: every :class:`~models.energy.Dense` term ``s_post . (W
 array (read forward for ``W s_pre`` and transposed for the feedback ``W^T s_post``), and a
 :class:`~models.energy.Bias` of node ``i`` is a column of the first array driving node ``i``
 (a bias-only array when there is none). The EqPropMLP's arrays are its layers, in order; the
-skip model's input-to-output weight is one more array. A term without a kernel raises
+skip model's input-to-output weight is one more array. A :class:`~models.conv.ConvPool` term
+(``ConvEqProp``) is one im2col array ``[W.reshape(C_out, C_in k k) | b]`` read once per conv
+position (forward, routing and transpose reads; :class:`ConvPoolAnalog`). A term without a kernel raises
 :class:`models.engine.UnsupportedError`. The update order is ``net.schedule()`` and the EqProp
 phase sequence is :func:`models.engine.run_phases`; this module holds only the device arithmetic.
 
