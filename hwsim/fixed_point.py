@@ -51,6 +51,7 @@ import numba
 import numpy as np
 
 import quant
+from models.conv import ConvPool
 from models.energy import INPUT, Bias, Dense
 from models.engine import UPDATES, UnsupportedError, require_kernels, schedule_groups
 from models.solvers import IntRelaxInfo, iterate
@@ -259,6 +260,181 @@ def exact_matmul(a: np.ndarray, w_by_dtype: dict, dtype, parallel: bool = False)
     return a @ wt
 
 
+# ------------------------------------------------------------------------ conv (ConvPool) kernels
+@dataclasses.dataclass(frozen=True)
+class ConvGeometry:
+    """Geometry of a lowered :class:`~models.conv.ConvPool` chain coupling (states flat, C order).
+
+    >>> g = ConvGeometry((1, 12, 12), 4, 3, 0, 2)
+    >>> g.conv_shape, g.out_shape, g.n_in, g.n_out
+    ((10, 10), (4, 5, 5), 144, 100)
+    """
+
+    in_shape: tuple
+    c_out: int
+    kernel: int
+    padding: int = 0
+    pool: int = 2
+
+    @property
+    def conv_shape(self) -> tuple[int, int]:
+        _, h, w = self.in_shape
+        return h + 2 * self.padding - self.kernel + 1, w + 2 * self.padding - self.kernel + 1
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        hc, wc = self.conv_shape
+        return self.c_out, hc // self.pool, wc // self.pool
+
+    @property
+    def n_in(self) -> int:
+        return int(np.prod(self.in_shape))
+
+    @property
+    def n_out(self) -> int:
+        return int(np.prod(self.out_shape))
+
+    @property
+    def units_per_channel(self) -> int:
+        return self.out_shape[1] * self.out_shape[2]
+
+
+def _im2col(src, C, H, W, k, p, Hc, Wc, out):
+    """``out[b*Hc*Wc + oy*Wc + ox, ci*k*k + dy*k + dx] = src[b, ci, oy+dy-p, ox+dx-p]`` (0 outside)."""
+    B = src.shape[0]
+    for b in numba.prange(B):
+        for oy in range(Hc):
+            for ox in range(Wc):
+                r = b * Hc * Wc + oy * Wc + ox
+                for ci in range(C):
+                    for dy in range(k):
+                        y = oy + dy - p
+                        for dx in range(k):
+                            x = ox + dx - p
+                            c = ci * k * k + dy * k + dx
+                            if 0 <= y < H and 0 <= x < W:
+                                out[r, c] = src[b, ci * H * W + y * W + x]
+                            else:
+                                out[r, c] = 0
+
+
+def _conv_int64(src, Wq, C, H, W, k, p, Hc, Wc):
+    """Exact int64 ``Y[b*Hc*Wc + oy*Wc + ox, co]`` (the im2col-GEMM layout), direct loops."""
+    B = src.shape[0]
+    Co = Wq.shape[0]
+    out = np.zeros((B * Hc * Wc, Co), dtype=np.int64)
+    for b in numba.prange(B):
+        for oy in range(Hc):
+            for ox in range(Wc):
+                r = b * Hc * Wc + oy * Wc + ox
+                for co in range(Co):
+                    acc = np.int64(0)
+                    for ci in range(C):
+                        for dy in range(k):
+                            y = oy + dy - p
+                            if 0 <= y < H:
+                                for dx in range(k):
+                                    x = ox + dx - p
+                                    if 0 <= x < W:
+                                        acc += np.int64(src[b, ci * H * W + y * W + x]) * Wq[co, ci, dy, dx]
+                    out[r, co] = acc
+    return out
+
+
+def _pool_route(Y, B, Co, Hc, Wc, q):
+    """Max pooling of ``Y`` (im2col layout, exact integers in any dtype) with the first-max rule.
+
+    Returns ``(pooled (B, Co*Hp*Wp) int64, route (B, Co*Hp*Wp) int64 = oy*Wc + ox of the maximum)``."""
+    Hp, Wp = Hc // q, Wc // q
+    n = Co * Hp * Wp
+    pooled = np.empty((B, n), dtype=np.int64)
+    route = np.empty((B, n), dtype=np.int64)
+    for b in numba.prange(B):
+        for co in range(Co):
+            for py in range(Hp):
+                for px in range(Wp):
+                    best = np.int64(0)
+                    arg = np.int64(-1)
+                    for dy in range(q):
+                        for dx in range(q):
+                            oy = py * q + dy
+                            ox = px * q + dx
+                            v = np.int64(Y[b * Hc * Wc + oy * Wc + ox, co])
+                            if arg < 0 or v > best:  # strict: the first maximum in row-major order wins
+                                best = v
+                                arg = oy * Wc + ox
+                    j = co * Hp * Wp + py * Wp + px
+                    pooled[b, j] = best
+                    route[b, j] = arg
+    return pooled, route
+
+
+def _conv_feedback(post, route, Fq, Cin, H, W, Wc, k, p):
+    """Exact int64 ``convT(U(post), Fq)``, flat ``(B, Cin*H*W)``: a scatter of every routed, non-zero
+    pooled unit (``Fq`` of shape ``(Cin, Co, k, k)``)."""
+    B, n = post.shape
+    Co = Fq.shape[1]
+    out = np.zeros((B, Cin * H * W), dtype=np.int64)
+    per_c = n // Co
+    for b in numba.prange(B):
+        for j in range(n):
+            v = np.int64(post[b, j])
+            if v == 0:
+                continue
+            co = j // per_c
+            r = route[b, j]
+            oy = r // Wc
+            ox = r - oy * Wc
+            for ci in range(Cin):
+                for dy in range(k):
+                    y = oy + dy - p
+                    if 0 <= y < H:
+                        base = ci * H * W + y * W
+                        for dx in range(k):
+                            x = ox + dx - p
+                            if 0 <= x < W:
+                                out[b, base + x] += v * Fq[ci, co, dy, dx]
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _conv_kernel(name: str, parallel: bool):
+    fn = {"im2col": _im2col, "int64": _conv_int64, "pool": _pool_route, "feedback": _conv_feedback}[name]
+    return numba.njit(cache=True, parallel=parallel)(fn)
+
+
+def conv_pool_int(src: np.ndarray, wq_by_dtype: dict, geo: ConvGeometry, dtype, parallel: bool = False):
+    """Exact pooled accumulator and routing of ``P(conv_int(src, Wq))`` (``docs/hwsim_semantics.md``).
+
+    Args:
+        src: (B, C_in*H*W) integer-valued codes (any numeric dtype).
+        wq_by_dtype: ``{dtype: (Wq (C_out, C_in, k, k), Wq as (C_in*k*k, C_out))}``.
+        geo: the term's geometry; dtype: from :func:`exact_dtype` of the per-channel bound.
+
+    Returns:
+        ``(pooled (B, n_out) int64, route (B, n_out) int64)``.
+    """
+    C, H, W = geo.in_shape
+    Hc, Wc = geo.conv_shape
+    k, p, B = geo.kernel, geo.padding, src.shape[0]
+    w4, wcol = wq_by_dtype[dtype]
+    if dtype is np.int64:
+        Y = _conv_kernel("int64", parallel)(np.ascontiguousarray(src), w4, C, H, W, k, p, Hc, Wc)
+    else:
+        cols = np.empty((B * Hc * Wc, C * k * k), dtype=dtype)
+        _conv_kernel("im2col", parallel)(np.ascontiguousarray(src), C, H, W, k, p, Hc, Wc, cols)
+        Y = cols @ wcol
+    return _conv_kernel("pool", parallel)(Y, B, geo.c_out, Hc, Wc, geo.pool)
+
+
+def conv_feedback_int(post: np.ndarray, route: np.ndarray, fq: np.ndarray, geo: ConvGeometry,
+                      parallel: bool = False) -> np.ndarray:
+    """Exact int64 feedback accumulator ``convT_int(U(post), Fq)`` of shape (B, C_in*H*W)."""
+    C, H, W = geo.in_shape
+    return _conv_kernel("feedback", parallel)(np.ascontiguousarray(post), route, fq, C, H, W,
+                                              geo.conv_shape[1], geo.kernel, geo.padding)
+
+
 def _as_int_codes(a, name: str, shape: tuple, lo: int, hi: int, fix: str) -> np.ndarray:
     arr = np.asarray(a)
     if arr.dtype.kind not in "iu":
@@ -326,6 +502,7 @@ class _Lowering:
         self.fb_codes, self.fb_rq = [None] * (L - 1), [None] * (L - 1)
         self.bias = [np.zeros(n, dtype=np.int64) for n in sizes[1:]]
         self.extra: list[TermContribution] = []
+        self.conv: list[ConvGeometry | None] = [None] * L
 
     def quantize(self, w: np.ndarray):
         q = quant.quantize_weights(w, self.spec)
@@ -372,10 +549,50 @@ class BiasInt:
         if low.fwd_scale[t.node] is None:
             raise UnsupportedError(f"backend {BACKEND!r}: {t} needs the chain coupling Dense(post={t.node}, "
                                    f"pre={t.node - 1 if t.node else INPUT}) (a bias lives on its accumulator grid)")
-        low.bias[t.node] = quant.bias_codes(b, low.fwd_scale[t.node], low.spec)
+        scale = np.asarray(low.fwd_scale[t.node], dtype=np.float64).reshape(-1)
+        geo = low.conv[t.node]
+        if geo is not None and scale.size > 1:  # per output channel -> per pooled unit
+            scale = np.repeat(scale, geo.units_per_channel)
+        low.bias[t.node] = low.bias[t.node] + quant.bias_codes(b, scale, low.spec)
 
 
-INT_KERNELS: dict[type, type] = {Dense: DenseInt, Bias: BiasInt}
+class ConvPoolInt:
+    """Integer lowering of :class:`~models.conv.ConvPool` ``s_post . (P(conv(s_pre, W)) + b)`` (a chain
+    coupling ``post = pre + 1``, or ``post = 0`` from the input): forward codes ``Wq`` of the kernel
+    (per output channel scales), feedback codes ``Fq`` of ``W.transpose(0, 1)`` quantised as its own
+    tensor (per input channel), per-channel bias codes and requantisation pairs expanded to every
+    unit of the channel, geometry in ``FixedPointMLP.conv`` (``docs/hwsim_semantics.md``)."""
+
+    @staticmethod
+    def lower(t: ConvPool, w: np.ndarray, low: _Lowering, b: np.ndarray | None = None) -> None:
+        if not (t.pre == t.post - 1 or (t.post == 0 and t.pre == INPUT)):
+            raise UnsupportedError(f"backend {BACKEND!r} lowers ConvPool as a chain coupling only (post = pre + 1, "
+                                   f"or post = 0 from the input); got {t}")
+        geo = ConvGeometry(tuple(int(d) for d in t.in_shape), int(w.shape[0]), int(t.kernel), int(t.padding),
+                           int(t.pool))
+        n_pre = low.sizes[t.pre + 1] if t.pre != INPUT else low.sizes[0]
+        if w.shape != (geo.c_out, geo.in_shape[0], geo.kernel, geo.kernel) or geo.n_out != low.sizes[t.post + 1] \
+                or geo.n_in != n_pre:
+            raise ValueError(f"{t}: kernel {w.shape}, {geo.n_in} -> {geo.n_out} units do not fit the node sizes "
+                             f"{n_pre} -> {low.sizes[t.post + 1]}")
+        if low.w_codes[t.post] is not None:
+            raise UnsupportedError(f"backend {BACKEND!r}: node {t.post} has two chain couplings (one allowed)")
+        q = quant.quantize_weights(w, low.spec)
+        m, sh = _requant_arrays(q, low.spec, geo.c_out)
+        upc = geo.units_per_channel
+        low.w_codes[t.post], low.fwd_rq[t.post] = q.codes, (np.repeat(m, upc), np.repeat(sh, upc))
+        low.fwd_scale[t.post], low.conv[t.post] = np.asarray(q.scale, dtype=np.float64).reshape(-1), geo
+        if b is not None:
+            sc = np.broadcast_to(low.fwd_scale[t.post], (geo.c_out,))
+            low.bias[t.post] = low.bias[t.post] + np.repeat(quant.bias_codes(b, sc, low.spec), upc)
+        if t.pre != INPUT:
+            qf = quant.quantize_weights(np.ascontiguousarray(w.transpose(1, 0, 2, 3)), low.spec)
+            mf, sf = _requant_arrays(qf, low.spec, geo.in_shape[0])
+            hw = geo.in_shape[1] * geo.in_shape[2]
+            low.fb_codes[t.pre], low.fb_rq[t.pre] = qf.codes, (np.repeat(mf, hw), np.repeat(sf, hw))
+
+
+INT_KERNELS: dict[type, type] = {Dense: DenseInt, Bias: BiasInt, ConvPool: ConvPoolInt}
 """Integer kernels by term type (found through :func:`models.engine.require_kernels`); the arithmetic
 of the lowered accumulators is in :meth:`FixedPointMLP.relax` and :func:`hwsim.torch_mirror.torch_relax`."""
 
@@ -407,7 +624,7 @@ class FixedPointMLP:
 
     def __init__(self, spec: HardwareSpec, w_codes, bias_codes, fwd_requant, fb_codes, fb_requant,
                  update: str = "async", cost: str = "mse", extra: Sequence[TermContribution] = (),
-                 groups: Sequence[Sequence[int]] | None = None):
+                 groups: Sequence[Sequence[int]] | None = None, conv: Sequence[ConvGeometry | None] | None = None):
         check_spec(spec)
         if update not in UPDATES:
             raise ValueError(f"update={update!r} is invalid; allowed: {UPDATES}")
@@ -421,14 +638,22 @@ class FixedPointMLP:
         self.one_code = spec.state.code_of(1.0)  # representable: checked by check_spec
         wf = spec.weights
         self.w_codes = [np.asarray(w, dtype=np.int64) for w in w_codes]
-        self.sizes = (self.w_codes[0].shape[1],) + tuple(w.shape[0] for w in self.w_codes)
-        for i, w in enumerate(self.w_codes):
-            if w.ndim != 2 or w.shape != (self.sizes[i + 1], self.sizes[i]):
-                raise ValueError(f"w_codes[{i}] has shape {w.shape}; expected {(self.sizes[i + 1], self.sizes[i])}")
+        self.conv: list[ConvGeometry | None] = list(conv) if conv is not None else [None] * L
+        if len(self.conv) != L:
+            raise ValueError(f"conv has {len(self.conv)} entries; expected one per layer ({L})")
+        g0 = self.conv[0]
+        self.sizes = (g0.n_in if g0 is not None else self.w_codes[0].shape[1],) + tuple(
+            g.n_out if g is not None else w.shape[0] for w, g in zip(self.w_codes, self.conv))
+        for i, (w, g) in enumerate(zip(self.w_codes, self.conv)):
+            want = (self.sizes[i + 1], self.sizes[i]) if g is None else (g.c_out, g.in_shape[0], g.kernel, g.kernel)
+            if w.shape != want or (g is not None and g.n_in != self.sizes[i]):
+                raise ValueError(f"w_codes[{i}] has shape {w.shape}; expected {want} (sizes {self.sizes})")
         self.fb_codes = [np.asarray(w, dtype=np.int64) for w in fb_codes]
         for i, w in enumerate(self.fb_codes):
-            if w.shape != (self.sizes[i + 1], self.sizes[i + 2]):
-                raise ValueError(f"fb_codes[{i}] has shape {w.shape}; expected {(self.sizes[i + 1], self.sizes[i + 2])}")
+            g = self.conv[i + 1]
+            want = (self.sizes[i + 1], self.sizes[i + 2]) if g is None else (g.in_shape[0], g.c_out, g.kernel, g.kernel)
+            if w.shape != want:
+                raise ValueError(f"fb_codes[{i}] has shape {w.shape}; expected {want}")
         self.extra = [dataclasses.replace(c, codes=np.asarray(c.codes, dtype=np.int64),
                                           requant=tuple(np.asarray(a, dtype=np.int64).reshape(-1) for a in c.requant))
                       for c in extra]
@@ -467,11 +692,17 @@ class FixedPointMLP:
             self.extra_tid.append(rng.tensor_id(rng.KIND_STATE_TERM, c.node, len(self.extra_at[c.node])))
             self.extra_at[c.node].append((k, self.extra_tid[-1]))
         # exact-product bookkeeping: transposed codes per dtype, row bounds sum_i |W[j, i]|
-        self._fwd_t = [self._by_dtype(w) for w in self.w_codes]
-        self._fb_t = [self._by_dtype(w) for w in self.fb_codes]
+        self._fwd_t = [self._by_dtype(w) if g is None else self._conv_by_dtype(w) for w, g in zip(self.w_codes, self.conv)]
+        self._fb_t = [self._by_dtype(w) if self.conv[i + 1] is None else None for i, w in enumerate(self.fb_codes)]
         self._extra_t = [self._by_dtype(c.codes) for c in self.extra]
-        self._fwd_rowsum = [_rowsum(w) for w in self.w_codes]
-        self._fb_rowsum = [_rowsum(w) for w in self.fb_codes]
+        self._fwd_rowsum = [_rowsum(w.reshape(w.shape[0], -1)) for w in self.w_codes]
+        # conv feedback is an int64 scatter (no float bound needed)
+        self._fb_rowsum = [_rowsum(w) if self.conv[i + 1] is None else 0 for i, w in enumerate(self.fb_codes)]
+
+    @staticmethod
+    def _conv_by_dtype(w: np.ndarray) -> dict:
+        return {dt: (np.ascontiguousarray(w, dtype=dt), np.ascontiguousarray(w.reshape(w.shape[0], -1).T, dtype=dt))
+                for dt in (np.float32, np.float64, np.int64)}
 
     @staticmethod
     def _by_dtype(w: np.ndarray) -> dict:
@@ -514,14 +745,15 @@ class FixedPointMLP:
         for dense_pass in (True, False):  # couplings first: a bias needs its node's accumulator grid
             for t, k in zip(terms, kernels):
                 if isinstance(t, Bias) != dense_pass:
-                    k.lower(t, param(t.params[0]), low)
+                    k.lower(t, param(t.params[0]), low, *[param(n) for n in t.params[1:]])
         missing = [i for i, w in enumerate(low.w_codes) if w is None]
         if missing:
             raise UnsupportedError(f"backend {BACKEND!r} needs the chain coupling Dense(post=i, pre=i-1) of every "
                                    f"state node; nodes {missing} have none")
         update = update or net.config.update
         return cls(spec, low.w_codes, low.bias, low.fwd_rq, low.fb_codes, low.fb_rq,
-                   update=update, cost=net.config.cost, extra=low.extra, groups=net.schedule(update))
+                   update=update, cost=net.config.cost, extra=low.extra, groups=net.schedule(update),
+                   conv=low.conv if any(g is not None for g in low.conv) else None)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, spec: HardwareSpec, *, update: str | None = None) -> "FixedPointMLP":
@@ -619,7 +851,23 @@ class FixedPointMLP:
         xmax = int(np.abs(x).max(initial=0))
         ddt = exact_dtype(self._fwd_rowsum[0] * xmax)
         log.debug("exact products: drive in %s, hidden products in %s", ddt.__name__, sdt.__name__)
-        drive = exact_matmul(x, self._fwd_t[0], ddt)  # (B, n_0), computed once per phase
+        conv_cache: dict = {}  # conv layer i -> (the source array object, its routing); reused while unchanged
+
+        def fwd_acc(i: int, src_arr, dt, parallel: bool):
+            g = self.conv[i]
+            if g is None:
+                return exact_matmul(src_arr, self._fwd_t[i], dt, parallel)
+            acc, route = conv_pool_int(src_arr, self._fwd_t[i], g, dt, parallel)
+            conv_cache[i] = (src_arr, route)
+            return acc
+
+        def conv_route(i: int, src_arr, parallel: bool):
+            hit = conv_cache.get(i)
+            if hit is None or hit[0] is not src_arr:
+                conv_cache[i] = (src_arr, conv_pool_int(src_arr, self._fwd_t[i], self.conv[i], sdt, parallel)[1])
+            return conv_cache[i][1]
+
+        drive = fwd_acc(0, x, ddt, False)  # (B, n_0), computed once per phase
         det = rmode != 2
 
         def par(n: int) -> bool:
@@ -654,7 +902,7 @@ class FixedPointMLP:
             if i == 0:
                 fwd = pre if det else fwd_term(0, drive, step)[0]
             else:
-                acc = exact_matmul(src[i - 1], self._fwd_t[i], sdt, par(self.sizes[i + 1]))
+                acc = fwd_acc(i, src[i - 1], sdt, par(self.sizes[i + 1]))
                 fwd, k = fwd_term(i, acc, step)
                 n_over[i] += k
             for k, tid in self.extra_at[i]:  # extra terms: each its own accumulator and rounding
@@ -667,7 +915,14 @@ class FixedPointMLP:
                     n_over[i] += o
                 fwd = fwd + v
             has_fb = i + 1 < L
-            acc_b = exact_matmul(src[i + 1], self._fb_t[i], sdt, par(self.sizes[i + 1])) if has_fb else dummy
+            if not has_fb:
+                acc_b = dummy
+            elif self.conv[i + 1] is not None:
+                p_ = par(self.sizes[i + 1])
+                acc_b = conv_feedback_int(src[i + 1], conv_route(i + 1, src[i], p_), self.fb_codes[i],
+                                          self.conv[i + 1], p_)
+            else:
+                acc_b = exact_matmul(src[i + 1], self._fb_t[i], sdt, par(self.sizes[i + 1]))
             mb, sb = self.fb_requant[i] if has_fb else self.fwd_requant[i]
             nudge = i == L - 1 and bm != 0
             out = np.empty((B, self.sizes[i + 1]), dtype=sdt)

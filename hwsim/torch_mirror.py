@@ -74,6 +74,47 @@ def requant_rows(acc: torch.Tensor, mult: torch.Tensor, shift: torch.Tensor, rou
     return out
 
 
+def conv_int_t(src: torch.Tensor, wq: torch.Tensor, geo) -> torch.Tensor:
+    """Exact int64 ``conv(src, Wq)`` at every position, ``(B, C_out, Hc, Wc)``: zero padding, unfold, int64 matmul."""
+    C, H, W = geo.in_shape
+    k, p = geo.kernel, geo.padding
+    B = src.shape[0]
+    x = torch.nn.functional.pad(src.reshape(B, C, H, W), (p, p, p, p))
+    patches = x.unfold(2, k, 1).unfold(3, k, 1)  # (B, C, Hc, Wc, k, k)
+    Hc, Wc = patches.shape[2], patches.shape[3]
+    cols = patches.permute(0, 2, 3, 1, 4, 5).reshape(B * Hc * Wc, C * k * k)
+    y = cols @ wq.reshape(wq.shape[0], -1).T
+    return y.reshape(B, Hc, Wc, -1).permute(0, 3, 1, 2)
+
+
+def pool_first_max_t(y: torch.Tensor, q: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max pooling ``(B, C, Hc, Wc) -> (B, C*Hp*Wp)`` (floor mode) and the flat position ``oy * Wc + ox``
+    of each window's first maximum in row-major order (the smallest window index holding the max)."""
+    B, C, Hc, Wc = y.shape
+    Hp, Wp = Hc // q, Wc // q
+    win = y[:, :, : Hp * q, : Wp * q].reshape(B, C, Hp, q, Wp, q).permute(0, 1, 2, 4, 3, 5).reshape(B, C, Hp, Wp, q * q)
+    best = win.amax(dim=-1)
+    pos = torch.arange(q * q, dtype=torch.int64)
+    first = torch.where(win == best.unsqueeze(-1), pos, q * q).amin(dim=-1)
+    oy = torch.arange(Hp, dtype=torch.int64).reshape(1, 1, Hp, 1) * q + first // q
+    ox = torch.arange(Wp, dtype=torch.int64).reshape(1, 1, 1, Wp) * q + first % q
+    return best.reshape(B, -1), (oy * Wc + ox).reshape(B, -1)
+
+
+def conv_feedback_t(post: torch.Tensor, route: torch.Tensor, fq: torch.Tensor, geo) -> torch.Tensor:
+    """Exact int64 ``convT(U(post), Fq)`` ``(B, C_in*H*W)``: the routed map ``U`` (zeros elsewhere),
+    fully padded and convolved with the spatially flipped ``Fq`` ``(C_in, C_out, k, k)``, cropped by ``padding``."""
+    C, H, W = geo.in_shape
+    Hc, Wc = geo.conv_shape
+    k, p = geo.kernel, geo.padding
+    B = post.shape[0]
+    u = torch.zeros(B, geo.c_out, Hc * Wc, dtype=torch.int64)
+    u.scatter_(2, route.reshape(B, geo.c_out, -1), post.reshape(B, geo.c_out, -1).to(torch.int64))
+    full_geo = type(geo)((geo.c_out, Hc, Wc), C, k, k - 1, 1)
+    g = conv_int_t(u.reshape(B, -1), fq.flip(2, 3), full_geo)  # (B, C_in, H + 2p, W + 2p)
+    return g[:, :, p: p + H, p: p + W].reshape(B, -1)
+
+
 def _u24(seed: int, step: int, tid: int, shape) -> torch.Tensor:
     idx = torch.arange(shape[0] * shape[1], dtype=torch.int64).reshape(shape)
     return rng.uniform_u24(torch.tensor(seed), torch.tensor(step), torch.tensor(tid), idx)
@@ -109,7 +150,14 @@ def torch_relax(fp: FixedPointMLP, x_codes, s0=None, *, beta: float = 0.0, y=Non
     xt = _t(x)
     target = torch.nn.functional.one_hot(_t(yy), fp.sizes[-1]) * one if B else torch.zeros(0, fp.sizes[-1], dtype=torch.int64)
     n_over = np.zeros(L, dtype=np.int64)
-    drive, n0 = overflow_t(xt @ W[0].T + bias[0], sp.acc_bits, mode)  # once per phase
+    geos = fp.conv
+
+    def fwd_acc(i: int, src: torch.Tensor) -> torch.Tensor:
+        if geos[i] is None:
+            return src @ W[i].T
+        return pool_first_max_t(conv_int_t(src, W[i], geos[i]), geos[i].pool)[0]
+
+    drive, n0 = overflow_t(fwd_acc(0, xt) + bias[0], sp.acc_bits, mode)  # once per phase
     n_over[0] += n0
     static = {}  # static extra accumulators (input only): formed once per phase, overflows counted once
     for k, c in enumerate(fp.extra):
@@ -126,7 +174,7 @@ def torch_relax(fp: FixedPointMLP, x_codes, s0=None, *, beta: float = 0.0, y=Non
         if i == 0:
             a_f = drive
         else:
-            a_f, k = overflow_t(src[i - 1] @ W[i].T + bias[i], sp.acc_bits, mode)
+            a_f, k = overflow_t(fwd_acc(i, src[i - 1]) + bias[i], sp.acc_bits, mode)
             n_over[i] += k
         p = rq(a_f, rq_f[i], rng.tensor_id(rng.KIND_STATE_FWD, i), step, n)
         for k, tid in fp.extra_at[i]:
@@ -138,7 +186,13 @@ def torch_relax(fp: FixedPointMLP, x_codes, s0=None, *, beta: float = 0.0, y=Non
                 n_over[i] += o
             p = p + rq(a_e, rq_e[k], tid, step, n)
         if i + 1 < L:
-            a_b, k = overflow_t(src[i + 1] @ F[i].T, sp.acc_bits, mode)
+            g = geos[i + 1]
+            if g is None:
+                fb = src[i + 1] @ F[i].T
+            else:  # routing from the exact forward accumulator of the current pre state
+                route = pool_first_max_t(conv_int_t(src[i], W[i + 1], g), g.pool)[1]
+                fb = conv_feedback_t(src[i + 1], route, F[i], g)
+            a_b, k = overflow_t(fb, sp.acc_bits, mode)
             n_over[i] += k
             p = p + rq(a_b, rq_b[i], rng.tensor_id(rng.KIND_STATE_FB, i), step, n)
         if i == L - 1 and bm != 0:

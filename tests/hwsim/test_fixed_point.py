@@ -294,6 +294,7 @@ from torch import nn  # noqa: E402
 
 from hwsim import onchip  # noqa: E402
 from hwsim.fixed_point import INT_KERNELS  # noqa: E402
+from models.conv import ConvPool  # noqa: E402
 from models.energy import Dense  # noqa: E402
 from models.engine import UnsupportedError  # noqa: E402
 from models.skip_mlp import SkipEqPropMLP  # noqa: E402
@@ -382,9 +383,9 @@ def test_term_without_integer_kernel_is_refused_by_name():
     net = EqPropMLP(EqPropConfig(sizes=(6, 5, 3)), seed=0)
     net.terms = net.terms + [Quadratic(1)]
     with pytest.raises(UnsupportedError, match=r"backend 'numba fixed point' has no kernel for interaction term "
-                                               r".*Quadratic\(node=1\); it supports: Bias, Dense"):
+                                               r".*Quadratic\(node=1\); it supports: Bias, ConvPool, Dense"):
         FixedPointMLP.from_model(net, quant.get_preset("int8"))
-    assert set(INT_KERNELS) == {Dense, type(net.terms[1])}
+    assert set(INT_KERNELS) == {Dense, type(net.terms[1]), ConvPool}
     from models.energy import Node
 
     tanh = EqPropMLP(EqPropConfig(sizes=(6, 5, 3)), seed=0)
