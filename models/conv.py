@@ -91,21 +91,22 @@ class ConvPoolFloat:
             return y, None
         return F.max_pool2d(y, t.pool, return_indices=True)
 
+    @staticmethod
+    def _unpool(t: ConvPool, c: int, s_post, idx, conv_shape) -> torch.Tensor:
+        """``U(s_post)`` from the pooling indices of ``conv(s_pre)`` (zero-padded to its full size)."""
+        post = s_post.reshape(s_post.shape[0], *t.out_shape(c))
+        h, w = conv_shape[-2:]
+        u = post if idx is None else F.max_unpool2d(post, idx, t.pool, output_size=(h - h % t.pool, w - w % t.pool))
+        if u.shape[-2:] != (h, w):
+            u = F.pad(u, (0, w - u.shape[-1], 0, h - u.shape[-2]))
+        return u
+
     @classmethod
     def _route(cls, t: ConvPool, W, src_pre, s_post) -> torch.Tensor:
         """``U(s_post)``: pooled units back to their window's maximum, shape of ``conv(s_pre)``."""
         y = cls._conv(t, W, src_pre)
         _, idx = cls._pool(t, y)
-        c = W.shape[0]
-        post = s_post.reshape(s_post.shape[0], *t.out_shape(c))
-        if idx is None:
-            u = post
-        else:
-            h, w = y.shape[-2:]
-            u = F.max_unpool2d(post, idx, t.pool, output_size=(h - h % t.pool, w - w % t.pool))
-        if u.shape[-2:] != y.shape[-2:]:
-            u = F.pad(u, (0, y.shape[-1] - u.shape[-1], 0, y.shape[-2] - u.shape[-2]))
-        return u
+        return cls._unpool(t, W.shape[0], s_post, idx, y.shape)
 
     @classmethod
     def drive_of(cls, t: ConvPool, W, b, src_pre) -> torch.Tensor:
@@ -122,12 +123,25 @@ class ConvPoolFloat:
         def src(x, s):
             return x if t.pre == INPUT else s[t.pre]
 
+        cache: dict = {}
+
         def forward(a, x, s):
-            z = cls.drive_of(t, W, b, src(x, s))
+            src_ = src(x, s)
+            y = cls._conv(t, W, src_)
+            z, idx = cls._pool(t, y)
+            if t.pre != INPUT:  # the routing of the pre node's next feedback, while s_pre is unchanged
+                cache["src"], cache["idx"], cache["shape"] = src_, idx, y.shape
+            if b is not None:
+                z = z + b[:, None, None]
+            z = z.flatten(1)
             return z if a is None else a + z
 
         def feedback(a, x, s):
-            g = F.conv_transpose2d(cls._route(t, W, s[t.pre], s[t.post]), W, padding=t.padding).flatten(1)
+            if cache.get("src") is s[t.pre]:  # same tensor object: conv(s_pre) was pooled by the forward
+                u = cls._unpool(t, W.shape[0], s[t.post], cache["idx"], cache["shape"])
+            else:
+                u = cls._route(t, W, s[t.pre], s[t.post])
+            g = F.conv_transpose2d(u, W, padding=t.padding).flatten(1)
             return g if a is None else a + g
 
         return [(t.post, forward), (t.pre, feedback)] if t.pre != INPUT else [(t.post, forward)]

@@ -191,3 +191,20 @@ def test_conv_model_eqprop_matches_bptt():
     for ref in (gb, gi):
         for r in compare_grads(ge, ref):
             assert r["cosine"] > COSINE_GRAD_CONVERGED_MIN, r
+
+
+@pytest.mark.parametrize("update", ["async", "sync"])
+def test_conv_routing_cache_changes_nothing(update):
+    """The sweeper reuses conv(s_pre)'s pooling indices from the forward; fresh steps recompute them."""
+    from models.conv import ConvConfig, ConvEqProp
+    net = ConvEqProp(ConvConfig(in_shape=(1, 12, 12), channels=(4, 6), kernel=3, n_out=3, update=update), seed=4)
+    x = torch.rand(5, 144, generator=torch.Generator().manual_seed(0))
+    d = net.drive(x)
+    sweep = net.sweeper(d)
+    a = b = net.zero_state(5, x)
+    with torch.no_grad():
+        for _ in range(12):
+            a = sweep(a)          # one sweeper: cached routing after the first sweep
+            b = net.step(b, d)    # a new sweeper per step: routing recomputed
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=0, atol=0)
