@@ -97,6 +97,21 @@ def test_bad_run_usage_exits_2_before_any_work(capsys, tmp_path, args, words):
     assert "Traceback" not in err
 
 
+def test_bad_inputs_through_a_real_process(tmp_path):
+    """The same refusals from a fresh interpreter (``python run_suite.py ...``: exit status of the process)."""
+    out = tmp_path / "run"
+    cmd = ("import sys, run_suite; codes = [run_suite.main(a) for a in ("
+           f"['--track', '16', '--set', 'n_test=abc', '--out', {str(out)!r}], "
+           "['export', '--checkpoint', 'x.pt', '--spec', 'int8', '--out', 'y.onnx', '--verify', '-5'], "
+           "['sweep', '--jobs', '0'])]; print(codes); sys.exit(max(codes))")
+    r = subprocess.run([PY, "-c", cmd], capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=300)
+    assert r.returncode == 2 and r.stdout.strip() == "[2, 2, 2]", (r.stdout, r.stderr)
+    assert "n_test='abc': expected int" in r.stderr and "--verify -5" in r.stderr and "--jobs 0" in r.stderr
+    assert "Traceback" not in r.stderr and not out.exists()
+    r = _cli("--track", "16", "--set", "n_test=abc", "--out", str(out))  # the script itself
+    assert r.returncode == 2 and "expected int" in r.stderr and not out.exists()
+
+
 def test_typed_configs_quick_and_full_and_validation():
     for t in tracks.all_tracks():
         assert not t.broken, t.error
