@@ -8,7 +8,7 @@ Protocol: for each dataset (``mnist``, ``fashion_mnist``), a validation split of
 (``tracks.data.train_val_split``, seed 0) gives the per-epoch curves; the reported accuracy is on the
 test set only (full: all 10k; quick: the first ``n_test``). Each seed in ``ctx.seeds`` (quick: the
 first) trains one EqProp and one BPTT network from the same initialisation (``EqPropMLP(seed=s)``)
-with the recipes of :mod:`tracks.training_recipes`. Mean and 95 % confidence half-width (Student t,
+with the recipes of :mod:`tracks.shared.recipes`. Mean and 95 % confidence half-width (Student t,
 ``n_seeds - 1`` degrees of freedom; ``None`` for one seed) are reported as fractions.
 Trained models are saved as checkpoints under ``<out_dir>/checkpoints/t25_<dataset>_<method>_seed<s>.pt``
 (never overwritten; ``models.checkpoint.load_checkpoint`` reads them).
