@@ -1,0 +1,193 @@
+"""Track 38: adaptive compute of the energy transformer: harder inputs take more iterations to settle.
+
+For each seed, an :class:`~models.transformer.EnergyTransformer` is trained by EqProp and the same
+block by BP through its free phase (the DEQ baseline: same terms, same dynamics, same budget) on
+``n_train`` MNIST training images. On ``n_test`` test images each sample's free phase runs with
+per-sample early exit (:meth:`~models.transformer.EnergyTransformer.relax_early_exit`: a sample stops
+after the first sweep whose residual is ``<= eps``) up to ``max_steps`` sweeps. Difficulty of a sample
+(from the state at ``max_steps``): the output margin (top-1 minus top-2 output unit; difficulty =
+``-margin``), the entropy of ``softmax(ce_scale * o)``, and misclassification. Reported per model:
+Spearman r (``scipy.stats.spearmanr``) of iterations with ``-margin`` and with entropy, with p-values;
+mean iterations of misclassified vs correct samples; compute saved by early exit
+``1 - mean(steps) / max_steps`` and the accuracy with early exit vs at ``max_steps``.
+
+Criteria (EqProp model, mean over seeds): Spearman r(iterations, -margin) >= ``required_r`` (0.4 in the
+issue) with the largest p-value <= 0.01; accuracy lost by early exit <= 0.005 (equal accuracy).
+Broken path (tests): ``shuffle_steps`` permutes the iteration counts across samples (no relation to
+difficulty), which must fail the correlation criterion.
+
+Measured (d=64, 4000 training images, 1 epoch, 1000 test images, seed 0): the correlation is
+*negative*: r(iterations, -margin) = -0.51 / -0.36 / -0.27 at eps 1e-2 / 1e-3 / 1e-4 (p < 1e-18), and
+r(iterations, max |o|) = +0.53 / +0.38 / +0.28: from the zero start, confident samples (large output
+states) travel further and take *more* sweeps; the plan's hypothesis (harder inputs take longer)
+does not hold for this model, and the criterion fails (reported as a miss). Early exit at eps 1e-3
+saved 92 % of a 100-sweep budget with no accuracy change (0.794 both).
+
+Variants: ``FULL`` 3 seeds, d=64, 10k training images, 2 epochs, 2000 test images (about 30 min here);
+``QUICK`` 1 seed, d=32, 1500 images, 1 epoch, 500 test images (< 60 s).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import torch
+
+from models.transformer import EnergyTransformer, TrainSettings, TransformerConfig, fit
+
+from .data import load_dataset
+from .harness.base import Criterion, TrackContext, TrackResult, TrackSpec
+from .harness.plots import figure
+from .harness.stats import mean_ci95
+from .harness.threads import torch_threads
+
+log = logging.getLogger("eqprop_hwsim.tracks.t38")
+
+SPEC = TrackSpec(
+    id=38, slug="adaptive_compute", name="Energy transformer: adaptive compute",
+    claim=("With per-sample early exit at residual eps, the iterations an EqProp-trained energy transformer "
+           "needs grow with the difficulty of the input (Spearman r with -margin >= 0.4, p <= 0.01), and early "
+           "exit saves compute at equal accuracy."),
+    criteria=(Criterion("eqprop_spearman_r_margin_mean", ">=", 0.4), Criterion("eqprop_spearman_p_max", "<=", 0.01),
+              Criterion("eqprop_early_exit_acc_loss_max", "<=", 0.005)),
+    est_seconds_full=1800.0, est_seconds_quick=50.0,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Settings of Track 38."""
+
+    d_model: int = 64               # token width
+    n_heads: int = 4                # attention heads
+    n_train: int = 10000            # training images
+    n_test: int = 2000              # test images measured
+    epochs: int = 2                 # training epochs
+    n_seeds: int = 3                # seeds (first n of ctx.seeds)
+    eps: float = 1e-3               # early-exit residual
+    max_steps: int = 100            # sweep cap (the "no early exit" reference)
+    n_free_steps: int = 20          # free sweeps per training step
+    lr: float = 2e-3                # Adam step size
+    methods: tuple[str, ...] = ("eqprop", "bptt")  # trained models measured (bptt = the DEQ/BP baseline)
+    shuffle_steps: bool = False     # broken path: iteration counts permuted across samples
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "n_heads", "n_train", "n_test", "epochs", "n_seeds", "max_steps", "n_free_steps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} is invalid; allowed: an int >= 1")
+        if not self.eps > 0:
+            raise ValueError(f"eps={self.eps} must be > 0")
+        if not self.methods or set(self.methods) - {"eqprop", "bptt"}:
+            raise ValueError(f"methods={self.methods}; allowed: a non-empty subset of ('eqprop', 'bptt')")
+
+
+QUICK = Config(d_model=32, n_train=1500, n_test=500, epochs=1, n_seeds=1, max_steps=60)
+FULL = Config()
+
+
+def measure(net: EnergyTransformer, x: torch.Tensor, y: torch.Tensor, c: Config,
+            rng: np.random.Generator | None = None) -> dict:
+    """Per-sample iterations to ``eps`` and difficulty of one trained model (see module doc)."""
+    from scipy.stats import spearmanr
+
+    with torch.no_grad():
+        s_full, _ = net.free_phase(x, n_steps=c.max_steps)
+        s_exit, steps = net.relax_early_exit(x, eps=c.eps, max_steps=c.max_steps)
+    o = s_full[-1]
+    top2 = o.topk(2, dim=1).values
+    margin = (top2[:, 0] - top2[:, 1]).numpy()
+    p = torch.softmax(net.config.ce_scale * o, dim=1)
+    entropy = (-(p * p.clamp_min(1e-30).log()).sum(dim=1)).numpy()
+    wrong = (o.argmax(dim=1) != y).numpy()
+    st = steps.numpy().astype(np.float64)
+    if c.shuffle_steps:
+        st = (rng or np.random.default_rng(0)).permutation(st)
+    r_m, p_m = spearmanr(st, -margin)
+    r_e, p_e = spearmanr(st, entropy)
+    acc_full = float(1 - wrong.mean())
+    acc_exit = float((s_exit[-1].argmax(dim=1) == y).double().mean())
+    return {"spearman_r_margin": float(r_m), "spearman_p_margin": float(p_m), "spearman_r_entropy": float(r_e),
+            "spearman_p_entropy": float(p_e), "mean_steps": float(st.mean()),
+            "mean_steps_wrong": float(st[wrong].mean()) if wrong.any() else float("nan"),
+            "mean_steps_correct": float(st[~wrong].mean()), "acc_full": acc_full, "acc_early_exit": acc_exit,
+            "acc_loss": acc_full - acc_exit, "compute_saved": 1.0 - float(st.mean()) / c.max_steps,
+            "_steps": st, "_margin": margin, "_wrong": wrong}
+
+
+def run(ctx: TrackContext) -> TrackResult:
+    c = ctx.settings(QUICK, FULL)
+    seeds = tuple(ctx.seeds[: c.n_seeds])
+    x_tr, y_tr = load_dataset("mnist", "train", ctx.data_dir)
+    x_te, y_te = load_dataset("mnist", "test", ctx.data_dir)
+    x_tr, y_tr = torch.as_tensor(x_tr[: c.n_train]), torch.as_tensor(y_tr[: c.n_train])
+    x_te, y_te = torch.as_tensor(x_te[: c.n_test]), torch.as_tensor(y_te[: c.n_test])
+    per: dict[str, list[dict]] = {m: [] for m in c.methods}
+    traj = None
+    with torch_threads(1):
+        for seed in seeds:
+            for meth in c.methods:
+                torch.manual_seed(seed)
+                net = EnergyTransformer(TransformerConfig(d_model=c.d_model, n_heads=c.n_heads, damping=0.0), seed=seed)
+                fit(net, x_tr, y_tr, TrainSettings(grad=meth, n_free_steps=c.n_free_steps, n_nudge_steps=10,
+                                                   lr=c.lr, epochs=c.epochs), seed=seed)
+                r = measure(net, x_te, y_te, c, np.random.default_rng(seed))
+                per[meth].append(r)
+                log.info("t38 %s seed %d: r(steps,-margin)=%.3f p=%.1e, saved %.2f, acc %.4f -> %.4f", meth, seed,
+                         r["spearman_r_margin"], r["spearman_p_margin"], r["compute_saved"], r["acc_full"],
+                         r["acc_early_exit"])
+                if traj is None and meth == "eqprop":
+                    traj = _trajectories(net, x_te, r)
+    metrics: dict = {}
+    for meth, rs in per.items():
+        for k in ("spearman_r_margin", "spearman_r_entropy", "compute_saved", "acc_full", "acc_early_exit",
+                  "mean_steps", "mean_steps_wrong", "mean_steps_correct"):
+            metrics[f"{meth}_{k}_mean"], metrics[f"{meth}_{k}_ci95"] = mean_ci95([r[k] for r in rs])
+        metrics[f"{meth}_spearman_p_max"] = max(max(r["spearman_p_margin"] for r in rs), 0.0)
+        metrics[f"{meth}_early_exit_acc_loss_max"] = max(r["acc_loss"] for r in rs)
+        metrics[f"{meth}_per_seed"] = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rs]
+    artifacts = [_plot(per, traj, c, ctx)]
+    notes = [f"d={c.d_model}, {c.n_heads} heads, 1 block; {c.n_train} training images, {c.epochs} epochs; "
+             f"{c.n_test} test images; eps={c.eps:g}, max_steps={c.max_steps}; seeds {list(seeds)}",
+             "bptt = the same block trained by BP through its free phase (DEQ / BP baseline), measured alike"]
+    return TrackResult(metrics=metrics, artifacts=artifacts, notes=notes)
+
+
+def _trajectories(net, x, r, n: int = 3) -> dict:
+    """Output-node trajectories of the fastest, median and slowest sample (undamped sweeps)."""
+    order = np.argsort(r["_steps"], kind="stable")
+    pick = [int(order[0]), int(order[len(order) // 2]), int(order[-1])][:n]
+    xs = x[pick]
+    with torch.no_grad():
+        sweep = net.sweeper(net.drive(xs))
+        s = net.zero_state(len(pick), xs)
+        outs = []
+        for _ in range(int(max(r["_steps"][pick])) + 5):
+            s = sweep(s)
+            outs.append(s[-1].clone())
+    return {"idx": pick, "steps": [float(r["_steps"][i]) for i in pick], "out": torch.stack(outs, 1).numpy()}
+
+
+def _plot(per, traj, c: Config, ctx: TrackContext) -> str:
+    path = ctx.plots_dir / "t38_adaptive_compute.png"
+    with figure(path, ncols=3, figsize=(14, 3.8)) as (fig, axes):
+        for meth, mk in (("eqprop", "o"), ("bptt", "x")):
+            if meth not in per or not per[meth]:
+                continue
+            r = per[meth][0]
+            axes[0][0].scatter(r["_margin"], r["_steps"], s=5, marker=mk, alpha=0.4,
+                               label=f"{meth} (r={r['spearman_r_margin']:.2f})")
+            w = r["_wrong"]
+            axes[0][1].boxplot([r["_steps"][~w], r["_steps"][w] if w.any() else [np.nan]],
+                               positions=[0 if meth == "eqprop" else 3, 1 if meth == "eqprop" else 4])
+        axes[0][0].set_xlabel("output margin (top1 - top2)"); axes[0][0].set_ylabel(f"iterations to eps={c.eps:g}")
+        axes[0][0].legend(fontsize=7)
+        axes[0][1].set_xticks([0, 1, 3, 4], ["EqProp ok", "EqProp wrong", "BP ok", "BP wrong"], fontsize=7)
+        axes[0][1].set_ylabel("iterations")
+        if traj is not None:
+            for k, (i, st) in enumerate(zip(traj["idx"], traj["steps"])):
+                o = traj["out"][k]
+                axes[0][2].plot(o.max(axis=1) - np.sort(o, axis=1)[:, -2], label=f"test #{i}: {st:.0f} iters")
+            axes[0][2].set_xlabel("sweep"); axes[0][2].set_ylabel("output margin along the free phase")
+            axes[0][2].legend(fontsize=7)
+    return str(path.relative_to(ctx.out_dir))
