@@ -328,6 +328,10 @@ class _Acc:
     src: int
     matrix: _Matrix
     bias: bool = False
+    route: str | None = None
+    """A conv routing convolution: ``"every"`` sweep, ``"first"`` sweep of a phase or ``"never"``
+    (the float kernel reuses the pooling indices of the post node's forward when ``s_pre`` is the
+    same tensor; :func:`_routing_reuse`)."""
 
     @property
     def static(self) -> bool:
@@ -386,9 +390,11 @@ class ConvPoolOps:
     Per sample, with ``conv = C_out Hc Wc C_in k k`` (every pre-pool position of the convolution):
 
     * forward accumulator into ``post``: ``conv`` MACs (static for an input coupling: the drive);
-    * between states, into ``pre``: the **routing** convolution ``conv(s_pre, W)`` (the float kernel
-      recomputes it to find the window maxima; max pooling, un-pooling and the bias add are free in
-      torch's FLOP counter and here) and the transposed convolution, ``conv`` MACs each;
+    * between states, into ``pre``: the transposed convolution (``conv`` MACs per sweep) and the
+      **routing** convolution ``conv(s_pre, W)`` when the float kernel cannot reuse the pooling
+      indices of the post node's forward (:func:`_routing_reuse`: async chain: once per phase when
+      ``pre`` is updated before ``post``, else never; sync: every sweep when ``post > pre``); max
+      pooling, un-pooling and the bias add are free in torch's FLOP counter and here;
     * contrast (per EqProp step): ``dphi`` at both equilibria, each a routing convolution and the
       weight-gradient convolution (``conv2d_weight``): ``4 conv`` products, also for an input coupling.
 
@@ -402,7 +408,7 @@ class ConvPoolOps:
         m = matrix(t, False)
         out = [_Acc(t.post, t.pre, m)]
         if t.pre != INPUT:
-            out += [_Acc(t.pre, t.post, m), _Acc(t.pre, t.post, m)]   # routing conv, transposed conv
+            out += [_Acc(t.pre, t.post, m, route="tbd"), _Acc(t.pre, t.post, m)]   # routing conv, transposed conv
         return out
 
     @staticmethod
@@ -471,6 +477,8 @@ def _matrix_info(model, spec: HardwareSpec, sparsity: str):
     accs: list[list[_Acc]] = [[] for _ in g.nodes]
     for t, k in zip(g.terms, kernels):
         for a in k.accumulators(t, matrix):
+            if a.route == "tbd":
+                a = dataclasses.replace(a, route=_routing_reuse(g, post=a.src, pre=a.node))
             accs[a.node].append(a)
     for t in g.terms:
         if isinstance(t, Bias):
@@ -480,6 +488,29 @@ def _matrix_info(model, spec: HardwareSpec, sparsity: str):
                 raise UnsupportedError(f"backend {BACKEND!r}: {t} has no Dense term into node {t.node} to fold into")
             accs[t.node][host] = dataclasses.replace(accs[t.node][host], bias=True)
     return dp, g, accs
+
+
+def _routing_reuse(g, post: int, pre: int) -> str:
+    """When ``ConvPoolFloat``'s feedback into ``pre`` recomputes ``conv(s_pre)``: it reuses the indices
+    of the post node's forward if that ran on the same ``s_pre`` tensor earlier in the relaxation.
+    async: post's group before pre's -> never; after -> only the first sweep of a phase (the cache
+    is per relaxation). sync (all from the old state, nodes in index order): post < pre -> never,
+    else every sweep."""
+    groups = g.schedule()
+    if len(groups) == 1:
+        return "never" if post < pre else "every"
+    gi = {i: k for k, grp in enumerate(groups) for i in grp}
+    return "never" if gi[post] < gi[pre] else "first"
+
+
+def _routing_first(dp, g, accs, B) -> Counts:
+    """Routing convolutions run once per phase (first sweep)."""
+    c = Counts()
+    for node_accs in accs:
+        for a in node_accs:
+            if a.route == "first":
+                _accumulate(c, dp, a.matrix, B, bias=False)
+    return c
 
 
 def _is_forward(g, node: int, a: _Acc) -> bool:
@@ -553,6 +584,8 @@ def _node_update(dp, g, accs, B, i: int, nudged: bool) -> Counts:
     n = g.nodes[i].size
     n_rq = 0
     for a in accs[i]:
+        if a.route in ("first", "never"):
+            continue
         if not a.static:
             _accumulate(c, dp, a.matrix, B, bias=a.bias)
         if not dp.is_float and (not a.static or dp.rounding == "stochastic"):
@@ -586,7 +619,7 @@ def _sweep(dp, g, accs, B, nudged: bool) -> Counts:
 def _phase(dp, g, accs, B, n_steps: int, nudged: bool, drive_mode: str) -> Counts:
     """``n_steps`` sweeps; the drive is included only when recomputed every sweep (else it is
     counted in the ``drive`` phase)."""
-    c = _sweep(dp, g, accs, B, nudged).scaled(n_steps)
+    c = _sweep(dp, g, accs, B, nudged).scaled(n_steps) + _routing_first(dp, g, accs, B)
     if drive_mode == "every_step":
         c = c + _drive(dp, g, accs, B).scaled(n_steps)
     return c
@@ -647,7 +680,8 @@ def count_inference(model, spec: HardwareSpec, *, n_steps: int, batch_size: int 
     if drive_mode == "every_step":
         phases = {"drive": Counts(), "free": _phase(dp, g, accs, B, n_steps, False, drive_mode)}
     else:
-        phases = {"drive": _drive(dp, g, accs, B), "free": _sweep(dp, g, accs, B, False).scaled(n_steps)}
+        phases = {"drive": _drive(dp, g, accs, B),
+                  "free": _sweep(dp, g, accs, B, False).scaled(n_steps) + _routing_first(dp, g, accs, B)}
     return Report(phases, B)
 
 

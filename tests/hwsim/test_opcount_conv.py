@@ -44,7 +44,7 @@ def test_conv_closed_forms():
     net = _net()   # conv0 = 3*2*9 taps at 9x9 positions, conv1 = 4*3*9 taps at 4x4, fc 3 x 16
     conv0, conv1, fc = 3 * 18 * 81, 4 * 27 * 16, 3 * 16
     assert oc.drive_macs(net) == conv0
-    assert oc.sweep_macs(net) == 3 * conv1 + 2 * fc       # forward, routing, transposed; fc both ways
+    assert oc.count_inference(net, get_preset("fp32"), n_steps=5).macs == conv0 + 5 * (2 * conv1 + 2 * fc) + conv1
     r = oc.count_training_step(net, get_preset("fp32"), n_free_steps=2, n_nudge_steps=1, batch_size=1)
     assert r.phases["update"].macs == 4 * conv0 + 4 * conv1 + 2 * fc
     mem = oc.weight_memory(net, get_preset("fp32"))
