@@ -169,14 +169,16 @@ class ConvPoolFloat:
 
     @staticmethod
     def macs(t: ConvPool, sizes: dict[int, int]) -> int:
-        """Per sample and sweep, what this kernel computes: the convolution (every pre-pool position)
-        and, between states, the feedback's routing convolution (``_route`` recomputes
-        ``conv(s_pre, W)`` for the window maxima) and its transposed convolution: 3 convolutions."""
+        """Per sample and sweep in steady state: the convolution (every pre-pool position) and,
+        between states, the feedback's transposed convolution: 2 convolutions. The routing
+        convolution of the feedback is reused from the forward (see ``contributions``): it is
+        recomputed only when ``s_pre`` changed since the post node's forward (the first sweep of a
+        phase in the async schedule, every sweep in sync), which ``hwsim.opcount`` counts per phase."""
         c_in = t.in_shape[0]
         c_out = sizes[t.post] // math.prod(t.out_shape(1)[1:])
         h, w = t.conv_shape
         conv = c_out * c_in * t.kernel * t.kernel * h * w
-        return conv * (1 if t.pre == INPUT else 3)
+        return conv * (1 if t.pre == INPUT else 2)
 
 
 register_float_kernel(ConvPool, ConvPoolFloat)
