@@ -138,8 +138,11 @@ def chain_couplings(n_arrays: int) -> list[tuple[int, int]]:
     return [(i, i - 1 if i else INPUT) for i in range(n_arrays)]
 
 
-def _check_args(H, Hb, x, c1, c2, specs, couplings=None):
+def _check_args(H, Hb, x, c1, c2, specs, couplings=None, conv=None):
     n = len(c1)
+    conv = list(conv) if conv is not None else [None] * n
+    if len(conv) != n:
+        raise ValueError(f"conv has {len(conv)} entries; allowed: one per node ({n})")
     couplings = chain_couplings(len(H)) if couplings is None else [tuple(c) for c in couplings]
     if not (len(Hb) == len(c2) == n and len(H) == len(specs) == len(couplings) >= n) or n == 0:
         raise ValueError(f"got {len(H)} hidden weights, {len(Hb)} biases, {len(c1)}/{len(c2)} states, "
@@ -155,11 +158,15 @@ def _check_args(H, Hb, x, c1, c2, specs, couplings=None):
         if not (0 <= post < n and INPUT <= pre < n):
             raise ValueError(f"coupling {k} = (post={post}, pre={pre}) names no node of the {n} layers")
         src = x if pre == INPUT else c1[pre]
-        if H[k].shape != (c1[post].shape[1], src.shape[1]) or src.shape[0] != c1[post].shape[0]:
+        g = conv[post] if k < n else None
+        want = (c1[post].shape[1], src.shape[1]) if g is None else (g.c_out, g.in_shape[0], g.kernel, g.kernel)
+        if H[k].shape != want or src.shape[0] != c1[post].shape[0] or (g is not None and (
+                g.n_in != src.shape[1] or g.n_out != c1[post].shape[1])):
             raise ValueError(f"layer {k}: hidden {H[k].shape}, states {c1[post].shape}, input {src.shape}; "
-                             "allowed: H (n_post, n_pre), states (B, n) with matching B")
+                             f"allowed: H {want}, states (B, n) with matching B")
     for i in range(n):
-        if c1[i].shape != c2[i].shape or Hb[i].shape != (c1[i].shape[1],):
+        nb = c1[i].shape[1] if conv[i] is None else conv[i].c_out  # a conv node: one bias register per channel
+        if c1[i].shape != c2[i].shape or Hb[i].shape != (nb,):
             raise ValueError(f"layer {i}: bias {Hb[i].shape}, states {c1[i].shape}/{c2[i].shape}; allowed: "
                              "bias (n_i,), states (B, n_i) in both phases")
         st = specs[i].state
@@ -172,7 +179,7 @@ def _check_args(H, Hb, x, c1, c2, specs, couplings=None):
         if bound >= 2**62:
             raise ValueError(f"layer {k}: batch {c1[0].shape[0]} x lr_multiplier {sp.update.lr_multiplier} "
                              "may overflow int64; allowed: a smaller batch or multiplier")
-    return H, Hb, x, c1, c2, couplings
+    return H, Hb, x, c1, c2, couplings, conv
 
 
 # --------------------------------------------------------------------------------------------- numba
@@ -203,6 +210,61 @@ def _update_bias_nb(Hb, post2T, post1T, one, mult, shift, rmode, seed, step, tid
 
 
 @numba.njit(cache=True)
+def _conv_product_nb(P, post, route, pre, sign, Cin, H, W, Wc, k, p):
+    """In place ``P[co, ci, dy, dx] += sign * sum_b sum_{units j of co} post[b, j] pre[b, ci, oy+dy-p, ox+dx-p]``
+    with ``(oy, ox)`` the routed position ``route[b, j]`` (the integer conv weight gradient of ``U(post)``)."""
+    B, n = post.shape
+    Co = P.shape[0]
+    per_c = n // Co
+    for b in range(B):
+        for j in range(n):
+            v = post[b, j] * sign
+            if v == 0:
+                continue
+            co = j // per_c
+            r = route[b, j]
+            oy = r // Wc
+            ox = r - oy * Wc
+            for ci in range(Cin):
+                for dy in range(k):
+                    y = oy + dy - p
+                    if 0 <= y < H:
+                        for dx in range(k):
+                            x = ox + dx - p
+                            if 0 <= x < W:
+                                P[co, ci, dy, dx] += v * pre[b, ci * H * W + y * W + x]
+
+
+@numba.njit(cache=True)
+def _apply_update_nb(Hf, Pf, mult, shift, rmode, seed, step, tid, hmin, hmax):
+    """In place on flat arrays: ``H <- sat(H + round(P * mult / 2**shift))`` (index = flat position)."""
+    for i in range(Hf.size):
+        h = Hf[i] + requant(Pf[i], mult, shift, rmode, seed, step, tid, np.int64(i))
+        Hf[i] = min(max(h, hmin), hmax)
+
+
+@numba.njit(cache=True)
+def _channel_sum_diff_nb(post2, post1, Co):
+    B, n = post2.shape
+    per_c = n // Co
+    out = np.zeros(Co, dtype=np.int64)
+    for b in range(B):
+        for j in range(n):
+            out[j // per_c] += post2[b, j] - post1[b, j]
+    return out
+
+
+def _conv_routes_numba(h, spec, geo, c_pre):
+    """Routing of ``U`` from the exact forward accumulator of the codes the chip runs (numba path)."""
+    from .fixed_point import conv_pool_int
+
+    up = spec.update
+    w = hidden_to_code_nb(h, up.hidden_bits - spec.weights.bits, spec.weights.qmin, spec.weights.qmax)
+    wd = {np.int64: (np.ascontiguousarray(w), np.ascontiguousarray(w.reshape(w.shape[0], -1).T))}
+    return conv_pool_int(c_pre, wd, geo, np.int64)[1]
+
+
+@numba.njit(cache=True)
 def hidden_to_code_nb(H, extra_bits, qmin, qmax):
     """numba twin of :func:`quant.hidden_to_code`: clamp(round_half_even(H / 2**extra_bits))."""
     out = np.empty_like(H)
@@ -228,6 +290,9 @@ _UPDATE_DOC = """
         specs: per synapse array, the spec whose ``update`` applies (node ``i``'s bias uses ``specs[i]``).
         seed, step: counters of the stochastic rounding (tensor ids :func:`update_tensor_id`).
         couplings: ``(post, pre)`` per synapse array (default: the chain).
+        conv: per node, the :class:`~hwsim.fixed_point.ConvGeometry` of its chain coupling (a conv kernel
+            array ``(C_out, C_in, k, k)``, product = routed post codes correlated with the pre codes;
+            bias register per channel) or None (dense).
 
     Returns:
         ``(hidden', bias_hidden')`` as lists of int64 numpy arrays.
@@ -236,14 +301,28 @@ _UPDATE_DOC = """
 
 def update_numba(hidden: Sequence, bias_hidden: Sequence, x, s1: Sequence, s2: Sequence,
                  specs: Sequence[HardwareSpec], *, seed: int, step: int,
-                 couplings: Sequence[tuple[int, int]] | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                 couplings: Sequence[tuple[int, int]] | None = None,
+                 conv: Sequence | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """One on-chip EqProp update in numba (see module docstring); returns new arrays (inputs untouched)."""
-    H, Hb, x, c1, c2, couplings = _check_args(hidden, bias_hidden, x, s1, s2, specs, couplings)
+    H, Hb, x, c1, c2, couplings, conv = _check_args(hidden, bias_hidden, x, s1, s2, specs, couplings, conv)
     T = lambda a: np.ascontiguousarray(a.T)  # noqa: E731
     outH = []
     for k, ((post, pre), spec) in enumerate(zip(couplings, specs)):
         up = spec.update
         h = H[k].copy()
+        g = conv[post] if k < len(c1) else None
+        if g is not None:  # conv kernel: P = sum_b U2 (*) pre2 - U1 (*) pre1, routes from each phase
+            P = np.zeros(h.shape, dtype=np.int64)
+            C, Hh, Ww = g.in_shape
+            for sign, cs in ((1, c2), (-1, c1)):
+                src = x if pre == INPUT else cs[pre]
+                route = _conv_routes_numba(H[k], spec, g, src)
+                _conv_product_nb(P, cs[post], route, src, sign, C, Hh, Ww, g.conv_shape[1], g.kernel, g.padding)
+            _apply_update_nb(h.reshape(-1), P.reshape(-1), up.lr_multiplier, up.lr_shift,
+                             RMODE_STOCHASTIC if up.stochastic else RMODE_NEAREST_EVEN, seed, step, update_tensor_id(k),
+                             ops.min_int(True, False, up.hidden_bits), ops.max_int(True, False, up.hidden_bits))
+            outH.append(h)
+            continue
         _update_weight_nb(h, T(c2[post]), T(x if pre == INPUT else c2[pre]), T(c1[post]), T(x if pre == INPUT else c1[pre]),
                           up.lr_multiplier, up.lr_shift, RMODE_STOCHASTIC if up.stochastic else RMODE_NEAREST_EVEN,
                           seed, step, update_tensor_id(k),
@@ -254,7 +333,12 @@ def update_numba(hidden: Sequence, bias_hidden: Sequence, x, s1: Sequence, s2: S
         up = specs[i].update
         hb = Hb[i].copy()
         bb = bias_bits(specs[i])
-        _update_bias_nb(hb, T(c2[i]), T(c1[i]), 2**specs[i].state.frac_bits, up.lr_multiplier, up.lr_shift,
+        if conv[i] is not None:  # one register per channel: the channel's summed code difference
+            d = _channel_sum_diff_nb(c2[i], c1[i], conv[i].c_out)
+            p2, p1 = np.ascontiguousarray(d.reshape(-1, 1)), np.zeros((len(d), 1), dtype=np.int64)
+        else:
+            p2, p1 = T(c2[i]), T(c1[i])
+        _update_bias_nb(hb, p2, p1, 2**specs[i].state.frac_bits, up.lr_multiplier, up.lr_shift,
                         RMODE_STOCHASTIC if up.stochastic else RMODE_NEAREST_EVEN, seed, step, update_tensor_id(i, True),
                         ops.min_int(True, False, bb), ops.max_int(True, False, bb))
         outB.append(hb)
@@ -263,24 +347,54 @@ def update_numba(hidden: Sequence, bias_hidden: Sequence, x, s1: Sequence, s2: S
 
 def update_torch(hidden: Sequence, bias_hidden: Sequence, x, s1: Sequence, s2: Sequence,
                  specs: Sequence[HardwareSpec], *, seed: int, step: int,
-                 couplings: Sequence[tuple[int, int]] | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                 couplings: Sequence[tuple[int, int]] | None = None,
+                 conv: Sequence | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The same update as :func:`update_numba`, independently: float64 BLAS outer products (exact,
     ``|P| < 2**53``) and :func:`quant.apply_update` in torch int64. Same arguments and returns."""
-    H, Hb, x, c1, c2, couplings = _check_args(hidden, bias_hidden, x, s1, s2, specs, couplings)
+    H, Hb, x, c1, c2, couplings, conv = _check_args(hidden, bias_hidden, x, s1, s2, specs, couplings, conv)
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     outH, outB = [], []
     for k, ((post, pre), spec) in enumerate(zip(couplings, specs)):
-        pre1 = t(x if pre == INPUT else c1[pre]).double()
-        pre2 = t(x if pre == INPUT else c2[pre]).double()
-        a1, a2 = t(c1[post]).double(), t(c2[post]).double()
-        p = (a2.t() @ pre2 - a1.t() @ pre1).round().to(torch.int64)
+        g = conv[post] if k < len(c1) else None
+        if g is not None:
+            p = conv_product_torch(t(H[k]), spec, g, t(x if pre == INPUT else c1[pre]), t(c1[post]),
+                                   t(x if pre == INPUT else c2[pre]), t(c2[post]))
+        else:
+            pre1 = t(x if pre == INPUT else c1[pre]).double()
+            pre2 = t(x if pre == INPUT else c2[pre]).double()
+            a1, a2 = t(c1[post]).double(), t(c2[post]).double()
+            p = (a2.t() @ pre2 - a1.t() @ pre1).round().to(torch.int64)
         outH.append(apply_update(t(H[k]), p, spec, seed=seed, step=step, tensor_id=update_tensor_id(k)).numpy())
     for i in range(len(c1)):
         spec = specs[i]
-        pb = ((t(c2[i]).double() - t(c1[i]).double()).sum(dim=0) * 2**spec.state.frac_bits).round().to(torch.int64)
+        d = t(c2[i]) - t(c1[i])
+        if conv[i] is not None:
+            d = d.reshape(d.shape[0], conv[i].c_out, -1).sum(dim=2)
+        pb = d.sum(dim=0) * 2**spec.state.frac_bits
         outB.append(apply_update(t(Hb[i]), pb, bias_update_spec(spec), seed=seed, step=step,
                                  tensor_id=update_tensor_id(i, True)).numpy())
     return outH, outB
+
+
+def conv_product_torch(h: torch.Tensor, spec: HardwareSpec, geo, pre1, post1, pre2, post2) -> torch.Tensor:
+    """Integer conv weight product ``sum_b U2 (*) pre2 - U1 (*) pre1`` ``(C_out, C_in, k, k)`` in torch
+    int64 (routes from the exact forward accumulator of ``hidden_to_code(h)``, :mod:`hwsim.torch_mirror`)."""
+    from .torch_mirror import conv_int_t, pool_first_max_t
+
+    w = hidden_to_code(h, spec)
+    C, H, W = geo.in_shape
+    k, pd = geo.kernel, geo.padding
+    Hc, Wc = geo.conv_shape
+    out = torch.zeros(w.shape, dtype=torch.int64)
+    for sign, pre, post in ((1, pre2, post2), (-1, pre1, post1)):
+        B = pre.shape[0]
+        route = pool_first_max_t(conv_int_t(pre, w, geo), geo.pool)[1]
+        u = torch.zeros(B, geo.c_out, Hc * Wc, dtype=torch.int64)
+        u.scatter_(2, route.reshape(B, geo.c_out, -1), post.reshape(B, geo.c_out, -1))
+        xp = torch.nn.functional.pad(pre.reshape(B, C, H, W), (pd, pd, pd, pd))
+        cols = xp.unfold(2, k, 1).unfold(3, k, 1).permute(0, 2, 3, 1, 4, 5).reshape(B, Hc * Wc, C * k * k)
+        out += sign * torch.bmm(u, cols).sum(dim=0).reshape(w.shape)
+    return out
 
 
 update_numba.__doc__ += _UPDATE_DOC
@@ -334,6 +448,9 @@ class OnChipState:
             update rate is ``spec.update``.
         extra: the fixed point model's :class:`~hwsim.fixed_point.TermContribution` s they came from
             (node, source, requantisation); groups: the update groups of the dynamics.
+        conv: per node, the :class:`~hwsim.fixed_point.ConvGeometry` of a conv chain coupling (its
+            hidden weights are the kernel ``(C_out, C_in, k, k)``, its bias registers one per channel)
+            or None; None for a dense chain.
     """
 
     spec: HardwareSpec
@@ -347,6 +464,7 @@ class OnChipState:
     extra_hidden: list = dataclasses.field(default_factory=list)
     extra: list = dataclasses.field(default_factory=list)
     groups: list | None = None
+    conv: list | None = None
 
     @property
     def couplings(self) -> list[tuple[int, int]]:
@@ -371,8 +489,9 @@ class OnChipState:
         from .fixed_point import FixedPointMLP  # noqa: F401  (type only)
 
         spec = check_update_spec(fp.spec)
+        conv = list(fp.conv)
         for i, f in enumerate(fp.fb_codes):
-            if not np.array_equal(f, fp.w_codes[i + 1].T):
+            if not np.array_equal(f, _transposed(fp.w_codes[i + 1], conv[i + 1])):
                 raise ValueError("fp's feedback codes are not the transposed forward codes; on-chip learning needs "
                                  "per-tensor weight scales: build it with FixedPointMLP.from_model(net, onchip_spec(spec))")
         layer_specs = tuple(layer_specs) if layer_specs is not None else (spec,) * fp.n_layers
@@ -389,7 +508,8 @@ class OnChipState:
                              "hidden weights at least as fine as an accumulator LSB")
         bb = bias_bits(spec)
         hidden = [np.asarray(w, dtype=np.int64) << extra for w in fp.w_codes]
-        bias_hidden = [ops.saturate(np.asarray(b, dtype=np.int64) << bextra, bb, True) for b in fp.bias_codes]
+        bias_hidden = [ops.saturate(np.asarray(b if g is None else b[::g.units_per_channel], dtype=np.int64) << bextra,
+                                    bb, True) for b, g in zip(fp.bias_codes, conv)]
         dynamic = [c.term for c in fp.extra if not c.static]
         if dynamic:
             raise UnsupportedError(f"backend {BACKEND!r} has no update for the state-to-state term(s) {dynamic}; "
@@ -397,7 +517,13 @@ class OnChipState:
                                    "from the input")
         extra_hidden = [np.asarray(c.codes, dtype=np.int64) << extra for c in fp.extra]
         return cls(spec, layer_specs, hidden, bias_hidden, list(fp.fwd_requant), list(fp.fb_requant),
-                   fp.update, fp.cost, extra_hidden, list(fp.extra), [list(g) for g in fp.groups])
+                   fp.update, fp.cost, extra_hidden, list(fp.extra), [list(g) for g in fp.groups],
+                   conv if any(g is not None for g in conv) else None)
+
+    @property
+    def geometries(self) -> list:
+        """Per node, its conv geometry or None."""
+        return list(self.conv) if self.conv is not None else [None] * len(self.hidden)
 
     def w_codes(self, backend: str = "numba", *, extra: bool = False) -> list[np.ndarray]:
         """Weight codes of the hidden registers (numba or torch path, bit-identical); ``extra``: of the
@@ -408,8 +534,9 @@ class OnChipState:
     def bias_codes(self) -> list[np.ndarray]:
         """Biases in forward-accumulator LSBs (nearest-even, saturated to ``acc_bits``)."""
         bextra = self.extra_bits - self.spec.state.frac_bits
-        return [ops.saturate(ops.shift_round(h, bextra, "nearest_even"), self.spec.acc_bits, True)
-                for h in self.bias_hidden]
+        out = [ops.saturate(ops.shift_round(h, bextra, "nearest_even"), self.spec.acc_bits, True)
+               for h in self.bias_hidden]
+        return [b if g is None else np.repeat(b, g.units_per_channel) for b, g in zip(out, self.geometries)]
 
     def to_fixed_point(self, backend: str = "numba"):
         """The :class:`~hwsim.fixed_point.FixedPointMLP` the chip currently runs."""
@@ -417,8 +544,10 @@ class OnChipState:
 
         w = self.w_codes(backend)
         extra = [dataclasses.replace(c, codes=e) for c, e in zip(self.extra, self.w_codes(backend, extra=True))]
-        return FixedPointMLP(self.spec, w, self.bias_codes(), self.fwd_requant, [a.T for a in w[1:]],
-                             self.fb_requant, update=self.update, cost=self.cost, extra=extra, groups=self.groups)
+        geo = self.geometries
+        return FixedPointMLP(self.spec, w, self.bias_codes(), self.fwd_requant,
+                             [_transposed(a, g) for a, g in zip(w[1:], geo[1:])], self.fb_requant, update=self.update,
+                             cost=self.cost, extra=extra, groups=self.groups, conv=self.conv)
 
     def scales(self) -> list[float]:
         """Per-layer real weight scale the chip applies, ``multiplier * 2**-shift`` of its requantisation
@@ -433,6 +562,8 @@ class OnChipState:
         if self.extra:
             raise UnsupportedError(f"to_float_model rebuilds an EqPropMLP; this chip has the extra terms "
                                    f"{[c.term for c in self.extra]}")
+        if self.conv is not None:
+            return self._to_conv_model(dtype)
         w = self.w_codes()
         sizes = (w[0].shape[1],) + tuple(a.shape[0] for a in w)
         net = EqPropMLP(EqPropConfig(sizes=sizes, cost=self.cost, update=self.update), seed=0).to(dtype)
@@ -442,6 +573,47 @@ class OnChipState:
                 lin.weight.copy_(torch.from_numpy(c.astype(np.float64) * sc))
                 lin.bias.copy_(torch.from_numpy(b.astype(np.float64) * sc * lsb))
         return net
+
+
+def _transposed(w: np.ndarray, geo) -> np.ndarray:
+    """The feedback codes of a single synapse array: ``W^T`` (dense) or the kernel with its channel
+    axes swapped (conv, ``(C_in, C_out, k, k)``)."""
+    return w.T if geo is None else np.ascontiguousarray(w.transpose(1, 0, 2, 3))
+
+
+def param_names(state: "OnChipState", net) -> list[tuple[str, str]]:
+    """``(weight, bias)`` parameter names of ``net`` (from :meth:`OnChipState.to_float_model`) per chain array."""
+    if state.conv is None:
+        return [(f"layers.{i}.weight", f"layers.{i}.bias") for i in range(len(state.hidden))]
+    n_conv = sum(g is not None for g in state.conv)
+    return [(f"convs.{i}.weight", f"convs.{i}.bias") for i in range(n_conv)] + [("fc.weight", "fc.bias")]
+
+
+def _to_conv_model(self, dtype=torch.float64):
+    """Float :class:`~models.conv.ConvEqProp` of a conv chip (conv layers, then one dense output)."""
+    from models.conv import ConvConfig, ConvEqProp
+
+    geo = self.geometries
+    convs = [g for g in geo if g is not None]
+    if geo[: len(convs)] != convs or len(geo) != len(convs) + 1 or len({(g.kernel, g.padding, g.pool) for g in convs}) != 1:
+        raise UnsupportedError("to_float_model rebuilds a ConvEqProp: conv layers with one kernel/padding/pool, then "
+                               f"one dense output; got {geo}")
+    w = self.w_codes()
+    g0 = convs[0]
+    cfg = ConvConfig(in_shape=g0.in_shape, channels=tuple(g.c_out for g in convs), kernel=g0.kernel,
+                     padding=g0.padding, pool=g0.pool, n_out=w[-1].shape[0], cost=self.cost, update=self.update)
+    net = ConvEqProp(cfg, seed=0).to(dtype)
+    lsb = self.spec.state.lsb
+    bextra = self.extra_bits - self.spec.state.frac_bits
+    with torch.no_grad():
+        for (wn, bn), c, h, g, sc in zip(param_names(self, net), w, self.bias_hidden, geo, self.scales()):
+            b = ops.saturate(ops.shift_round(h, bextra, "nearest_even"), self.spec.acc_bits, True)
+            net.get_parameter(wn).copy_(torch.from_numpy(c.astype(np.float64) * sc))
+            net.get_parameter(bn).copy_(torch.from_numpy(b.astype(np.float64) * sc * lsb))
+    return net
+
+
+OnChipState._to_conv_model = _to_conv_model
 
 
 def layer_specs_for_lr(fp, lr, *, batch_size: int, beta_span: float, spec: HardwareSpec | None = None):
@@ -498,7 +670,7 @@ def onchip_step(state: OnChipState, x_codes, y, *, beta: float, nudging: str = "
                     offset=step * steps_per_update(n_free_steps, n_nudge_steps), allowed=ONCHIP_NUDGINGS)
     fn = update_numba if backend == "numba" else update_torch
     H, Hb = fn(state.hidden + state.extra_hidden, state.bias_hidden, x_codes, ph.s1, ph.s2, state.update_specs(),
-               seed=seed, step=step, couplings=state.couplings)
+               seed=seed, step=step, couplings=state.couplings, conv=state.conv)
     L = len(state.hidden)
     new = dataclasses.replace(state, hidden=H[:L], extra_hidden=H[L:], bias_hidden=Hb)
     return new, {"free": ph.free, "s1": ph.s1, "s2": ph.s2}
@@ -611,13 +783,19 @@ def update_cosine(state: OnChipState, x, y, *, beta: float, nudging: str = "symm
     g = net.eqprop_grads(xf, torch.from_numpy(y), beta=beta, mode=nudging, n_free_steps=n_free_steps,
                          n_nudge_steps=n_nudge_steps)
     out = {"weight": [], "bias": [], "expected_weight": []}
-    for i, sc in enumerate(state.scales()):
+    geo = state.geometries
+    for i, (sc, (wn, bn)) in enumerate(zip(state.scales(), param_names(state, net))):
         dw = (new.hidden[i] - state.hidden[i]).astype(np.float64) * sc
         db = (new.bias_hidden[i] - state.bias_hidden[i]).astype(np.float64) * sc
-        out["weight"].append(_cos(dw, -g[f"layers.{i}.weight"].numpy()))
-        out["bias"].append(_cos(db, -g[f"layers.{i}.bias"].numpy()))
+        out["weight"].append(_cos(dw, -g[wn].numpy()))
+        out["bias"].append(_cos(db, -g[bn].numpy()))
         pre1 = xc if i == 0 else st["s1"][i - 1]
         pre2 = xc if i == 0 else st["s2"][i - 1]
-        p = st["s2"][i].T.astype(np.float64) @ pre2 - st["s1"][i].T.astype(np.float64) @ pre1
-        out["expected_weight"].append(_cos(p, -g[f"layers.{i}.weight"].numpy()))
+        if geo[i] is not None:
+            t = torch.from_numpy
+            p = conv_product_torch(t(state.hidden[i]), state.layer_specs[i], geo[i], t(pre1), t(st["s1"][i]),
+                                   t(pre2), t(st["s2"][i])).numpy().astype(np.float64)
+        else:
+            p = st["s2"][i].T.astype(np.float64) @ pre2 - st["s1"][i].T.astype(np.float64) @ pre1
+        out["expected_weight"].append(_cos(p, -g[wn].numpy()))
     return out
