@@ -18,6 +18,14 @@ term by term, in float, with every scale and rounding taken from :mod:`quant.qua
   asynchronous (even layers, then odd) or synchronous like the float model. ``stochastic``
   rounding is replaced by ``nearest_even`` here (the fake-quant forward is deterministic).
 
+ConvEqProp (``models.conv.ConvPool`` chain couplings): ``R(P(conv(s_{i-1}, W_hat_i)) + b_hat_i)`` and the
+feedback ``R(convT(U(s_{i+1}), F_hat_i))`` with ``F_hat_i = fake_quant_weights(W_{i+1}.transpose(0, 1))``
+(per input channel, as the simulator) and ``U`` routed by the first maximum of ``conv(s_i, W_hat_{i+1})``.
+On the integer grids both products are computed as exact integer-valued float64 convolutions of
+``s * 2**f`` with the codes, then scaled (``P(conv(...)) * scale * 2**-f``), so the max-pool
+comparisons and ties are exactly the integer accumulator's. The EqProp contrast of a conv kernel
+(:func:`qat_contrast`) routes with ``W_hat``.
+
 In float64 the codes equal those of :func:`hwsim.torch_mirror.torch_relax` except where a float
 product lands within rounding error of a rounding tie (measured in ``tests/models/test_qat.py``).
 
@@ -52,13 +60,16 @@ from tqdm.auto import tqdm
 from quant import (FixedPoint, HardwareSpec, bias_codes, bias_lsb, fake_quant_state, fake_quant_weights,
                    quantize_weights)
 
+from .conv import ConvEqProp, ConvPool
 from .energy import INPUT, Bias, Dense
 from .engine import Phases, UnsupportedError, check_nudging, require_kernels, run_phases
 from .eqprop_mlp import EqPropConfig, EqPropMLP, rho  # noqa: F401  (EqPropConfig for doctest)
 from .solvers import RelaxInfo, State, relax
 
-QAT_KERNELS = {Dense: "R(W_hat s) (and R(F_hat s) for the feedback)", Bias: "b_hat on the accumulator grid"}
-"""Terms the fake-quant path implements (on :class:`EqPropMLP` and subclasses, see _check_model)."""
+QAT_KERNELS = {Dense: "R(W_hat s) (and R(F_hat s) for the feedback)", Bias: "b_hat on the accumulator grid",
+               ConvPool: "R(P(conv(s, W_hat)) + b_hat) (and R(convT(U(s), F_hat)) for the feedback)"}
+"""Terms the fake-quant path implements (on :class:`EqPropMLP`, its subclasses and :class:`ConvEqProp`,
+see _check_model)."""
 
 log = logging.getLogger("eqprop_hwsim.models.qat")
 
@@ -123,16 +134,39 @@ def _check_spec(spec) -> HardwareSpec:
 
 def _check_model(net) -> None:
     """The fake-quant path implements EqPropMLP's layered chain plus any extra Dense terms (each its
-    own rounded term, as the simulator's extra accumulators)."""
-    if not isinstance(net, EqPropMLP):
-        raise UnsupportedError(f"backend 'QAT fake-quant' supports EqPropMLP and its subclasses (layers.i chain); "
-                               f"got {type(net).__name__}")
+    own rounded term, as the simulator's extra accumulators), and ConvEqProp's chain."""
+    if not isinstance(net, (EqPropMLP, ConvEqProp)):
+        raise UnsupportedError(f"backend 'QAT fake-quant' supports EqPropMLP and its subclasses (layers.i chain) "
+                               f"and ConvEqProp; got {type(net).__name__}")
     require_kernels("QAT fake-quant", QAT_KERNELS, net.terms)
 
 
+def _n_nodes(net) -> int:
+    return len(net.nodes)
+
+
+def _chain_terms(net) -> list:
+    """The chain coupling ``post = i, pre = i - 1`` (INPUT for node 0) of every node, in node order."""
+    chain = [None] * _n_nodes(net)
+    for t in net.terms:
+        if isinstance(t, (Dense, ConvPool)) and (t.pre == t.post - 1 or (t.post == 0 and t.pre == INPUT)) \
+                and chain[t.post] is None:
+            chain[t.post] = t
+    if any(t is None for t in chain):
+        raise UnsupportedError("backend 'QAT fake-quant' needs the chain coupling of every node")
+    return chain
+
+
 def _extra_terms(net) -> list[Dense]:
-    chain = {Dense(post=i, pre=i - 1 if i else INPUT, weight=f"layers.{i}.weight") for i in range(net.n_layers)}
+    chain = _chain_terms(net)
     return [t for t in net.terms if isinstance(t, Dense) and t not in chain]
+
+
+def _node_biases(net) -> dict[int, str]:
+    """Bias parameter of every node: a ``Bias`` term or the bias of its ConvPool."""
+    out = {t.node: t.bias for t in net.terms if isinstance(t, Bias)}
+    out.update({t.post: t.bias for t in net.terms if isinstance(t, ConvPool) and t.bias is not None})
+    return out
 
 
 def _fq(w: torch.Tensor, spec: HardwareSpec) -> torch.Tensor:
@@ -152,26 +186,92 @@ def qat_weights(net: EqPropMLP, spec: HardwareSpec) -> list[dict[str, torch.Tens
     _check_spec(spec)
     _check_model(net)
     out = []
-    n = net.n_layers
-    for i, lin in enumerate(net.layers):
-        d = {"w": fake_quant_weights(lin.weight, spec), "b": lin.bias}
-        if not spec.weights.is_float and spec.state is not None:
+    chain = _chain_terms(net)
+    biases = _node_biases(net)
+    n = len(chain)
+    grid = _on_grid(spec)
+    for i, t in enumerate(chain):
+        w = net.get_parameter(t.weight)
+        bias = net.get_parameter(biases[i]) if i in biases else torch.zeros(w.shape[0], dtype=w.dtype)
+        conv = isinstance(t, ConvPool)
+        d = {"w": _fq(w, spec), "b": bias, "conv": t if conv else None}
+        if grid:
             # the one bias rule of every integer path (quant.bias_codes), as a float on its grid
-            scale = quantize_weights(lin.weight, spec).scale
-            b_hat = bias_codes(lin.bias, scale, spec) * bias_lsb(scale, spec)
-            b_hat = torch.as_tensor(b_hat, dtype=lin.bias.dtype, device=lin.bias.device)
-            d["b"] = lin.bias + (b_hat - lin.bias).detach()
+            q = quantize_weights(w, spec)
+            scale = q.scale
+            b_hat = bias_codes(bias, scale, spec) * bias_lsb(scale, spec)
+            b_hat = torch.as_tensor(b_hat, dtype=bias.dtype, device=bias.device)
+            d["b"] = bias + (b_hat - bias).detach()
+            if conv:  # exact integer-valued products (ties of the max pool decided exactly, as on chip)
+                d["codes"] = q.codes.to(torch.float64)
+                d["scale"] = torch.as_tensor(q.scale, dtype=torch.float64).reshape(1, -1, 1, 1)
         if i + 1 < n:
-            w_next = net.layers[i + 1].weight
-            d["fb"] = fake_quant_weights(w_next.t().contiguous(), spec) if not spec.weights.is_float else w_next.t()
+            t_next = chain[i + 1]
+            w_next = net.get_parameter(t_next.weight)
+            if isinstance(t_next, ConvPool):
+                wt = w_next.transpose(0, 1).contiguous()
+                d["fb"] = _fq(wt, spec)
+                d["fb_conv"] = t_next
+                if grid:
+                    qf = quantize_weights(wt, spec)
+                    d["fb_codes"] = qf.codes.to(torch.float64)
+                    d["fb_scale"] = torch.as_tensor(qf.scale, dtype=torch.float64).reshape(1, -1, 1, 1)
+            else:
+                d["fb"] = fake_quant_weights(w_next.t().contiguous(), spec) if not spec.weights.is_float else w_next.t()
         d["extra"] = []
         out.append(d)
+    for i, d in enumerate(out[:-1]):  # routing of the conv feedback: the forward codes of the next node
+        if "fb_conv" in d:
+            nxt = out[i + 1]
+            d["route_w"] = nxt.get("codes", nxt["w"])
     for t in _extra_terms(net):
         w = net.get_parameter(t.weight)
         out[t.post]["extra"].append((t.pre, _fq(w, spec)))
         if t.pre != INPUT:
             out[t.pre]["extra"].append((t.post, _fq(w.t(), spec)))
     return out
+
+
+def _on_grid(spec: HardwareSpec) -> bool:
+    """Integer weights and a fixed-point state: the fake-quant values live on the simulator's grids."""
+    return not spec.weights.is_float and spec.state is not None
+
+
+def _conv_forward(d: dict, src: torch.Tensor, spec: HardwareSpec) -> torch.Tensor:
+    """``P(conv(src, W_hat)) + b_hat`` (flat). On the integer grids computed as
+    ``P(conv(src * 2**f, codes)) * scale * 2**-f``: every product and partial sum is an exact integer in
+    float64, so the pooling compares (and ties) exactly as the integer accumulator does."""
+    from .conv import ConvPoolFloat
+
+    t = d["conv"]
+    if "codes" not in d:
+        return ConvPoolFloat.drive_of(t, d["w"], d["b"], src)
+    f = spec.state.frac_bits
+    y = ConvPoolFloat._conv(t, d["codes"], torch.ldexp(src.double(), torch.tensor(f)))
+    z, _ = ConvPoolFloat._pool(t, y)
+    z = torch.ldexp(z * d["scale"], torch.tensor(-f)).to(src.dtype)
+    return (z + d["b"].reshape(1, -1, 1, 1)).flatten(1)
+
+
+def _conv_feedback(d: dict, s_pre: torch.Tensor, s_post: torch.Tensor, spec: HardwareSpec) -> torch.Tensor:
+    """``convT(U(s_post), F_hat)`` (flat), ``U`` routed by the first maximum of ``conv(s_pre, W_hat_next)``;
+    on the integer grids from exact integer-valued float64 products, as :func:`_conv_forward`."""
+    from .conv import ConvPoolFloat
+
+    t = d["fb_conv"]
+    if "fb_codes" not in d:
+        u = ConvPoolFloat._route(t, d["route_w"], s_pre, s_post)
+        return torch.nn.functional.conv_transpose2d(u, d["fb"].transpose(0, 1), padding=t.padding).flatten(1)
+    f = torch.tensor(spec.state.frac_bits)
+    u = ConvPoolFloat._route(t, d["route_w"], torch.ldexp(s_pre.double(), f), torch.ldexp(s_post.double(), f))
+    g = torch.nn.functional.conv_transpose2d(u, d["fb_codes"].transpose(0, 1), padding=t.padding)
+    return torch.ldexp(g * d["fb_scale"], -f).flatten(1).to(s_pre.dtype)
+
+
+def _forward_term(d: dict, src: torch.Tensor, spec: HardwareSpec) -> torch.Tensor:
+    if d.get("conv") is not None:
+        return _round_term(_conv_forward(d, src, spec), spec)
+    return _round_term(torch.addmm(d["b"], src, d["w"].t()), spec)
 
 
 def _fq_state(x: torch.Tensor, spec: HardwareSpec) -> torch.Tensor:
@@ -197,13 +297,16 @@ def qat_step(net: EqPropMLP, spec: HardwareSpec, wb, s: State, drive: torch.Tens
         drive: ``R(W_hat_0 x_hat + b_hat_0)``, ``(B, n_0)``.
         static: per node, the sum of its rounded static extra terms ``R(E_hat x_hat)`` (once per phase).
     """
-    n = net.n_layers
+    n = _n_nodes(net)
     static = static or {}
 
     def update(i, s):
-        a = drive if i == 0 else _round_term(torch.addmm(wb[i]["b"], s[i - 1], wb[i]["w"].t()), spec)
+        a = drive if i == 0 else _forward_term(wb[i], s[i - 1], spec)
         if i + 1 < n:
-            a = a + _round_term(s[i + 1] @ wb[i]["fb"].t(), spec)
+            if "fb_conv" in wb[i]:
+                a = a + _round_term(_conv_feedback(wb[i], s[i], s[i + 1], spec), spec)
+            else:
+                a = a + _round_term(s[i + 1] @ wb[i]["fb"].t(), spec)
         if i in static:
             a = a + static[i]
         for src, e in wb[i]["extra"]:
@@ -243,7 +346,7 @@ def qat_relax(net: EqPropMLP, x: torch.Tensor, spec: HardwareSpec, s0: State | N
     with torch.no_grad():
         wb = qat_weights(net, spec) if wb is None else wb
         xq = _fq_state(x, spec)
-        drive = _round_term(torch.addmm(wb[0]["b"], xq, wb[0]["w"].t()), spec)
+        drive = _forward_term(wb[0], xq, spec)
         static: dict = {}
         for i, d in enumerate(wb):
             for src, e in d["extra"]:
@@ -281,8 +384,39 @@ def qat_eqprop_grads(net: EqPropMLP, x: torch.Tensor, y: torch.Tensor, spec: Har
     """EqProp estimate on the fake-quant dynamics, ``{param_name: grad}`` like
     :meth:`EqPropMLP.eqprop_grads`: ``-(dPhi/dtheta(s^{b2}) - dPhi/dtheta(s^{b1})) / (b2 - b1)``
     with ``dPhi/dW_0 = mean s_0 x_hat^T`` on the quantised input."""
-    ph = qat_phases(net, x, y, spec, beta=beta, mode=mode, n_free_steps=n_free_steps, n_nudge_steps=n_nudge_steps)
-    return net.contrast(_fq_state(x, spec), ph.s1, ph.s2, ph.b1, ph.b2)
+    wb = qat_weights(net, spec)
+    ph = qat_phases(net, x, y, spec, beta=beta, mode=mode, n_free_steps=n_free_steps, n_nudge_steps=n_nudge_steps,
+                    wb=wb)
+    return qat_contrast(net, spec, wb, _fq_state(x, spec), ph)
+
+
+def qat_contrast(net, spec: HardwareSpec, wb, x_hat: torch.Tensor, ph: Phases) -> dict[str, torch.Tensor]:
+    """``net.contrast`` of the phases, evaluated at the fake-quant conv kernels ``W_hat`` (the max-pool
+    routing of ``dPhi/dW`` is that of the dynamics; Dense and Bias contrasts do not depend on ``W``)."""
+    convs = [(t.weight, d["w"]) for t, d in zip(_chain_terms(net), wb) if isinstance(t, ConvPool)]
+    if not convs or spec.weights.is_float:
+        return net.contrast(x_hat, ph.s1, ph.s2, ph.b1, ph.b2)
+    with torch.no_grad():
+        saved = [(net.get_parameter(n), net.get_parameter(n).detach().clone()) for n, _ in convs]
+        try:
+            for (p, _), (_, w_hat) in zip(saved, convs):
+                p.copy_(w_hat)
+            return net.contrast(x_hat, ph.s1, ph.s2, ph.b1, ph.b2)
+        finally:
+            for p, v in saved:
+                p.copy_(v)
+
+
+def _layer_of(net) -> dict[str, int]:
+    """Node index of every parameter (the post node of its coupling, the node of its bias)."""
+    out = {}
+    for t in net.terms:
+        if isinstance(t, Bias):
+            out[t.bias] = t.node
+        else:
+            for name in t.params:
+                out[name] = t.post
+    return out
 
 
 def _as_tensor(a, dtype) -> torch.Tensor:
@@ -306,12 +440,14 @@ def train_qat(net: EqPropMLP, x, y, spec: HardwareSpec, cfg: QATConfig | None = 
     """
     _check_spec(spec)
     cfg = cfg or QATConfig()
-    dtype = net.layers[0].weight.dtype
+    _check_model(net)
+    dtype = next(net.parameters()).dtype
     x = _as_tensor(x, dtype)
     y = _as_tensor(y, torch.int64)
     if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
         raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)}: need x (N, n_in) and y (N,) with the same N")
-    lrs = cfg.layer_lrs(net.n_layers)
+    lrs = cfg.layer_lrs(_n_nodes(net))
+    layer_of = _layer_of(net)
     params = dict(net.named_parameters())
     velocity = {k: torch.zeros_like(p) for k, p in params.items()}
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -326,13 +462,14 @@ def train_qat(net: EqPropMLP, x, y, spec: HardwareSpec, cfg: QATConfig | None = 
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             xb, yb = x[idx], y[idx]
             with torch.no_grad():
-                ph = qat_phases(net, xb, yb, spec, beta=cfg.beta, mode=cfg.nudging,
+                wb = qat_weights(net, spec)
+                ph = qat_phases(net, xb, yb, spec, beta=cfg.beta, mode=cfg.nudging, wb=wb,
                                 n_free_steps=cfg.n_free_steps, n_nudge_steps=cfg.n_nudge_steps, generator=gen)
                 correct += int((ph.free[-1].argmax(1) == yb).sum())
                 hist["loss"].append(float(net.cost(ph.free[-1], yb).mean()))
-                grads = net.contrast(_fq_state(xb, spec), ph.s1, ph.s2, ph.b1, ph.b2)
+                grads = qat_contrast(net, spec, wb, _fq_state(xb, spec), ph)
                 for name, g in grads.items():
-                    layer = int(name.split(".")[1])
+                    layer = layer_of[name]
                     v = velocity[name].mul_(cfg.momentum).add_(g)
                     params[name].sub_(lrs[layer] * v)
             bar.update(1)
