@@ -12,9 +12,10 @@ One sweep runs the model's update groups (``net.schedule()``: for the MLP, async
 Each interaction term is built by a handler found through a table keyed by its type (like
 Brevitas' export handler per op): :data:`FLOAT_HANDLERS` for the ``float`` and ``qdq`` graphs
 (``Dense``: ``Gemm`` forward into ``post`` and transposed into ``pre``; ``Bias``; ``ConvPool``:
-``Conv``/``MaxPool`` forward, ``MaxPool`` indices + ``MaxUnpool`` + ``ConvTranspose`` feedback, float
-only so far, :class:`ConvPoolOnnx`), the integer
-lowering of :data:`hwsim.fixed_point.INT_KERNELS` for ``int``. A term type without a handler
+``Conv``/``MaxPool`` forward, ``MaxPool`` indices + ``MaxUnpool`` + ``ConvTranspose`` feedback,
+:class:`ConvPoolOnnx`), the integer lowering of :data:`hwsim.fixed_point.INT_KERNELS` for ``int``
+(``ConvPool``: ``ConvInteger`` or Gather-im2col int64 ``MatMul``, integer window pooling with the
+first-max ``ArgMax``, :class:`_IntConv`). A term type without a handler
 raises :class:`models.engine.UnsupportedError` naming the format, the term and what is supported.
 Static (input-only) contributions are computed once, outside the sweeps.
 
@@ -29,7 +30,7 @@ Formats (``fmt``):
   the state LSB (``Round``, half to even), ``Clip``; the input and every state pass through
   ``QuantizeLinear -> DequantizeLinear`` in the spec's state format (scale ``2**-frac_bits``, zero
   point 0). Needs ``spec.rounding == "nearest_even"``.
-* ``"int"``   -- integer only (int64 tensors, ``MatMul``/``MatMulInteger``, ``Mod``, ``Clip``):
+* ``"int"``   -- integer only (int64 tensors, ``MatMul``/``MatMulInteger``/``ConvInteger``, ``Mod``, ``Clip``):
   the integer semantics of :class:`hwsim.fixed_point.FixedPointMLP`, bit for bit, extra terms
   (a skip coupling) included (see :func:`build_int_model`).
 
@@ -639,10 +640,6 @@ def build_int_model(net, spec: HardwareSpec, n_steps: int, loop: bool, matmul: s
 
     if matmul not in MATMUL_MODES:
         raise ValueError(f"matmul={matmul!r} is invalid; allowed: one of {MATMUL_MODES}")
-    conv = [t for t in getattr(net, "terms", ()) if type(t) in _conv_handlers()]
-    if conv:
-        raise UnsupportedError(f"backend 'onnx int' has no kernel for interaction term {conv[0]} yet (the integer "
-                               "conv graph needs hwsim.fixed_point's integer ConvPool semantics; issue 12)")
     fp = net if isinstance(net, FixedPointMLP) else FixedPointMLP.from_model(net, spec)
     spec = fp.spec
     rounding = rounding or spec.rounding
@@ -663,7 +660,9 @@ def build_int_model(net, spec: HardwareSpec, n_steps: int, loop: bool, matmul: s
     # MatMulInteger needs uint8 activations and int8 weights, and int32 partial sums must be exact
     s_max = max(one, st.qmax)  # input codes reach qmax, states one_code
     w_max = max(int(np.abs(w).max(initial=0)) for w in all_codes)
-    rowsum = max(int(np.abs(w).sum(axis=1).max(initial=0)) for w in all_codes)
+    # per output bound: a Dense row (n_out, n_in), a conv output channel (C_out, C_in, k, k) of Wq, or
+    # an input channel of the transposed conv (Fq is (C_in, C_out, k, k)): sum over all but axis 0
+    rowsum = max(int(np.abs(w).reshape(w.shape[0], -1).sum(axis=1).max(initial=0)) for w in all_codes)
     int_ok = (not st.signed and st.qmax <= 255 and w_max <= 127 and rowsum * s_max < 2**31)
     if matmul == "integer" and not int_ok:
         raise ValueError("matmul='integer' needs unsigned <= 8-bit states, |codes| <= 127 and int32-exact sums; "
@@ -690,14 +689,23 @@ def build_int_model(net, spec: HardwareSpec, n_steps: int, loop: bool, matmul: s
             return g_.op("Cast", [acc], stem=f"{stem}_acc", to=TensorProto.INT64)
         return g_.op("MatMul", [s, w], stem=f"{stem}_acc")
 
-    w_fwd = [weight(f"Wq_{i}", fp.w_codes[i].T) for i in range(L)]  # (n_{i-1}, n_i)
-    w_fb = [weight(f"Fq_{i}", fp.fb_codes[i].T) for i in range(L - 1)]  # (n_{i+1}, n_i)
+    convs = [None if geo is None else _IntConv(g, f"cv{i}", geo, fp.w_codes[i],
+                                                fp.fb_codes[i - 1] if i > 0 else None, use_int, weight)
+             for i, geo in enumerate(fp.conv)]
+    w_fwd = [weight(f"Wq_{i}", fp.w_codes[i].T) if convs[i] is None else None for i in range(L)]  # (n_{i-1}, n_i)
+    w_fb = [weight(f"Fq_{i}", fp.fb_codes[i].T) if convs[i + 1] is None else None
+            for i in range(L - 1)]  # (n_{i+1}, n_i)
     bias = [g.op("Cast", [g.const(f"bq_{i}", fp.bias_codes[i].astype(np.int32 if spec.acc_bits <= 32 else np.int64))],
                  stem=f"bq_{i}_cast", to=TensorProto.INT64) for i in range(L)]
     rq_f = [_requant_consts(g, f"rqf_{i}", *fp.fwd_requant[i]) for i in range(L)]
     rq_b = [_requant_consts(g, f"rqb_{i}", *fp.fb_requant[i]) for i in range(L - 1)]
 
-    acc0 = g.op("Add", [product(g, INPUT_CODES, w_fwd[0], "drive"), bias[0]], stem="drive_b")
+    def fwd_product(g_: _Builder, i: int, src: str, stem: str) -> str:
+        if convs[i] is None:
+            return product(g_, src, w_fwd[i], stem)
+        return convs[i].forward(g_, src, stem)
+
+    acc0 = g.op("Add", [fwd_product(g, 0, INPUT_CODES, "drive"), bias[0]], stem="drive_b")
     drive = _requantize(g, _overflow(g, acc0, spec.acc_bits, spec.overflow, "drive"), rq_f[0], rounding, "drive")
 
     # extra terms (hwsim.fixed_point.TermContribution, e.g. a skip coupling): each its own accumulator
@@ -716,7 +724,7 @@ def build_int_model(net, spec: HardwareSpec, n_steps: int, loop: bool, matmul: s
         if i == 0:
             p = drive
         else:
-            a = g_.op("Add", [product(g_, s[i - 1], w_fwd[i], f"ff{i}"), bias[i]], stem=f"ff{i}_b")
+            a = g_.op("Add", [fwd_product(g_, i, s[i - 1], f"ff{i}"), bias[i]], stem=f"ff{i}_b")
             p = _requantize(g_, _overflow(g_, a, spec.acc_bits, spec.overflow, f"ff{i}"), rq_f[i], rounding, f"ff{i}")
         for node, v in extra:
             if node != i:
@@ -727,7 +735,9 @@ def build_int_model(net, spec: HardwareSpec, n_steps: int, loop: bool, matmul: s
                 v = _requantize(g_, a, rq_e, rounding, f"ex{k}")
             p = g_.op("Add", [p, v], stem=f"pre{i}_ex")
         if i + 1 < L:
-            a = _overflow(g_, product(g_, s[i + 1], w_fb[i], f"fb{i}"), spec.acc_bits, spec.overflow, f"fb{i}")
+            fb = (product(g_, s[i + 1], w_fb[i], f"fb{i}") if convs[i + 1] is None
+                  else convs[i + 1].feedback(g_, s[i + 1], s[i], f"fb{i}"))
+            a = _overflow(g_, fb, spec.acc_bits, spec.overflow, f"fb{i}")
             p = g_.op("Add", [p, _requantize(g_, a, rq_b[i], rounding, f"fb{i}")], stem=f"pre{i}")
         return g_.op("Clip", [p, "i64_zero", "one_code"], stem=f"c{i}")
 
@@ -738,6 +748,125 @@ def build_int_model(net, spec: HardwareSpec, n_steps: int, loop: bool, matmul: s
                                                               "cost": fp.cost}
     return _finish(g, tuple(sizes), cfg, spec, "int", n_steps, loop, INPUT_CODES, TensorProto.INT64, s,
                    TensorProto.INT64)
+
+
+def _im2col_index(in_shape: tuple, k: int, p: int) -> np.ndarray:
+    """``idx[oy*Wc + ox, ci*k*k + dy*k + dx]`` = flat C-order index of ``src[ci, oy+dy-p, ox+dx-p]``, or
+    ``C*H*W`` (the appended zero) outside the image: ``Gather`` of a zero-padded flat state = im2col."""
+    C, H, W = in_shape
+    Hc, Wc = H + 2 * p - k + 1, W + 2 * p - k + 1
+    oy, ox, ci, dy, dx = np.ix_(range(Hc), range(Wc), range(C), range(k), range(k))
+    y, x = oy + dy - p, ox + dx - p
+    inside = (y >= 0) & (y < H) & (x >= 0) & (x < W)
+    idx = np.where(inside, ci * H * W + np.clip(y, 0, H - 1) * W + np.clip(x, 0, W - 1), C * H * W)
+    return np.ascontiguousarray(idx.reshape(Hc * Wc, C * k * k).astype(np.int64))
+
+
+class _IntConv:
+    """Integer ``ConvPool`` of the ``int`` graph (``docs/hwsim_semantics.md``, ``hwsim.fixed_point.ConvPoolInt``).
+
+    Exact products ``Y = conv_int(c, Wq)`` (stride 1, pads ``p``): ``ConvInteger`` (uint8 codes x int8
+    kernel, int32 sums, exact when the per-channel bound ``sum|Wq[co]| * max c < 2**31``: checked by
+    the caller's ``use_int``), else im2col by ``Gather`` of the zero-padded flat state and an int64
+    ``MatMul``. Pooling on the exact accumulator: ``Y`` cropped to ``q * floor(Hc / q)``, every window
+    laid out along a last axis of ``q*q`` in row-major ``(dy, dx)`` order, ``ArgMax(select_last_index=0)``
+    (the ONNX rule: the FIRST maximum = the simulator's tie rule, integer ties included) and the pooled
+    value ``GatherElements(Y, argmax)``. onnxruntime's ``MaxPool`` has no int32/int64 kernel, so the
+    windows are pooled in integer ops instead. Feedback ``A_b = convT_int(U, Fq)``: ``U`` = the post
+    codes placed at ``Equal(arange(q*q), argmax)`` of the routing ``Y`` of the current pre codes, back
+    to ``(Hc, Wc)`` (the ragged edge zero-padded), then the transposed conv as a conv of ``U`` with the
+    flipped ``Fq`` and pads ``k-1-p``.
+    """
+
+    def __init__(self, g: _Builder, stem: str, geo, wq: np.ndarray, fq: np.ndarray | None, use_int: bool,
+                 weight: Callable[[str, np.ndarray], str]):
+        self.geo, self.use_int, self.stem, self._weight = geo, use_int, stem, weight
+        C, H, W = geo.in_shape
+        k, p, q, Co = geo.kernel, geo.padding, geo.pool, geo.c_out
+        Hc, Wc = geo.conv_shape
+        _, Hp, Wp = geo.out_shape
+        self.q = q
+        c = lambda name, v: g.const(f"{stem}_{name}", np.asarray(v, np.int64))  # noqa: E731
+        self.img_in = c("img_in", [-1, C, H, W])
+        self.img_y = c("img_y", [-1, Co, Hc, Wc])
+        self.flat_out = c("flat_out", [-1, Co * Hp * Wp])
+        self.flat_in = c("flat_in", [-1, C * H * W])
+        self.flat_y = c("flat_y", [-1, Co * Hc * Wc])
+        self.crop = (Hp * q, Wp * q) != (Hc, Wc)
+        if self.crop:
+            self.crop_s, self.crop_e, self.crop_ax = c("crop_s", [0, 0]), c("crop_e", [Hp * q, Wp * q]), c("crop_ax", [2, 3])
+            self.unpad = c("unpad", [0, 0, 0, 0, 0, 0, Hc - Hp * q, Wc - Wp * q])
+        self.win6 = c("win6", [-1, Co, Hp, q, Wp, q])
+        self.win5 = c("win5", [-1, Co, Hp, Wp, q * q])
+        self.win6t = c("win6t", [-1, Co, Hp, Wp, q, q])
+        self.upost = c("upost", [-1, Co, Hp, Wp, 1])
+        self.uimg = c("uimg", [-1, Co, Hp * q, Wp * q])
+        self.arange = c("arange", np.arange(q * q))
+        self.flat_pad = c("flat_pad", [0, 0, 0, 1])
+        self.w = self._kernel(g, f"Wq_{stem}", wq, (C, H, W), p)
+        self.f = None
+        if fq is not None:
+            if p > k - 1:
+                raise UnsupportedError(f"backend 'onnx int': ConvPool with padding {p} > kernel - 1 = {k - 1} "
+                                       "(the transposed conv as a conv needs pads k-1-p >= 0)")
+            flipped = np.ascontiguousarray(np.asarray(fq)[:, :, ::-1, ::-1])   # (C_in, C_out, k, k)
+            self.f = self._kernel(g, f"Fq_{stem}", flipped, (Co, Hc, Wc), k - 1 - p)
+
+    def _kernel(self, g: _Builder, name: str, w4: np.ndarray, in_shape: tuple, pad: int):
+        w4 = np.asarray(w4, np.int64)
+        if self.use_int:
+            return self._weight(name, w4), in_shape, pad, g.const(f"{name}_src_shape", np.array([-1, *in_shape], np.int64))
+        idx = g.const(f"{name}_im2col", _im2col_index(in_shape, w4.shape[2], pad))
+        return self._weight(name, w4.reshape(w4.shape[0], -1).T), in_shape, pad, idx
+
+    def _conv(self, g: _Builder, flat: str, kern, stem: str) -> str:
+        """Exact int64 ``conv(src, kernel, pads)`` of a flat ``(B, C*H*W)`` int64 source: ``(B, C_out, Hc, Wc)``."""
+        w, _, pad, aux = kern
+        if self.use_int:
+            img = g.op("Reshape", [flat, aux], stem=f"{stem}_img")
+            u8 = g.op("Cast", [img], stem=f"{stem}_u8", to=TensorProto.UINT8)
+            y = g.op("ConvInteger", [u8, w], stem=f"{stem}_convi", pads=[pad] * 4)
+            return g.op("Cast", [y], stem=f"{stem}_y", to=TensorProto.INT64)
+        padded = g.op("Pad", [flat, self.flat_pad], stem=f"{stem}_z", mode="constant")
+        cols = g.op("Gather", [padded, aux], stem=f"{stem}_cols", axis=1)          # (B, Hc*Wc, C*k*k)
+        y = g.op("MatMul", [cols, w], stem=f"{stem}_mm")                             # (B, Hc*Wc, C_out)
+        return g.op("Transpose", [y], stem=f"{stem}_yt", perm=[0, 2, 1])             # (B, C_out, Hc*Wc)
+
+    def _windows(self, g: _Builder, src: str, stem: str) -> tuple[str, str]:
+        """``(Y as (B, C_out, Hp, Wp, q*q), first argmax (B, C_out, Hp, Wp, 1))`` of ``conv_int(src, Wq)``."""
+        y = g.op("Reshape", [self._conv(g, src, self.w, stem), self.img_y], stem=f"{stem}_Y")
+        if self.crop:
+            y = g.op("Slice", [y, self.crop_s, self.crop_e, self.crop_ax], stem=f"{stem}_crop")
+        y6 = g.op("Reshape", [y, self.win6], stem=f"{stem}_w6")
+        y5 = g.op("Reshape", [g.op("Transpose", [y6], stem=f"{stem}_wt", perm=[0, 1, 2, 4, 3, 5]), self.win5],
+                  stem=f"{stem}_w5")
+        arg = g.op("ArgMax", [y5], stem=f"{stem}_arg", axis=4, keepdims=1, select_last_index=0)
+        return y5, arg
+
+    def forward(self, g: _Builder, src: str, stem: str) -> str:
+        """Exact pooled accumulator ``P(conv_int(src, Wq))``, flat ``(B, C_out*Hp*Wp)`` int64."""
+        if self.q == 1:
+            return g.op("Reshape", [self._conv(g, src, self.w, stem), self.flat_out], stem=f"{stem}_pooled")
+        y5, arg = self._windows(g, src, stem)
+        pooled = g.op("GatherElements", [y5, arg], stem=f"{stem}_max", axis=4)
+        return g.op("Reshape", [pooled, self.flat_out], stem=f"{stem}_pooled")
+
+    def feedback(self, g: _Builder, post: str, pre: str, stem: str) -> str:
+        """Exact ``convT_int(U(post), Fq)``, flat ``(B, C_in*H*W)`` int64; the routing from ``conv_int(pre, Wq)``."""
+        if self.q == 1:
+            u = post
+        else:
+            _, arg = self._windows(g, pre, f"{stem}_r")
+            hot = g.op("Cast", [g.op("Equal", [self.arange, arg], stem=f"{stem}_hot")], stem=f"{stem}_hoti",
+                       to=TensorProto.INT64)                                          # (B, C_out, Hp, Wp, q*q)
+            u5 = g.op("Mul", [hot, g.op("Reshape", [post, self.upost], stem=f"{stem}_p5")], stem=f"{stem}_u5")
+            u6 = g.op("Transpose", [g.op("Reshape", [u5, self.win6t], stem=f"{stem}_u6")], stem=f"{stem}_u6t",
+                      perm=[0, 1, 2, 4, 3, 5])
+            u = g.op("Reshape", [u6, self.uimg], stem=f"{stem}_uimg")
+            if self.crop:
+                u = g.op("Pad", [u, self.unpad], stem=f"{stem}_upad", mode="constant")
+            u = g.op("Reshape", [u, self.flat_y], stem=f"{stem}_uflat")
+        return g.op("Reshape", [self._conv(g, u, self.f, f"{stem}_T"), self.flat_in], stem=f"{stem}_fb")
 
 
 _BUILDERS = {"float": build_float_model, "qdq": build_qdq_model, "int": build_int_model}

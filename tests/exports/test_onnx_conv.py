@@ -71,7 +71,130 @@ def test_onnxruntime_maxpool_indices_and_maxunpool_route_like_torch_on_ties():
     assert u[0, 0, 0, 0] == post[0, 0, 0, 0] and not u[0, 0, :2, :2].ravel()[1:].any()
 
 
-@pytest.mark.parametrize("fmt", ["qdq", "int"])
+@pytest.mark.parametrize("fmt", ["qdq"])
 def test_conv_integer_formats_refuse_until_the_integer_conv_semantics(fmt):
     with pytest.raises(UnsupportedError, match=rf"'onnx {fmt}'.*ConvPool"):
         export_onnx(_net(), get_preset("int8"), fmt=fmt, n_steps=2)
+
+
+# ------------------------------------------------------------------------------ integer conv graph
+def _int_net(update="async", padding=1, pool=2, kernel=3, hw=9, gain=2.0, seed=0):
+    cfg = ConvConfig(in_shape=(2, hw, hw), channels=(3, 4), kernel=kernel, padding=padding, pool=pool, n_out=3,
+                     update=update, init_gain=gain)
+    return ConvEqProp(cfg, seed=seed)
+
+
+def _int_x(net, n=48, seed=1):
+    x = _x(net, n, seed)
+    x[: n // 4, : net.n_in // 2] = 0.0   # all-zero windows: integer ties everywhere (first-max rule)
+    x[n // 4: n // 2] = np.round(x[n // 4: n // 2])   # binary images: many equal window values
+    return x
+
+
+def _ops(m):
+    return {n.op_type for n in m.graph.node} | {n.op_type for a in m.graph.node for at in a.attribute
+                                               if at.g is not None for n in at.g.node}
+
+
+@pytest.mark.parametrize("preset", ["int8", "int4", "ternary"])
+@pytest.mark.parametrize("rounding,overflow,update", [("nearest_even", "saturate", "async"),
+                                                      ("floor", "wrap", "sync"), ("floor", "saturate", "async")])
+def test_conv_int_graph_bit_exact_vs_fixed_point(preset, rounding, overflow, update):
+    """ConvInteger (unrolled) and the Gather-im2col int64 MatMul (Loop) == FixedPointMLP's integer ConvPool,
+    every state code and prediction; a narrow accumulator so that saturate / wrap really happen."""
+    from hwsim.fixed_point import FixedPointMLP
+
+    net = _int_net(update)
+    spec = get_preset(preset).replace(rounding=rounding, overflow=overflow, acc_bits=11 if preset == "int8" else 8)
+    fp = FixedPointMLP.from_model(net, spec)
+    codes = fp.quantize_input(_int_x(net))
+    ref, info = fp.relax(codes, n_steps=T, early_exit=False)
+    assert info.n_overflow.sum() > 0, "the test must exercise the overflow path"
+    assert min(int(r.max()) for r in ref) > 0   # every layer active
+    for loop, matmul, op in ((False, "auto", "ConvInteger"), (True, "int64", "Gather")):
+        m = export_onnx(net, spec, fmt="int", n_steps=T, loop=loop, matmul=matmul)
+        assert op in _ops(m)
+        r = V.verify_int(net, m, codes, reference=(ref, ref[-1].argmax(axis=1), 0.0))
+        assert r["state_mismatches"] == 0 and r["prediction_mismatches"] == 0 and r["passed"], r
+
+
+@pytest.mark.parametrize("padding,pool,kernel,hw", [(0, 2, 3, 12), (2, 3, 5, 11), (0, 1, 2, 6), (1, 2, 3, 14)])
+def test_conv_int_graph_geometries_and_ties(padding, pool, kernel, hw):
+    """Ragged edges (floor-mode pooling), pool 3, pool 1 (no routing), wide padding; preset accumulator."""
+    from hwsim.fixed_point import FixedPointMLP
+
+    net = _int_net(padding=padding, pool=pool, kernel=kernel, hw=hw)
+    spec = get_preset("int8")
+    fp = FixedPointMLP.from_model(net, spec)
+    codes = fp.quantize_input(_int_x(net))
+    for loop, matmul in ((False, "integer"), (True, "int64")):
+        r = V.verify_int(fp, export_onnx(net, spec, fmt="int", n_steps=T, loop=loop, matmul=matmul), codes)
+        assert r["int_graph_mismatches"] == 0 and r["passed"], r
+
+
+def test_conv_int_graph_is_integer_only_and_first_max_routing_matters():
+    """No float op or initializer; routing with the LAST maximum instead (a broken tie rule) is caught."""
+    from hwsim.fixed_point import FixedPointMLP
+
+    net = _int_net(seed=3)   # a net whose hidden routing meets ties with non-zero post codes (measured)
+    spec = get_preset("int8")
+    m = export_onnx(net, spec, fmt="int", n_steps=T)
+    assert "ConvInteger" in _ops(m) and not _ops(m) & {"Conv", "MaxPool", "MatMul", "Gemm", "DequantizeLinear"}
+    float_types = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16}
+    assert not [t.name for t in m.graph.initializer if t.data_type in float_types]
+    codes = FixedPointMLP.from_model(net, spec).quantize_input(_int_x(net))
+    assert V.verify_int(net, m, codes)["passed"]
+    for n in m.graph.node:
+        if n.op_type == "ArgMax":
+            for a in n.attribute:
+                if a.name == "select_last_index":
+                    a.i = 1
+    r = V.verify_int(net, m, codes)
+    assert r["state_mismatches"] > 0 and not r["passed"]
+
+
+def test_conv_int_graph_on_mnist_digits():
+    from hwsim.fixed_point import FixedPointMLP
+    from tracks.data import load_dataset
+
+    x, _ = load_dataset("mnist", "test")
+    net = ConvEqProp(ConvConfig(channels=(4, 6), kernel=5, init_gain=2.0), seed=0)
+    fp = FixedPointMLP.from_model(net, get_preset("int8"))
+    r = V.verify_int(fp, export_onnx(net, get_preset("int8"), fmt="int", n_steps=8, loop=True), x[:64])
+    assert r["int_graph_mismatches"] == 0 and r["passed"], r
+
+
+@pytest.mark.parametrize("in_shape,c_out,k,p,q", [((4, 12, 12), 6, 5, 0, 2), ((3, 9, 7), 2, 3, 1, 3),
+                                                  ((2, 6, 6), 3, 2, 0, 1)])
+@pytest.mark.parametrize("use_int", [False, True])
+def test_int_conv_blocks_equal_the_numba_primitives(in_shape, c_out, k, p, q, use_int):
+    """The graph's pooled accumulator and transposed-conv feedback == hwsim.fixed_point.conv_pool_int /
+    conv_feedback_int on random codes with many ties (pooled maps wider than the window: Hp, Wp != q)."""
+    import exports.onnx_export as ox
+    from hwsim.fixed_point import ConvGeometry, FixedPointMLP, conv_feedback_int, conv_pool_int
+
+    rs = np.random.default_rng(k + q)
+    geo = ConvGeometry(in_shape, c_out, k, p, q)
+    wq = rs.integers(-127, 128, (c_out, in_shape[0], k, k))
+    fq = rs.integers(-127, 128, (in_shape[0], c_out, k, k))
+    pre = rs.choice([0, 0, 1, 128], size=(5, geo.n_in))
+    pre[:2, : geo.n_in // 2] = 0
+    post = rs.integers(0, 129, (5, geo.n_out))
+    g = ox._Builder()
+    wt = TensorProto.INT8 if use_int else TensorProto.INT64
+
+    def weight(name, mat):
+        return g.op("Cast", [g.const(name, np.asarray(mat, np.int8 if use_int else np.int64))], to=wt)
+
+    c = ox._IntConv(g, "cv", geo, wq, fq, use_int, weight)
+    f, b = c.forward(g, "pre", "f"), c.feedback(g, "post", "pre", "b")
+    vi = lambda n: helper.make_tensor_value_info(n, TensorProto.INT64, None)  # noqa: E731
+    graph = helper.make_graph(g.nodes + [helper.make_node("Identity", [f], ["F"]),
+                                         helper.make_node("Identity", [b], ["Bk"])],
+                              "blk", [vi("pre"), vi("post")], [vi("F"), vi("Bk")], g.inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ox.OPSET)])
+    m.ir_version = ox.IR_VERSION
+    got_f, got_b = V.make_session(m)[0].run(None, {"pre": pre, "post": post})
+    pooled, route = conv_pool_int(pre, FixedPointMLP._conv_by_dtype(wq), geo, np.int64)
+    np.testing.assert_array_equal(got_f, pooled)
+    np.testing.assert_array_equal(got_b, conv_feedback_int(post, route, fq, geo))
