@@ -636,3 +636,66 @@ def evaluate(net: EnergyTransformer, x: torch.Tensor, y: torch.Tensor, *, n_step
     if steps:
         out["mean_steps"] = float(torch.cat(steps).mean())
     return out
+
+
+# ------------------------------------------------------------------------------ hardware paths
+LINEAR_MAPS = ("embed.weight", "readout.weight")
+"""Matrices besides the blocks' ``wq``, ``wk``, ``xi`` and the links that are weight projections
+(crossbar arrays on an analog chip; integer matrices under fake quantisation)."""
+
+
+def linear_map_names(net: EnergyTransformer) -> list[str]:
+    """Every weight matrix of the model (biases and the positional table stay float)."""
+    return [k for k, p in net.named_parameters() if p.ndim == 2 and k != "pos"]
+
+
+def fake_quant_copy(net: EnergyTransformer, spec) -> EnergyTransformer:
+    """A copy of ``net`` whose weight matrices are fake-quantised (:func:`quant.fake_quant_weights`,
+    the spec's weight format, e.g. per-channel INT8 / INT4 of :func:`quant.presets.get_preset`).
+    States, biases, the positional table and the attention softmax stay float."""
+    import copy
+
+    from quant.presets import get_preset
+    from quant.quantizers import fake_quant_weights
+
+    spec = get_preset(spec) if isinstance(spec, str) else spec
+    out = copy.deepcopy(net)
+    with torch.no_grad():
+        for k in linear_map_names(out):
+            p = out.get_parameter(k)
+            p.copy_(fake_quant_weights(p.detach(), spec.weights))
+    return out
+
+
+@torch.no_grad()
+def analog_free_phase(net: EnergyTransformer, x: torch.Tensor, analog, *, n_steps: int, seed: int = 0,
+                      damping: float | None = None) -> list[torch.Tensor]:
+    """Free phase with the weight projections on noisy crossbars (weights only; the attention scores
+    and softmax are computed noise-free in the digital periphery): programming noise
+    ``N(0, (prog_noise_std * max|W|)^2)`` drawn once per matrix (``max|W|`` mapped to ``g_max``), read
+    noise ``N(0, (read_noise_std * max|W|)^2)`` drawn afresh for every sweep. DAC/ADC quantisation,
+    drift and stuck devices of ``analog`` (:class:`quant.formats.AnalogSpec`) are not modelled here."""
+    import copy
+
+    gen = torch.Generator().manual_seed(seed)
+    noisy = copy.deepcopy(net)
+    dmp = net.config.damping if damping is None else damping
+    names = linear_map_names(noisy)
+    with torch.no_grad():
+        prog = {}
+        for k in names:
+            w = noisy.get_parameter(k)
+            scale = float(w.abs().max())
+            prog[k] = (w + analog.prog_noise_std * scale * torch.randn(w.shape, generator=gen, dtype=w.dtype), scale)
+        sweep = None
+        s = noisy.zero_state(x.shape[0], x)
+        for _ in range(n_steps):
+            for k in names:  # kernels hold the parameter tensors: fresh read noise in place
+                w0, scale = prog[k]
+                noisy.get_parameter(k).copy_(w0 + analog.read_noise_std * scale
+                                             * torch.randn(w0.shape, generator=gen, dtype=w0.dtype))
+            drive = noisy.drive(x)
+            sweep = noisy.sweeper(drive)
+            new = sweep(s)
+            s = [(1 - dmp) * a + dmp * b for a, b in zip(new, s)] if dmp else new
+    return s
