@@ -72,18 +72,19 @@ NOISE_KINDS = ("prog", "read", "drift", "stuck")
 # ------------------------------------------------------------------------ trained model
 def train_mlp(sizes: Sequence[int], x: torch.Tensor, y: torch.Tensor, *, epochs: int = 1, lr: Sequence[float] = (0.1, 0.05),
               beta: float = 0.5, batch_size: int = 100, n_free_steps: int = 20, n_nudge_steps: int = 8,
-              seed: int = 0, progress: bool = False) -> EqPropMLP:
+              seed: int = 0, progress: bool = False, device: str = "cpu") -> EqPropMLP:
     """Train an :class:`EqPropMLP` (MSE cost, async) with symmetric-nudging EqProp and plain SGD.
 
     ``theta_i <- theta_i - lr_i * g_i`` with ``g`` the symmetric EqProp estimate
     (:meth:`EqPropMLP.contrast` of the ``-beta`` / ``+beta`` states after ``n_free_steps`` free and
     ``n_nudge_steps`` nudged sweeps, as :meth:`EqPropMLP.eqprop_grads` computes it); ``lr`` is
-    per layer (the last value repeats). float32, CPU.
+    per layer (the last value repeats). float32 on ``device``; the returned net is on the CPU.
     """
     if x.ndim != 2 or x.shape[1] != sizes[0] or x.shape[0] != y.shape[0]:
         raise ValueError(f"x {tuple(x.shape)} / y {tuple(y.shape)} do not fit sizes={tuple(sizes)}; "
                          "expected x (N, sizes[0]) and y (N,)")
-    net = EqPropMLP(EqPropConfig(sizes=tuple(sizes)), seed=seed)
+    net = EqPropMLP(EqPropConfig(sizes=tuple(sizes)), seed=seed).to(device)
+    x, y = x.to(device), y.to(device)
     gen = torch.Generator().manual_seed(seed)
     lrs = list(lr) + [lr[-1]] * (net.n_layers - len(lr))
     n = x.shape[0]
@@ -100,6 +101,7 @@ def train_mlp(sizes: Sequence[int], x: torch.Tensor, y: torch.Tensor, *, epochs:
                         lin.weight -= lrs[i] * g[f"layers.{i}.weight"]
                         lin.bias -= lrs[i] * g[f"layers.{i}.bias"]
                 bar.update(1)
+    net = net.cpu()  # the analog chip (hwsim) and the checkpoint live on the CPU
     bad = [name for name, t in net.state_dict().items() if not torch.isfinite(t).all()]
     if bad:
         raise FloatingPointError(f"EqProp training diverged: non-finite weights in {bad} after {epochs} epoch(s) "
@@ -114,7 +116,8 @@ def cached_mlp(cache_dir: str | os.PathLike, sizes: Sequence[int], x: torch.Tens
 
     Returns ``(net, path)``. The cache key hashes sizes, settings and the training data bytes.
     """
-    settings = {"sizes": list(sizes), **{k: list(v) if isinstance(v, tuple) else v for k, v in sorted(train_kw.items())}}
+    settings = {"sizes": list(sizes), **{k: list(v) if isinstance(v, tuple) else v for k, v in sorted(train_kw.items())
+                                         if not (k == "device" and str(v) == "cpu")}}  # cpu keys as before
     h = hashlib.sha256(json.dumps(settings).encode())
     h.update(x.numpy().tobytes())
     h.update(y.numpy().tobytes())
@@ -581,5 +584,5 @@ def track_model(ctx, model: dict[str, Any] | None = None, *, quick: bool | None 
     n = int(settings["n_train"])
     x, y = torch.as_tensor(np.asarray(x[:n])), torch.as_tensor(np.asarray(y[:n]))
     net, path = cached_mlp(Path(ctx.out_dir) / "cache", settings["sizes"], x, y, progress=ctx.progress,
-                           epochs=int(settings["epochs"]), lr=tuple(settings["lr"]))
+                           epochs=int(settings["epochs"]), lr=tuple(settings["lr"]), device=str(ctx.torch_device))
     return net, path, settings
