@@ -407,43 +407,106 @@ class ConvPoolOnnx:
     static_rank = 1
 
     @staticmethod
+    def _qdq_params(t, ctx: _Ctx, stem: str) -> dict:
+        """QDQ (the graph form of ``models.qat``'s fake-quant conv, ``_conv_forward`` / ``_conv_feedback``):
+        the kernel codes ``DequantizeLinear(codes, 1)`` (float32 copies of the integers), the conv taken
+        on the state codes ``s * 2**f`` -- every product and partial sum an integer, exact in float32 while
+        ``sum|Wq[co]| * max code <= 2**24`` (int8 1-32-64 5x5 MNIST: 32*25*127*128 < 2**24; a warning
+        otherwise), so max pooling and its routing compare and tie exactly as the integer accumulator
+        does -- then one multiplier per channel ``scale * 2**-f`` (= ``W_hat = codes * scale``), and
+        ``b_hat = DequantizeLinear(quant.bias_codes, bias_lsb, axis=0)``. The feedback kernel is
+        ``W.transpose(0, 1)`` quantised as its own tensor (one scale per input channel), laid out
+        ``(C_out, C_in, k, k)`` for ``ConvTranspose``, applied to the routed post codes."""
+        g0, spec = ctx.g, ctx.spec
+        bits, f = spec.weights.onnx_storage_bits, spec.state.frac_bits
+        one = "w_unit_scale"
+        if not any(i.name == one for i in g0.inits):
+            g0.const(one, np.array(1.0, np.float32))
+        bound_max = max(spec.state.qmax, spec.state.code_of(1.0))
+
+        def dq(name: str, w: np.ndarray, layout_perm=None) -> tuple[str, str]:
+            q = quantize_weights(w, spec)
+            codes = g0.add_init(_code_initializer(f"Wq_{name}", q.codes, bits, True))
+            bound = int(np.abs(np.asarray(q.codes, np.int64)).reshape(q.codes.shape[0], -1).sum(axis=1).max()) * bound_max
+            if bound > 2**24:
+                log.warning("%s: conv partial sums up to %d exceed 2**24: the float32 QDQ conv is not exact "
+                            "(pooling ties may differ from the integer semantics)", name, bound)
+            out = g0.op("DequantizeLinear", [codes, one], stem=f"Wc_{name}")
+            if layout_perm is not None:
+                out = g0.op("Transpose", [out], stem=f"Wc_{name}_t", perm=layout_perm)
+            scale = np.broadcast_to(np.asarray(q.scale, np.float64).reshape(-1), (w.shape[0],))
+            mult = g0.const(f"W_mult_{name}", (scale * 2.0 ** -f).astype(np.float32).reshape(-1, 1, 1))
+            return out, mult, scale
+
+        w = ctx.param(t.weight)
+        out = {}
+        out["W"], out["mult"], scale = dq(stem, w)
+        out["b"] = None
+        if t.bias is not None:
+            codes = np.asarray(bias_codes(ctx.param(t.bias), scale, spec), np.int64)
+            lsb = np.broadcast_to(np.asarray(bias_lsb(scale, spec), np.float64).reshape(-1), (w.shape[0],))
+            if codes.size and (codes.min() < -2**31 or codes.max() >= 2**31):
+                raise ValueError(f"{t}: bias codes do not fit int32; allowed: spec.acc_bits <= 32")
+            c = g0.const(f"bq_{stem}", codes.astype(np.int32))
+            lsb32 = g0.const(f"b_lsb_{stem}", lsb.astype(np.float32))
+            b = g0.op("DequantizeLinear", [c, lsb32], stem=f"b_{stem}", axis=0)
+            out["b"] = g0.op("Reshape", [b, g0.const(f"b_shape_{stem}", np.array([-1, 1, 1], np.int64))],
+                             stem=f"b3_{stem}")
+        if t.pre != INPUT:
+            out["F"], out["fmult"], _ = dq(f"{stem}_T", np.ascontiguousarray(w.transpose(1, 0, 2, 3)),
+                                           layout_perm=[1, 0, 2, 3])
+        return out
+
+    @staticmethod
     def contributions(t, ctx: _Ctx) -> list[tuple[object, int, Build]]:
-        if ctx.qdq:
-            raise UnsupportedError(f"backend 'onnx qdq' has no kernel for interaction term {t} yet: the QDQ conv "
-                                   "graph follows the integer conv semantics of hwsim.fixed_point (issue 12)")
         g0 = ctx.g
-        W = ctx.weight(t.weight)
         c_out = int(ctx.net.get_parameter(t.weight).shape[0])
         stem = t.weight.replace(".", "_")
+        qdq = ConvPoolOnnx._qdq_params(t, ctx, stem) if ctx.qdq else None
+        if qdq is None:
+            W = F = ctx.weight(t.weight)
+            b = [ctx.g.const(t.bias.replace(".", "_"), ctx.param(t.bias).astype(np.float32))] if t.bias else []
+        else:
+            W, F, b = qdq["W"], qdq.get("F"), []
         img_in = g0.const(f"{stem}_in_shape", np.array([-1, *t.in_shape], np.int64))
         out_shape = t.out_shape(c_out)
         img_out = g0.const(f"{stem}_out_shape", np.array([-1, *out_shape], np.int64))
         flat_in = g0.const(f"{stem}_flat_in", np.array([-1, int(np.prod(t.in_shape))], np.int64))
         flat_out = g0.const(f"{stem}_flat_out", np.array([-1, int(np.prod(out_shape))], np.int64))
-        b = [ctx.g.const(t.bias.replace(".", "_"), ctx.param(t.bias).astype(np.float32))] if t.bias else []
         pads = [t.padding] * 4
         pool = {"kernel_shape": [t.pool, t.pool], "strides": [t.pool, t.pool]}
 
+        def image(g: _Builder, u: str, shape: str, stem_: str) -> str:
+            """``(B, C, H, W)`` view; QDQ: the state codes ``u * 2**f`` (exact integers in float32)."""
+            img = g.op("Reshape", [u, shape], stem=stem_)
+            return img if qdq is None else g.op("Mul", [img, "t_inv_lsb"], stem=f"{stem_}_codes")
+
         def forward(g: _Builder, u: str, acc: str | None) -> str:
-            y = g.op("Conv", [g.op("Reshape", [u, img_in], stem=f"img_{stem}"), W] + b, stem=f"conv_{stem}",
-                     pads=pads)
+            y = g.op("Conv", [image(g, u, img_in, f"img_{stem}"), W] + b, stem=f"conv_{stem}", pads=pads)
             if t.pool > 1:
                 y = g.op("MaxPool", [y], stem=f"pool_{stem}", **pool)
-            return _add(g, acc, g.op("Reshape", [y, flat_out], stem=f"ff_{stem}"), f"ff_{stem}")
+            if qdq is not None:
+                y = g.op("Mul", [y, qdq["mult"]], stem=f"scale_{stem}")
+                if qdq["b"] is not None:
+                    y = g.op("Add", [y, qdq["b"]], stem=f"bias_{stem}")
+            v = ctx.term(g, g.op("Reshape", [y, flat_out], stem=f"ff_{stem}"), f"ff_{stem}")
+            return _add(g, acc, v, f"ff_{stem}")
 
         out: list[tuple[object, int, Build]] = [(t.post, t.pre, forward)]
         if t.pre != INPUT:
             def feedback(g: _Builder, u, acc: str | None) -> str:
                 s_post, s_pre = u
-                post = g.op("Reshape", [s_post, img_out], stem=f"post_{stem}")
+                post = image(g, s_post, img_out, f"post_{stem}")
                 if t.pool > 1:
-                    y = g.op("Conv", [g.op("Reshape", [s_pre, img_in], stem=f"rimg_{stem}"), W], stem=f"route_{stem}",
-                             pads=pads)
+                    y = g.op("Conv", [image(g, s_pre, img_in, f"rimg_{stem}"), W], stem=f"route_{stem}", pads=pads)
                     _, idx = g.op("MaxPool", [y], stem=f"rpool_{stem}", n_out=2, **pool)
                     post = g.op("MaxUnpool", [post, idx, g.op("Shape", [y], stem=f"rshape_{stem}")],
                                 stem=f"unpool_{stem}", **pool)
-                v = g.op("ConvTranspose", [post, W], stem=f"convT_{stem}", pads=pads)
-                return _add(g, acc, g.op("Reshape", [v, flat_in], stem=f"fb_{stem}"), f"fb_{stem}")
+                v = g.op("ConvTranspose", [post, F], stem=f"convT_{stem}", pads=pads)
+                if qdq is not None:
+                    v = g.op("Mul", [v, qdq["fmult"]], stem=f"fscale_{stem}")
+                v = ctx.term(g, g.op("Reshape", [v, flat_in], stem=f"fb_{stem}"), f"fb_{stem}")
+                return _add(g, acc, v, f"fb_{stem}")
 
             out.append((t.pre, (t.post, t.pre), feedback))
         return out

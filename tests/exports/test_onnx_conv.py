@@ -8,7 +8,6 @@ from onnx import TensorProto, helper
 from exports import export_onnx, read_metadata
 from exports import verify as V
 from models.conv import ConvConfig, ConvEqProp
-from models.engine import UnsupportedError
 from quant import get_preset
 from quant.tolerances import BIT_EXACT
 
@@ -71,10 +70,33 @@ def test_onnxruntime_maxpool_indices_and_maxunpool_route_like_torch_on_ties():
     assert u[0, 0, 0, 0] == post[0, 0, 0, 0] and not u[0, 0, :2, :2].ravel()[1:].any()
 
 
-@pytest.mark.parametrize("fmt", ["qdq"])
-def test_conv_integer_formats_refuse_until_the_integer_conv_semantics(fmt):
-    with pytest.raises(UnsupportedError, match=rf"'onnx {fmt}'.*ConvPool"):
-        export_onnx(_net(), get_preset("int8"), fmt=fmt, n_steps=2)
+# ------------------------------------------------------------------------------ QDQ conv graph
+@pytest.mark.parametrize("preset", ["int8", "int4", "ternary"])
+@pytest.mark.parametrize("update,padding", [("async", 1), ("sync", 0)])
+def test_conv_qdq_graph_matches_the_fake_quant_path(preset, update, padding):
+    """QDQ conv graph (unrolled and Loop) == models.qat.qat_relax on ConvEqProp: measured 0 LSB on every
+    state (the conv runs on the integer grid, exact in float32), argmax 100 %."""
+    net = _net(update, padding)
+    x = _int_x(net, 96)
+    ref = V.fake_quant_free_phase(net, get_preset(preset), x, T)
+    for loop in (False, True):
+        m = export_onnx(net, get_preset(preset), fmt="qdq", n_steps=T, loop=loop)
+        assert {"Conv", "MaxPool", "MaxUnpool", "ConvTranspose", "DequantizeLinear", "QuantizeLinear"} <= _ops(m)
+        r = V.verify_qdq(net, m, x, reference=ref)
+        assert r["max_out_lsb"] <= 1 and r["argmax_agreement"] >= 0.999 and r["passed"], r
+    assert min(float(s_.std()) for s_ in ref[0]) > 0.02
+
+
+def test_conv_qdq_graph_is_quantised_and_a_wrong_weight_is_caught():
+    net = _net()
+    x = _int_x(net, 96)
+    m = export_onnx(net, get_preset("int4"), fmt="qdq", n_steps=T)
+    states, _, _ = V.run_session(V.make_session(m)[0], x)
+    ref, _ = V.torch_free_phase(net, x, T)
+    assert max(float(np.abs(a - r).max()) for a, r in zip(states, ref)) > 1.5 * get_preset("int4").state.lsb
+    assert all(np.array_equal(a * 128, np.round(a * 128)) for a in states)   # on the state grid
+    r = V.verify_qdq(_net(seed=5), m, x, spec=get_preset("int4"))
+    assert not r["passed"] and r["argmax_agreement"] < 0.999
 
 
 # ------------------------------------------------------------------------------ integer conv graph
@@ -168,10 +190,12 @@ def test_conv_int_graph_on_mnist_digits():
                                                   ((2, 6, 6), 3, 2, 0, 1)])
 @pytest.mark.parametrize("use_int", [False, True])
 def test_int_conv_blocks_equal_the_numba_primitives(in_shape, c_out, k, p, q, use_int):
-    """The graph's pooled accumulator and transposed-conv feedback == hwsim.fixed_point.conv_pool_int /
-    conv_feedback_int on random codes with many ties (pooled maps wider than the window: Hp, Wp != q)."""
+    """The graph's pooled accumulator and transposed-conv feedback == the float64 torch conv / max-pool
+    (first-max ties) / unpool / transposed conv on integer values (exact), random codes with many ties
+    (pooled maps wider than the window: Hp, Wp != q)."""
     import exports.onnx_export as ox
-    from hwsim.fixed_point import ConvGeometry, FixedPointMLP, conv_feedback_int, conv_pool_int
+    from hwsim.fixed_point import ConvGeometry
+    from models.conv import ConvPool, ConvPoolFloat
 
     rs = np.random.default_rng(k + q)
     geo = ConvGeometry(in_shape, c_out, k, p, q)
@@ -195,6 +219,11 @@ def test_int_conv_blocks_equal_the_numba_primitives(in_shape, c_out, k, p, q, us
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ox.OPSET)])
     m.ir_version = ox.IR_VERSION
     got_f, got_b = V.make_session(m)[0].run(None, {"pre": pre, "post": post})
-    pooled, route = conv_pool_int(pre, FixedPointMLP._conv_by_dtype(wq), geo, np.int64)
-    np.testing.assert_array_equal(got_f, pooled)
-    np.testing.assert_array_equal(got_b, conv_feedback_int(post, route, fq, geo))
+    t = ConvPool(post=1, pre=0, weight="w", bias=None, in_shape=in_shape, kernel=k, padding=p, pool=q)
+    W = torch.tensor(wq, dtype=torch.float64)
+    pre_t, post_t = torch.tensor(pre, dtype=torch.float64), torch.tensor(post, dtype=torch.float64)
+    np.testing.assert_array_equal(got_f, ConvPoolFloat.drive_of(t, W, None, pre_t).numpy())
+    u = ConvPoolFloat._route(t, W, pre_t, post_t)
+    fb = torch.nn.functional.conv_transpose2d(u, torch.tensor(fq.transpose(1, 0, 2, 3).copy(), dtype=torch.float64),
+                                              padding=p)
+    np.testing.assert_array_equal(got_b, fb.flatten(1).numpy())
