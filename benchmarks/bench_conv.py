@@ -4,7 +4,7 @@ The MNIST ``ConvEqProp`` 1-32-64 (5x5 kernels, 2x2 max pools, dense to 10, hard 
 100, Adam) trained two ways over the same real MNIST batches, with the same loop (gradient, Adam step):
 
 * ``eqprop``: :func:`models.train.compute_grads` (method ``eqprop``): free phase of ``T1`` sweeps, two
-  symmetric nudged phases of ``T2`` sweeps, contrast (defaults T1 = 20, T2 = 5: track 13's recipe).
+  symmetric nudged phases of ``T2`` sweeps, contrast (defaults T1 = 15, T2 = 5: track 13's recipe).
 * ``bp``: :class:`tracks.t13_conv_eqprop.FeedForwardConv` (the same layers, ReLU, one forward pass,
   softmax cross-entropy, autograd): the baseline of track 13.
 
@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--batch-size", type=int, default=100)
-    ap.add_argument("--t1", type=int, default=20)
+    ap.add_argument("--t1", type=int, default=15)
     ap.add_argument("--t2", type=int, default=5)
     ap.add_argument("--channels", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--data-dir", default=None)
