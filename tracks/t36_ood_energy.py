@@ -92,7 +92,7 @@ SPEC = TrackSpec(
         Criterion("analog_energy_auroc_maxdiff", "<=", 0.05),
         Criterion("acc_mnist", ">=", 0.75),
     ),
-    est_seconds_full=900.0,
+    est_seconds_full=1500.0,
     est_seconds_quick=45.0,
 )
 
