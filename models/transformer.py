@@ -135,6 +135,7 @@ class TokenHopfield:
     bias: str
     n_tokens: int
     d_model: int
+    n_mem: int
 
     @property
     def nodes(self) -> tuple[int, ...]:
@@ -296,8 +297,8 @@ class TokenHopfieldFloat:
 
     @staticmethod
     def macs(t: TokenHopfield, sizes: dict[int, int]) -> int:
-        n_mem = None  # not in the term; MACs from the node size: 2 products of (N, d) x (d, M)
-        return 2 * sizes[t.tokens] * (n_mem or 2 * t.d_model)
+        """Per sample and sweep: ``Xi s_t`` and ``Xi^T h_t`` for every token."""
+        return 2 * sizes[t.tokens] * t.n_mem
 
 
 class TokenLinearFloat:
@@ -458,7 +459,7 @@ class EnergyTransformer(EnergyModel, nn.Module):
             if l > 0:
                 self.terms.append(TokenLinear(l, l - 1, f"links.{(l - 1) % n_links}", n, d))
             self.terms += [LSEAttention(l, f"{k}.wq", f"{k}.wk", n, d, cfg.n_heads, beta_a, cfg.key_side),
-                           TokenHopfield(l, f"{k}.xi", f"{k}.xi_bias", n, d)]
+                           TokenHopfield(l, f"{k}.xi", f"{k}.xi_bias", n, d, cfg.n_mem_ratio * d)]
         last = cfg.n_blocks
         self.terms += [Dense(last, last - 1, "readout.weight"), Bias(last, "readout.bias")]
         g = cfg.init_gain
@@ -639,11 +640,6 @@ def evaluate(net: EnergyTransformer, x: torch.Tensor, y: torch.Tensor, *, n_step
 
 
 # ------------------------------------------------------------------------------ hardware paths
-LINEAR_MAPS = ("embed.weight", "readout.weight")
-"""Matrices besides the blocks' ``wq``, ``wk``, ``xi`` and the links that are weight projections
-(crossbar arrays on an analog chip; integer matrices under fake quantisation)."""
-
-
 def linear_map_names(net: EnergyTransformer) -> list[str]:
     """Every weight matrix of the model (biases and the positional table stay float)."""
     return [k for k, p in net.named_parameters() if p.ndim == 2 and k != "pos"]
