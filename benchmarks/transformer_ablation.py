@@ -4,6 +4,7 @@ A study, not a pass/fail claim, hence a documented command here rather than a tr
 criteria that can fail). One factor at a time around a base configuration, each run trained by
 EqProp from the same seed on the same images and measured the same way:
 
+* tokens: 16 patches of 7x7 (base) vs 28 rows of 28 pixels;
 * ``beta`` in {0.01, 0.05, 0.1, 0.2}; step ``alpha = 1 - damping`` in {0.5, 0.7, 0.9, 1.0};
   solver fixed point vs Anderson; depth ``L`` in {1, 2, 3, 4} (independent blocks); ``L = 4`` with 2
   unique parameter sets (tied pairs); ``L = 1`` with twice the free sweeps (iterations vs blocks);
@@ -44,7 +45,7 @@ from tracks.harness.plots import figure  # noqa: E402
 
 def grid(d: int, width_scale: float) -> list[tuple[str, str, dict, dict]]:
     """``(factor, label, model overrides, training overrides)`` of every run."""
-    runs = [("base", "base", {}, {})]
+    runs = [("base", "base", {}, {}), ("tokens", "28 row tokens", {"tokens": "rows"}, {})]
     runs += [("beta", f"beta={b}", {}, {"beta": b}) for b in (0.01, 0.05, 0.2)]
     runs += [("alpha", f"alpha={a}", {"damping": round(1 - a, 3)}, {}) for a in (0.5, 0.7, 0.9)]
     runs += [("solver", "anderson", {"method": "anderson"}, {})]
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
         secs = time.perf_counter() - t0
         ev = evaluate(net, xt, yt, n_steps=100, tol=1e-3)
         cos = grad_cosine(cfg, xg, yg, a.seed)
-        row = {"factor": factor, "run": label, "d_model": cfg.d_model, "L": cfg.n_blocks,
+        row = {"factor": factor, "run": label, "tokens": cfg.tokens, "d_model": cfg.d_model, "L": cfg.n_blocks,
                "unique": cfg.n_unique or cfg.n_blocks, "alpha": 1 - cfg.damping, "solver": cfg.method,
                "beta": ts.beta, "T_free": ts.n_free_steps, "train_cost": costs[-1], "test_acc": ev["accuracy"],
                "iters": ev["mean_steps"], "seconds": secs, "grad_cos_min": cos,
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
         (out / "ablation.json").write_text(json.dumps({"args": vars(a), "rows": rows}, indent=1))
-    cols = ["factor", "run", "d_model", "L", "unique", "alpha", "solver", "beta", "T_free", "params", "test_acc",
+    cols = ["factor", "run", "tokens", "d_model", "L", "unique", "alpha", "solver", "beta", "T_free", "params", "test_acc",
             "iters", "grad_cos_min", "seconds"]
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
