@@ -300,22 +300,24 @@ class ConvGeometry:
 
 
 def _im2col(src, C, H, W, k, p, Hc, Wc, out):
-    """``out[b*Hc*Wc + oy*Wc + ox, ci*k*k + dy*k + dx] = src[b, ci, oy+dy-p, ox+dx-p]`` (0 outside)."""
+    """``out[b*Hc*Wc + oy*Wc + ox, ci*k*k + dy*k + dx] = src[b, ci, oy+dy-p, ox+dx-p]`` (0 outside):
+    one zero-padded copy of the sample, then branch-free contiguous row copies."""
     B = src.shape[0]
+    Hq, Wq = H + 2 * p, W + 2 * p
     for b in numba.prange(B):
+        xp = np.zeros((C, Hq, Wq), dtype=out.dtype)
+        for ci in range(C):
+            for y in range(H):
+                for x in range(W):
+                    xp[ci, y + p, x + p] = src[b, ci * H * W + y * W + x]
         for oy in range(Hc):
             for ox in range(Wc):
                 r = b * Hc * Wc + oy * Wc + ox
                 for ci in range(C):
                     for dy in range(k):
-                        y = oy + dy - p
+                        c0 = ci * k * k + dy * k
                         for dx in range(k):
-                            x = ox + dx - p
-                            c = ci * k * k + dy * k + dx
-                            if 0 <= y < H and 0 <= x < W:
-                                out[r, c] = src[b, ci * H * W + y * W + x]
-                            else:
-                                out[r, c] = 0
+                            out[r, c0 + dx] = xp[ci, oy + dy, ox + dx]
 
 
 def _conv_int64(src, Wq, C, H, W, k, p, Hc, Wc):
@@ -350,66 +352,129 @@ def _pool_route(Y, B, Co, Hc, Wc, q):
     pooled = np.empty((B, n), dtype=np.int64)
     route = np.empty((B, n), dtype=np.int64)
     for b in numba.prange(B):
-        for co in range(Co):
-            for py in range(Hp):
-                for px in range(Wp):
-                    best = np.int64(0)
-                    arg = np.int64(-1)
-                    for dy in range(q):
-                        for dx in range(q):
-                            oy = py * q + dy
-                            ox = px * q + dx
-                            v = np.int64(Y[b * Hc * Wc + oy * Wc + ox, co])
-                            if arg < 0 or v > best:  # strict: the first maximum in row-major order wins
-                                best = v
-                                arg = oy * Wc + ox
+        best = np.empty(Co, dtype=np.int64)
+        arg = np.empty(Co, dtype=np.int64)
+        for py in range(Hp):
+            for px in range(Wp):
+                for dy in range(q):
+                    for dx in range(q):
+                        oy = py * q + dy
+                        ox = px * q + dx
+                        r = b * Hc * Wc + oy * Wc + ox
+                        first = dy == 0 and dx == 0
+                        for co in range(Co):  # contiguous row of Y
+                            v = np.int64(Y[r, co])
+                            if first or v > best[co]:  # strict: the first maximum in row-major order wins
+                                best[co] = v
+                                arg[co] = oy * Wc + ox
+                for co in range(Co):
                     j = co * Hp * Wp + py * Wp + px
-                    pooled[b, j] = best
-                    route[b, j] = arg
+                    pooled[b, j] = best[co]
+                    route[b, j] = arg[co]
     return pooled, route
 
 
-def _conv_feedback(post, route, Fq, Cin, H, W, Wc, k, p):
-    """Exact int64 ``convT(U(post), Fq)``, flat ``(B, Cin*H*W)``: a scatter of every routed, non-zero
-    pooled unit (``Fq`` of shape ``(Cin, Co, k, k)``)."""
+def _conv_feedback(post, route, Fr, Cin, H, W, Wc, k, p):
+    """Exact ``convT(U(post), Fq)``, flat ``(B, Cin*H*W)`` int64: a scatter of every routed, non-zero
+    pooled unit into a channels-last buffer (``Fr = Fq`` as ``(Co, k, k, Cin)``; ``post`` and ``Fr`` of
+    one integer dtype, wide enough for every partial sum: the inner loop over input channels is
+    contiguous and vectorises)."""
     B, n = post.shape
-    Co = Fq.shape[1]
-    out = np.zeros((B, Cin * H * W), dtype=np.int64)
+    Co = Fr.shape[0]
+    out = np.empty((B, Cin * H * W), dtype=np.int64)
     per_c = n // Co
     for b in numba.prange(B):
+        buf = np.zeros((H, W, Cin), dtype=Fr.dtype)
         for j in range(n):
-            v = np.int64(post[b, j])
+            v = post[b, j]
             if v == 0:
                 continue
             co = j // per_c
             r = route[b, j]
             oy = r // Wc
             ox = r - oy * Wc
-            for ci in range(Cin):
-                for dy in range(k):
-                    y = oy + dy - p
-                    if 0 <= y < H:
-                        base = ci * H * W + y * W
-                        for dx in range(k):
-                            x = ox + dx - p
-                            if 0 <= x < W:
-                                out[b, base + x] += v * Fq[ci, co, dy, dx]
+            for dy in range(k):
+                y = oy + dy - p
+                if 0 <= y < H:
+                    for dx in range(k):
+                        x = ox + dx - p
+                        if 0 <= x < W:
+                            for ci in range(Cin):
+                                buf[y, x, ci] += v * Fr[co, dy, dx, ci]  # exact in Fr's dtype (see operand)
+        for ci in range(Cin):
+            for y in range(H):
+                for x in range(W):
+                    out[b, ci * H * W + y * W + x] = np.int64(buf[y, x, ci])
     return out
+
+
+def _conv_pool_direct(src, Wr, C, H, W, k, p, Hc, Wc, q):
+    """Fused exact conv + max pool + routing, channels last: per pooled window, the ``q*q`` conv
+    positions in row-major order, each ``acc[co] = sum_{dy,dx,ci} x[oy+dy-p, ox+dx-p, ci] Wr[dy,dx,ci,co]``
+    (zero inputs skipped; the inner loop over output channels is contiguous and vectorises; ``Wr`` of a
+    dtype in which every partial sum is exact). Returns ``(pooled (B, Co*Hp*Wp), route)`` int64."""
+    B = src.shape[0]
+    Co = Wr.shape[3]
+    Hp, Wp = Hc // q, Wc // q
+    Hq, Wq = H + 2 * p, W + 2 * p
+    n = Co * Hp * Wp
+    pooled = np.empty((B, n), dtype=np.int64)
+    route = np.empty((B, n), dtype=np.int64)
+    for b in numba.prange(B):
+        xp = np.zeros((Hq, Wq, C), dtype=Wr.dtype)
+        for ci in range(C):
+            for y in range(H):
+                for x in range(W):
+                    xp[y + p, x + p, ci] = src[b, ci * H * W + y * W + x]
+        acc = np.empty(Co, dtype=Wr.dtype)
+        best = np.empty(Co, dtype=np.int64)
+        arg = np.empty(Co, dtype=np.int64)
+        for py in range(Hp):
+            for px in range(Wp):
+                for wy in range(q):
+                    for wx in range(q):
+                        oy = py * q + wy
+                        ox = px * q + wx
+                        acc[:] = 0
+                        for dy in range(k):
+                            for dx in range(k):
+                                for ci in range(C):
+                                    v = xp[oy + dy, ox + dx, ci]
+                                    if v != 0:
+                                        for co in range(Co):
+                                            acc[co] += v * Wr[dy, dx, ci, co]
+                        first = wy == 0 and wx == 0
+                        for co in range(Co):
+                            a = np.int64(acc[co])
+                            if first or a > best[co]:  # strict: the first maximum in row-major order wins
+                                best[co] = a
+                                arg[co] = oy * Wc + ox
+                for co in range(Co):
+                    j = co * Hp * Wp + py * Wp + px
+                    pooled[b, j] = best[co]
+                    route[b, j] = arg[co]
+    return pooled, route
 
 
 @functools.lru_cache(maxsize=None)
 def _conv_kernel(name: str, parallel: bool):
+    if name in ("direct", "feedback"):  # reassociation is exact: every partial sum is an integer the dtype holds
+        fn = _conv_pool_direct if name == "direct" else _conv_feedback
+        return numba.njit(cache=True, parallel=parallel, fastmath=_EXACT_FLAGS)(fn)
     fn = {"im2col": _im2col, "int64": _conv_int64, "pool": _pool_route, "feedback": _conv_feedback}[name]
     return numba.njit(cache=True, parallel=parallel)(fn)
 
 
-def conv_pool_int(src: np.ndarray, wq_by_dtype: dict, geo: ConvGeometry, dtype, parallel: bool = False):
+def conv_pool_int(src: np.ndarray, wq_by_dtype: dict, geo: ConvGeometry, dtype, parallel: bool = False,
+                  method: str = "direct"):
     """Exact pooled accumulator and routing of ``P(conv_int(src, Wq))`` (``docs/hwsim_semantics.md``).
 
     Args:
         src: (B, C_in*H*W) integer-valued codes (any numeric dtype).
         wq_by_dtype: ``{dtype: (Wq (C_out, C_in, k, k), Wq as (C_in*k*k, C_out))}``.
         geo: the term's geometry; dtype: from :func:`exact_dtype` of the per-channel bound.
+        method: ``"direct"`` (fused channels-last conv + pool in numba, the default) or ``"im2col"``
+            (im2col, BLAS / int64 GEMM, then the pooling kernel); identical results.
 
     Returns:
         ``(pooled (B, n_out) int64, route (B, n_out) int64)``.
@@ -418,6 +483,9 @@ def conv_pool_int(src: np.ndarray, wq_by_dtype: dict, geo: ConvGeometry, dtype, 
     Hc, Wc = geo.conv_shape
     k, p, B = geo.kernel, geo.padding, src.shape[0]
     w4, wcol = wq_by_dtype[dtype]
+    if method == "direct":
+        wr = wq_by_dtype[("direct", dtype)]
+        return _conv_kernel("direct", parallel)(np.ascontiguousarray(src), wr, C, H, W, k, p, Hc, Wc, geo.pool)
     if dtype is np.int64:
         Y = _conv_kernel("int64", parallel)(np.ascontiguousarray(src), w4, C, H, W, k, p, Hc, Wc)
     else:
@@ -427,11 +495,36 @@ def conv_pool_int(src: np.ndarray, wq_by_dtype: dict, geo: ConvGeometry, dtype, 
     return _conv_kernel("pool", parallel)(Y, B, geo.c_out, Hc, Wc, geo.pool)
 
 
-def conv_feedback_int(post: np.ndarray, route: np.ndarray, fq: np.ndarray, geo: ConvGeometry,
+def conv_operands(w: np.ndarray) -> dict:
+    """Forward kernel codes laid out for :func:`conv_pool_int`, per product dtype: ``{dtype: (Wq, Wq as
+    (C_in*k*k, C_out))}`` (im2col) and ``{("direct", dtype): Wq as (k, k, C_in, C_out)}``."""
+    out = {}
+    for dt in (np.float32, np.float64, np.int64):
+        out[dt] = (np.ascontiguousarray(w, dtype=dt), np.ascontiguousarray(w.reshape(w.shape[0], -1).T, dtype=dt))
+        out[("direct", dt)] = np.ascontiguousarray(w.transpose(2, 3, 1, 0), dtype=dt)
+    return out
+
+
+def conv_feedback_operand(fq: np.ndarray, max_post: int, pool: int = 1) -> np.ndarray:
+    """``Fq`` laid out for :func:`conv_feedback_int`: ``(Co, k, k, Cin)`` in the narrowest exact type.
+
+    An input unit receives, per output channel, at most one routed unit from each pooling window its
+    ``k x k`` reach touches: ``nw = min(k, (k + pool - 2) // pool + 1)`` windows per dimension. So every
+    partial sum is bounded by ``Co * nw**2 * max|Fq| * max_post``: float32 when that is ``<= 2**24``
+    (int8 1-32-64 5x5 pool 2: ``64 * 9 * 127 * 128 < 2**24``), int32 below ``2**31``, else int64."""
+    co, k = fq.shape[1], fq.shape[2]
+    nw = min(k, (k + pool - 2) // pool + 1)
+    bound = co * nw * nw * int(np.abs(fq).max(initial=0)) * int(max_post)
+    dt = np.float32 if bound <= EXACT_F32 else np.int32 if bound < 2**31 else np.int64
+    return np.ascontiguousarray(fq.transpose(1, 2, 3, 0), dtype=dt)
+
+
+def conv_feedback_int(post: np.ndarray, route: np.ndarray, fr: np.ndarray, geo: ConvGeometry,
                       parallel: bool = False) -> np.ndarray:
-    """Exact int64 feedback accumulator ``convT_int(U(post), Fq)`` of shape (B, C_in*H*W)."""
+    """Exact int64 feedback accumulator ``convT_int(U(post), Fq)`` of shape (B, C_in*H*W);
+    ``fr = conv_feedback_operand(Fq, max|post|)``."""
     C, H, W = geo.in_shape
-    return _conv_kernel("feedback", parallel)(np.ascontiguousarray(post), route, fq, C, H, W,
+    return _conv_kernel("feedback", parallel)(np.ascontiguousarray(post, dtype=fr.dtype), route, fr, C, H, W,
                                               geo.conv_shape[1], geo.kernel, geo.padding)
 
 
@@ -696,13 +789,15 @@ class FixedPointMLP:
         self._fb_t = [self._by_dtype(w) if self.conv[i + 1] is None else None for i, w in enumerate(self.fb_codes)]
         self._extra_t = [self._by_dtype(c.codes) for c in self.extra]
         self._fwd_rowsum = [_rowsum(w.reshape(w.shape[0], -1)) for w in self.w_codes]
-        # conv feedback is an int64 scatter (no float bound needed)
+        self._fb_conv = [conv_feedback_operand(w, self.one_code, self.conv[i + 1].pool) if self.conv[i + 1] is not None
+                         else None
+                         for i, w in enumerate(self.fb_codes)]
+        # conv feedback is an integer scatter (no float bound needed)
         self._fb_rowsum = [_rowsum(w) if self.conv[i + 1] is None else 0 for i, w in enumerate(self.fb_codes)]
 
     @staticmethod
     def _conv_by_dtype(w: np.ndarray) -> dict:
-        return {dt: (np.ascontiguousarray(w, dtype=dt), np.ascontiguousarray(w.reshape(w.shape[0], -1).T, dtype=dt))
-                for dt in (np.float32, np.float64, np.int64)}
+        return conv_operands(w)
 
     @staticmethod
     def _by_dtype(w: np.ndarray) -> dict:
@@ -919,7 +1014,7 @@ class FixedPointMLP:
                 acc_b = dummy
             elif self.conv[i + 1] is not None:
                 p_ = par(self.sizes[i + 1])
-                acc_b = conv_feedback_int(src[i + 1], conv_route(i + 1, src[i], p_), self.fb_codes[i],
+                acc_b = conv_feedback_int(src[i + 1], conv_route(i + 1, src[i], p_), self._fb_conv[i],
                                           self.conv[i + 1], p_)
             else:
                 acc_b = exact_matmul(src[i + 1], self._fb_t[i], sdt, par(self.sizes[i + 1]))

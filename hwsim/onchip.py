@@ -256,12 +256,13 @@ def _channel_sum_diff_nb(post2, post1, Co):
 
 def _conv_routes_numba(h, spec, geo, c_pre):
     """Routing of ``U`` from the exact forward accumulator of the codes the chip runs (numba path)."""
-    from .fixed_point import conv_pool_int
+    from .fixed_point import conv_operands, conv_pool_int, exact_dtype
 
     up = spec.update
     w = hidden_to_code_nb(h, up.hidden_bits - spec.weights.bits, spec.weights.qmin, spec.weights.qmax)
-    wd = {np.int64: (np.ascontiguousarray(w), np.ascontiguousarray(w.reshape(w.shape[0], -1).T))}
-    return conv_pool_int(c_pre, wd, geo, np.int64)[1]
+    bound = int(np.abs(w).reshape(w.shape[0], -1).sum(axis=1).max(initial=0)) * int(np.abs(c_pre).max(initial=0))
+    dt = exact_dtype(bound)
+    return conv_pool_int(c_pre.astype(dt), conv_operands(w), geo, dt)[1]
 
 
 @numba.njit(cache=True)

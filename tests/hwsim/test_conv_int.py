@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import quant
-from hwsim.fixed_point import (ConvGeometry, FixedPointMLP, conv_feedback_int, conv_pool_int)
+from hwsim.fixed_point import (ConvGeometry, FixedPointMLP, conv_feedback_int, conv_feedback_operand, conv_operands,
+                               conv_pool_int)
 from hwsim.torch_mirror import conv_feedback_t, conv_int_t, pool_first_max_t, torch_relax
 from models.conv import ConvConfig, ConvEqProp, ConvPool, ConvPoolFloat
 from models.energy import INPUT
@@ -22,11 +23,6 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def _by_dtype(w):
-    return {dt: (np.ascontiguousarray(w, dtype=dt), np.ascontiguousarray(w.reshape(w.shape[0], -1).T, dtype=dt))
-            for dt in (np.float32, np.float64, np.int64)}
 
 
 @pytest.mark.parametrize("in_shape,c_out,k,p,q", [((2, 9, 9), 3, 3, 0, 2), ((3, 8, 7), 4, 3, 1, 2),
@@ -61,16 +57,20 @@ def test_conv_primitives_equal_float_conv_pool_and_transpose_with_ties(in_shape,
     fb_t = conv_feedback_t(torch.tensor(post), route_t, torch.tensor(fq), geo)
     assert np.array_equal(pooled_t.numpy(), pooled_f.reshape(B, -1).numpy())
     assert np.array_equal(route_t.numpy(), route_f) and np.array_equal(fb_t.numpy(), fb_f)
-    for dt in (np.float32, np.float64, np.int64):
-        for par in (False, True):
-            pooled_n, route_n = conv_pool_int(src.astype(dt), _by_dtype(wq), geo, dt, par)
-            fb_n = conv_feedback_int(post.astype(dt), route_n, fq, geo, par)
-            assert np.array_equal(pooled_n, pooled_t.numpy()) and np.array_equal(route_n, route_t.numpy())
-            assert np.array_equal(fb_n, fb_t.numpy())
+    # product dtypes (float32 / float64 exact by the bound, int64), threaded and im2col variants
+    for dt, par, method in ((np.float32, False, "direct"), (np.float64, False, "direct"), (np.int64, False, "direct"),
+                            (np.float32, True, "direct"), (np.float32, False, "im2col")):
+        pooled_n, route_n = conv_pool_int(src.astype(dt), conv_operands(wq), geo, dt, par, method)
+        assert np.array_equal(pooled_n, pooled_t.numpy()) and np.array_equal(route_n, route_t.numpy())
+    for max_post, fdt, par in ((128, np.float32, False), (2**20, np.int32, False), (2**40, np.int64, False),
+                               (128, np.float32, True)):  # scatter operand types
+        fr = conv_feedback_operand(fq, max_post, q)
+        assert fr.dtype == fdt
+        assert np.array_equal(conv_feedback_int(post.astype(np.float32), route_n, fr, geo, par), fb_t.numpy())
     assert (route_n[:2] % Wc == 0).any()  # zero windows route to their top-left corner
 
 
-def _mnist(n=16):
+def _mnist(n=8):
     x, y = load_dataset("mnist", "test")
     return x[:n].astype(np.float64), y[:n].astype(np.int64)
 
@@ -80,7 +80,7 @@ def _net(update="async", channels=(4, 6), padding=0, seed=0, gain=2.0):
                                  update=update, init_gain=gain), seed=seed).double()
 
 
-def _assert_same(fp, x, y, *, n_steps=12, seed=3, step_offset=0):
+def _assert_same(fp, x, y, *, n_steps=10, seed=3, step_offset=0):
     """numba relax == torch mirror: free phase, then +beta and -beta from the free codes."""
     s0 = None
     out = []
