@@ -23,6 +23,10 @@ couplings and the biases become the fused accumulators above; any other Dense te
 coupling ``Dense(post=L-1, pre=INPUT)`` of ``SkipEqPropMLP``) becomes a :class:`TermContribution`,
 its own accumulator requantised with its own multiplier and added to ``p`` (static when it reads the
 input only: formed once per phase, like the drive). The update groups are ``net.schedule()``.
+A :class:`~models.conv.ConvPool` chain coupling (``ConvEqProp``) is lowered by :class:`ConvPoolInt`:
+``A_f = ovf(P(conv_int(c_pre, Wq)) + bq)`` pooled on the exact accumulator, feedback
+``A_b = ovf(convT_int(U(c_post), Fq))`` with ``U`` routed to each window's first maximum
+(``docs/hwsim_semantics.md``, "Convolutional couplings").
 
 Products are computed in float32 / float64 (BLAS, or numba loops for thin shapes) when a per-row
 bound proves every partial sum is an exact integer (``sum_i |Wq[j, i]| * max code <= 2**24`` resp.
@@ -713,6 +717,9 @@ class FixedPointMLP:
         cost: ``"mse"`` (nudging supported) or ``"ce"`` (free phase only).
         extra: :class:`TermContribution` s of terms beyond the chain (e.g. a skip coupling).
         groups: update groups (default :func:`models.engine.schedule_groups` of the node graph).
+        conv: per layer, a :class:`ConvGeometry` for a ConvPool chain coupling (then ``w_codes[i]`` is the
+            kernel ``(C_out, C_in, k, k)``, ``fb_codes[i-1]`` is ``(C_in, C_out, k, k)``; biases and
+            requantisation pairs are per unit) or None (dense).
     """
 
     def __init__(self, spec: HardwareSpec, w_codes, bias_codes, fwd_requant, fb_codes, fb_requant,

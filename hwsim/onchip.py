@@ -22,6 +22,12 @@ with stochastic rounding (counters ``(seed, step, tensor_id, flat index)``, ``te
 ``+lr (dPhi/dtheta(s^2) - dPhi/dtheta(s^1))``, i.e. a step against the EqProp gradient estimate
 ``-(dPhi/dtheta(s^2) - dPhi/dtheta(s^1)) / (b2 - b1)`` with ``1 / (B (b2 - b1))`` absorbed in the rate.
 
+A conv kernel (a ConvPool chain coupling, ``conv[i]`` set) gets the integer conv weight gradient:
+``P_W[co, ci, dy, dx] = sum_b sum_{units u of co} c^2_i[b, u] c^2_{i-1}[b, ci, r(u) + (dy, dx) - p] - (phase 1)``
+with ``r(u)`` the routed position of unit ``u`` (first maximum of the exact forward accumulator of the
+chip's current codes, per phase), and its node one bias register per channel (``P_b[co]`` sums the
+channel's units). numba (a scatter of the routed units) and torch (int64 unfold + bmm) agree bit for bit.
+
 Two independent implementations agree bit for bit: :func:`update_numba` (integer loops in numba,
 its own rounding and rng calls) and :func:`update_torch` (float64 BLAS products, exact because
 ``|P| < 2**53``, then :func:`quant.apply_update`).

@@ -13,6 +13,11 @@ Per layer ``l`` and sweep ``t`` (see the docs for the counters)::
     A_f = ovf(c_{l-1} @ Wq_l^T + bq_l);  A_b = ovf(c_{l+1} @ Fq_l^T)
     c_l = clamp(rq(A_f) + rq(A_b) [+ rq(beta * (t - c_out))], 0, code(1.0))
 
+A ConvPool layer (``fp.conv[i]`` set) forms ``A_f = ovf(P(Y) + bq)`` with ``Y`` the exact int64 conv
+(:func:`conv_int_t`, unfold + int64 matmul) pooled by :func:`pool_first_max_t` (first maximum in
+row-major order), and its feedback ``A_b = ovf(convT(U(c_post), Fq))`` by :func:`conv_feedback_t`
+(the routed map fully convolved with the flipped ``Fq``), independently of the numba kernels.
+
 For QAT (``models/qat.py``): :func:`torch_relax` is the reference its fake-quant forward must match
 in codes.
 
