@@ -166,3 +166,162 @@ def params_from_nir(graph: nir.NIRGraph) -> SpikingParams:
         raise ValueError(f"NIR edges differ from the EqProp graph: missing {sorted(expected - got)}, "
                          f"unexpected {sorted(got - expected)}")
     return SpikingParams(tuple(ws), tuple(bs), cfg)
+
+
+# ------------------------------------------------------------------------------------ conv nets
+CONV_FORMAT = "eqprop_hwsim.spiking_conv"
+POOL_OP = "max_pool_gated"
+UNPOOL_OP = "max_unpool_routed"
+
+
+def _conv_neuron(shape, cfg: SpikingConfig):
+    shape = tuple(int(s) for s in shape)
+    thr, zero = np.full(shape, cfg.v_threshold), np.zeros(shape)
+    if cfg.tau_mem_s is None:
+        return nir.IF(r=np.full(shape, 1.0 / cfg.dt_s), v_threshold=thr, v_reset=zero)
+    return nir.LIF(tau=np.full(shape, cfg.tau_mem_s), r=np.full(shape, cfg.tau_mem_s / cfg.dt_s), v_leak=zero,
+                   v_threshold=thr, v_reset=zero)
+
+
+def to_nir_conv(params) -> nir.NIRGraph:
+    """The spiking conv net (:class:`hwsim.spiking.conv.ConvSpikingParams`) as a NIR graph.
+
+    Feedforward: ``input -> conv0 (Conv2d W_0, b_0, padding p) -> pool0 -> if0 -> conv1 -> ... ->
+    if{L-1} -> flat -> fc (Affine) -> if_out -> output``. Feedback: ``if{i+1} -> unpool{i+1} ->
+    fbconv{i} -> if{i}`` (the transposed conv as a ``Conv2d`` of the flipped ``W_{i+1}^T`` with
+    padding ``k-1-p``) and ``if_out -> fb_out (Linear W_out^T) -> if{L-1}``.
+
+    NIR 1.0.8 has no max pooling with routing: ``pool{i}`` is a ``SumPool2d`` node (its window and
+    stride) whose ``metadata["eqprop_hwsim_op"] = "max_pool_gated"`` states the semantics (the pooled
+    neuron takes the conv current at the first argmax of each window's accumulated charge, see
+    :mod:`hwsim.spiking.conv`), and ``unpool{i}`` an opaque sub-graph with
+    ``metadata["eqprop_hwsim_op"] = "max_unpool_routed"`` and ``indices_from = "pool{i}"``. A generic
+    NIR consumer cannot run these two ops faithfully; the graph is therefore written without NIR's
+    type check (``type_check=False``) and :func:`params_from_nir_conv` checks the structure itself.
+    """
+    from hwsim.spiking.conv import ConvSpikingParams
+
+    if not isinstance(params, ConvSpikingParams):
+        raise ValueError(f"params must be ConvSpikingParams, got {type(params).__name__}")
+    cfg = params.config
+    L = len(params.convs)
+    nodes = {"input": nir.Input(input_type=np.array(params.convs[0].in_shape)),
+             "output": nir.Output(output_type=np.array([params.out_bias.shape[0]]))}
+    edges = []
+    src = "input"
+    for i, c in enumerate(params.convs):
+        k, q = c.weight.shape[-1], c.pool
+        nodes[f"conv{i}"] = nir.Conv2d(input_shape=tuple(c.in_shape[1:]), weight=c.weight.copy(), stride=1,
+                                       padding=int(c.padding), dilation=1, groups=1, bias=c.bias.copy())
+        nodes[f"pool{i}"] = nir.SumPool2d(kernel_size=np.array([q, q]), stride=np.array([q, q]), padding=np.array([0, 0]),
+                                          metadata={"eqprop_hwsim_op": POOL_OP,
+                                                    "select": "first argmax (row-major) of each window's accumulated charge"})
+        nodes[f"if{i}"] = _conv_neuron(c.out_shape, cfg)
+        edges += [(src, f"conv{i}"), (f"conv{i}", f"pool{i}"), (f"pool{i}", f"if{i}")]
+        src = f"if{i}"
+        if i > 0 and cfg.feedback != "none":
+            nodes[f"unpool{i}"] = nir.NIRGraph(
+                nodes={"input": nir.Input(np.array(c.out_shape)), "output": nir.Output(np.array([c.weight.shape[0], *c.conv_shape]))},
+                edges=[], type_check=False,
+                metadata={"eqprop_hwsim_op": UNPOOL_OP, "indices_from": f"pool{i}", "kernel_size": int(q)})
+            flipped = np.ascontiguousarray(c.weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+            nodes[f"fbconv{i - 1}"] = nir.Conv2d(input_shape=tuple(c.conv_shape), weight=flipped, stride=1,
+                                                 padding=int(k - 1 - c.padding), dilation=1, groups=1,
+                                                 bias=np.zeros(flipped.shape[0]))
+            edges += [(f"if{i}", f"unpool{i}"), (f"unpool{i}", f"fbconv{i - 1}"), (f"fbconv{i - 1}", f"if{i - 1}")]
+    last = params.convs[-1].out_shape
+    nodes["flat"] = nir.Flatten(input_type={"input": np.array(last)}, start_dim=0)
+    nodes["fc"] = nir.Affine(weight=params.out_weight.copy(), bias=params.out_bias.copy())
+    nodes["if_out"] = _conv_neuron((params.out_bias.shape[0],), cfg)
+    edges += [(src, "flat"), ("flat", "fc"), ("fc", "if_out"), ("if_out", "output")]
+    if cfg.feedback != "none":
+        nodes["fb_out"] = nir.Linear(weight=np.ascontiguousarray(params.out_weight.T),
+                                     metadata={"reshape_to": np.array(last)})
+        edges += [("if_out", "fb_out"), ("fb_out", f"if{L - 1}")]
+    meta = {k: ("none" if v is None else v) for k, v in cfg.to_dict().items()}
+    meta.update({"format": CONV_FORMAT, "n_conv": L})
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta, type_check=False)
+
+
+def write_nir_conv(path: str | os.PathLike, params, *, overwrite: bool = False) -> Path:
+    """Write :func:`to_nir_conv` of ``params`` to ``path`` (HDF5); never replaces a file unless ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ValueError(f"{path} exists; pass overwrite=True to replace it or choose another path")
+    nir.write(str(path), to_nir_conv(params))
+    return path
+
+
+def read_nir_conv(path: str | os.PathLike) -> nir.NIRGraph:
+    """Read a graph written by :func:`write_nir_conv` (NIR's type check off: custom pooling ops)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"NIR file {path} does not exist")
+    return nir.read(str(path), type_check=False)
+
+
+def params_from_nir_conv(graph: nir.NIRGraph):
+    """Rebuild :class:`hwsim.spiking.conv.ConvSpikingParams` from :func:`to_nir_conv`'s graph, checking
+    every node type, the pooling ops' metadata, the feedback kernels (flipped ``W^T``, padding
+    ``k-1-p``; ``fb_out == fc.weight.T``) and the edge set; ``ValueError`` naming the node otherwise."""
+    from hwsim.spiking.conv import ConvLayer, ConvSpikingParams
+
+    meta = {k: _scalar(v) for k, v in dict(graph.metadata).items()}
+    if meta.pop("format", None) != CONV_FORMAT:
+        raise ValueError(f"NIR graph was not written by exports.nir_export.to_nir_conv (metadata format != {CONV_FORMAT!r})")
+    L = int(meta.pop("n_conv"))
+    cfg_d = {k: (None if v == "none" else v) for k, v in meta.items()}
+    for k in _INT_KEYS:
+        cfg_d[k] = int(cfg_d[k])
+    for k in ("dt_s", "v_threshold") + (("tau_mem_s",) if cfg_d.get("tau_mem_s") is not None else ()):
+        cfg_d[k] = float(cfg_d[k])
+    cfg = SpikingConfig.from_dict(cfg_d)
+
+    def node(name, kind):
+        n = graph.nodes.get(name)
+        if not isinstance(n, kind):
+            raise ValueError(f"NIR node {name!r} is {type(n).__name__ if n is not None else 'missing'}, "
+                             f"expected {kind.__name__}")
+        return n
+
+    convs, shape = [], tuple(int(d) for d in np.asarray(node("input", nir.Input).input_type["input"]).ravel())
+    expected, src = set(), "input"
+    for i in range(L):
+        cv = node(f"conv{i}", nir.Conv2d)
+        pool = node(f"pool{i}", nir.SumPool2d)
+        if _scalar(pool.metadata.get("eqprop_hwsim_op")) != POOL_OP:
+            raise ValueError(f"NIR node 'pool{i}': metadata eqprop_hwsim_op != {POOL_OP!r} (a plain sum pool is not "
+                             "this network's gated max pooling)")
+        q = int(np.asarray(pool.kernel_size).ravel()[0])
+        pad = int(np.asarray(cv.padding).ravel()[0])
+        layer = ConvLayer(np.asarray(cv.weight, np.float64), np.asarray(cv.bias, np.float64), shape, pad, q)
+        want = nir.IF if cfg.tau_mem_s is None else nir.LIF
+        nrn = node(f"if{i}", want)
+        if _uniform(nrn.v_threshold, "v_threshold", f"if{i}") != cfg.v_threshold:
+            raise ValueError(f"NIR node 'if{i}': v_threshold differs from the graph metadata")
+        convs.append(layer)
+        expected |= {(src, f"conv{i}"), (f"conv{i}", f"pool{i}"), (f"pool{i}", f"if{i}")}
+        if i > 0 and cfg.feedback != "none":
+            un = node(f"unpool{i}", nir.NIRGraph)
+            if _scalar(un.metadata.get("eqprop_hwsim_op")) != UNPOOL_OP or _scalar(un.metadata.get("indices_from")) != f"pool{i}":
+                raise ValueError(f"NIR node 'unpool{i}': not the routed un-pooling of pool{i}")
+            fb = node(f"fbconv{i - 1}", nir.Conv2d)
+            k = layer.weight.shape[-1]
+            flipped = layer.weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
+            if not np.array_equal(np.asarray(fb.weight), flipped) or int(np.asarray(fb.padding).ravel()[0]) != k - 1 - pad:
+                raise ValueError(f"NIR node 'fbconv{i - 1}': not the transposed conv of conv{i} (flipped W^T, padding "
+                                 f"k-1-p = {k - 1 - pad}): EqProp needs symmetric feedback")
+            expected |= {(f"if{i}", f"unpool{i}"), (f"unpool{i}", f"fbconv{i - 1}"), (f"fbconv{i - 1}", f"if{i - 1}")}
+        shape, src = layer.out_shape, f"if{i}"
+    fc = node("fc", nir.Affine)
+    node("flat", nir.Flatten)
+    expected |= {(src, "flat"), ("flat", "fc"), ("fc", "if_out"), ("if_out", "output")}
+    if cfg.feedback != "none":
+        if not np.array_equal(np.asarray(node("fb_out", nir.Linear).weight), np.asarray(fc.weight).T):
+            raise ValueError("NIR node 'fb_out': feedback weight is not fc.weight.T")
+        expected |= {("if_out", "fb_out"), ("fb_out", f"if{L - 1}")}
+    got = {tuple(e) for e in graph.edges}
+    if got != expected:
+        raise ValueError(f"NIR edges differ from the conv EqProp graph: missing {sorted(expected - got)}, "
+                         f"unexpected {sorted(got - expected)}")
+    return ConvSpikingParams(tuple(convs), np.asarray(fc.weight, np.float64), np.asarray(fc.bias, np.float64), cfg)
