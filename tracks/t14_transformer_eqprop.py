@@ -249,7 +249,9 @@ def _plot(table, curves, ctx: TrackContext) -> str:
                 ax.plot([r["beta"] for r in sel], [np.log10(max(1 - r[stat], 1e-16)) for r in sel], ls, marker=mk,
                         label=f"vs {ref} ({stat[4:]})")
         ax.axhline(-3, color="k", lw=0.8, ls="--", label="cosine 0.999")
-        ax.set_xscale("log"); ax.set_xlabel("beta"); ax.set_ylabel("log10(1 - cosine), worst tensor")
+        if table:  # a run without the gradient part has nothing to put on the log axis
+            ax.set_xscale("log")
+        ax.set_xlabel("beta"); ax.set_ylabel("log10(1 - cosine), worst tensor")
         ax.legend(fontsize=7)
         ax = axes[0][1]
         for (seed, meth) in sorted({(r["seed"], r["method"]) for r in curves}):

@@ -19,6 +19,12 @@ def test_t14_passes_on_the_energy_path(tmp_path):
     assert (tmp_path / res.artifacts[0]).stat().st_size > 0
 
 
+def test_t14_accuracy_part_alone_reports(tmp_path):
+    res, crit = _run(tmp_path, parts=["accuracy"])
+    assert crit["eqprop_acc_margin"]["value"] is not None and not crit["cos_bptt_worst_margin"]["passed"]
+    assert (tmp_path / res.artifacts[0]).stat().st_size > 0
+
+
 def test_t14_fails_without_nudged_phase(tmp_path):
     _, crit = _run(tmp_path, skip_nudge=True, parts=["gradients"])
     assert not crit["cos_bptt_worst_margin"]["passed"] and not crit["cos_implicit_worst_margin"]["passed"]
