@@ -33,7 +33,7 @@ this CPU is run with ``--set`` overrides (stated subset, epochs, seeds); its fig
 in the README. Quick: gradients on the small net, and a ``1-8-16`` net on 1500 images for two epochs
 (batch 50) per data set, one seed, 1000 test images, with quick thresholds (MNIST >= 0.80,
 Fashion-MNIST >= 0.65, gap <= 10 pt). Measured 2026-11-30: 139 s wall under load 14 on the shared
-2-core machine (the 90 s aim holds on an idle one: the 4 trainings are ~90 % of it); MNIST EqProp
+2-core machine (over the 90 s aim there; not measured on an idle machine); MNIST EqProp
 0.868 / BP 0.810, Fashion-MNIST 0.716 / 0.691, worst-tensor cosine 1 - 2e-12 (beta 0.001).
 
 Settings: :class:`Config`. API-only override for the failure tests: ``skip_nudge=True`` contrasts the
