@@ -26,6 +26,13 @@ Metrics (stable names):
   (``key`` as in ``bytes_per_format``, ``form`` ``unrolled`` or ``loop``); ``rows``: the full table;
 * ``accuracy_<key>``: test accuracy of the ``Loop`` graph's predictions.
 
+Conv (issue 12): the small conv EqProp net of :mod:`tracks.shared.conv_small` (MNIST 14x14, 1-8-16 3x3,
+trained by EqProp in seconds) through the same formats and forms -- ``conv_int_graph_mismatches``
+(``ConvInteger`` / integer window pooling with the first-max ``ArgMax`` vs FixedPointMLP's integer
+ConvPool, criterion 0), ``conv_qdq_argmax_agreement`` (>= 99.9 %) and ``conv_qdq_max_out_lsb`` (<= 1)
+vs ``models.qat``'s fake-quant conv, ``conv_float_graph_passed``, ``conv_accuracy_<key>``;
+``conv_export_seed`` exports the graphs of another (untrained) conv net (the broken path of the tests).
+
 Settings: :class:`T41Config` (``QUICK`` / ``FULL``): ``checkpoint`` (path of a trained EqPropMLP to use
 instead of training), ``hidden``, ``n_train``, ``epochs``, ``n_test``, ``n_steps`` (T),
 ``presets`` (integer presets), ``int_rounding`` (build the integer graphs with this rounding
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +77,10 @@ SPEC = TrackSpec(
         Criterion("qdq_argmax_agreement", ">=", V.QDQ_MIN_ARGMAX),
         Criterion("qdq_max_out_lsb", "<=", V.QDQ_MAX_LSB),
         Criterion("float_graph_passed", "==", 1.0),
+        Criterion("conv_int_graph_mismatches", "==", 0),
+        Criterion("conv_qdq_argmax_agreement", ">=", V.QDQ_MIN_ARGMAX),
+        Criterion("conv_qdq_max_out_lsb", "<=", 1.0),
+        Criterion("conv_float_graph_passed", "==", 1.0),
     ),
     est_seconds_full=400.0,   # measured 808 s wall at load average 20 on 2 cores (user CPU ~4 min)
     est_seconds_quick=60.0,   # measured 173 s wall at load average 16 (55 s user CPU)
@@ -89,6 +101,12 @@ class T41Config:
     presets: tuple[str, ...] = PRESETS
     checkpoint: str | None = None     # trained EqPropMLP checkpoint to use instead of training
     int_rounding: str | None = None   # integer graphs built with this rounding (the broken path)
+    conv: bool = True                 # also export the small conv EqProp net (conv_ metrics)
+    conv_channels: tuple[int, ...] = (8, 16)
+    conv_n_train: int = 3000          # training images of the conv net (MNIST 14x14)
+    conv_epochs: int = 2
+    conv_n_test: int = 10_000
+    conv_export_seed: int | None = None   # export graphs of another (untrained) conv net: the broken path
 
     def __post_init__(self) -> None:
         for f in ("hidden", "n_train", "epochs", "n_steps"):
@@ -99,12 +117,18 @@ class T41Config:
                              "n_test in [1, 10000], n_train in [1, 60000]")
         if self.checkpoint is not None:
             check_eqprop_checkpoint(self.checkpoint)
+        if self.conv and (self.conv_n_train < 0 or self.conv_epochs < 0 or not 1 <= self.conv_n_test <= 10000
+                          or not self.conv_channels or min(self.conv_channels) < 1):
+            raise ValueError(f"conv_n_train={self.conv_n_train}, conv_epochs={self.conv_epochs}, conv_n_test="
+                             f"{self.conv_n_test}, conv_channels={self.conv_channels}: need counts >= 0, n_test in "
+                             "[1, 10000] and positive channels")
         if not self.presets or any(p not in PRESETS for p in self.presets):
             raise ValueError(f"presets={list(self.presets)} is invalid; allowed: a non-empty subset of {list(PRESETS)}")
 
 
 FULL = T41Config()
-QUICK = T41Config(hidden=64, n_train=6000, epochs=1, n_test=1000, n_steps=30)
+QUICK = T41Config(hidden=64, n_train=6000, epochs=1, n_test=1000, n_steps=30, conv_n_train=1500, conv_epochs=1,
+                  conv_n_test=1000)
 
 
 def _config(ctx: TrackContext) -> T41Config:
@@ -219,8 +243,77 @@ def run(ctx: TrackContext) -> TrackResult:
             metrics[f"bytes_int_graph_{p}"] = bytes_per_format[f"int_{p}"]
     if int_rounding is not None:
         notes.append(f"integer graphs built with rounding={int_rounding!r} instead of the spec's (override)")
+    if cfg.conv:
+        conv_metrics, conv_rows, conv_notes = _conv_section(ctx, cfg, seed, out)
+        metrics.update(conv_metrics)
+        metrics["conv_rows"] = conv_rows
+        notes += conv_notes
     artifacts = [_plot(rows, ctx)]
     return TrackResult(metrics=metrics, artifacts=artifacts, notes=notes)
+
+
+def _conv_section(ctx: TrackContext, cfg: T41Config, seed: int, out: Path) -> tuple[dict, list, list]:
+    """The small conv EqProp net (``tracks.shared.conv_small``) through the same formats and forms:
+    ``conv_int_graph_mismatches`` (ConvInteger / integer window pooling vs FixedPointMLP's integer
+    ConvPool), ``conv_qdq_argmax_agreement`` / ``conv_qdq_max_out_lsb`` (vs ``models.qat``'s fake-quant
+    conv), ``conv_float_graph_passed``; ``conv_accuracy_<key>`` of the Loop graphs."""
+    from models.conv import ConvEqProp
+
+    from .shared.conv_small import DATA_VARIANT, test_images, train_small_conv
+
+    t0 = time.time()
+    net, origin = train_small_conv(ctx.data_dir, n_train=cfg.conv_n_train, epochs=cfg.conv_epochs, seed=seed,
+                                   channels=cfg.conv_channels)
+    xt, yt = test_images(ctx.data_dir, cfg.conv_n_test)
+    exported = net if cfg.conv_export_seed is None else ConvEqProp(net.config, seed=cfg.conv_export_seed).eval()
+    notes = [f"conv: {origin}; T = {cfg.n_steps}; {len(xt)} test images ({DATA_VARIANT})"]
+    if cfg.conv_export_seed is not None:
+        notes.append(f"conv graphs exported from an untrained net (seed {cfg.conv_export_seed}): a broken export")
+    jobs = [("float", "fp32", "float")] + [(f"qdq_{p}", p, "qdq") for p in cfg.presets] + \
+           [(f"int_{p}", p, "int") for p in cfg.presets]
+    rows, m = [], {}
+    mism, failed, agree, lsb, float_ok = 0, False, [], [], True
+    for key, preset, fmt in jobs:
+        spec = get_preset(preset)
+        ref = _reference(net, spec, fmt, xt, cfg.n_steps)
+        for form in FORMS:
+            path = out / f"conv_{key}_{form}_T{cfg.n_steps}.onnx"
+            row = {"format": f"conv_{key}", "preset": preset, "form": form, "file": str(path.relative_to(ctx.out_dir))}
+            try:
+                _export(exported, spec, fmt, form, cfg.n_steps, path, cfg.int_rounding)
+                row["bytes"] = V.file_bytes(path)
+                if fmt == "float":
+                    r = V.verify_float(net, path, xt, reference=ref)
+                    float_ok &= r["passed"]
+                elif fmt == "qdq":
+                    r = V.verify_qdq(net, path, xt, reference=ref)
+                    agree.append(r["argmax_agreement"])
+                    lsb.append(r["max_out_lsb"])
+                else:
+                    r = V.verify_int(ref[3], path, ref[4], reference=ref[:3])
+                    mism += r["int_graph_mismatches"]
+                row.update({k: v for k, v in r.items() if k != "format"})
+                row["ort_ran"] = True
+                if form == "loop":
+                    m[f"conv_accuracy_{key}"] = _accuracy(path, fmt, ref[3] if fmt == "int" else net, xt, yt)
+            except Exception as e:  # a graph onnxruntime cannot build or run is a finding
+                log.exception("conv %s (%s) failed", key, form)
+                row.update({"ort_ran": False, "error": f"{type(e).__name__}: {e}"})
+                notes.append(f"conv {key} {form}: {type(e).__name__}: {e}")
+                failed |= fmt == "int"
+                float_ok &= fmt != "float"
+                if fmt == "qdq":
+                    agree.append(float("nan"))
+            rows.append(row)
+    m.update({
+        "conv_int_graph_mismatches": float("nan") if failed else int(mism),
+        "conv_qdq_argmax_agreement": float(min(agree)) if agree else float("nan"),
+        "conv_qdq_max_out_lsb": float(max(lsb)) if lsb else float("nan"),
+        "conv_float_graph_passed": 1.0 if float_ok else 0.0,
+        "conv_n_test": int(len(xt)),
+        "conv_seconds": time.time() - t0,
+    })
+    return m, rows, notes
 
 
 def _reference(net, spec, fmt: str, xt: np.ndarray, n_steps: int):
@@ -238,7 +331,11 @@ def _reference(net, spec, fmt: str, xt: np.ndarray, n_steps: int):
 def _accuracy(path: Path, fmt: str, net, xt, yt) -> float:
     """Test accuracy of an exported graph's predictions (onnxruntime)."""
     sess, _ = V.make_session(path)
-    x = FixedPointMLP.from_model(net, V._meta(path, "int")["spec"]).quantize_input(xt) if fmt == "int" else xt
+    if fmt == "int":
+        fp = net if isinstance(net, FixedPointMLP) else FixedPointMLP.from_model(net, V._meta(path, "int")["spec"])
+        x = fp.quantize_input(xt)
+    else:
+        x = xt
     _, pred, _ = V.run_session(sess, np.asarray(x), 1000)
     return float((pred == yt).mean())
 

@@ -10,7 +10,8 @@ from tracks.harness.base import TrackContext, evaluate
 # int8 only: its QDQ graph matched the fake-quant path code for code in every run we measured, while
 # int4/ternary QDQ graphs of a barely trained tiny net flip an argmax tie now and then (see
 # exports.verify); their formats are covered by tests/exports.
-SMALL = {"hidden": 24, "n_train": 600, "epochs": 1, "n_test": 200, "n_steps": 8, "presets": ("int8",)}
+SMALL = {"hidden": 24, "n_train": 600, "epochs": 1, "n_test": 200, "n_steps": 8, "presets": ("int8",),
+         "conv_channels": (4, 8), "conv_n_train": 300, "conv_epochs": 1, "conv_n_test": 200}
 
 
 def _ctx(tmp_path, **overrides):
@@ -36,6 +37,10 @@ def test_t41_passes_and_reports(tmp_path):
     assert len(m["rows"]) == len(keys) * 2 and all(r["ort_ran"] for r in m["rows"])
     for r in m["rows"]:
         assert (tmp_path / r["file"]).stat().st_size == r["bytes"]
+    assert m["conv_int_graph_mismatches"] == 0 and m["conv_qdq_argmax_agreement"] >= 0.999
+    assert m["conv_qdq_max_out_lsb"] <= 1 and m["conv_float_graph_passed"] == 1.0 and m["conv_n_test"] == 200
+    assert {r["format"] for r in m["conv_rows"]} == {"conv_float", "conv_qdq_int8", "conv_int_int8"}
+    assert all(r["ort_ran"] for r in m["conv_rows"]) and 0.0 <= m["conv_accuracy_int_int8"] <= 1.0
     assert res.artifacts == ["plots/t41_onnx_formats.png"]
     assert (tmp_path / res.artifacts[0]).stat().st_size > 0
 
@@ -47,7 +52,18 @@ def test_t41_fails_when_integer_graph_rounds_differently(tmp_path):
     assert not passed
     assert res.metrics["int_graph_mismatches"] > 0
     failed = {c["metric"] for c in crit if not c["passed"]}
-    assert failed == {"int_graph_mismatches"}
+    assert failed == {"int_graph_mismatches", "conv_int_graph_mismatches"}
+
+
+def test_t41_conv_criteria_fail_when_the_conv_graphs_come_from_other_weights(tmp_path):
+    """Conv graphs exported from an untrained net: the conv float, QDQ and integer criteria all fail,
+    the MLP ones still pass (each conv path is really compared with its mirror)."""
+    res = t41.run(_ctx(tmp_path, conv_export_seed=7))
+    passed, crit = evaluate(t41.SPEC, res)
+    failed = {c["metric"] for c in crit if not c["passed"]}
+    assert not passed and {"conv_int_graph_mismatches", "conv_qdq_argmax_agreement",
+                           "conv_float_graph_passed"} <= failed and not failed & {"int_graph_mismatches",
+                                                                                  "float_graph_passed"}
 
 
 def test_t41_rejects_unknown_override(tmp_path):
