@@ -23,7 +23,7 @@ Variants (one machine with 2 shared cores; measured 2026-11-29, 1 torch thread: 
 * ``REDUCED`` (what the README figure is measured with, ``--set`` the fields below on the full
   variant, see README "Measured figures"): d=64, 10k training images, 1 epoch, 3 seeds, full test set:
   EqProp 85.88 % +- 1.64, BPTT 85.54 % +- 1.32 (target 97 % missed; within 1 pt of BP); about 20 min
-  per seed under the load of 2026-11-29 (~4 min per seed on an idle core).
+  per seed under the load of 2026-11-29 (about 3 min per seed on an idle core).
 * ``QUICK`` (< 60 s): 2 batches of 8 images, betas 0.1 and 0.001 only; d=32, 2000 training images,
   1 epoch, 1000 test images, one seed.
 
