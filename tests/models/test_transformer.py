@@ -113,3 +113,27 @@ def test_broken_paths_fail():
     s, _ = ok.free_phase(x, n_steps=400, tol=1e-13)
     g0 = ok.contrast(x, s, s, -1e-3, 1e-3)
     assert all(float(v.abs().max()) == 0.0 for v in g0.values())
+
+
+def test_anderson_and_damped_solvers_reach_the_same_fixed_point():
+    x, _ = _batch()
+    ref, info = _net(seed=3).free_phase(x, n_steps=500, tol=1e-12)
+    assert bool(info.converged.all())
+    for kw in (dict(method="anderson"), dict(damping=0.5)):
+        s, inf = _net(seed=3, **kw).free_phase(x, n_steps=500, tol=1e-12)
+        assert bool(inf.converged.all()), kw
+        torch.testing.assert_close(s[-1], ref[-1], rtol=0, atol=1e-9)
+    s, steps = _net(seed=3).relax_early_exit(x, eps=1e-6, max_steps=500)
+    assert int(steps.max()) < 500 and bool((steps >= 1).all())
+    torch.testing.assert_close(s[-1], ref[-1], rtol=0, atol=1e-5)
+
+
+def test_config_validation_and_round_trip():
+    cfg = TransformerConfig(d_model=12, n_heads=3, n_blocks=4, n_unique=2)
+    assert TransformerConfig.from_dict(cfg.to_dict()) == cfg
+    for bad in (dict(d_model=10, n_heads=3), dict(n_blocks=2, n_unique=3), dict(damping=1.0), dict(tokens="pixels"),
+                dict(method="newton"), dict(max_norm=0.0)):
+        with pytest.raises(ValueError):
+            TransformerConfig(**bad)
+    with pytest.raises(ValueError, match="unknown keys"):
+        TransformerConfig.from_dict({"d_modle": 8})
