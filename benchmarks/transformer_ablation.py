@@ -7,7 +7,8 @@ EqProp from the same seed on the same images and measured the same way:
 * tokens: 16 patches of 7x7 (base) vs 28 rows of 28 pixels;
 * ``beta`` in {0.01, 0.05, 0.1, 0.2}; step ``alpha = 1 - damping`` in {0.5, 0.7, 0.9, 1.0};
   solver fixed point vs Anderson; depth ``L`` in {1, 2, 3, 4} (independent blocks); ``L = 4`` with 2
-  unique parameter sets (tied pairs); ``L = 1`` with twice the free sweeps (iterations vs blocks);
+  unique parameter sets (tied pairs); the input injected into every block (``inject="all"``) at
+  ``L`` = 2, 4 and 4 tied; ``L = 1`` with twice the free sweeps (iterations vs blocks);
 * the plan's shapes 1x256, 2x128, 4x64, 4 (2 unique) x128, scaled by ``--width-scale`` (default 1/4:
   1x64, 2x32, 4x16, 4 (2 unique) x32) to fit a 2-core machine.
 
@@ -51,6 +52,8 @@ def grid(d: int, width_scale: float) -> list[tuple[str, str, dict, dict]]:
     runs += [("solver", "anderson", {"method": "anderson"}, {})]
     runs += [("depth", f"L={L}", {"n_blocks": L}, {}) for L in (2, 3, 4)]
     runs += [("tied", "L=4 tied pairs", {"n_blocks": 4, "n_unique": 2}, {})]
+    runs += [("inject", f"L={L} inject all", {"n_blocks": L, "inject": "all"}, {}) for L in (2, 4)]
+    runs += [("inject", "L=4 tied pairs inject all", {"n_blocks": 4, "n_unique": 2, "inject": "all"}, {})]
     runs += [("iterations", "L=1 2x sweeps", {}, {"n_free_steps": 40, "n_nudge_steps": 20})]
 
     def w(x):

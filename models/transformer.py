@@ -367,6 +367,9 @@ class TransformerConfig:
             inside the box, so no output unit is stuck at a clamp; with ``"hard_sigmoid"`` [0, 1] the
             units below 0 get no gradient and training stalled (measured: 61-66 % after one epoch of
             4000 images; all outputs collapsed to 0 with the readout bias started at 0.5).
+        inject: input injection (the shared :class:`TokenEmbed`) into the ``"first"`` block only or
+            into ``"all"`` blocks (DEQ style; deep chains with injection into the first block only did
+            not train within the ablation's budget).
         update: ``"async"`` (colouring) or ``"sync"``.
     """
 
@@ -386,6 +389,7 @@ class TransformerConfig:
     key_side: bool = True
     max_norm: float | None = 1.0
     out_activation: str = "hard_tanh"
+    inject: str = "first"
     update: str = "async"
 
     def __post_init__(self) -> None:
@@ -404,6 +408,8 @@ class TransformerConfig:
             raise ValueError(f"TransformerConfig.method={self.method!r}; allowed: {sorted(SOLVERS)}")
         if self.cost not in COSTS:
             raise ValueError(f"TransformerConfig.cost={self.cost!r}; allowed: {COSTS}")
+        if self.inject not in ("first", "all"):
+            raise ValueError(f"TransformerConfig.inject={self.inject!r}; allowed: ('first', 'all')")
         if self.max_norm is not None and not self.max_norm > 0:
             raise ValueError(f"TransformerConfig.max_norm={self.max_norm} must be > 0 or None")
         if self.attn_beta is not None and not self.attn_beta > 0:
@@ -453,9 +459,11 @@ class EnergyTransformer(EnergyModel, nn.Module):
         self.readout = nn.Linear(n * d, cfg.n_out)
         beta_a = cfg.attn_beta or 1.0 / math.sqrt(d // cfg.n_heads)
         self.nodes = [Node(n * d, "hard_tanh", (n, d)) for _ in range(cfg.n_blocks)] + [Node(cfg.n_out, cfg.out_activation)]
-        self.terms = [TokenEmbed(0, "embed.weight", "embed.bias", "pos", (ph, pw))]
+        self.terms = []
         for l in range(cfg.n_blocks):
             k = f"blocks.{l % n_unique}"
+            if l == 0 or cfg.inject == "all":
+                self.terms.append(TokenEmbed(l, "embed.weight", "embed.bias", "pos", (ph, pw)))
             if l > 0:
                 self.terms.append(TokenLinear(l, l - 1, f"links.{(l - 1) % n_links}", n, d))
             self.terms += [LSEAttention(l, f"{k}.wq", f"{k}.wk", n, d, cfg.n_heads, beta_a, cfg.key_side),

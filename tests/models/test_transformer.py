@@ -21,8 +21,9 @@ def _batch(b=4, seed=0):
     return torch.rand(b, 784, generator=g, dtype=torch.float64), torch.randint(0, 10, (b,), generator=g)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(tokens="rows"), dict(n_blocks=3), dict(n_blocks=4, n_unique=2)],
-                         ids=["patch7", "rows", "3blocks", "tied_pairs"])
+@pytest.mark.parametrize("kw", [dict(), dict(tokens="rows"), dict(n_blocks=3), dict(n_blocks=4, n_unique=2),
+                                dict(n_blocks=3, inject="all")],
+                         ids=["patch7", "rows", "3blocks", "tied_pairs", "inject_all"])
 def test_float_kernels_equal_autograd_of_phi(kw):
     """Every node's pre-activation from the kernels == autograd dPhi/ds_i; dPhi/dtheta likewise."""
     net = _net(**kw)
