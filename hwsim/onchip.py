@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from models.energy import INPUT
+from models.progress import progress as progress_bar
 from models.engine import NUDGINGS, UnsupportedError, beta_span, check_nudging, run_phases, steps_per_update
 from quant import HardwareSpec, apply_update, hidden_to_code, ops, rng
 from quant.numba_ops import requant
@@ -711,7 +712,6 @@ def train_onchip(fp_model, x, y, *, epochs: int, batch_size: int, beta: float, s
         ``{"model": final FixedPointMLP, "state": OnChipState, "train_acc": [per epoch, free phase
         before each update], "val_acc": [per epoch], "layer_specs": [...], "n_updates": int}``.
     """
-    from tqdm.auto import tqdm
 
     check_update_spec(fp_model.spec)
     x = np.asarray(x)
@@ -736,7 +736,7 @@ def train_onchip(fp_model, x, y, *, epochs: int, batch_size: int, beta: float, s
     hist = {"train_acc": [], "val_acc": [], "layer_specs": [s.update.to_dict() for s in state.layer_specs]}
     step = 0
     fp = fp_model
-    bar = tqdm(total=epochs * n_batches, disable=not progress, desc=f"on-chip {fp_model.spec.name}")
+    bar = progress_bar(total=epochs * n_batches, enabled=progress, desc=f"on-chip {fp_model.spec.name}")
     for epoch in range(epochs):
         perm = rs.permutation(n)
         correct = 0

@@ -55,13 +55,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from quant import (FixedPoint, HardwareSpec, bias_codes, bias_lsb, fake_quant_state, fake_quant_weights,
                    quantize_weights)
 
 from .conv import ConvEqProp, ConvPool
 from .energy import INPUT, Bias, Dense
+from .progress import progress as progress_bar
 from .engine import Phases, UnsupportedError, check_nudging, require_kernels, run_phases
 from .eqprop_mlp import EqPropConfig, EqPropMLP, rho  # noqa: F401  (EqPropConfig for doctest)
 from .solvers import RelaxInfo, State, relax
@@ -433,7 +433,8 @@ def train_qat(net: EqPropMLP, x, y, spec: HardwareSpec, cfg: QATConfig | None = 
         y: integer labels ``(N,)``.
         spec: hardware spec (``fp32``: plain float EqProp).
         cfg: hyper-parameters (:class:`QATConfig`).
-        progress: show a tqdm bar over batches.
+        progress: show progress over batches (:func:`models.progress.progress`: a bar on a terminal,
+            periodic lines in a log).
 
     Returns:
         ``{"loss": [mean cost of the free phase per batch], "train_acc": [per epoch]}``.
@@ -454,7 +455,7 @@ def train_qat(net: EqPropMLP, x, y, spec: HardwareSpec, cfg: QATConfig | None = 
     n = x.shape[0]
     n_batches = (n + cfg.batch_size - 1) // cfg.batch_size
     hist: dict[str, Any] = {"loss": [], "train_acc": []}
-    bar = tqdm(total=cfg.epochs * n_batches, disable=not progress, desc=f"QAT {spec.name}")
+    bar = progress_bar(total=cfg.epochs * n_batches, enabled=progress, desc=f"QAT {spec.name}")
     for epoch in range(cfg.epochs):
         perm = torch.randperm(n, generator=gen)
         correct = 0
