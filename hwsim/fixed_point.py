@@ -499,6 +499,35 @@ def conv_pool_int(src: np.ndarray, wq_by_dtype: dict, geo: ConvGeometry, dtype, 
     return _conv_kernel("pool", parallel)(Y, B, geo.c_out, Hc, Wc, geo.pool)
 
 
+class _RowMemo:
+    """Per-sample reuse of a row-wise pure function of integer operands: ``get(keys, fn)`` returns
+    ``fn(*keys)`` (a tuple of arrays with one row per sample), recomputing only the rows where some key
+    differs from the previous call's (the previous arrays are kept by reference; states are never
+    modified in place). Exact: the values are integers determined by the operand rows."""
+
+    def __init__(self):
+        self.keys, self.vals = None, None
+
+    def get(self, keys: tuple, fn):
+        old = self.keys
+        if old is not None and all(a is b for a, b in zip(keys, old)):
+            return self.vals
+        if old is not None and all(a.shape == b.shape for a, b in zip(keys, old)):
+            changed = np.zeros(len(keys[0]), dtype=bool)
+            for a, b in zip(keys, old):
+                changed |= (a != b).any(axis=1)
+            rows = np.flatnonzero(changed)
+            if len(rows) < len(changed):
+                vals = tuple(v.copy() for v in self.vals)
+                if len(rows):
+                    for v, nv in zip(vals, fn(*(a[rows] for a in keys))):
+                        v[rows] = nv
+                self.keys, self.vals = keys, vals
+                return vals
+        self.keys, self.vals = keys, fn(*keys)
+        return self.vals
+
+
 def conv_operands(w: np.ndarray) -> dict:
     """Forward kernel codes laid out for :func:`conv_pool_int`, per product dtype: ``{dtype: (Wq, Wq as
     (C_in*k*k, C_out))}`` (im2col) and ``{("direct", dtype): Wq as (k, k, C_in, C_out)}``."""
@@ -953,21 +982,26 @@ class FixedPointMLP:
         xmax = int(np.abs(x).max(initial=0))
         ddt = exact_dtype(self._fwd_rowsum[0] * xmax)
         log.debug("exact products: drive in %s, hidden products in %s", ddt.__name__, sdt.__name__)
-        conv_cache: dict = {}  # conv layer i -> (the source array object, its routing); reused while unchanged
+        # conv products are exact integers of their operands: a sample whose operands did not change
+        # keeps its pooled accumulator, routing and feedback accumulator (_RowMemo), bit for bit
+        conv_memo: dict = {}
+
+        def fwd_pooled(i: int, src_arr, dt, parallel: bool):
+            memo = conv_memo.setdefault(("fwd", i), _RowMemo())
+            return memo.get((src_arr,), lambda a: conv_pool_int(a, self._fwd_t[i], self.conv[i], dt, parallel))
 
         def fwd_acc(i: int, src_arr, dt, parallel: bool):
-            g = self.conv[i]
-            if g is None:
+            if self.conv[i] is None:
                 return exact_matmul(src_arr, self._fwd_t[i], dt, parallel)
-            acc, route = conv_pool_int(src_arr, self._fwd_t[i], g, dt, parallel)
-            conv_cache[i] = (src_arr, route)
-            return acc
+            return fwd_pooled(i, src_arr, dt, parallel)[0]
 
         def conv_route(i: int, src_arr, parallel: bool):
-            hit = conv_cache.get(i)
-            if hit is None or hit[0] is not src_arr:
-                conv_cache[i] = (src_arr, conv_pool_int(src_arr, self._fwd_t[i], self.conv[i], sdt, parallel)[1])
-            return conv_cache[i][1]
+            return fwd_pooled(i, src_arr, sdt, parallel)[1]
+
+        def conv_fb(i: int, post, route, parallel: bool):
+            memo = conv_memo.setdefault(("fb", i), _RowMemo())
+            return memo.get((post, route), lambda p_, r_: (
+                conv_feedback_int(p_, r_, self._fb_conv[i], self.conv[i + 1], parallel),))[0]
 
         drive = fwd_acc(0, x, ddt, False)  # (B, n_0), computed once per phase
         det = rmode != 2
@@ -1021,8 +1055,7 @@ class FixedPointMLP:
                 acc_b = dummy
             elif self.conv[i + 1] is not None:
                 p_ = par(self.sizes[i + 1])
-                acc_b = conv_feedback_int(src[i + 1], conv_route(i + 1, src[i], p_), self._fb_conv[i],
-                                          self.conv[i + 1], p_)
+                acc_b = conv_fb(i, src[i + 1], conv_route(i + 1, src[i], p_), p_)
             else:
                 acc_b = exact_matmul(src[i + 1], self._fb_t[i], sdt, par(self.sizes[i + 1]))
             mb, sb = self.fb_requant[i] if has_fb else self.fwd_requant[i]
