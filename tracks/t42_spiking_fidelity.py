@@ -64,6 +64,9 @@ SPEC = TrackSpec(
         Criterion("rate_state_corr_t64", ">=", 0.99),
         Criterion("rate_state_mae_t64", "<=", 0.015),
         Criterion("float_acc", ">=", 0.8),
+        Criterion("conv_snntorch_brian2_agreement", ">=", 0.99),
+        Criterion("conv_acc_gap_t64", "<=", 0.01),
+        Criterion("conv_nir_round_trip_exact", "==", 1.0),
     ),
     est_seconds_full=400.0,
     est_seconds_quick=40.0,
@@ -89,6 +92,17 @@ class T42Config:
     model: Any = None             # API only: a trained EqPropMLP (skips training)
     snn_transform: Callable | None = None     # API only: SpikingParams -> SpikingParams (snntorch path)
     brian2_transform: Callable | None = None  # API only: SpikingParams -> SpikingParams (Brian2)
+    conv: bool = True             # also run the small conv EqProp net as a spiking network (conv_ metrics)
+    conv_channels: tuple[int, ...] = (8, 16)
+    conv_n_train: int = 3000      # training images of the conv net (MNIST 14x14)
+    conv_epochs: int = 2
+    conv_n_test: int = 10000
+    conv_n_brian: int = 3         # test images of the conv net simulated in Brian2
+    conv_steps: tuple[int, ...] = (16, 32, 64)
+    conv_model: Any = None        # API only: a trained ConvEqProp (skips training)
+    conv_snn_transform: Callable | None = None     # API only: ConvSpikingParams -> ConvSpikingParams (snntorch)
+    conv_brian2_transform: Callable | None = None  # API only: the same for the Brian2 path
+    conv_nir_transform: Callable | None = None     # API only: nir.NIRGraph -> nir.NIRGraph before the read-back
 
     def __post_init__(self) -> None:
         for f in ("n_train", "n_test", "n_brian", "hidden", "epochs"):
@@ -103,7 +117,8 @@ class T42Config:
                              "(the criterion is measured at T=64)")
 
 
-QUICK = T42Config(n_train=5000, n_test=500, n_brian=2, hidden=64, epochs=2)
+QUICK = T42Config(n_train=5000, n_test=500, n_brian=2, hidden=64, epochs=2, conv_n_train=3000, conv_epochs=2,
+                  conv_n_test=500, conv_n_brian=1)
 FULL = T42Config(n_train=10000, n_test=10000, n_brian=10, hidden=128, epochs=3)  # measured: 333 s CPU
 
 
@@ -239,8 +254,96 @@ def run(ctx: TrackContext) -> TrackResult:
         f"energy: {energy['pj_per_synop']} pJ per synop (fp32 add) vs {energy['pj_per_mac']} pJ per MAC "
         f"(fp32 mult + add), {energy['source']}; weight fetches not included",
     ]
+    if cfg.conv:
+        conv_metrics, conv_notes = _conv_section(ctx, cfg, seed)
+        metrics.update(conv_metrics)
+        notes += conv_notes
     artifacts = [_plot(ctx, table, float_acc, mae_ff)]
     return TrackResult(metrics=metrics, artifacts=artifacts, notes=notes)
+
+
+def _conv_section(ctx: TrackContext, cfg: T42Config, seed: int) -> tuple[dict[str, Any], list[str]]:
+    """The small conv EqProp net (:mod:`tracks.shared.conv_small`) as a spiking network
+    (:mod:`hwsim.spiking.conv`: pooling gate from the accumulated conv charge, routed conv feedback):
+    accuracy vs float for each ``T`` in ``conv_steps``, ``conv_acc_gap_t64 = float - spiking`` (and
+    its absolute value), Brian2 agreement on ``conv_n_brian`` images, NIR round trip (write, read
+    back, identical parameters and identical snntorch spike counts), rates vs the float states."""
+    import tempfile
+
+    from exports.nir_export import params_from_nir_conv, read_nir_conv, to_nir_conv
+    from hwsim.spiking.conv import ConvSpikingParams, conv_synops_per_sample, run_brian2_conv, run_snntorch_conv
+    from models.conv import ConvEqProp
+
+    from .shared.conv_small import DATA_VARIANT, test_images, train_small_conv
+
+    t0 = time.time()
+    if cfg.conv_model is not None:
+        if not isinstance(cfg.conv_model, ConvEqProp):
+            raise ValueError(f"conv_model is a {type(cfg.conv_model).__name__}; allowed: a ConvEqProp")
+        net, origin = cfg.conv_model, "conv model given through the config"
+    else:
+        net, origin = train_small_conv(ctx.data_dir, n_train=cfg.conv_n_train, epochs=cfg.conv_epochs, seed=seed,
+                                       channels=cfg.conv_channels)
+    net = copy.deepcopy(net).double().eval()
+    snn_tf = cfg.conv_snn_transform or (lambda p: p)
+    b2_tf = cfg.conv_brian2_transform or (lambda p: p)
+    x, y = test_images(ctx.data_dir, cfg.conv_n_test)
+    x = x.astype(np.float64)
+    with torch.no_grad():
+        states, _ = net.free_phase(torch.from_numpy(x), n_steps=FLOAT_STEPS)
+    states = [s_.numpy() for s_ in states]
+    float_acc = float((states[-1].argmax(1) == y).mean())
+    m: dict[str, Any] = {"conv_float_acc": float_acc}
+    rec64 = None
+    for T in sorted(set(cfg.conv_steps) | {64}):
+        rec = run_snntorch_conv(snn_tf(ConvSpikingParams.from_model(net, SpikingConfig(n_steps=T))), x)
+        m[f"conv_snn_acc_t{T}"] = float((rec.predict() == y).mean())
+        if T == 64:
+            rec64 = rec
+    m["conv_acc_gap_t64"] = float_acc - m["conv_snn_acc_t64"]
+    m["conv_abs_acc_gap_t64"] = abs(m["conv_acc_gap_t64"])
+    m["conv_best_acc_gap_t_le_64"] = min(float_acc - m[f"conv_snn_acc_t{T}"] for T in cfg.conv_steps if T <= 64)
+    m["conv_rate_state_mae_t64"] = float(np.mean([np.abs(r - s_).mean() for r, s_ in zip(rec64.rates(), states)]))
+    p64 = ConvSpikingParams.from_model(net, SpikingConfig(n_steps=64))
+    rec_ff = run_snntorch_conv(ConvSpikingParams.from_model(net, SpikingConfig(n_steps=64, feedback="none")), x)
+    m["conv_no_feedback_acc_t64"] = float((rec_ff.predict() == y).mean())
+    m["conv_no_feedback_rate_state_mae_t64"] = float(np.mean([np.abs(r - s_).mean()
+                                                              for r, s_ in zip(rec_ff.rates(), states)]))
+    m["conv_synops_per_inference_t64"] = float(conv_synops_per_sample(rec64, p64).mean())
+    xb = x[:cfg.conv_n_brian]
+    tb = time.time()
+    rec_b = run_brian2_conv(b2_tf(p64), xb)
+    m["conv_brian2_seconds_per_image"] = (time.time() - tb) / max(1, len(xb))
+    rec_s = run_snntorch_conv(p64, xb)
+    same = np.concatenate([(a == b).ravel() for a, b in zip(rec_s.counts, rec_b.counts)])
+    m["conv_snntorch_brian2_agreement"] = float(same.mean())
+    m["conv_snntorch_brian2_max_count_diff"] = max(int(np.abs(a - b).max()) for a, b in zip(rec_s.counts, rec_b.counts))
+    with tempfile.TemporaryDirectory() as tmp:   # NIR: write the file, read it back, rebuild, rerun
+        import nir
+
+        path = f"{tmp}/conv.nir"
+        nir.write(path, (cfg.conv_nir_transform or (lambda g: g))(to_nir_conv(p64)))
+        try:
+            q = params_from_nir_conv(read_nir_conv(path))
+            same_p = (q.config == p64.config and np.array_equal(q.out_weight, p64.out_weight)
+                      and np.array_equal(q.out_bias, p64.out_bias)
+                      and all(np.array_equal(a.weight, b.weight) and np.array_equal(a.bias, b.bias)
+                              and (a.in_shape, a.padding, a.pool) == (b.in_shape, b.padding, b.pool)
+                              for a, b in zip(p64.convs, q.convs)))
+            rec_q = run_snntorch_conv(q, xb)
+            same_c = all(np.array_equal(a, b) for a, b in zip(rec_s.counts, rec_q.counts))
+            m["conv_nir_round_trip_exact"] = 1.0 if same_p and same_c else 0.0
+        except ValueError as e:
+            log.warning("conv NIR read-back refused: %s", e)
+            m["conv_nir_round_trip_exact"] = 0.0
+    m["conv_n_test"] = int(len(x))
+    m["conv_n_brian_images"] = int(len(xb))
+    m["conv_seconds"] = time.time() - t0
+    notes = [f"conv: {origin}; {len(x)} test images ({DATA_VARIANT}); float reference {FLOAT_STEPS} async sweeps "
+             "(float64); spiking: IF, reset by subtraction, constant-current input, pooling gate = first argmax of "
+             "the accumulated conv charge, routed conv feedback (hwsim.spiking.conv)",
+             "conv_acc_gap_t64 = float - spiking accuracy (one-sided, as acc_gap_t64); conv_abs_acc_gap_t64 its size"]
+    return m, notes
 
 
 def _plot(ctx: TrackContext, table: list[dict[str, Any]], float_acc: float, no_fb_mae: float) -> str:

@@ -167,7 +167,7 @@ def _track42(tmp_path, **overrides):
 
     ctx = TrackContext(out_dir=tmp_path, quick=True, seeds=(0,), progress=False,
                        overrides={"model": trained_net(), "n_test": 200, "n_brian": 1, "steps": (16, 64),
-                                  **overrides})
+                                  "conv": False, **overrides})
     result = run(ctx)
     passed, rows = evaluate(SPEC, result)
     return passed, {r["metric"]: r["passed"] for r in rows}, result
@@ -189,6 +189,55 @@ def test_track42_passes_and_fails_when_feedback_dropped_or_brian2_weights_differ
 
     passed, rows, _ = _track42(tmp_path / "b2", brian2_transform=other_weights)
     assert not passed and not rows["snntorch_brian2_agreement"] and rows["acc_gap_t64"]
+
+
+def small_trained_conv_net():
+    """A 1-8-16 conv EqProp net trained by ``tracks.shared.conv_small``'s recipe (Adam 3e-3, beta 0.2,
+    T1 15, T2 5, seed 0) on 3000 MNIST 14x14 images for 2 epochs (79 % on 1000 test images), stored
+    as a fixture so that tests do not train."""
+    from pathlib import Path
+
+    from models.conv import ConvEqProp
+    from tracks.shared.conv_small import small_conv_config
+
+    net = ConvEqProp(small_conv_config((8, 16)), seed=0)
+    net.load_state_dict(torch.load(Path(__file__).parent / "data" / "small_conv_8_16.pt"))
+    return net.eval()
+
+
+def test_track42_conv_metrics_pass_and_each_fails_when_its_path_is_broken(tmp_path):
+    """Conv part of Track 42: the three conv criteria pass; then Brian2 gets other weights, the snntorch
+    accuracy path permuted output weights and the NIR file a changed kernel: each breaks its criterion."""
+    import dataclasses
+
+    from tracks import TrackContext, evaluate
+    from tracks.harness.base import TrackResult
+    from tracks.t42_spiking_fidelity import QUICK, SPEC, _conv_section
+
+    def conv_rows(**kw):
+        cfg = dataclasses.replace(QUICK, conv_model=small_trained_conv_net(), conv_n_test=200, conv_n_brian=1,
+                                  conv_steps=(64,), **kw)
+        m, _ = _conv_section(TrackContext(out_dir=tmp_path, quick=True, progress=False), cfg, 0)
+        _, rows = evaluate(SPEC, TrackResult(metrics=m))
+        return {r["metric"]: r["passed"] for r in rows if r["metric"].startswith("conv_")}, m
+
+    rows, m = conv_rows()
+    assert len(rows) == 3 and all(rows.values()), m
+    assert m["conv_snntorch_brian2_agreement"] == 1.0 and m["conv_float_acc"] > 0.7
+
+    def scale_conv(p):
+        return dataclasses.replace(p, convs=tuple(dataclasses.replace(c, weight=c.weight * 1.5) for c in p.convs))
+
+    def permute_out(p):
+        return dataclasses.replace(p, out_weight=np.roll(p.out_weight, 1, axis=0), out_bias=np.roll(p.out_bias, 1))
+
+    def other_nir_kernel(g):
+        g.nodes["conv1"].weight = g.nodes["conv1"].weight * 1.5
+        return g
+
+    rows, m = conv_rows(conv_brian2_transform=scale_conv, conv_snn_transform=permute_out,
+                        conv_nir_transform=other_nir_kernel)
+    assert not any(rows.values()), m
 
 
 def test_snntorch_port_does_not_leak_global_neuron_instances():
