@@ -83,6 +83,7 @@ def main(argv=None) -> int:
     ap.add_argument("--width-scale", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", help="factors to run (default all)")
+    ap.add_argument("--inject", choices=("first", "all"), default="first", help="base input injection")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(a.out)
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
     x, y = torch.as_tensor(x[: a.n_train]), torch.as_tensor(y[: a.n_train])
     xt, yt = torch.as_tensor(xt[: a.n_test]), torch.as_tensor(yt[: a.n_test])
     xg, yg = torch.as_tensor(load_dataset("mnist", "train")[0][-8:]), torch.as_tensor(load_dataset("mnist", "train")[1][-8:])
-    base_m = TransformerConfig(d_model=a.d_model, n_heads=4, damping=0.0)
+    base_m = TransformerConfig(d_model=a.d_model, n_heads=4, damping=0.0, inject=a.inject)
     base_t = TrainSettings(grad="eqprop", beta=0.1, n_free_steps=20, n_nudge_steps=10, lr=2e-3, batch_size=64,
                            epochs=a.epochs)
     rows = []
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
         secs = time.perf_counter() - t0
         ev = evaluate(net, xt, yt, n_steps=100, tol=1e-3)
         cos = grad_cosine(cfg, xg, yg, a.seed)
-        row = {"factor": factor, "run": label, "tokens": cfg.tokens, "d_model": cfg.d_model, "L": cfg.n_blocks,
+        row = {"factor": factor, "run": label, "inject": cfg.inject, "tokens": cfg.tokens, "d_model": cfg.d_model, "L": cfg.n_blocks,
                "unique": cfg.n_unique or cfg.n_blocks, "alpha": 1 - cfg.damping, "solver": cfg.method,
                "beta": ts.beta, "T_free": ts.n_free_steps, "train_cost": costs[-1], "test_acc": ev["accuracy"],
                "iters": ev["mean_steps"], "seconds": secs, "grad_cos_min": cos,
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
         (out / "ablation.json").write_text(json.dumps({"args": vars(a), "rows": rows}, indent=1))
-    cols = ["factor", "run", "tokens", "d_model", "L", "unique", "alpha", "solver", "beta", "T_free", "params", "test_acc",
+    cols = ["factor", "run", "inject", "tokens", "d_model", "L", "unique", "alpha", "solver", "beta", "T_free", "params", "test_acc",
             "iters", "grad_cos_min", "seconds"]
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
