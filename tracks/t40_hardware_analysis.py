@@ -18,6 +18,12 @@ Table rows (``metrics["rows"]``) are dicts with the keys of :data:`ROW_FIELDS` (
 representation has no such number). Other representations (analog, spiking) add a row by
 registering a builder with :func:`register_row_builder`; its row must carry the same keys.
 
+Conv (issue 12): ``conv_flop_counter_match`` -- the small conv EqProp net of :mod:`tracks.shared.conv_small`
+(seeded weights, MNIST 14x14): analytic MACs of a free phase and a symmetric EqProp step
+(:class:`hwsim.opcount.ConvPoolOps`) vs FlopCounterMode FLOPs / 2 of the real ``ConvEqProp`` runs;
+``conv_macs_per_inference`` / ``conv_macs_per_train_step`` / ``conv_weight_bytes_fp32`` (fp32 only: the
+integer conv counts are not implemented in ``hwsim.opcount`` yet).
+
 Settings: :class:`Config` (``QUICK`` / ``FULL``): ``analytic_n_free_steps`` (the T1 the analytic count
 assumes; another value than the real T1 is the broken path of the tests), ``models`` (sizes tuples),
 ``representations`` (names), ``n_cross_check`` (MNIST samples for the FLOP cross-check).
@@ -53,7 +59,8 @@ SPEC = TrackSpec(
     name="Hardware analysis: operations, memory, energy",
     claim=("Analytic operation counts of EqProp inference and training equal torch's FLOP counter, and "
            "integer representations cut the estimated energy per inference below fp32."),
-    criteria=(Criterion("flop_counter_match", "==", 1.0), Criterion("energy_ratio_int8_vs_fp32", "<", 1.0)),
+    criteria=(Criterion("flop_counter_match", "==", 1.0), Criterion("energy_ratio_int8_vs_fp32", "<", 1.0),
+              Criterion("conv_flop_counter_match", "==", 1.0)),
     est_seconds_full=40.0,
     est_seconds_quick=15.0,
 )
@@ -197,6 +204,50 @@ def cross_check_fixed_point(net: EqPropMLP, spec_name: str, x: torch.Tensor, y: 
                                      lambda: update_torch(H, Hb, xc, c1, c2, [spec] * len(H), seed=0, step=0))])
 
 
+def conv_cross_check(net, x: torch.Tensor, y: torch.Tensor, analytic_n_free_steps: int) -> list[dict]:
+    """ConvEqProp (``hwsim.opcount.ConvPoolOps``): analytic MACs of a free phase and of a symmetric EqProp
+    step (conv forward, routing convolutions as the float kernel recomputes them, transposed conv,
+    ``conv2d_weight`` contrast) vs FlopCounterMode FLOPs / 2 of the real runs with ``N_FREE_STEPS``."""
+    fp, B = get_preset("fp32"), x.shape[0]
+    runs = [
+        ("conv_free_phase", opcount.count_inference(net, fp, n_steps=analytic_n_free_steps, batch_size=B).macs,
+         lambda: net.free_phase(x, n_steps=N_FREE_STEPS)),
+        ("conv_eqprop_step", opcount.count_training_step(net, fp, n_free_steps=analytic_n_free_steps,
+                                                         n_nudge_steps=N_NUDGE_STEPS, nudging=NUDGING,
+                                                         batch_size=B).macs,
+         lambda: net.eqprop_grads(x, y, beta=BETA, mode=NUDGING, n_free_steps=N_FREE_STEPS,
+                                  n_nudge_steps=N_NUDGE_STEPS)),
+    ]
+    rows = []
+    for name, analytic, fn in runs:
+        flops = _flops(fn)
+        rows.append({"model": "conv 1-" + "-".join(map(str, net.config.channels)), "run": name, "batch": B,
+                     "analytic_macs": int(analytic), "counter_flops": flops, "counter_macs": flops / 2,
+                     "match": 2 * int(analytic) == flops})
+    return rows
+
+
+def _conv_metrics(c: "Config", ctx: TrackContext, seed: int, analytic_t1: int, n_check: int) -> dict[str, Any]:
+    """``conv_flop_counter_match`` and the fp32 counts of the small conv net (seeded weights) on MNIST 14x14."""
+    from models.conv import ConvEqProp
+
+    from .shared.conv_small import DATA_VARIANT, small_conv_config, test_images
+
+    net = ConvEqProp(small_conv_config(c.conv_channels), seed=seed)
+    xs, ys = test_images(ctx.data_dir, n_check)
+    t1 = c.conv_analytic_n_free_steps or analytic_t1
+    checks = conv_cross_check(net, torch.from_numpy(xs), torch.from_numpy(ys).long(), t1)
+    fp = get_preset("fp32")
+    inf = opcount.count_inference(net, fp, n_steps=N_FREE_STEPS)
+    step = opcount.count_training_step(net, fp, n_free_steps=N_FREE_STEPS, n_nudge_steps=N_NUDGE_STEPS, nudging=NUDGING)
+    mem = opcount.weight_memory(net, fp)
+    return {"conv_flop_counter_match": 1.0 if all(r["match"] for r in checks) else 0.0,
+            "conv_flop_cross_check": checks,
+            "conv_macs_per_inference": int(inf.macs), "conv_macs_per_train_step": int(step.macs),
+            "conv_weight_bytes_fp32": int(mem["code_bytes"] + mem["bias_bytes"]),
+            "conv_model": f"ConvEqProp 1-{'-'.join(map(str, c.conv_channels))} 3x3 on {DATA_VARIANT}"}
+
+
 def _plot(rows: list[dict], path) -> None:
     models = list(dict.fromkeys(r["model"] for r in rows))
     with figure(path, nrows=1, ncols=len(models), figsize=(6 * len(models), 4.2), dpi=110) as (fig, _axes):
@@ -223,6 +274,9 @@ class Config:
     analytic_n_free_steps: int = N_FREE_STEPS  # T1 assumed by the analytic count (the broken path if not T1)
     n_cross_check: int = 8                     # MNIST images of the FLOP cross-check
     fixed_point_all: bool = True               # cross-check the integer simulator for every representation
+    conv: bool = True                          # conv EqProp net (tracks.shared.conv_small): conv_ metrics
+    conv_channels: tuple[int, ...] = (8, 16)
+    conv_analytic_n_free_steps: int | None = None  # T1 of the conv analytic count (None: analytic_n_free_steps)
 
     def __post_init__(self) -> None:
         if not self.models or any(len(m) < 2 or min(m) < 1 for m in self.models):
@@ -286,6 +340,8 @@ def run(ctx: TrackContext) -> TrackResult:
             metrics[f"energy_pj_train_step_{name}"] = by_rep[name]["energy_pj_train_step"]
     metrics["rows"] = rows
     metrics["flop_cross_check"] = checks
+    if c.conv:
+        metrics.update(_conv_metrics(c, ctx, seed, analytic_t1, n_check))
 
     plot = ctx.plots_dir / "t40_energy_per_phase.png"
     _plot(rows, plot)

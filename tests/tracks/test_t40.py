@@ -36,6 +36,9 @@ def test_t40_passes_and_reports(tmp_path):
     assert "mult_int8x8" in int8["ops_inference"]                                    # weight x state
     assert not any(k.startswith("mult_") and k.endswith("x8") for k in tern["ops_inference"])  # none
     assert tern["energy_pj_inference_zero_skip"] < tern["energy_pj_inference"]
+    assert m["conv_flop_counter_match"] == 1.0 and {r["run"] for r in m["conv_flop_cross_check"]} == {
+        "conv_free_phase", "conv_eqprop_step"}
+    assert m["conv_macs_per_inference"] > 0 and m["conv_weight_bytes_fp32"] == 4 * (8 * 9 + 8 + 16 * 72 + 16 + 10 * 64 + 10)
     assert res.artifacts == ["plots/t40_energy_per_phase.png"]
     assert (tmp_path / res.artifacts[0]).stat().st_size > 0
 
@@ -48,6 +51,14 @@ def test_t40_fails_when_analytic_count_is_broken(tmp_path):
     assert res.metrics["flop_counter_match"] == 0.0
     # every run with relaxation sweeps is caught; the update alone does not depend on T1
     assert {c["run"] for c in res.metrics["flop_cross_check"] if c["match"]} == {"onchip_update_int8"}
+
+
+def test_t40_fails_when_the_conv_analytic_count_is_broken(tmp_path):
+    """Only the conv count assumes a wrong T1: conv_flop_counter_match fails, the MLP criteria pass."""
+    res = t40.run(_ctx(tmp_path, conv_analytic_n_free_steps=t40.N_FREE_STEPS + 1, representations=("fp32", "int8")))
+    passed, crit = evaluate(t40.SPEC, res)
+    assert not passed and {c["metric"] for c in crit if not c["passed"]} == {"conv_flop_counter_match"}
+    assert not any(r["match"] for r in res.metrics["conv_flop_cross_check"])
 
 
 def test_t40_rejects_unknown_override(tmp_path):
