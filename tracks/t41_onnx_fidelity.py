@@ -127,8 +127,8 @@ class T41Config:
 
 
 FULL = T41Config()
-QUICK = T41Config(hidden=64, n_train=6000, epochs=1, n_test=1000, n_steps=30, conv_n_train=1500, conv_epochs=1,
-                  conv_n_test=1000)
+QUICK = T41Config(hidden=64, n_train=6000, epochs=1, n_test=1000, n_steps=30, conv_n_train=1000, conv_epochs=1,
+                  conv_n_test=300)
 
 
 def _config(ctx: TrackContext) -> T41Config:
