@@ -28,7 +28,8 @@ Cost: on the 2-core shared dev machine (1 torch thread, load ~8) one free sweep 
 batch 100 takes ~86 ms and an EqProp step (T1 + 2 T2 = 25 sweeps) ~2.2 s, so one epoch of 55k
 images takes ~20 min and the FULL variant (2 data sets x 3 seeds x ``FULL.epochs`` = 15 epochs, plus
 the cheap BP runs) about ``2 * 3 * 15 * 20 min`` ~ 30 h here: FULL is the GPU recipe
-(``--device cuda``; the track moves nets and data to ``ctx.device``). A reduced-full variant that fits
+(``--device cuda``; the track trains and tests on ``ctx.device``; the float64 gradient check stays on
+the CPU, where the implicit gradient's scipy GMRES runs). A reduced-full variant that fits
 this CPU is run with ``--set`` overrides (stated subset, epochs, seeds); its figures and command are
 in the README. Quick: gradients on the small net, and a ``1-8-16`` net on 1500 images for two epochs
 (batch 50) per data set, one seed, 1000 test images, with quick thresholds (MNIST >= 0.80,
@@ -304,7 +305,8 @@ def _grad_batch(n: int, seed: int, data_dir, device) -> tuple[torch.Tensor, torc
 
 
 def gradient_check(c: Config, ctx: TrackContext, seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    dev = ctx.torch_device
+    """Runs on the CPU whatever ``ctx.device``: the implicit gradient's GMRES is scipy on numpy arrays."""
+    dev = torch.device("cpu")
     x, y = _grad_batch(c.grad_images, seed, ctx.data_dir, dev)
     net = ConvEqProp(ConvConfig(channels=c.grad_channels, kernel=5), seed=seed).double().to(dev)
     m: dict[str, Any] = {"grad_channels": list(c.grad_channels), "grad_images": c.grad_images}
