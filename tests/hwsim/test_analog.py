@@ -281,3 +281,16 @@ def test_nudging_modes_follow_the_engine(mode):
     np.testing.assert_allclose(g[0][:, :-1].numpy(), ref["layers.0.weight"].numpy(), **F64_VS_F64)
     with pytest.raises(ValueError, match="allowed"):
         chip.eqprop_grads(x, y, beta=0.2, mode="two_sided")
+
+
+def test_fused_read_noise_draws_equal_quant_rng():
+    """hwsim.analog's numba-fused read-noise normals (the hot path of a noisy run) == quant.rng.normal_f64
+    up to libm rounding (<= a few ulp, as the numba twin of every other draw)."""
+    from hwsim.analog import _index, _normal_torch
+    from quant import rng
+
+    for seed, step, tid in ((0, 0, 0), (7, 123, 2**20 + 5), (2**31 + 3, 99, 12345)):
+        a = _normal_torch(seed, step, tid, (37, 53), "cpu")
+        b = rng.normal_f64(seed, step, tid, _index((37, 53), "cpu"))
+        assert a.shape == b.shape and a.dtype == torch.float64
+        np.testing.assert_allclose(a.numpy(), b.numpy(), **RNG_NORMAL_F64)
