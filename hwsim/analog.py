@@ -244,10 +244,11 @@ def _index(shape: Sequence[int], device) -> torch.Tensor:
     return torch.as_tensor(rng.element_index(tuple(shape)), device=device)
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True)
 def _normal_fill_nb(out, seed, step, tid):
-    """``out[j] = normal_f64(seed, step, tid, j)`` for the flat index ``j`` (one pass, no temporaries)."""
-    for j in numba.prange(out.shape[0]):
+    """``out[j] = normal_f64(seed, step, tid, j)`` for the flat index ``j`` (one pass, no temporaries;
+    serial: a numba thread pool spinning beside torch's slowed torch's own kernels ~10x, measured)."""
+    for j in range(out.shape[0]):
         out[j] = _normal_nb(seed, step, tid, j)
 
 
