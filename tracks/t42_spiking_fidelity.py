@@ -117,7 +117,7 @@ class T42Config:
                              "(the criterion is measured at T=64)")
 
 
-QUICK = T42Config(n_train=5000, n_test=500, n_brian=2, hidden=64, epochs=2, conv_n_train=3000, conv_epochs=2,
+QUICK = T42Config(n_train=5000, n_test=500, n_brian=2, hidden=64, epochs=2, conv_n_train=1500, conv_epochs=1,
                   conv_n_test=500, conv_n_brian=1)
 FULL = T42Config(n_train=10000, n_test=10000, n_brian=10, hidden=128, epochs=3)  # measured: 333 s CPU
 
