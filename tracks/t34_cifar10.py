@@ -112,6 +112,8 @@ class Config:
         if not self.bp_activations or any(a not in BP_ACTIVATIONS for a in self.bp_activations):
             raise ValueError(f"bp_activations={list(self.bp_activations)}; allowed: a non-empty subset of "
                              f"{list(BP_ACTIVATIONS)}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule={self.lr_schedule!r} is invalid; allowed: 'constant', 'cosine'")
         if not self.beta > 0 or self.lr < 0 or self.bp_lr < 0:
             raise ValueError(f"beta={self.beta}, lr={self.lr}, bp_lr={self.bp_lr}: need beta > 0 and lr >= 0")
         if not 0.0 <= self.required_acc <= 1.0:

@@ -68,6 +68,8 @@ def test_configs_refuse_bad_values(tmp_path):
         t13.Config(datasets=("cifar",))
     with pytest.raises(ValueError, match="bp_activations"):
         t13.Config(bp_activations=("tanh",))
+    with pytest.raises(ValueError, match="lr_schedule"):
+        t34.Config(lr_schedule="step")
     with pytest.raises(ValueError, match="required_acc"):
         t34.Config(required_acc=1.5)
 
