@@ -15,6 +15,10 @@ Criteria: ``acc_drop_prog5 <= 1`` point (int8, 5 % programming noise); ``acc_dro
 points (the noise was really injected: a bypassed noise path gives 0 and fails); the noise-free
 cosine at the best beta ``>= 0.9`` (the analog EqProp estimate is a gradient at all).
 
+Conv (issue 12): the small conv EqProp net of :mod:`tracks.shared.conv_small` (MNIST 14x14) on the same
+device, INT8: ``conv_acc_drop_prog5 <= 1`` point and ``conv_acc_drop_prog20 >= 2`` (the noise reached the
+conv arrays), ``conv_acc_drop_read1`` for information (:func:`_conv_section`).
+
 Settings: :class:`Config` (``QUICK`` / ``FULL``); ``disable_noise`` bypasses every noise injection
 (the failure test). A training run that diverged (non-finite weights) fails the track with that
 reason; a chip at chance accuracy fails ``acc_chip_int8_clean`` (a drop of 0 between two chance
@@ -22,10 +26,13 @@ accuracies is no pass).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,6 +60,8 @@ SPEC = TrackSpec(
         Criterion("acc_drop_prog20", ">=", 2.0),
         Criterion("grad_cosine_best_noise0", ">=", 0.9),
         Criterion("acc_chip_int8_clean", ">=", 0.5),  # a chip at chance makes every drop 0: no pass
+        Criterion("conv_acc_drop_prog5", "<=", 1.0),
+        Criterion("conv_acc_drop_prog20", ">=", 2.0),    # the conv arrays really received the noise
     ),
     est_seconds_full=1800.0,
     est_seconds_quick=45.0,
@@ -127,6 +136,12 @@ class Config:
     torch_threads: int = 1                      # torch threads while the track runs
     disable_noise: bool = False                 # bypass every noise injection (the failure test)
     model: dict = dataclasses.field(default_factory=dict)  # model settings (tracks.sweep.track_model)
+    conv: bool = True                           # the small conv EqProp net on the crossbar (conv_ metrics)
+    conv_channels: tuple[int, ...] = (8, 16)
+    conv_n_train: int = 3000                    # training images of the conv net (MNIST 14x14)
+    conv_epochs: int = 2
+    conv_n_test: int = 2000                     # test images per conv chip point
+    conv_model: Any = None                      # API only: a trained ConvEqProp (skips training)
 
     def __post_init__(self) -> None:
         from quant.presets import list_presets
@@ -147,8 +162,62 @@ class Config:
         check_model_settings(self.model)
 
 
-QUICK = Config(n_test=1000, read_levels=READ_LEVELS_QUICK, grad_noise=GRAD_NOISE_QUICK, grad_batch=64)
+QUICK = Config(n_test=1000, read_levels=READ_LEVELS_QUICK, grad_noise=GRAD_NOISE_QUICK, grad_batch=64,
+               conv_n_train=1500, conv_epochs=1, conv_n_test=300)
 FULL = Config()
+
+
+CONV_PROG_LEVELS = (0.0, 0.05, 0.20)
+CONV_READ_LEVEL = 0.01
+
+
+def _conv_section(ctx: TrackContext, c: Config, seeds) -> tuple[dict[str, Any], list[str]]:
+    """The small conv EqProp net (:mod:`tracks.shared.conv_small`) on the crossbar
+    (:class:`hwsim.analog.ConvPoolAnalog`: im2col rows, one read per conv position, digital pooling and
+    routing), analog_pcm device with one noise kind varied as the MLP sweep, ADC full scale covering
+    pre-activations in [-2, 2]; paired chip seeds (the clean and the noisy chip of a seed share their
+    draws' counters). ``conv_acc_drop_prog5`` / ``_prog20``: INT8 accuracy drop in points at 5 % / 20 %
+    programming noise (mean over seeds); ``conv_acc_drop_read1``: 1 % read noise."""
+    from hwsim.analog import adc_range_for
+    from models.conv import ConvEqProp
+    from tracks.sweep.engine import analog_for_point
+
+    from .shared.conv_small import DATA_VARIANT, test_images, train_small_conv
+
+    t0 = time.time()
+    if c.conv_model is not None:
+        if not isinstance(c.conv_model, ConvEqProp):
+            raise ValueError(f"conv_model is a {type(c.conv_model).__name__}; allowed: a ConvEqProp")
+        net, origin = c.conv_model, "conv model given through the config"
+    else:
+        net, origin = train_small_conv(ctx.data_dir, n_train=c.conv_n_train, epochs=c.conv_epochs,
+                                       seed=int(seeds[0]), channels=c.conv_channels)
+    net = copy.deepcopy(net).double().eval()
+    x, y = test_images(ctx.data_dir, c.conv_n_test)
+    xt, yt = torch.from_numpy(x).double(), torch.from_numpy(y)
+    with torch.no_grad():
+        s, _ = net.free_phase(xt, n_steps=30)
+    acc_float = float((s[-1].argmax(1) == yt).double().mean())
+    base = get_preset("analog_pcm").analog
+    base = dataclasses.replace(base, adc_range=adc_range_for(net, 2.0))
+    acc: dict[tuple[str, float], list[float]] = {}
+    for kind, level in [("prog", lv) for lv in CONV_PROG_LEVELS] + [("read", CONV_READ_LEVEL)]:
+        analog, sim = analog_for_point(kind, 0.0 if c.disable_noise else level, base)
+        for seed in seeds:
+            chip = AnalogCrossbarMLP(net, analog, weights="int8", sim=sim, seed=int(seed))
+            acc.setdefault((kind, level), []).append(float(chip.accuracy(xt, yt, n_steps=30, batch_size=1000)))
+    mean = {k: float(np.mean(v)) for k, v in acc.items()}
+    clean = mean[("prog", 0.0)]
+    m = {"conv_acc_float_digital": acc_float, "conv_acc_chip_int8_clean": clean,
+         "conv_acc_drop_prog5": 100.0 * (clean - mean[("prog", 0.05)]),
+         "conv_acc_drop_prog20": 100.0 * (clean - mean[("prog", 0.20)]),
+         "conv_acc_drop_read1": 100.0 * (clean - mean[("read", CONV_READ_LEVEL)]),
+         "conv_acc_by_point": [{"kind": k, "level": lv, "per_seed": v, "mean": float(np.mean(v))}
+                               for (k, lv), v in acc.items()],
+         "conv_n_test": int(len(x)), "conv_n_seeds": len(seeds), "conv_seconds": time.time() - t0}
+    notes = [f"conv: {origin}; {len(x)} test images ({DATA_VARIANT}); INT8 weights on analog_pcm arrays (im2col "
+             f"rows, one read per conv position), 30 sweeps, seeds {list(seeds)}"]
+    return m, notes
 
 
 def run(ctx: TrackContext) -> TrackResult:
@@ -218,12 +287,17 @@ def _run(ctx: TrackContext, c: Config) -> TrackResult:
         "grad_cosine": grows,
         "best_beta": best_rows,
     }
+    if c.conv:
+        conv_m, conv_notes = _conv_section(ctx, c, seeds)
+        metrics.update(conv_m)
     (out / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items()}, indent=1, default=float))
     notes = [f"model {settings['sizes']} trained by EqProp on {settings['n_train']} MNIST images, "
              f"{settings['epochs']} epoch(s); chip = analog_pcm AnalogSpec (8-bit DAC/ADC) with one noise kind "
              f"varied; ADC full scale covers pre-activations in [-2, 2].",
              "best beta per read-noise level: " + ", ".join(f"{100 * r['read_noise']:g}% -> {r['best_beta']:g}"
                                                            for r in best_rows)]
+    if c.conv:
+        notes += conv_notes
     if disable:
         notes.append("noise injection disabled by the disable_noise setting (failure test)")
     failure = None

@@ -23,7 +23,10 @@ T17_SMALL = {"precisions": ("int8",), "betas": (0.05, 0.5), "grad_noise": (0.0, 
 
 
 def test_t17_injects_noise_and_fails_when_bypassed(tmp_path):
-    res = t17.run(_ctx(tmp_path, **T17_SMALL))
+    from tests.hwsim.spiking.test_ports import small_trained_conv_net   # the stored 1-8-16 conv net
+
+    small = {**T17_SMALL, "conv_model": small_trained_conv_net(), "conv_n_test": 200}
+    res = t17.run(_ctx(tmp_path, **small))
     _, rows = evaluate(t17.SPEC, res)
     m = res.metrics
     assert _crit(rows, "acc_drop_prog20")["passed"], m["prog_curve"]   # 20 % noise measurably hurts
@@ -32,9 +35,12 @@ def test_t17_injects_noise_and_fails_when_bypassed(tmp_path):
     assert m["grad_cosine_best_noise0"] > 0.9
     assert all((tmp_path / "plots" / f).stat().st_size > 1000
                for f in ("t17_prog_noise.png", "t17_read_noise.png", "t17_grad_cosine.png"))
-    broken = t17.run(_ctx(tmp_path, disable_noise=True, **T17_SMALL))
+    assert _crit(rows, "conv_acc_drop_prog20")["passed"] and m["conv_acc_chip_int8_clean"] > 0.6, m
+    assert {p["kind"] for p in m["conv_acc_by_point"]} == {"prog", "read"}
+    broken = t17.run(_ctx(tmp_path, disable_noise=True, **small))
     passed, rows_b = evaluate(t17.SPEC, broken)
     assert not passed and not _crit(rows_b, "acc_drop_prog20")["passed"]
+    assert not _crit(rows_b, "conv_acc_drop_prog20")["passed"] and broken.metrics["conv_acc_drop_prog20"] == 0.0
     assert broken.metrics["acc_drop_prog20"] == 0.0
 
 
