@@ -10,6 +10,13 @@ own time per function). Threads: torch and numba use ``--threads``. The last lin
 
     .venv/bin/python benchmarks/bench_conv_hwsim.py                    # 1000 images, batch 250, T=30
     .venv/bin/python benchmarks/bench_conv_hwsim.py --threads 1 --profile
+
+``--onchip-gap`` measures instead the on-chip gap of a small conv net (1-8-16, 5x5, pool 2) on a
+Fashion-MNIST subset: float EqProp for ``--gap-epochs`` (fp32 spec of ``models.qat.train_qat``), then
+(a) ``--gap-ft`` more float epochs and (b) INT8 per-tensor quantisation and ``--gap-ft`` epochs of
+on-chip integer EqProp (``hwsim.onchip.train_onchip``); gap = acc(a) - acc(b) on the test subset:
+
+    .venv/bin/python benchmarks/bench_conv_hwsim.py --onchip-gap --gap-train 2000 --gap-test 1000
 """
 from __future__ import annotations
 
@@ -48,7 +55,14 @@ def main() -> int:
     ap.add_argument("--check-n", type=int, default=50, help="images for the torch-mirror bit-exact check")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--onchip-gap", action="store_true", help="measure the on-chip gap instead (see docstring)")
+    ap.add_argument("--gap-train", type=int, default=2000)
+    ap.add_argument("--gap-test", type=int, default=1000)
+    ap.add_argument("--gap-epochs", type=int, default=3)
+    ap.add_argument("--gap-ft", type=int, default=1)
     a = ap.parse_args()
+    if a.onchip_gap:
+        return onchip_gap(a)
     if a.threads:
         torch.set_num_threads(a.threads)
         numba.set_num_threads(a.threads)
@@ -121,6 +135,41 @@ def main() -> int:
                       "argmax_agreement_vs_float32": agree, "threads": threads,
                       "machine": {"cpu": m["cpu"], "logical_cores": m["logical_cores"]}}))
     return 0 if states_equal else 1
+
+
+def onchip_gap(a) -> int:
+    """Float EqProp vs on-chip INT8 fine-tuning of a small conv net on a Fashion-MNIST subset."""
+    import copy
+
+    from hwsim import onchip
+    from models.qat import QATConfig, train_qat
+
+    torch.set_num_threads(a.threads or 1)
+    t0 = time.time()
+    x, y = load_dataset("fashion_mnist", "train", a.data_dir)
+    xt, yt = load_dataset("fashion_mnist", "test", a.data_dir)
+    x, y, xt, yt = x[:a.gap_train], y[:a.gap_train], xt[:a.gap_test], yt[:a.gap_test]
+    net = ConvEqProp(ConvConfig(channels=(8, 16), kernel=5, n_out=10), seed=0).float()
+    kw = dict(batch_size=50, lr=(0.1, 0.05, 0.02), beta=0.5, n_free_steps=20, n_nudge_steps=8)
+    fp32 = quant.get_preset("fp32")
+    train_qat(net, torch.tensor(x), torch.tensor(y), fp32, QATConfig(epochs=a.gap_epochs, seed=0, **kw), progress=False)
+    net_f = copy.deepcopy(net)  # the float path gets the same extra epochs as the on-chip fine-tuning
+    train_qat(net_f, torch.tensor(x), torch.tensor(y), fp32, QATConfig(epochs=a.gap_ft, seed=1, **kw), progress=False)
+    acc = lambda m: float((m.predict(torch.tensor(xt), n_steps=20) == torch.tensor(yt)).float().mean())  # noqa: E731
+    acc_float0, acc_float = acc(net), acc(net_f)
+    spec = onchip.onchip_spec(quant.get_preset("int8"))
+    fp0 = FixedPointMLP.from_model(net.double(), spec)
+    acc_ptq = float(np.mean(fp0.predict(xt.astype(np.float64), n_steps=20, batch_size=500) == yt))
+    hist = onchip.train_onchip(fp0, x, y, epochs=a.gap_ft, batch_size=50, beta=0.5, lr=0.02, seed=1,
+                               progress=False, n_free_steps=20, n_nudge_steps=8)
+    acc_on = float(np.mean(hist["model"].predict(xt.astype(np.float64), n_steps=20, batch_size=500) == yt))
+    out = {"bench": "conv_onchip_gap", "dataset": "fashion_mnist", "n_train": len(x), "n_test": len(xt),
+           "channels": [8, 16], "epochs_float": a.gap_epochs, "ft_epochs": a.gap_ft,
+           "acc_float_before_ft": acc_float0, "acc_float": acc_float, "acc_ptq_int8": acc_ptq,
+           "acc_onchip_int8": acc_on, "onchip_gap_pt": round(100 * (acc_float - acc_on), 2),
+           "seconds": round(time.time() - t0)}
+    print(json.dumps(out))
+    return 0
 
 
 if __name__ == "__main__":
