@@ -57,6 +57,7 @@ import numpy as np
 import quant
 from models.conv import ConvPool
 from models.energy import INPUT, Bias, Dense
+from models.progress import progress as progress_bar
 from models.engine import UPDATES, UnsupportedError, require_kernels, schedule_groups
 from models.solvers import IntRelaxInfo, iterate
 from quant import ops, rng
@@ -1104,11 +1105,7 @@ class FixedPointMLP:
             raise ValueError(f"batch_size={batch_size!r} is invalid; allowed: an int >= 1")
         out = []
         starts = range(0, len(codes), max(bs, 1))
-        if progress:
-            from tqdm import tqdm
-
-            starts = tqdm(starts, desc="fixed-point predict")
-        for a in starts:
+        for a in progress_bar(starts, desc="fixed-point predict", enabled=progress):
             s, _ = self.relax(codes[a:a + bs], n_steps=n_steps, seed=seed, **kw)
             out.append(s[-1].argmax(axis=1))
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
