@@ -287,7 +287,9 @@ def _run(ctx: TrackContext, c: Config) -> TrackResult:
         "grad_cosine": grows,
         "best_beta": best_rows,
     }
-    if c.conv:
+    conv_notes: list[str] = []
+    acc_ok = np.isfinite(acc_float) and acc_float >= DIVERGED_BELOW_ACC
+    if c.conv and acc_ok:   # a diverged MLP run fails the track anyway: no conv work behind it
         conv_m, conv_notes = _conv_section(ctx, c, seeds)
         metrics.update(conv_m)
     (out / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items()}, indent=1, default=float))
@@ -296,8 +298,7 @@ def _run(ctx: TrackContext, c: Config) -> TrackResult:
              f"varied; ADC full scale covers pre-activations in [-2, 2].",
              "best beta per read-noise level: " + ", ".join(f"{100 * r['read_noise']:g}% -> {r['best_beta']:g}"
                                                            for r in best_rows)]
-    if c.conv:
-        notes += conv_notes
+    notes += conv_notes
     if disable:
         notes.append("noise injection disabled by the disable_noise setting (failure test)")
     failure = None
