@@ -18,6 +18,13 @@ Procedure (seed ``ctx.seeds[0]``):
 6. Synaptic operations per inference at ``T = 64`` vs the float network's MACs
    (``FLOAT_STEPS`` sweeps), energy from :mod:`quant.energy` (Horowitz ISSCC 2014, fp32).
 
+Conv (issue 12, :func:`_conv_section`): the small conv EqProp net of :mod:`tracks.shared.conv_small`
+(MNIST 14x14, 1-8-16 3x3) as a spiking network (:mod:`hwsim.spiking.conv`: conv synapses, pooling gate
+from the accumulated conv charge, routed conv feedback): ``conv_acc_gap_t64 <= 1`` point,
+``conv_snntorch_brian2_agreement >= 0.99`` (Brian2 with accumulator groups and gated synapses, one
+network per image), ``conv_nir_round_trip_exact == 1`` (Conv2d nodes, written, read back, same spike
+counts); accuracy per T, rates vs states, the no-feedback ablation and synops for information.
+
 Settings: :class:`T42Config` (``QUICK`` / ``FULL``): from the API only ``model`` (a trained EqPropMLP,
 skips training) and the transforms; from the CLI too:
 ``checkpoint`` (path for :func:`models.checkpoint.load_checkpoint`), ``n_train``, ``n_test``,

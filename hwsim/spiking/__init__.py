@@ -5,6 +5,8 @@
 * :mod:`.snntorch_port`: :func:`run_snntorch` (the discrete-time definition, snntorch ``Leaky``).
 * :mod:`.brian2_port`: :func:`run_brian2` (same equations, order and weights in Brian2).
 * :mod:`.synops`: synaptic operations from spikes vs float MACs, energy estimate.
+* :mod:`.conv`: the same for a ``ConvEqProp`` (conv synapses, gated max pooling, routed conv feedback),
+  snntorch and Brian2; NIR export in :func:`exports.nir_export.to_nir_conv`.
 
 Brian2 is imported lazily (only by :func:`run_brian2`).
 """
