@@ -31,20 +31,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import DictConfig
-from .energy import INPUT, Bias, Dense, EnergyModel, Node, register_float_kernel
+from .energy import INPUT, Bias, Dense, EnergyModel, Node, Term, register_float_kernel
 from .engine import check_update
 from .eqprop_mlp import COSTS
 
 
 @dataclass(frozen=True)
-class ConvPool:
+class ConvPool(Term):
     """``Phi`` term ``s_post . (P(conv(s_pre, W)) + b)``; ``weight`` ``(C_out, C_in, k, k)``,
     ``bias`` ``(C_out,)`` or None; ``in_shape`` the ``(C_in, H, W)`` view of ``s_pre``."""
 
@@ -56,14 +56,8 @@ class ConvPool:
     kernel: int
     padding: int = 0
     pool: int = 2
-
-    @property
-    def nodes(self) -> tuple[int, ...]:
-        return (self.post, self.pre)
-
-    @property
-    def params(self) -> tuple[str, ...]:
-        return (self.weight,) if self.bias is None else (self.weight, self.bias)
+    node_fields: ClassVar[tuple[str, ...]] = ("post", "pre")
+    param_fields: ClassVar[tuple[str, ...]] = ("weight", "bias")
 
     @property
     def conv_shape(self) -> tuple[int, int]:

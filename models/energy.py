@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 
@@ -86,37 +86,43 @@ class Node:
         return ACTIVATIONS[self.activation]
 
 
+class Term:
+    """Base of the interaction terms (frozen dataclasses): a subclass names the fields that hold its
+    nodes (``node_fields``; a literal :data:`INPUT` in ``fixed_nodes``) and its parameter names
+    (``param_fields``; a field set to None is an absent parameter)."""
+
+    node_fields: ClassVar[tuple[str, ...]] = ()
+    fixed_nodes: ClassVar[tuple[int, ...]] = ()
+    param_fields: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def nodes(self) -> tuple[int, ...]:
+        return tuple(getattr(self, f) for f in self.node_fields) + self.fixed_nodes
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        return tuple(p for p in (getattr(self, f) for f in self.param_fields) if p is not None)
+
+
 @dataclass(frozen=True)
-class Dense:
+class Dense(Term):
     """``Phi`` term ``s_post . (W s_pre)``; ``weight`` names a parameter of shape ``(n_post, n_pre)``."""
 
     post: int
     pre: int
     weight: str
-
-    @property
-    def nodes(self) -> tuple[int, ...]:
-        return (self.post, self.pre)
-
-    @property
-    def params(self) -> tuple[str, ...]:
-        return (self.weight,)
+    node_fields: ClassVar[tuple[str, ...]] = ("post", "pre")
+    param_fields: ClassVar[tuple[str, ...]] = ("weight",)
 
 
 @dataclass(frozen=True)
-class Bias:
+class Bias(Term):
     """``Phi`` term ``s_node . b``; ``bias`` names a parameter of shape ``(n_node,)``."""
 
     node: int
     bias: str
-
-    @property
-    def nodes(self) -> tuple[int, ...]:
-        return (self.node,)
-
-    @property
-    def params(self) -> tuple[str, ...]:
-        return (self.bias,)
+    node_fields: ClassVar[tuple[str, ...]] = ("node",)
+    param_fields: ClassVar[tuple[str, ...]] = ("bias",)
 
 
 def is_static(term) -> bool:

@@ -52,13 +52,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .energy import INPUT, Bias, Dense, EnergyModel, Node, register_float_kernel
+from .energy import INPUT, Bias, Dense, EnergyModel, Node, Term, register_float_kernel
 from .engine import check_update
 from .eqprop_mlp import COSTS
 from .solvers import SOLVERS, RelaxInfo
@@ -81,7 +81,7 @@ def tokenize(x: torch.Tensor, patch: tuple[int, int], image: tuple[int, int] = I
 
 # ------------------------------------------------------------------------------------- the terms
 @dataclass(frozen=True)
-class TokenEmbed:
+class TokenEmbed(Term):
     """``Phi`` term ``S_post . (E P + b + pos)`` (static): ``weight`` ``(d, ph*pw)``, ``bias`` ``(d,)``,
     ``pos`` ``(N, d)``; ``patch`` the token's pixel window."""
 
@@ -90,18 +90,13 @@ class TokenEmbed:
     bias: str
     pos: str
     patch: tuple[int, int]
-
-    @property
-    def nodes(self) -> tuple[int, ...]:
-        return (self.post, INPUT)
-
-    @property
-    def params(self) -> tuple[str, ...]:
-        return (self.weight, self.bias, self.pos)
+    node_fields: ClassVar[tuple[str, ...]] = ("post",)
+    fixed_nodes: ClassVar[tuple[int, ...]] = (INPUT,)
+    param_fields: ClassVar[tuple[str, ...]] = ("weight", "bias", "pos")
 
 
 @dataclass(frozen=True)
-class LSEAttention:
+class LSEAttention(Term):
     """``Phi`` term ``(1/beta_a) sum_h sum_C logsumexp_B(beta_a q_C . k_B)`` over the token node
     ``tokens`` (``n_tokens x d_model``); ``wq``, ``wk`` name ``(n_heads*d_head, d_model)`` parameters.
 
@@ -116,18 +111,12 @@ class LSEAttention:
     n_heads: int
     beta: float
     key_side: bool = True
-
-    @property
-    def nodes(self) -> tuple[int, ...]:
-        return (self.tokens,)
-
-    @property
-    def params(self) -> tuple[str, ...]:
-        return (self.wq, self.wk)
+    node_fields: ClassVar[tuple[str, ...]] = ("tokens",)
+    param_fields: ClassVar[tuple[str, ...]] = ("wq", "wk")
 
 
 @dataclass(frozen=True)
-class TokenHopfield:
+class TokenHopfield(Term):
     """``Phi`` term ``0.5 sum_t ||relu(Xi s_t + c)||^2``: ``weight`` ``(n_mem, d)``, ``bias`` ``(n_mem,)``."""
 
     tokens: int
@@ -136,18 +125,12 @@ class TokenHopfield:
     n_tokens: int
     d_model: int
     n_mem: int
-
-    @property
-    def nodes(self) -> tuple[int, ...]:
-        return (self.tokens,)
-
-    @property
-    def params(self) -> tuple[str, ...]:
-        return (self.weight, self.bias)
+    node_fields: ClassVar[tuple[str, ...]] = ("tokens",)
+    param_fields: ClassVar[tuple[str, ...]] = ("weight", "bias")
 
 
 @dataclass(frozen=True)
-class TokenLinear:
+class TokenLinear(Term):
     """``Phi`` term ``sum_t S_post[t] . (W S_pre[t])`` (per-token link between two token nodes),
     ``weight`` ``(d, d)``."""
 
@@ -156,14 +139,8 @@ class TokenLinear:
     weight: str
     n_tokens: int
     d_model: int
-
-    @property
-    def nodes(self) -> tuple[int, ...]:
-        return (self.post, self.pre)
-
-    @property
-    def params(self) -> tuple[str, ...]:
-        return (self.weight,)
+    node_fields: ClassVar[tuple[str, ...]] = ("post", "pre")
+    param_fields: ClassVar[tuple[str, ...]] = ("weight",)
 
 
 # ----------------------------------------------------------------------------- float kernels
