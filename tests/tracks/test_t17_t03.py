@@ -36,6 +36,8 @@ def test_t17_injects_noise_and_fails_when_bypassed(tmp_path):
     assert all((tmp_path / "plots" / f).stat().st_size > 1000
                for f in ("t17_prog_noise.png", "t17_read_noise.png", "t17_grad_cosine.png"))
     assert _crit(rows, "conv_acc_drop_prog20")["passed"] and m["conv_acc_chip_int8_clean"] > 0.6, m
+    assert _crit(rows, "conv_acc_chip_int8_clean_vs_float")["passed"], m
+    assert m["conv_target_met_prog5"] == int(m["conv_acc_drop_prog5"] <= t17.CONV_TARGET_DROP_PROG5)
     assert {p["kind"] for p in m["conv_acc_by_point"]} == {"prog", "read"}
     broken = t17.run(_ctx(tmp_path, disable_noise=True, **small))
     passed, rows_b = evaluate(t17.SPEC, broken)
