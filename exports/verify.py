@@ -34,6 +34,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from models.progress import progress as progress_bar
 from models.eqprop_mlp import EqPropMLP
 from quant import HardwareSpec
 from quant.tolerances import F32_VS_F64
@@ -83,13 +84,11 @@ def make_session(model_or_path, n_threads: int | None = None,
 def run_session(sess: ort.InferenceSession, x: np.ndarray, batch_size: int = 1000,
                 progress: bool = False) -> tuple[list[np.ndarray], np.ndarray, float]:
     """Run ``sess`` over ``x`` in batches; returns ``(states, prediction, run_seconds)``."""
-    from tqdm import tqdm
-
     name = sess.get_inputs()[0].name
     if x.ndim != 2:
         raise ValueError(f"x has shape {x.shape}; allowed: (B, n_inputs)")
     parts, secs = [], 0.0
-    for i in tqdm(range(0, x.shape[0], batch_size), disable=not progress, desc="onnxruntime"):
+    for i in progress_bar(range(0, x.shape[0], batch_size), enabled=progress, desc="onnxruntime"):
         t0 = time.perf_counter()
         parts.append(sess.run(None, {name: x[i:i + batch_size]}))
         secs += time.perf_counter() - t0

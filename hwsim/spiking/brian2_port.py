@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from tqdm.auto import tqdm
+from models.progress import progress as progress_bar
 
 from .config import SpikeRecord, SpikingParams, check_input, poisson_spikes
 
@@ -112,7 +112,7 @@ def run_brian2(params: SpikingParams, x, *, sample_ids=None, codegen_target: str
         x: images in [0, 1].
         sample_ids: global sample indices (Poisson counters); default ``arange(B)``.
         codegen_target: Brian2 ``prefs.codegen.target`` (``"numpy"`` or ``"cython"``).
-        progress: tqdm bar over samples.
+        progress: progress over samples (:func:`models.progress.progress`).
     """
     import brian2 as b2
 
@@ -133,7 +133,7 @@ def run_brian2(params: SpikingParams, x, *, sample_ids=None, codegen_target: str
     counts = [np.zeros((xn.shape[0], len(b)), dtype=np.int64) for b in params.biases]
     v_final = [np.zeros((xn.shape[0], len(b)), dtype=np.float64) for b in params.biases]
     n_in_spikes = np.zeros(xn.shape[0], dtype=np.int64)
-    for s in tqdm(range(xn.shape[0]), disable=not progress, desc="brian2"):
+    for s in progress_bar(range(xn.shape[0]), enabled=progress, desc="brian2"):
         net, groups, (monitors, vmon), n_in_spikes[s] = build_brian2_network(params, xn[s], int(ids[s]))
         net.run((T + 1) * cfg.dt_s * b2.second, namespace={})
         for i, (m, vm) in enumerate(zip(monitors, vmon)):

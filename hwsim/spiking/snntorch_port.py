@@ -42,7 +42,7 @@ import numpy as np
 import snntorch as snn
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from models.progress import progress as progress_bar
 
 from .config import SpikeRecord, SpikingConfig, SpikingParams, check_input, poisson_spikes
 
@@ -103,7 +103,7 @@ class SnnTorchEqProp(nn.Module):
         Args:
             x: images (numpy or torch), intensities in [0, 1].
             sample_ids: global index of each sample (Poisson train counters); default ``arange(B)``.
-            progress: tqdm bar over time steps.
+            progress: progress over time steps (:func:`models.progress.progress`).
         """
         cfg = self.config
         xn = check_input(x, self.params.sizes[0])
@@ -118,7 +118,7 @@ class SnnTorchEqProp(nn.Module):
         counts = [t.clone() for t in zeros]
         n_in_spikes = np.zeros(bsz, dtype=np.int64)
         drive = self.ff[0](xt) if cfg.input == "current" else None
-        for t in tqdm(range(cfg.n_steps), disable=not progress, desc="snntorch", leave=False):
+        for t in progress_bar(range(cfg.n_steps), enabled=progress, desc="snntorch"):
             if cfg.input == "poisson":
                 p = poisson_spikes(xn, t, cfg.seed, ids)
                 n_in_spikes += p.sum(axis=1)
@@ -153,7 +153,7 @@ def run_snntorch(params: SpikingParams, x, *, sample_ids=None, batch_size: int =
     ids = np.arange(xn.shape[0]) if sample_ids is None else np.asarray(sample_ids, dtype=np.int64)
     model = SnnTorchEqProp(params)
     recs = []
-    for s in tqdm(range(0, xn.shape[0], batch_size), disable=not progress, desc="snntorch batches"):
+    for s in progress_bar(range(0, xn.shape[0], batch_size), enabled=progress, desc="snntorch batches"):
         recs.append(model(xn[s:s + batch_size], sample_ids=ids[s:s + batch_size]))
     return concat_records(recs)
 
