@@ -51,6 +51,16 @@ __all__ = ["to_nir", "write_nir", "read_nir", "params_from_nir"]
 _INT_KEYS = ("n_steps", "seed")
 
 
+def _config_from_meta(meta: dict) -> SpikingConfig:
+    """The :class:`SpikingConfig` written into a graph's metadata (strings back to ints, floats, None)."""
+    cfg_d = {k: (None if v == "none" else v) for k, v in meta.items()}
+    for k in _INT_KEYS:
+        cfg_d[k] = int(cfg_d[k])
+    for k in ("dt_s", "v_threshold") + (("tau_mem_s",) if cfg_d.get("tau_mem_s") is not None else ()):
+        cfg_d[k] = float(cfg_d[k])
+    return SpikingConfig.from_dict(cfg_d)
+
+
 def _neuron(n: int, cfg: SpikingConfig):
     thr = np.full(n, cfg.v_threshold, dtype=np.float64)
     zero = np.zeros(n, dtype=np.float64)
@@ -126,12 +136,7 @@ def params_from_nir(graph: nir.NIRGraph) -> SpikingParams:
         raise ValueError("NIR graph was not written by exports.nir_export.to_nir (metadata 'format' missing)")
     n_layers = int(meta.pop("n_layers"))
     meta.pop("format")
-    cfg_d = {k: (None if v == "none" else v) for k, v in meta.items()}
-    for k in _INT_KEYS:
-        cfg_d[k] = int(cfg_d[k])
-    for k in ("dt_s", "v_threshold") + (("tau_mem_s",) if cfg_d.get("tau_mem_s") is not None else ()):
-        cfg_d[k] = float(cfg_d[k])
-    cfg = SpikingConfig.from_dict(cfg_d)
+    cfg = _config_from_meta(meta)
     expected = {("input", "fc0")}
     ws, bs = [], []
     for i in range(n_layers):
@@ -270,12 +275,7 @@ def params_from_nir_conv(graph: nir.NIRGraph):
     if meta.pop("format", None) != CONV_FORMAT:
         raise ValueError(f"NIR graph was not written by exports.nir_export.to_nir_conv (metadata format != {CONV_FORMAT!r})")
     L = int(meta.pop("n_conv"))
-    cfg_d = {k: (None if v == "none" else v) for k, v in meta.items()}
-    for k in _INT_KEYS:
-        cfg_d[k] = int(cfg_d[k])
-    for k in ("dt_s", "v_threshold") + (("tau_mem_s",) if cfg_d.get("tau_mem_s") is not None else ()):
-        cfg_d[k] = float(cfg_d[k])
-    cfg = SpikingConfig.from_dict(cfg_d)
+    cfg = _config_from_meta(meta)
 
     def node(name, kind):
         n = graph.nodes.get(name)

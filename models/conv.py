@@ -156,10 +156,6 @@ class ConvPoolFloat:
             out[t.bias] = s[t.post].reshape(s[t.post].shape[0], W.shape[0], -1).sum(dim=(0, 2))
         return out
 
-    @classmethod
-    def contrast(cls, t: ConvPool, p, x, s1, s2) -> dict[str, torch.Tensor]:
-        d2, d1 = cls.dphi(t, p, x, s2), cls.dphi(t, p, x, s1)
-        return {k: d2[k] - d1[k] for k in d2}
 
     @staticmethod
     def macs(t: ConvPool, sizes: dict[int, int]) -> int:

@@ -40,6 +40,7 @@ a skip coupling between state nodes) means: a dataclass here, and a kernel in ea
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, ClassVar
@@ -437,10 +438,18 @@ class EnergyModel:
         bsz, scale = x.shape[0], -1.0 / (b2 - b1)
         with torch.no_grad():
             for t, k in zip(self.terms, self._kernels()):
-                for name, g in k.contrast(t, self._param, x, s1, s2).items():
+                diff = k.contrast if hasattr(k, "contrast") else functools.partial(dphi_difference, k)
+                for name, g in diff(t, self._param, x, s1, s2).items():
                     g = g * (scale / bsz)
                     out[name] = out[name] + g if name in out else g
         return out
+
+
+def dphi_difference(kernel, t, p, x, s1, s2) -> dict[str, torch.Tensor]:
+    """``dPhi/dtheta(s2) - dPhi/dtheta(s1)`` (batch sums) from a kernel's ``dphi``: the contrast of
+    every kernel that defines no cheaper ``contrast`` of its own."""
+    d2, d1 = kernel.dphi(t, p, x, s2), kernel.dphi(t, p, x, s1)
+    return {k: d2[k] - d1[k] for k in d2}
 
 
 def one_hot(y: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:

@@ -173,10 +173,6 @@ class TokenEmbedFloat:
         return {t.weight: S.reshape(-1, d).t() @ P.reshape(-1, P.shape[-1]), t.bias: S.sum(dim=(0, 1)),
                 t.pos: S.sum(dim=0)}
 
-    @classmethod
-    def contrast(cls, t, p, x, s1, s2):
-        d2, d1 = cls.dphi(t, p, x, s2), cls.dphi(t, p, x, s1)
-        return {k: d2[k] - d1[k] for k in d2}
 
     @staticmethod
     def macs(t: TokenEmbed, sizes: dict[int, int]) -> int:
@@ -230,10 +226,6 @@ class LSEAttentionFloat:
         S2 = S.reshape(-1, t.d_model)
         return {t.wq: dq.reshape(S2.shape[0], -1).t() @ S2, t.wk: dk.reshape(S2.shape[0], -1).t() @ S2}
 
-    @classmethod
-    def contrast(cls, t, p, x, s1, s2):
-        d2, d1 = cls.dphi(t, p, x, s2), cls.dphi(t, p, x, s1)
-        return {k: d2[k] - d1[k] for k in d2}
 
     @staticmethod
     def macs(t: LSEAttention, sizes: dict[int, int]) -> int:
@@ -267,10 +259,6 @@ class TokenHopfieldFloat:
         S, h = cls._h(t, p, s)
         return {t.weight: h.reshape(-1, h.shape[-1]).t() @ S.reshape(-1, t.d_model), t.bias: h.sum(dim=(0, 1))}
 
-    @classmethod
-    def contrast(cls, t, p, x, s1, s2):
-        d2, d1 = cls.dphi(t, p, x, s2), cls.dphi(t, p, x, s1)
-        return {k: d2[k] - d1[k] for k in d2}
 
     @staticmethod
     def macs(t: TokenHopfield, sizes: dict[int, int]) -> int:
@@ -301,10 +289,6 @@ class TokenLinearFloat:
         d = t.d_model
         return {t.weight: s[t.post].reshape(-1, d).t() @ s[t.pre].reshape(-1, d)}
 
-    @classmethod
-    def contrast(cls, t, p, x, s1, s2):
-        d2, d1 = cls.dphi(t, p, x, s2), cls.dphi(t, p, x, s1)
-        return {k: d2[k] - d1[k] for k in d2}
 
     @staticmethod
     def macs(t: TokenLinear, sizes: dict[int, int]) -> int:

@@ -178,14 +178,20 @@ def prepare_out_dir(out_dir: str | os.PathLike | None) -> Path:
                           f"overwritten. Choose another, e.g. --out {default_out_dir(path.parent or '.')}, "
                           f"or omit --out for a new folder under {DEFAULT_RUNS_ROOT}/")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        make_writable_dir(path)
     except OSError as e:
         raise OutDirError(f"cannot write to output folder {path}: {e.strerror or e} "
                           f"({type(e).__name__}); choose a writable folder with --out") from None
     return path
+
+
+def make_writable_dir(path: Path) -> None:
+    """Create ``path`` (and parents) and prove it writable by writing and removing a probe file;
+    raises the ``OSError`` (read-only parent, a file in the way, ...) for the caller to word."""
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / ".write-test"
+    probe.write_bytes(b"")
+    probe.unlink()
 
 
 def _version() -> str:

@@ -60,7 +60,7 @@ from quant.formats import AnalogSpec
 from quant.presets import list_presets
 
 from ..harness.plots import figure
-from ..harness.runner import json_safe
+from ..harness.runner import json_safe, make_writable_dir
 from ..harness.stats import mean_ci95
 from ..harness.threads import torch_threads  # noqa: F401  (re-exported for tracks 3 and 17)
 
@@ -498,10 +498,7 @@ def sweep_command(*, kinds: Sequence[str] = ("prog",), levels: Sequence[float] =
         raise ValueError(f"--out {out} is a file; the sweep needs a folder (it writes sweep.jsonl, summary.json "
                          "and plots there)")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        make_writable_dir(out)
     except OSError as e:
         raise ValueError(f"cannot write to --out {out}: {e.strerror or e} ({type(e).__name__})") from None
     jsonl = out / "sweep.jsonl"
