@@ -638,8 +638,24 @@ def _requant_consts(g: _Builder, name: str, mult: np.ndarray, shift: np.ndarray)
     if shift.max(initial=0) > 62:
         raise ValueError(f"{name}: shift {int(shift.max())} > 62 cannot be an int64 divisor; allowed: shift <= 62")
     div = np.int64(1) << shift
-    half = np.where(shift > 0, np.int64(1) << np.maximum(shift - 1, 0), div)  # shift 0: r is 0, never > or == div
+    half = _tie_threshold(shift)
     return (g.const(f"{name}_mult", mult), g.const(f"{name}_div", div), g.const(f"{name}_half", half))
+
+
+def _tie_threshold(shift: np.ndarray) -> np.ndarray:
+    """Remainder ``r`` (of ``p mod 2**shift``) that is exactly half an output LSB: ``2**(shift-1)``;
+    for ``shift == 0`` the divisor itself (``r`` is 0 then, never ``>`` or ``==`` it). One place, so a
+    test can break it (Track 41's power-of-two spec makes such ties frequent)."""
+    shift = np.asarray(shift, np.int64)
+    return np.where(shift > 0, np.int64(1) << np.maximum(shift - 1, 0), np.int64(1) << shift)
+
+
+def acc_bounds(acc_bits: int) -> tuple[int, int]:
+    """Signed ``acc_bits`` accumulator range ``(lo, hi)`` of the graph's saturating ``Clip`` and wrap
+    (``quant.ops.overflow``'s range). One place, so a test can break it (Track 41's narrow-accumulator
+    spec saturates on MNIST)."""
+    hi = 2 ** (int(acc_bits) - 1) - 1
+    return -hi - 1, hi
 
 
 def _requantize(g: _Builder, acc: str, consts: tuple[str, str, str], rounding: str, stem: str) -> str:
@@ -712,11 +728,11 @@ def build_int_model(net, spec: HardwareSpec, n_steps: int, loop: bool, matmul: s
     g.const("i64_two", np.array(2, np.int64))
     g.const("i64_zero", np.array(0, np.int64))
     g.const("one_code", np.array(one, np.int64))
-    acc_hi = 2 ** (spec.acc_bits - 1) - 1
-    g.const("acc_lo", np.array(-acc_hi - 1, np.int64))
+    acc_lo, acc_hi = acc_bounds(spec.acc_bits)
+    g.const("acc_lo", np.array(acc_lo, np.int64))
     g.const("acc_hi", np.array(acc_hi, np.int64))
-    g.const("acc_half", np.array(acc_hi + 1, np.int64))
-    g.const("acc_mod", np.array(2 * (acc_hi + 1), np.int64))
+    g.const("acc_half", np.array(-acc_lo, np.int64))
+    g.const("acc_mod", np.array(acc_hi - acc_lo + 1, np.int64))
     st = spec.state
     extra_codes = [c.codes for c in fp.extra]
     all_codes = fp.w_codes + fp.fb_codes + extra_codes

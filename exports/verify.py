@@ -24,6 +24,7 @@ rare samples, :data:`QDQ_MIN_ARGMAX` is the issue's 99.9 %.
 from __future__ import annotations
 
 import copy
+import re
 import logging
 import os
 import time
@@ -241,3 +242,97 @@ def write_and_size(model: onnx.ModelProto, path) -> int:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return file_bytes(path)
+
+
+_RQ_PARAMS = re.compile(r"^rq([fbe])_(\d+)_mult$")
+
+
+def _int_probe_pairs(model: onnx.ModelProto) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
+    """Tensors of an unrolled integer graph (:func:`exports.onnx_export.build_int_model`) to probe:
+    ``(pre, post)`` of every accumulator overflow (saturating ``Clip`` ``*_sat``; wrap ``*_wa`` ..
+    ``*_wrap``) and ``(acc, requantised, multiplier const)`` of every requantisation (``Mul *_prod``
+    .. ``Add *_rq``, or ``Div *_q`` with floor rounding). The builder emits each of these node runs contiguously."""
+    ovf, rq = [], []
+    wrap_in, prod, q = None, None, None
+    for n in model.graph.node:
+        out = n.output[0]
+        if n.op_type == "Clip" and re.search(r"_sat_\d+$", out):
+            ovf.append((n.input[0], out))
+        elif n.op_type == "Add" and re.search(r"_wa_\d+$", out):
+            wrap_in = n.input[0]
+        elif n.op_type == "Sub" and re.search(r"_wrap_\d+$", out) and wrap_in is not None:
+            ovf.append((wrap_in, out))
+            wrap_in = None
+        elif n.op_type == "Mul" and re.search(r"_prod_\d+$", out):
+            if prod is not None and q is not None:   # floor rounding: the quotient is the result
+                rq.append((prod[0], q, prod[1]))
+            prod, q = (n.input[0], n.input[1]), None
+        elif n.op_type == "Div" and re.search(r"_q_\d+$", out) and prod is not None:
+            q = out
+        elif n.op_type == "Add" and re.search(r"_rq_\d+$", out) and prod is not None:
+            rq.append((prod[0], out, prod[1]))
+            prod = q = None
+    if prod is not None and q is not None:
+        rq.append((prod[0], q, prod[1]))
+    return ovf, rq
+
+
+def int_arithmetic_check(fp, model: onnx.ModelProto, codes: np.ndarray, *, batch_size: int = 500,
+                         progress: bool = False) -> dict:
+    """Instrumented run of an unrolled dense integer graph: every accumulator overflow and every
+    requantisation the graph computes on ``codes`` is checked against :mod:`quant.ops` (the rules the
+    simulator follows) on the values met, and the events that make those rules matter are counted.
+
+    The end-to-end comparison (:func:`verify_int`) sees only states, where an accumulator clipped at
+    ``hi - 1`` instead of ``hi`` is usually requantised to the same code; this check sees the
+    accumulators themselves. The requantisation pairs ``(multiplier, shift)`` come from ``fp``
+    (:class:`hwsim.fixed_point.FixedPointMLP`), not from the graph's constants.
+
+    Returns:
+        ``n_acc`` accumulator values, ``saturations`` (values the overflow changed),
+        ``overflow_mismatches`` (graph != ``quant.ops.overflow(pre, acc_bits, signed, spec.overflow)``),
+        ``n_requant`` requantised values, ``ties`` (``acc * m mod 2**shift == 2**(shift - 1)``:
+        exactly half an output LSB, where nearest-even differs from round-half-up),
+        ``requant_mismatches`` (graph != ``quant.ops.requantize(acc, m, shift, spec.rounding)``).
+    """
+    from quant import ops
+
+    if any(g is not None for g in getattr(fp, "conv", [])):
+        raise ValueError("int_arithmetic_check probes dense integer graphs; allowed: a FixedPointMLP without conv layers")
+    if any(n.op_type == "Loop" for n in model.graph.node):
+        raise ValueError("int_arithmetic_check needs an unrolled graph (its tensors are graph values); "
+                         "allowed: build_int_model(..., loop=False)")
+    spec = fp.spec
+    ovf, rq = _int_probe_pairs(model)
+    params = {"f": fp.fwd_requant, "b": fp.fb_requant, "e": [c.requant for c in fp.extra]}
+    rq_params = []
+    for acc, out, mult in rq:
+        m = _RQ_PARAMS.match(mult)
+        if m is None:
+            raise ValueError(f"requantisation {out} multiplies by {mult!r}; expected an rq[fbe]_<k>_mult constant")
+        rq_params.append(params[m.group(1)][int(m.group(2))])
+    names = sorted({t for p in ovf for t in p} | {t for a, o, _ in rq for t in (a, o)})
+    probe = copy.deepcopy(model)
+    known = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in names if t not in known)
+    sess, _ = make_session(probe)
+    outs = [o.name for o in sess.get_outputs()]
+    res = dict.fromkeys(("n_acc", "saturations", "overflow_mismatches", "n_requant", "ties", "requant_mismatches"), 0)
+    codes = np.asarray(codes, np.int64)
+    for i in progress_bar(range(0, len(codes), batch_size), enabled=progress, desc="probe int graph"):
+        v = dict(zip(outs, sess.run(outs, {sess.get_inputs()[0].name: codes[i:i + batch_size]})))
+        for pre, post in ovf:
+            ref = ops.overflow(v[pre], spec.acc_bits, True, spec.overflow)
+            res["n_acc"] += v[pre].size
+            res["saturations"] += int((v[pre] != ref).sum())
+            res["overflow_mismatches"] += int((v[post] != ref).sum())
+        for (acc, out, _), (mult, shift) in zip(rq, rq_params):
+            a, got = v[acc], v[out]
+            res["n_requant"] += a.size
+            for mk, sk in set(zip(mult.tolist(), shift.tolist())):
+                cols = (mult == mk) & (shift == sk)
+                ac = a[:, cols]
+                res["requant_mismatches"] += int((got[:, cols] != ops.requantize(ac, int(mk), int(sk), spec.rounding)).sum())
+                if sk > 0:
+                    res["ties"] += int((((ac * mk) & ((1 << sk) - 1)) == (1 << (sk - 1))).sum())
+    return res

@@ -26,6 +26,23 @@ Metrics (stable names):
   (``key`` as in ``bytes_per_format``, ``form`` ``unrolled`` or ``loop``); ``rows``: the full table;
 * ``accuracy_<key>``: test accuracy of the ``Loop`` graph's predictions.
 
+Stress specs (issue 14: the presets' accumulators never overflow on MNIST and their 31-bit
+multipliers never meet a rounding tie, so neither the saturating ``Clip`` nor the tie rule of the
+integer graph was exercised): the same MLP is exported under two derived int8 specs,
+
+* ``int8_acc<narrow_acc_bits>`` -- a narrow accumulator (default 12 bits: it saturates on MNIST);
+* ``int8_<tie_scale_rule>``     -- power-of-two weight scales (default): shift-only requantisation,
+  where ``acc mod 2**shift == 2**(shift-1)`` (a tie) happens often,
+
+both forms compared bit for bit with the simulator on ``stress_n_test`` test images
+(``int_stress_mismatches``, criterion 0), and the unrolled graph instrumented
+(:func:`exports.verify.int_arithmetic_check`): every accumulator overflow and requantisation it
+computes is checked against :mod:`quant.ops` with the simulator's multipliers
+(``int_stress_arith_mismatches``, criterion 0: an accumulator clipped one code off is usually
+requantised to the same state, so the states alone cannot see it), and the events are counted:
+``int_narrow_acc_saturations`` (criterion >= 1) and ``int_pow2_ties`` (criterion >= 1), so the
+comparisons are known to have met the paths they guard.
+
 Conv (issue 12): the small conv EqProp net of :mod:`tracks.shared.conv_small` (MNIST 14x14, 1-8-16 3x3,
 trained by EqProp in seconds) through the same formats and forms -- ``conv_int_graph_mismatches``
 (``ConvInteger`` / integer window pooling with the first-max ``ArgMax`` vs FixedPointMLP's integer
@@ -57,6 +74,7 @@ from models.checkpoint import check_eqprop_checkpoint, load_checkpoint
 from models.eqprop_mlp import EqPropConfig, EqPropMLP
 from models.train import train
 from quant import get_preset
+from quant.formats import SCALE_RULES
 
 from .harness.plots import figure
 from .harness.base import Criterion, TrackContext, TrackResult, TrackSpec
@@ -77,6 +95,10 @@ SPEC = TrackSpec(
         Criterion("qdq_argmax_agreement", ">=", V.QDQ_MIN_ARGMAX),
         Criterion("qdq_max_out_lsb", "<=", V.QDQ_MAX_LSB),
         Criterion("float_graph_passed", "==", 1.0),
+        Criterion("int_stress_mismatches", "==", 0),
+        Criterion("int_stress_arith_mismatches", "==", 0),
+        Criterion("int_narrow_acc_saturations", ">=", 1),
+        Criterion("int_pow2_ties", ">=", 1),
         Criterion("conv_int_graph_mismatches", "==", 0),
         Criterion("conv_qdq_argmax_agreement", ">=", V.QDQ_MIN_ARGMAX),
         Criterion("conv_qdq_max_out_lsb", "<=", 1.0),
@@ -107,6 +129,10 @@ class T41Config:
     conv_epochs: int = 2
     conv_n_test: int = 10_000
     conv_export_seed: int | None = None   # export graphs of another (untrained) conv net: the broken path
+    stress: bool = True               # narrow-accumulator and power-of-two-scale int8 specs (int_stress_ metrics)
+    stress_n_test: int = 2000         # test images of the stress comparisons
+    narrow_acc_bits: int = 12         # accumulator width of the narrow spec
+    tie_scale_rule: str = "power_of_two"   # weight scale rule of the tie spec (max_abs: ties vanish)
 
     def __post_init__(self) -> None:
         for f in ("hidden", "n_train", "epochs", "n_steps"):
@@ -122,13 +148,18 @@ class T41Config:
             raise ValueError(f"conv_n_train={self.conv_n_train}, conv_epochs={self.conv_epochs}, conv_n_test="
                              f"{self.conv_n_test}, conv_channels={self.conv_channels}: need counts >= 0, n_test in "
                              "[1, 10000] and positive channels")
+        if self.stress and (not 2 <= self.narrow_acc_bits <= 32 or not 1 <= self.stress_n_test <= 10000
+                            or self.tie_scale_rule not in SCALE_RULES):
+            raise ValueError(f"narrow_acc_bits={self.narrow_acc_bits}, stress_n_test={self.stress_n_test}, "
+                             f"tie_scale_rule={self.tie_scale_rule!r}: allowed acc bits in [2, 32], n_test in "
+                             f"[1, 10000], a scale rule in {list(SCALE_RULES)}")
         if not self.presets or any(p not in PRESETS for p in self.presets):
             raise ValueError(f"presets={list(self.presets)} is invalid; allowed: a non-empty subset of {list(PRESETS)}")
 
 
 FULL = T41Config()
 QUICK = T41Config(hidden=64, n_train=6000, epochs=1, n_test=1000, n_steps=30, conv_n_train=1000, conv_epochs=1,
-                  conv_n_test=300)
+                  conv_n_test=300, stress_n_test=300)
 
 
 def _config(ctx: TrackContext) -> T41Config:
@@ -243,6 +274,11 @@ def run(ctx: TrackContext) -> TrackResult:
             metrics[f"bytes_int_graph_{p}"] = bytes_per_format[f"int_{p}"]
     if int_rounding is not None:
         notes.append(f"integer graphs built with rounding={int_rounding!r} instead of the spec's (override)")
+    if cfg.stress:
+        stress_metrics, stress_rows, stress_notes = _stress_section(ctx, cfg, net, xt, out)
+        metrics.update(stress_metrics)
+        metrics["stress_rows"] = stress_rows
+        notes += stress_notes
     if cfg.conv:
         conv_metrics, conv_rows, conv_notes = _conv_section(ctx, cfg, seed, out)
         metrics.update(conv_metrics)
@@ -250,6 +286,60 @@ def run(ctx: TrackContext) -> TrackResult:
         notes += conv_notes
     artifacts = [_plot(rows, ctx)]
     return TrackResult(metrics=metrics, artifacts=artifacts, notes=notes)
+
+
+def stress_specs(cfg: T41Config) -> dict:
+    """The two derived int8 specs of the stress comparisons: ``narrow_acc`` and ``pow2``."""
+    base = get_preset("int8")
+    return {"narrow_acc": base.replace(name=f"int8_acc{cfg.narrow_acc_bits}", acc_bits=cfg.narrow_acc_bits),
+            "pow2": base.replace(name=f"int8_{cfg.tie_scale_rule}",
+                                 weights=dataclasses.replace(base.weights, scale_rule=cfg.tie_scale_rule))}
+
+
+def _stress_section(ctx: TrackContext, cfg: T41Config, net, xt: np.ndarray, out: Path) -> tuple[dict, list, list]:
+    """Narrow-accumulator and power-of-two-scale specs: bit-exact graph vs simulator (both forms) and
+    the instrumented arithmetic check of the unrolled graph (:func:`exports.verify.int_arithmetic_check`)."""
+    t0 = time.time()
+    x = xt[:cfg.stress_n_test]
+    rows, mism, arith, failed, counts = [], 0, 0, False, {}
+    for key, spec in stress_specs(cfg).items():
+        ref = _reference(net, spec, "int", x, cfg.n_steps)
+        fp, codes = ref[3], ref[4]
+        for form in FORMS:
+            path = out / f"stress_{spec.name}_{form}_T{cfg.n_steps}.onnx"
+            row = {"format": f"stress_{key}", "preset": spec.name, "form": form}
+            try:
+                _export(net, spec, "int", form, cfg.n_steps, path, cfg.int_rounding)
+                r = V.verify_int(fp, path, codes, reference=ref[:3])
+                mism += r["int_graph_mismatches"]
+                row.update({k: v for k, v in r.items() if k != "format"})
+                if form == "unrolled":
+                    a = V.int_arithmetic_check(fp, onnx.load(str(path)), codes, progress=ctx.progress)
+                    arith += a["overflow_mismatches"] + a["requant_mismatches"]
+                    counts[key] = a
+                    row.update(a)
+                row["ort_ran"] = True
+            except Exception as e:  # a graph onnxruntime cannot build or run is a finding
+                log.exception("stress %s (%s) failed", key, form)
+                row.update({"ort_ran": False, "error": f"{type(e).__name__}: {e}"})
+                failed = True
+            rows.append(row)
+    nan = float("nan")
+    m = {
+        "int_stress_mismatches": nan if failed else int(mism),
+        "int_stress_arith_mismatches": nan if failed else int(arith),
+        "int_narrow_acc_saturations": counts["narrow_acc"]["saturations"] if "narrow_acc" in counts else nan,
+        "int_narrow_acc_values": counts["narrow_acc"]["n_acc"] if "narrow_acc" in counts else nan,
+        "int_pow2_ties": counts["pow2"]["ties"] if "pow2" in counts else nan,
+        "int_pow2_requant_values": counts["pow2"]["n_requant"] if "pow2" in counts else nan,
+        "stress_n_test": int(len(x)),
+        "stress_seconds": time.time() - t0,
+    }
+    specs = stress_specs(cfg)
+    notes = [f"stress specs on {len(x)} test images: {specs['narrow_acc'].name} ({m['int_narrow_acc_saturations']} of "
+             f"{m['int_narrow_acc_values']} accumulator values saturated), {specs['pow2'].name} "
+             f"({m['int_pow2_ties']} ties in {m['int_pow2_requant_values']} requantised values)"]
+    return m, rows, notes
 
 
 def _conv_section(ctx: TrackContext, cfg: T41Config, seed: int, out: Path) -> tuple[dict, list, list]:

@@ -52,7 +52,59 @@ def test_t41_fails_when_integer_graph_rounds_differently(tmp_path):
     assert not passed
     assert res.metrics["int_graph_mismatches"] > 0
     failed = {c["metric"] for c in crit if not c["passed"]}
-    assert failed == {"int_graph_mismatches", "conv_int_graph_mismatches"}
+    assert failed == {"int_graph_mismatches", "conv_int_graph_mismatches", "int_stress_mismatches",
+                      "int_stress_arith_mismatches"}
+
+
+# the stress tests run without the conv net (its criteria are covered above)
+NO_CONV = {"conv": False, "stress_n_test": 150}
+
+
+def _failed(res) -> set:
+    passed, crit = evaluate(t41.SPEC, res)
+    return {c["metric"] for c in crit if not c["passed"] and not c["metric"].startswith("conv_")}
+
+
+def test_t41_stress_specs_exercise_saturation_and_ties(tmp_path):
+    res = t41.run(_ctx(tmp_path, **NO_CONV))
+    m = res.metrics
+    assert _failed(res) == set(), m
+    assert m["int_stress_mismatches"] == 0 and m["int_stress_arith_mismatches"] == 0
+    assert 0 < m["int_narrow_acc_saturations"] < m["int_narrow_acc_values"]
+    assert m["int_pow2_ties"] > 0 and m["stress_n_test"] == 150
+    assert len(m["stress_rows"]) == 4 and all(r["ort_ran"] for r in m["stress_rows"])
+
+
+def test_t41_fails_when_integer_graph_clip_bound_is_off_by_one(tmp_path, monkeypatch):
+    """The saturating Clip of the integer graph one code short of the accumulator's top: the presets
+    never reach it; the narrow-accumulator spec's instrumented check does."""
+    import exports.onnx_export as E
+
+    orig = E.acc_bounds
+    monkeypatch.setattr(E, "acc_bounds", lambda bits: (orig(bits)[0], orig(bits)[1] - 1))
+    res = t41.run(_ctx(tmp_path, **NO_CONV))
+    assert "int_stress_arith_mismatches" in _failed(res)
+    assert res.metrics["int_graph_mismatches"] == 0   # the preset comparison alone misses it
+
+
+def test_t41_fails_when_integer_graph_tie_threshold_is_off_by_one(tmp_path, monkeypatch):
+    """The integer graph's rounding tie threshold 2**(shift-1) + 1: ties never occur with the presets'
+    31-bit multipliers; the power-of-two spec meets them."""
+    import exports.onnx_export as E
+
+    orig = E._tie_threshold
+    monkeypatch.setattr(E, "_tie_threshold", lambda shift: orig(shift) + 1)
+    res = t41.run(_ctx(tmp_path, **NO_CONV))
+    assert {"int_stress_mismatches", "int_stress_arith_mismatches"} <= _failed(res)
+    assert res.metrics["int_graph_mismatches"] == 0   # the preset comparison alone misses it
+
+
+def test_t41_event_criteria_fail_when_the_stress_specs_do_not_stress(tmp_path):
+    """A 32-bit accumulator never saturates and max-abs scales (31-bit multipliers) meet no tie: the
+    criteria that the stress comparisons met their paths fail."""
+    res = t41.run(_ctx(tmp_path, **NO_CONV, narrow_acc_bits=32, tie_scale_rule="max_abs"))
+    assert _failed(res) == {"int_narrow_acc_saturations", "int_pow2_ties"}
+    assert res.metrics["int_narrow_acc_saturations"] == 0 and res.metrics["int_pow2_ties"] == 0
 
 
 def test_t41_conv_criteria_fail_when_the_conv_graphs_come_from_other_weights(tmp_path):
