@@ -23,6 +23,8 @@ _IMPLIED_BITS = {"float32": 32, "int8": 8, "int4": 4, "ternary": 2}
 GRANULARITIES = ("per_tensor", "per_channel")
 SCALE_RULES = ("max_abs", "power_of_two", "mse")
 ONNX_CONTAINER_BITS = (4, 8, 16, 32)  # ONNX integer tensor types that hold weight codes
+DEVICE_MODELS = ("ideal", "constant_step", "linear_step", "soft_bounds", "exp_step", "pow_step")
+"""In-situ update models of :class:`AnalogSpec` (``device_model``); behaviour in :mod:`hwsim.devices`."""
 
 
 def _bad(cls: type, field: str, value: Any, allowed: str) -> ValueError:
@@ -336,6 +338,35 @@ class AnalogSpec(SpecBase):
         adc_range: ADC full scale in units of the ideal normalised dot product (weights
             mapped to [-1, 1], inputs in [0, 1]); outputs clip to ``[-adc_range, adc_range]``.
 
+    Device update model of in-situ learning (behaviour in :mod:`hwsim.devices`; the pulsed models and
+    their parameter names follow IBM aihwkit's ``PulsedDevice`` family,
+    ``src/aihwkit/simulator/configs/devices.py`` and ``src/rpucuda/rpu_*_device.cpp``). Every step
+    size is a fraction of one device's conductance range ``g_max - g_min``:
+
+        device_model: ``"ideal"`` (the requested conductance change is applied exactly, with the
+            multiplicative ``AnalogSimConfig.update_noise_std``; the default, today's behaviour) or
+            a pulsed model: ``"constant_step"``, ``"linear_step"``, ``"soft_bounds"``,
+            ``"exp_step"``, ``"pow_step"`` (:data:`DEVICE_MODELS`).
+        dw_min: nominal step of one pulse, in (0, 1] (aihwkit default 0.001 on a range of 1.2,
+            i.e. ~1/1200). A requested change ``d`` becomes ``n = floor(|d| / dw_min)`` pulses
+            plus one with probability ``frac(|d| / dw_min)`` (stochastic rounding), at most
+            ``max_pulses``.
+        max_pulses: most pulses per device per update, 1..65535 (aihwkit's bit length
+            ``desired_bl = 31``).
+        dw_min_dtod: device-to-device spread of the step size (relative, >= 0; aihwkit default 0.3).
+        dw_min_std: cycle-to-cycle spread: each pulse is scaled by ``1 + dw_min_std * xi``
+            (aihwkit default 0.3).
+        up_down: up/down asymmetry in [-1, 1]: ``up_down > 0`` shrinks the down step to
+            ``(1 - up_down) dw_min``, ``< 0`` the up step to ``(1 + up_down) dw_min`` (aihwkit).
+        up_down_dtod: device-to-device spread of the asymmetry (>= 0; aihwkit default 0.01).
+        gamma_up, gamma_down: ``linear_step`` slopes in [0, 1] (step ``s_up (1 - gamma_up w)``,
+            ``s_down (1 + gamma_down w)``, ``w = 2 x - 1`` the device position in [-1, 1];
+            ``soft_bounds`` is ``gamma = 1``).
+        es_A_up, es_A_down, es_gamma_up, es_gamma_down, es_a, es_b: ``exp_step`` fit parameters
+            (aihwkit ``ExpStepDevice`` defaults).
+        pow_gamma, pow_gamma_dtod, pow_up_down: ``pow_step`` exponent (> 0), its
+            device-to-device spread and up/down difference (aihwkit ``PowStepDevice``).
+
     >>> AnalogSpec(stuck_at_gmin_frac=0.6, stuck_at_gmax_frac=0.6)
     Traceback (most recent call last):
     ...
@@ -353,6 +384,24 @@ class AnalogSpec(SpecBase):
     dac_bits: int | None = None
     adc_bits: int | None = None
     adc_range: float = 1.0
+    device_model: str = "ideal"
+    dw_min: float = 0.001
+    max_pulses: int = 31
+    dw_min_dtod: float = 0.0
+    dw_min_std: float = 0.0
+    up_down: float = 0.0
+    up_down_dtod: float = 0.0
+    gamma_up: float = 0.0
+    gamma_down: float = 0.0
+    es_A_up: float = 0.00081
+    es_A_down: float = 0.36833
+    es_gamma_up: float = 12.44625
+    es_gamma_down: float = 12.78785
+    es_a: float = 0.244
+    es_b: float = 0.2425
+    pow_gamma: float = 1.0
+    pow_gamma_dtod: float = 0.0
+    pow_up_down: float = 0.0
 
     def __post_init__(self):
         cls = type(self)
@@ -372,3 +421,22 @@ class AnalogSpec(SpecBase):
             if v is not None:
                 _check_int(cls, name, v, 1, 16)
         _check_float(cls, "adc_range", self.adc_range, 0.0, 1e9, lo_open=True)
+        _check_choice(cls, "device_model", self.device_model, DEVICE_MODELS)
+        _check_float(cls, "dw_min", self.dw_min, 0.0, 1.0, lo_open=True)
+        _check_int(cls, "max_pulses", self.max_pulses, 1, 65535)
+        for name in ("dw_min_dtod", "dw_min_std", "up_down_dtod", "pow_gamma_dtod"):
+            _check_float(cls, name, getattr(self, name), 0.0, 10.0)
+        for name in ("up_down", "pow_up_down"):
+            _check_float(cls, name, getattr(self, name), -1.0, 1.0)
+        for name in ("gamma_up", "gamma_down"):
+            _check_float(cls, name, getattr(self, name), 0.0, 1.0)
+        for name in ("es_A_up", "es_A_down", "es_gamma_up", "es_gamma_down"):
+            _check_float(cls, name, getattr(self, name), 0.0, 1e3)
+        for name in ("es_a", "es_b"):
+            _check_float(cls, name, getattr(self, name), -1e3, 1e3)
+        _check_float(cls, "pow_gamma", self.pow_gamma, 0.0, 10.0, lo_open=True)
+
+    @property
+    def pulsed(self) -> bool:
+        """Whether in-situ updates are device pulses (``device_model != "ideal"``)."""
+        return self.device_model != "ideal"

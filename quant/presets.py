@@ -134,3 +134,48 @@ register_preset(HardwareSpec(
         dac_bits=8, adc_bits=8, adc_range=1.0,
     ),
 ))
+
+
+# --------------------------------------------------------------------------- device update models
+_AIHWKIT_RANGE = 1.2   # aihwkit PulsedDevice bounds w_min = -0.6, w_max = 0.6
+DEVICE_PRESETS: dict[str, dict] = {
+    "ideal": {"device_model": "ideal"},
+    # aihwkit PulsedDevice defaults (src/aihwkit/simulator/configs/devices.py): dw_min 0.001 on a
+    # range of 1.2 (our steps are fractions of the range), dw_min_dtod 0.3, dw_min_std 0.3,
+    # up_down 0, up_down_dtod 0.01; pulse count capped at desired_bl = 31.
+    "constant_step": {"device_model": "constant_step", "dw_min": 0.001 / _AIHWKIT_RANGE, "dw_min_dtod": 0.3,
+                      "dw_min_std": 0.3, "up_down": 0.0, "up_down_dtod": 0.01, "max_pulses": 31},
+    # aihwkit SoftBoundsDevice: the same PulsedDevice defaults, steps vanishing at the bounds.
+    "soft_bounds": {"device_model": "soft_bounds", "dw_min": 0.001 / _AIHWKIT_RANGE, "dw_min_dtod": 0.3,
+                    "dw_min_std": 0.3, "up_down": 0.0, "up_down_dtod": 0.01, "max_pulses": 31},
+    # aihwkit LinearStepDevice with gamma_up = gamma_down = 0.5 (aihwkit's default slopes are 0, which
+    # is the constant step; 0.5: half-way to soft bounds, our choice).
+    "linear_step": {"device_model": "linear_step", "dw_min": 0.001 / _AIHWKIT_RANGE, "dw_min_dtod": 0.3,
+                    "dw_min_std": 0.3, "up_down_dtod": 0.01, "gamma_up": 0.5, "gamma_down": 0.5, "max_pulses": 31},
+    # aihwkit ExpStepDevice defaults (es_A_up 0.00081, es_A_down 0.36833, es_gamma_up 12.44625,
+    # es_gamma_down 12.78785, es_a 0.244, es_b 0.2425: AnalogSpec's defaults).
+    "exp_step": {"device_model": "exp_step", "dw_min": 0.001 / _AIHWKIT_RANGE, "dw_min_dtod": 0.3,
+                 "dw_min_std": 0.3, "up_down_dtod": 0.01, "max_pulses": 31},
+    # aihwkit PowStepDevice defaults: pow_gamma 1, pow_gamma_dtod 0.1, pow_up_down 0 (Fusi & Abbott 2007).
+    "pow_step": {"device_model": "pow_step", "dw_min": 0.001 / _AIHWKIT_RANGE, "dw_min_dtod": 0.3,
+                 "dw_min_std": 0.3, "up_down_dtod": 0.01, "pow_gamma": 1.0, "pow_gamma_dtod": 0.1,
+                 "pow_up_down": 0.0, "max_pulses": 31},
+}
+"""Named in-situ device update models: :class:`AnalogSpec` field values (``device_*``, ``dw_min``, ...)
+from IBM aihwkit's device defaults (see :mod:`hwsim.devices` for the models and papers)."""
+
+
+def with_device(analog: AnalogSpec, name: str, **overrides) -> AnalogSpec:
+    """``analog`` with the device update model ``name`` of :data:`DEVICE_PRESETS` (then ``overrides``).
+
+    >>> with_device(AnalogSpec(), "soft_bounds", up_down=0.2).device_model
+    'soft_bounds'
+    >>> with_device(AnalogSpec(), "rram")
+    Traceback (most recent call last):
+    ...
+    ValueError: device preset 'rram' is unknown; allowed: ['ideal', 'constant_step', 'soft_bounds', 'linear_step', 'exp_step', 'pow_step']
+    """
+    import dataclasses
+    if name not in DEVICE_PRESETS:
+        raise ValueError(f"device preset {name!r} is unknown; allowed: {list(DEVICE_PRESETS)}")
+    return dataclasses.replace(analog, **{**DEVICE_PRESETS[name], **overrides})
