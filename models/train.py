@@ -1,4 +1,5 @@
-"""Training loop for EqPropMLP and LoopedMLP by EqProp or BPTT, with checkpoints and resume.
+"""Training loop for EqPropMLP and LoopedMLP by EqProp or BPTT, and for the feed-forward baseline
+(:class:`models.ff_mlp.FeedForwardMLP`) by ordinary backprop, with checkpoints and resume.
 
 >>> import torch
 >>> from models.eqprop_mlp import EqPropMLP, EqPropConfig
@@ -29,7 +30,7 @@ from .progress import progress as progress_bar
 
 log = logging.getLogger("eqprop_hwsim.models.train")
 
-METHODS = ("eqprop", "bptt")
+METHODS = ("eqprop", "bptt", "backprop")
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -39,7 +40,9 @@ class TrainConfig:
 
     Attributes:
         method: ``"eqprop"`` (contrast of nudged equilibria) or ``"bptt"`` (autograd through the
-            ``n_free_steps`` free sweeps: the same architecture trained by backprop).
+            ``n_free_steps`` free sweeps: the same architecture trained by backprop), or
+            ``"backprop"`` (a feed-forward net, e.g. :class:`models.ff_mlp.FeedForwardMLP`: cross-entropy
+            of its logits ``net(x)``, ordinary autograd; ``beta``, ``nudging`` and the step counts are unused).
         epochs, batch_size: passes over the training set; samples per update.
         optimizer: ``"sgd"`` (with ``momentum``) or ``"adam"``.
         lr: learning rate, or one per layer (EqPropMLP: ``len(sizes) - 1`` values).
@@ -101,9 +104,10 @@ class TrainConfig:
 def _param_groups(net: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     if not isinstance(cfg.lr, tuple):
         return [{"params": list(net.parameters()), "lr": float(cfg.lr)}]
-    if not isinstance(net, EqPropMLP) or len(cfg.lr) != net.n_layers:
+    from .ff_mlp import FeedForwardMLP
+    if not isinstance(net, (EqPropMLP, FeedForwardMLP)) or len(cfg.lr) != net.n_layers:
         raise ValueError(f"TrainConfig.lr has {len(cfg.lr)} values; per-layer rates need an EqPropMLP "
-                         f"with that many layers")
+                         f"or FeedForwardMLP with that many layers")
     return [{"params": list(lin.parameters()), "lr": lr} for lin, lr in zip(net.layers, cfg.lr)]
 
 
@@ -117,6 +121,15 @@ def make_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 def compute_grads(net: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
                   generator: torch.Generator | None = None) -> tuple[dict[str, torch.Tensor], float]:
     """Gradient estimate of one batch by ``cfg.method``; returns (grads by param name, batch loss)."""
+    if cfg.method == "backprop":
+        if isinstance(net, EnergyModel) or isinstance(net, LoopedMLP):
+            raise ValueError(f"TrainConfig.method='backprop' trains a feed-forward net (models.ff_mlp."
+                             f"FeedForwardMLP); a {type(net).__name__} trains by 'eqprop' or 'bptt'")
+        params = dict(net.named_parameters())
+        with torch.enable_grad():
+            loss = torch.nn.functional.cross_entropy(net(x), y.long())
+            g = torch.autograd.grad(loss, list(params.values()))
+        return dict(zip(params, g)), float(loss.detach())
     if cfg.method == "eqprop":
         kw = dict(beta=cfg.beta, mode=cfg.nudging, n_free_steps=cfg.n_free_steps, n_nudge_steps=cfg.n_nudge_steps,
                   generator=generator)
@@ -152,7 +165,8 @@ def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, n_steps: int | No
 def train(net: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: TrainConfig, *,
           x_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None,
           checkpoint: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
-          callback: Callable[[int, int, nn.Module], None] | None = None) -> dict[str, list[float]]:
+          callback: Callable[[int, int, nn.Module], None] | None = None,
+          epoch_callback: Callable[[int, dict[str, list[float]]], None] | None = None) -> dict[str, list[float]]:
     """Train ``net`` in place; returns the history ``{"train_loss", "val_acc", "lr"}`` per epoch.
 
     Args:
@@ -160,6 +174,9 @@ def train(net: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
             exists, ``resume=True`` continues from it; otherwise an error (nothing is overwritten).
         callback: ``callback(epoch, batch_index, net)`` after every update (e.g. to log a
             Lipschitz estimate).
+        epoch_callback: ``epoch_callback(epoch, history)`` after every epoch (after the validation
+            score is appended), e.g. to report to a hyperparameter search that may stop the run by
+            raising (``optuna.TrialPruned``).
     """
     if x_train.shape[0] != y_train.shape[0]:
         raise ValueError(f"x_train has {x_train.shape[0]} rows but y_train {y_train.shape[0]}")
@@ -215,6 +232,12 @@ def train(net: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
         if checkpoint is not None:
             save_checkpoint(checkpoint, net, train_config=cfg.to_dict(), metrics={"history": history},
                             epoch=epoch + 1, optimizer_state=opt.state_dict(), overwrite=True)
+        if epoch_callback is not None:
+            try:
+                epoch_callback(epoch, history)
+            except BaseException:
+                bar.close()
+                raise
     bar.close()
     return history
 
