@@ -18,12 +18,20 @@ Procedure (seed ``ctx.seeds[0]``):
 6. Synaptic operations per inference at ``T = 64`` vs the float network's MACs
    (``FLOAT_STEPS`` sweeps), energy from :mod:`quant.energy` (Horowitz ISSCC 2014, fp32).
 
+7. Non-unit threshold (issue 14: at ``v_threshold = 1`` the port's scaling of the weights by the
+   threshold is invisible): the snntorch comparisons of step 3 and the Brian2 agreement of step 4
+   are rerun at ``T = 64`` with ``v_threshold = alt_threshold`` (default 0.6) --
+   ``vth_acc_gap_t64``, ``vth_rate_state_mae_t64`` and ``vth_snntorch_brian2_agreement`` are
+   criteria with the thresholds of their unit-threshold twins; ``vth_counts_equal_unit`` (fraction
+   of spike counts identical to the unit-threshold run) is reported.
+
 Conv (issue 12, :func:`_conv_section`): the small conv EqProp net of :mod:`tracks.shared.conv_small`
 (MNIST 14x14, 1-8-16 3x3) as a spiking network (:mod:`hwsim.spiking.conv`: conv synapses, pooling gate
 from the accumulated conv charge, routed conv feedback): ``conv_acc_gap_t64 <= 1`` point,
 ``conv_snntorch_brian2_agreement >= 0.99`` (Brian2 with accumulator groups and gated synapses, one
 network per image), ``conv_nir_round_trip_exact == 1`` (Conv2d nodes, written, read back, same spike
-counts); accuracy per T, rates vs states, the no-feedback ablation and synops for information.
+counts); at ``v_threshold = alt_threshold`` too: ``conv_vth_acc_gap_t64 <= 1`` point and
+``conv_vth_snntorch_brian2_agreement >= 0.99``; accuracy per T, rates vs states, the no-feedback ablation and synops for information.
 
 Settings: :class:`T42Config` (``QUICK`` / ``FULL``): from the API only ``model`` (a trained EqPropMLP,
 skips training) and the transforms; from the CLI too:
@@ -71,9 +79,14 @@ SPEC = TrackSpec(
         Criterion("rate_state_corr_t64", ">=", 0.99),
         Criterion("rate_state_mae_t64", "<=", 0.015),
         Criterion("float_acc", ">=", 0.8),
+        Criterion("vth_snntorch_brian2_agreement", ">=", 0.99),
+        Criterion("vth_acc_gap_t64", "<=", 0.01),
+        Criterion("vth_rate_state_mae_t64", "<=", 0.015),
         Criterion("conv_snntorch_brian2_agreement", ">=", 0.99),
         Criterion("conv_acc_gap_t64", "<=", 0.01),
         Criterion("conv_nir_round_trip_exact", "==", 1.0),
+        Criterion("conv_vth_snntorch_brian2_agreement", ">=", 0.99),
+        Criterion("conv_vth_acc_gap_t64", "<=", 0.01),
     ),
     est_seconds_full=400.0,
     est_seconds_quick=40.0,
@@ -95,6 +108,7 @@ class T42Config:
     epochs: int                   # EqProp training epochs
     steps: tuple[int, ...] = STEPS  # time steps T (must include 64)
     poisson: bool = False         # also run Poisson input at T=64
+    alt_threshold: float = 0.6    # the non-unit firing threshold of the vth_ comparisons
     checkpoint: str | None = None  # EqPropMLP checkpoint to use instead of training
     model: Any = None             # API only: a trained EqPropMLP (skips training)
     snn_transform: Callable | None = None     # API only: SpikingParams -> SpikingParams (snntorch path)
@@ -119,6 +133,9 @@ class T42Config:
             raise ValueError(f"n_test={self.n_test}, n_train={self.n_train}: MNIST has 10000 / 60000 images")
         if self.checkpoint is not None:
             check_eqprop_checkpoint(self.checkpoint)
+        if not (0 < self.alt_threshold < float("inf")) or self.alt_threshold == 1.0:
+            raise ValueError(f"alt_threshold={self.alt_threshold!r} is invalid; allowed: a finite number > 0 other "
+                             "than 1 (the point is a threshold whose scaling is visible)")
         if 64 not in self.steps or min(self.steps) < 1:
             raise ValueError(f"steps={list(self.steps)} is invalid; allowed: ints >= 1 including 64 "
                              "(the criterion is measured at T=64)")
@@ -215,6 +232,15 @@ def run(ctx: TrackContext) -> TrackResult:
     rec_ff = run_snntorch(snn_tf(SpikingParams.from_model(net, cfg64.replace(feedback="none"))), x_te)
     mae_ff, corr_ff = _rate_stats(rec_ff, states)
 
+    # The same comparisons at a non-unit threshold (weights scaled by it in SpikingParams.from_model).
+    p_thr = snn_tf(SpikingParams.from_model(net, SpikingConfig(n_steps=64, v_threshold=cfg.alt_threshold)))
+    rec_thr = run_snntorch(p_thr, x_te)
+    mae_thr, corr_thr = _rate_stats(rec_thr, states)
+    acc_thr = float((rec_thr.predict() == y_te).mean())
+    same_unit = np.concatenate([(a == b).ravel() for a, b in zip(rec_thr.counts, rec64.counts)])
+    rec_b_thr = run_brian2(b2_tf(p_thr), xb, progress=ctx.progress)
+    same_thr = np.concatenate([(a[:len(xb)] == b).ravel() for a, b in zip(rec_thr.counts, rec_b_thr.counts)])
+
     synops = float(synops_per_sample(rec64, sizes).mean())
     macs = float(float_macs(sizes, FLOAT_STEPS))
     energy = energy_estimate(synops, macs, input_macs=sizes[0] * sizes[1], dtype="fp", bits=32)
@@ -235,6 +261,13 @@ def run(ctx: TrackContext) -> TrackResult:
         "no_feedback_rate_state_mae_t64": mae_ff,
         "no_feedback_rate_state_corr_t64": corr_ff,
         "no_feedback_acc_t64": float((rec_ff.predict() == y_te).mean()),
+        "vth": float(cfg.alt_threshold),
+        "vth_snn_acc_t64": acc_thr,
+        "vth_acc_gap_t64": float_acc - acc_thr,
+        "vth_rate_state_mae_t64": mae_thr,
+        "vth_rate_state_corr_t64": corr_thr,
+        "vth_snntorch_brian2_agreement": float(same_thr.mean()),
+        "vth_counts_equal_unit": float(same_unit.mean()),
         "synops_per_inference": synops,
         "float_macs_per_inference": macs,
         "snn_energy_pj_per_inference": energy["snn_pj"],
@@ -257,6 +290,7 @@ def run(ctx: TrackContext) -> TrackResult:
         f"float reference: {FLOAT_STEPS} free-phase sweeps, float64; test slice {cfg.n_test} images",
         "agreement = fraction of (image, neuron) spike counts identical in snntorch and Brian2 at T=64 "
         f"({cfg.n_brian} images, all layers)",
+        f"vth_ metrics: the T=64 comparisons at v_threshold={cfg.alt_threshold} (weights and biases scaled by it)",
         "read-out: most output spikes, ties broken by the final membrane potential",
         f"energy: {energy['pj_per_synop']} pJ per synop (fp32 add) vs {energy['pj_per_mac']} pJ per MAC "
         f"(fp32 mult + add), {energy['source']}; weight fetches not included",
@@ -316,6 +350,14 @@ def _conv_section(ctx: TrackContext, cfg: T42Config, seed: int) -> tuple[dict[st
     m["conv_no_feedback_acc_t64"] = float((rec_ff.predict() == y).mean())
     m["conv_no_feedback_rate_state_mae_t64"] = float(np.mean([np.abs(r - s_).mean()
                                                               for r, s_ in zip(rec_ff.rates(), states)]))
+    # non-unit threshold (weights scaled by it in ConvSpikingParams.from_model): accuracy, rates, Brian2
+    p_thr = ConvSpikingParams.from_model(net, SpikingConfig(n_steps=64, v_threshold=cfg.alt_threshold))
+    rec_thr = run_snntorch_conv(snn_tf(p_thr), x)
+    m["conv_vth_snn_acc_t64"] = float((rec_thr.predict() == y).mean())
+    m["conv_vth_acc_gap_t64"] = float_acc - m["conv_vth_snn_acc_t64"]
+    m["conv_vth_rate_state_mae_t64"] = float(np.mean([np.abs(r - s_).mean() for r, s_ in zip(rec_thr.rates(), states)]))
+    m["conv_vth_counts_equal_unit"] = float(np.concatenate(
+        [(a == b).ravel() for a, b in zip(rec_thr.counts, rec64.counts)]).mean())
     m["conv_synops_per_inference_t64"] = float(conv_synops_per_sample(rec64, p64).mean())
     xb = x[:cfg.conv_n_brian]
     tb = time.time()
@@ -325,6 +367,10 @@ def _conv_section(ctx: TrackContext, cfg: T42Config, seed: int) -> tuple[dict[st
     same = np.concatenate([(a == b).ravel() for a, b in zip(rec_s.counts, rec_b.counts)])
     m["conv_snntorch_brian2_agreement"] = float(same.mean())
     m["conv_snntorch_brian2_max_count_diff"] = max(int(np.abs(a - b).max()) for a, b in zip(rec_s.counts, rec_b.counts))
+    rec_bt = run_brian2_conv(b2_tf(p_thr), xb)
+    rec_st = run_snntorch_conv(p_thr, xb)
+    m["conv_vth_snntorch_brian2_agreement"] = float(np.concatenate(
+        [(a == b).ravel() for a, b in zip(rec_st.counts, rec_bt.counts)]).mean())
     with tempfile.TemporaryDirectory() as tmp:   # NIR: write the file, read it back, rebuild, rerun
         import nir
 

@@ -183,13 +183,53 @@ def test_track42_passes_and_fails_when_feedback_dropped_or_brian2_weights_differ
         return p.with_config(p.config.replace(feedback="none"))
 
     passed, rows, _ = _track42(tmp_path / "no_fb", snn_transform=drop_feedback)
-    assert not passed and not rows["rate_state_mae_t64"]
+    assert not passed and not rows["rate_state_mae_t64"] and not rows["vth_rate_state_mae_t64"]
 
     def other_weights(p):
         return SpikingParams((p.weights[0], -p.weights[1]), p.biases, p.config)
 
     passed, rows, _ = _track42(tmp_path / "b2", brian2_transform=other_weights)
     assert not passed and not rows["snntorch_brian2_agreement"] and rows["acc_gap_t64"]
+    assert not rows["vth_snntorch_brian2_agreement"]
+
+
+def test_track42_fails_when_the_threshold_scaling_is_dropped(tmp_path, monkeypatch):
+    """SpikingParams.from_model without the scaling of weights and biases by v_threshold: invisible at
+    threshold 1 (every unit-threshold criterion still passes), caught by the vth_ comparisons."""
+    orig = SpikingParams.from_model.__func__
+
+    def unscaled(cls, net, config):
+        p = orig(cls, net, config.replace(v_threshold=1.0))
+        return cls(p.weights, p.biases, config)
+
+    monkeypatch.setattr(SpikingParams, "from_model", classmethod(unscaled))
+    passed, rows, result = _track42(tmp_path, alt_threshold=2.0)
+    failed = {k for k, ok in rows.items() if not ok}
+    assert failed == {"vth_acc_gap_t64", "vth_rate_state_mae_t64"}, result.metrics
+    assert result.metrics["vth_counts_equal_unit"] < 0.9
+
+
+def test_track42_conv_fails_when_the_conv_threshold_scaling_is_dropped(tmp_path, monkeypatch):
+    """ConvSpikingParams.from_model without the threshold scaling: only conv_vth_acc_gap_t64 fails."""
+    import dataclasses
+
+    from hwsim.spiking.conv import ConvSpikingParams
+    from tracks import TrackContext, evaluate
+    from tracks.harness.base import TrackResult
+    from tracks.t42_spiking_fidelity import QUICK, SPEC, _conv_section
+
+    orig = ConvSpikingParams.from_model.__func__
+
+    def unscaled(cls, net, config):
+        return dataclasses.replace(orig(cls, net, config.replace(v_threshold=1.0)), config=config)
+
+    monkeypatch.setattr(ConvSpikingParams, "from_model", classmethod(unscaled))
+    cfg = dataclasses.replace(QUICK, conv_model=small_trained_conv_net(), conv_n_test=200, conv_n_brian=1,
+                              conv_steps=(64,))
+    m, _ = _conv_section(TrackContext(out_dir=tmp_path, quick=True, progress=False), cfg, 0)
+    _, rows = evaluate(SPEC, TrackResult(metrics=m))
+    failed = {r["metric"] for r in rows if r["metric"].startswith("conv_") and not r["passed"]}
+    assert failed == {"conv_vth_acc_gap_t64"}, m
 
 
 def small_trained_conv_net():
@@ -223,8 +263,9 @@ def test_track42_conv_metrics_pass_and_each_fails_when_its_path_is_broken(tmp_pa
         return {r["metric"]: r["passed"] for r in rows if r["metric"].startswith("conv_")}, m
 
     rows, m = conv_rows()
-    assert len(rows) == 3 and all(rows.values()), m
+    assert len(rows) == 5 and all(rows.values()), m
     assert m["conv_snntorch_brian2_agreement"] == 1.0 and m["conv_float_acc"] > 0.7
+    assert m["conv_vth_snntorch_brian2_agreement"] == 1.0 and m["conv_vth_counts_equal_unit"] > 0.99
 
     def scale_conv(p):
         return dataclasses.replace(p, convs=tuple(dataclasses.replace(c, weight=c.weight * 1.5) for c in p.convs))
