@@ -11,8 +11,17 @@ through the noisy reads and every update is a conductance change (stuck devices 
 ``acc_clean`` the same chip without faults or drift, ``acc_faulty`` the faulty chip with the
 ex-situ weights left as programmed.
 
+Device update models (issue 16): the in-situ learning runs once per device update model of
+``Config.device_models`` (:data:`quant.presets.DEVICE_PRESETS`, after IBM aihwkit: ``ideal`` exact
+conductance changes, and pulsed ``constant_step``, ``soft_bounds``, ``pow_step`` ... with ``dw_min``
+pulse counting, device-to-device and cycle-to-cycle variation; :mod:`hwsim.devices`) on the same
+faulty chip; each model's recovery is reported (``recovered_fraction_<model>``), the criterion
+``recovered_fraction`` is the first model's (``ideal``).
+
 Criteria: ``recovered_fraction >= 0.5``; ``fault_gap_points >= 2`` (the faults really hurt: with
-the fault injection bypassed the gap is ~0 and the track fails).
+the fault injection bypassed the gap is ~0 and the track fails); ``stuck_max_change <= 0``: the
+largest conductance change of a stuck device during in-situ learning, over every model and seed
+(issue 14: a simulator that lets stuck devices move makes recovery easier; this invariant catches it).
 
 Settings: :class:`Config` (``QUICK`` / ``FULL``); ``disable_noise`` bypasses fault and drift
 injection (the failure test).
@@ -30,7 +39,7 @@ import torch
 from models.progress import progress as progress_bar
 
 from hwsim.analog import AnalogCrossbarMLP, AnalogSimConfig, adc_range_for
-from quant.presets import get_preset
+from quant.presets import DEVICE_PRESETS, get_preset, with_device
 from tracks.harness.plots import figure
 from tracks.harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from tracks.data import load_dataset
@@ -49,17 +58,18 @@ SPEC = TrackSpec(
     criteria=(
         Criterion("recovered_fraction", ">=", 0.5),
         Criterion("fault_gap_points", ">=", 2.0),
+        Criterion("stuck_max_change", "<=", 0.0),
     ),
-    est_seconds_full=1800.0,
-    est_seconds_quick=50.0,
+    est_seconds_full=3600.0,
+    est_seconds_quick=60.0,
 )
 
 T_INFERENCE_S = 86400.0  # read one day after programming
 DRIFT_NU_STD = 0.02      # aihwkit PCM fit: 0.008..0.045 depending on conductance
 
 
-def _chips(net, seed: int, stuck_frac: float, faulty: bool):
-    base = get_preset("analog_pcm").analog
+def _chips(net, seed: int, stuck_frac: float, faulty: bool, device: str = "ideal"):
+    base = with_device(get_preset("analog_pcm").analog, device)
     base = dataclasses.replace(base, adc_range=adc_range_for(net, 2.0))
     clean_sim = AnalogSimConfig(prog_noise_model="pcm_poly")
     if not faulty:
@@ -70,19 +80,35 @@ def _chips(net, seed: int, stuck_frac: float, faulty: bool):
     return AnalogCrossbarMLP(net, spec, sim=sim, seed=seed)
 
 
+def stuck_max_change(chip, before: list[torch.Tensor]) -> float:
+    """Largest ``|g_now - g_before|`` over the stuck devices of ``chip`` (``before``: ``gp + gm`` copies)."""
+    out = 0.0
+    for g0, g1, st in zip(before, chip.gp + chip.gm, chip.stuck_p + chip.stuck_m):
+        if bool((st != 0).any()):
+            out = max(out, float((g1[st != 0] - g0[st != 0]).abs().max()))
+    return out
+
+
 def heal_one_seed(net, x_tr, y_tr, x_te, y_te, *, seed: int, stuck_frac: float, steps: int, eval_every: int,
-                  lr, beta: float, batch_size: int, disable: bool, progress: bool, control: bool = False) -> dict:
-    """Clean / faulty / in-situ accuracies and the in-situ curve for one chip seed."""
-    clean = _chips(net, seed, stuck_frac, faulty=False)
-    acc_clean = clean.accuracy(x_te, y_te)
-    chip = _chips(net, seed, 0.0 if disable else stuck_frac, faulty=not disable)
-    acc_faulty = chip.accuracy(x_te, y_te)
+                  lr, beta: float, batch_size: int, disable: bool, progress: bool, control: bool = False,
+                  device: str = "ideal", acc_clean: float | None = None, acc_faulty: float | None = None,
+                  mode: str = "symmetric") -> dict:
+    """Clean / faulty / in-situ accuracies and the in-situ curve for one chip seed and device update model
+    (``acc_clean`` / ``acc_faulty`` given: reuse them; the device model changes only the updates, so
+    the chip before learning is the same)."""
+    clean = _chips(net, seed, stuck_frac, faulty=False, device=device)
+    if acc_clean is None:
+        acc_clean = clean.accuracy(x_te, y_te)
+    chip = _chips(net, seed, 0.0 if disable else stuck_frac, faulty=not disable, device=device)
+    if acc_faulty is None:
+        acc_faulty = chip.accuracy(x_te, y_te)
+    before = [g.clone() for g in chip.gp + chip.gm]
     lrs = list(lr) + [lr[-1]] * (chip.n_layers - len(lr))
     gen = torch.Generator().manual_seed(1000 + seed)
     curve = [{"step": 0, "accuracy": acc_faulty}]
-    for t in progress_bar(range(1, steps + 1), enabled=progress, desc=f"in-situ seed {seed}"):
+    for t in progress_bar(range(1, steps + 1), enabled=progress, desc=f"in-situ seed {seed} {device}"):
         idx = torch.randint(0, x_tr.shape[0], (batch_size,), generator=gen)
-        g = chip.eqprop_grads(x_tr[idx], y_tr[idx], beta=beta, n_free_steps=20, n_nudge_steps=8)
+        g = chip.eqprop_grads(x_tr[idx], y_tr[idx], beta=beta, n_free_steps=20, n_nudge_steps=8, mode=mode)
         chip.apply_update([-lrs[i] * gi for i, gi in enumerate(g)])
         if t % eval_every == 0 or t == steps:
             curve.append({"step": t, "accuracy": chip.accuracy(x_te, y_te)})
@@ -94,12 +120,14 @@ def heal_one_seed(net, x_tr, y_tr, x_te, y_te, *, seed: int, stuck_frac: float, 
             g = clean.eqprop_grads(x_tr[idx], y_tr[idx], beta=beta, n_free_steps=20, n_nudge_steps=8)
             clean.apply_update([-lrs[i] * gi for i, gi in enumerate(g)])
         acc_clean_insitu = clean.accuracy(x_te, y_te)
-    return {"seed": seed, "acc_clean": acc_clean, "acc_clean_after_insitu": acc_clean_insitu, "acc_faulty": acc_faulty, "acc_after_insitu": curve[-1]["accuracy"],
-            "stuck_fraction_measured": chip.stuck_fraction(), "curve": curve}
+    return {"seed": seed, "device": device, "acc_clean": acc_clean, "acc_clean_after_insitu": acc_clean_insitu,
+            "acc_faulty": acc_faulty, "acc_after_insitu": curve[-1]["accuracy"],
+            "stuck_fraction_measured": chip.stuck_fraction(), "stuck_max_change": stuck_max_change(chip, before),
+            "curve": curve}
 
 
-def _plot(results, path: Path) -> Path:
-    with figure(path, figsize=(5.5, 3.8), dpi=120) as (fig, _axes):
+def _plot(results, path: Path, by_model: dict | None = None) -> Path:
+    with figure(path, ncols=2 if by_model else 1, figsize=(11.0 if by_model else 5.5, 3.8), dpi=120) as (fig, _axes):
         ax = _axes[0][0]
         for i, r in enumerate(results):
             st = [c["step"] for c in r["curve"]]
@@ -111,9 +139,22 @@ def _plot(results, path: Path) -> Path:
                       label="fault-free chip" if i == 0 else None)
         ax.set_xlabel("in-situ EqProp steps (batches)")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title("self-healing on a faulty crossbar")
+        ax.set_title(f"self-healing on a faulty crossbar ({results[0]['device']} updates)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+        if by_model:
+            ax = _axes[0][1]
+            for j, (model, rs) in enumerate(by_model.items()):
+                for i, r in enumerate(rs):
+                    ax.plot([c["step"] for c in r["curve"]], [100 * c["accuracy"] for c in r["curve"]], marker=".",
+                            color=f"C{j}", label=model if i == 0 else None)
+            r0 = results[0]
+            ax.axhline(100 * r0["acc_clean"], color="k", ls=":", lw=1, label="fault-free chip")
+            ax.set_xlabel("in-situ EqProp steps (batches)")
+            ax.set_ylabel("test accuracy (%)")
+            ax.set_title("recovery per device update model (hwsim.devices)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
     return path
 
 
@@ -126,6 +167,7 @@ class Config:
     eval_every: int | None = None    # updates between two accuracy measurements (None: insitu_steps // 10)
     lr: tuple[float, ...] | None = None  # in-situ learning rate per layer (None: the ex-situ model's)
     beta: float = 0.5                # nudging strength (symmetric)
+    device_models: tuple[str, ...] = ("ideal", "constant_step", "soft_bounds", "pow_step")  # DEVICE_PRESETS names
     stuck_frac: float = 0.10         # fraction of stuck devices (half at g_min, half at g_max)
     control: bool = True             # also run the in-situ steps on the fault-free chip
     disable_noise: bool = False      # bypass fault and drift injection (the failure test)
@@ -143,9 +185,13 @@ class Config:
         if not self.beta > 0:
             raise ValueError(f"beta={self.beta} is invalid; allowed: a float > 0")
         check_model_settings(self.model)
+        if not self.device_models or any(m not in DEVICE_PRESETS for m in self.device_models):
+            raise ValueError(f"device_models={self.device_models!r} is invalid; allowed: a non-empty list of "
+                             f"{list(DEVICE_PRESETS)}")
 
 
-QUICK = Config(n_test=1000, insitu_steps=60, eval_every=10, control=False)
+QUICK = Config(n_test=1000, insitu_steps=60, eval_every=20, control=False,
+               device_models=("ideal", "constant_step", "soft_bounds"))
 FULL = Config()
 
 
@@ -171,9 +217,15 @@ def _run(ctx: TrackContext, c: Config) -> TrackResult:
     xtr, ytr = load_dataset("mnist", "train", data_dir=ctx.data_dir)
     n_tr = int(settings["n_train"])  # in-situ data: the same training images the model saw ex situ
     xtr, ytr = torch.as_tensor(np.asarray(xtr[:n_tr]), dtype=torch.float64), torch.as_tensor(np.asarray(ytr[:n_tr]))
-    results = [heal_one_seed(net, xtr, ytr, xte, yte, seed=s, stuck_frac=stuck_frac, steps=steps,
-                             eval_every=eval_every, lr=lr, beta=beta, batch_size=100, disable=disable,
-                             progress=ctx.progress, control=c.control) for s in seeds]
+    models = tuple(dict.fromkeys(c.device_models))
+    by_model: dict[str, list[dict]] = {}
+    for j, model in enumerate(models):
+        by_model[model] = [heal_one_seed(
+            net, xtr, ytr, xte, yte, seed=s, stuck_frac=stuck_frac, steps=steps, eval_every=eval_every, lr=lr,
+            beta=beta, batch_size=100, disable=disable, progress=ctx.progress, control=c.control and j == 0,
+            device=model, acc_clean=None if j == 0 else by_model[models[0]][k]["acc_clean"],
+            acc_faulty=None if j == 0 else by_model[models[0]][k]["acc_faulty"]) for k, s in enumerate(seeds)]
+    results = by_model[models[0]]
 
     def mean(k):
         return mean_ci95([r[k] for r in results])
@@ -181,7 +233,13 @@ def _run(ctx: TrackContext, c: Config) -> TrackResult:
     (c_m, c_h), (f_m, f_h), (a_m, a_h) = mean("acc_clean"), mean("acc_faulty"), mean("acc_after_insitu")
     gap = c_m - f_m
     rec = (a_m - f_m) / gap if gap > 0 else float("nan")
-    plot = _plot(results, ctx.plots_dir / "t03_self_healing.png")
+    plot = _plot(results, ctx.plots_dir / "t03_self_healing.png", by_model if len(models) > 1 else None)
+    per_model = {}
+    for model, rs in by_model.items():
+        a, h = mean_ci95([r["acc_after_insitu"] for r in rs])
+        per_model[model] = {"acc_after_insitu": a, "acc_after_insitu_ci95": h,
+                            "recovered_fraction": (a - f_m) / gap if gap > 0 else float("nan"),
+                            "stuck_max_change": max(r["stuck_max_change"] for r in rs)}
     metrics = {
         "recovered_fraction": rec,
         "fault_gap_points": 100.0 * gap,
@@ -191,16 +249,28 @@ def _run(ctx: TrackContext, c: Config) -> TrackResult:
         "acc_clean_after_insitu": (float(np.mean([r["acc_clean_after_insitu"] for r in results]))
                                    if results[0]["acc_clean_after_insitu"] is not None else None),
         "stuck_fraction_measured": float(np.mean([r["stuck_fraction_measured"] for r in results])),
+        "stuck_max_change": max(v["stuck_max_change"] for v in per_model.values()),
+        "device_models": list(models),
+        **{f"recovered_fraction_{m}": v["recovered_fraction"] for m, v in per_model.items()},
+        **{f"acc_after_insitu_{m}": v["acc_after_insitu"] for m, v in per_model.items()},
+        "by_device_model": per_model,
+        "device_specs": {m: DEVICE_PRESETS[m] for m in models},
         "insitu_steps": steps, "n_test": int(xte.shape[0]), "n_seeds": len(seeds),
         "per_seed": [{k: v for k, v in r.items() if k != "curve"} for r in results],
         "curve": [{"seed": r["seed"], **c} for r in results for c in r["curve"]],
+        "curve_by_model": [{"device": m, "seed": r["seed"], **c} for m, rs in by_model.items() for r in rs
+                           for c in r["curve"]],
     }
     out = Path(ctx.out_dir) / "t03"
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
     notes = [f"faults: {100 * stuck_frac:g} % of devices stuck (half at g_min, half at g_max), drift read at "
              f"{T_INFERENCE_S:g} s with nu spread {DRIFT_NU_STD} and global compensation; in-situ EqProp "
-             f"{steps} batches of 100, lr {lr}, beta {beta}, symmetric nudging, on the noisy chip"]
+             f"{steps} batches of 100, lr {lr}, beta {beta}, symmetric nudging, on the noisy chip",
+             "device update models (hwsim.devices, aihwkit defaults, dw_min = 1/1200 of the range, <= 31 pulses): "
+             + ", ".join(f"{m}: recovered {v['recovered_fraction']:.2f} (acc {100 * v['acc_after_insitu']:.1f} %)"
+                         for m, v in per_model.items())
+             + f"; largest change of a stuck device {metrics['stuck_max_change']:g}"]
     if disable:
         notes.append("fault and drift injection disabled by the disable_noise setting (failure test)")
     if math.isnan(rec):

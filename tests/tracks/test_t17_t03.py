@@ -47,10 +47,13 @@ def test_t17_injects_noise_and_fails_when_bypassed(tmp_path):
 
 
 def test_t03_faults_hurt_and_track_fails_when_bypassed(tmp_path):
-    res = t03.run(_ctx(tmp_path, insitu_steps=10, eval_every=5))
+    res = t03.run(_ctx(tmp_path, insitu_steps=10, eval_every=5, device_models=("ideal", "soft_bounds")))
     _, rows = evaluate(t03.SPEC, res)
     m = res.metrics
     assert _crit(rows, "fault_gap_points")["passed"], m
+    assert _crit(rows, "stuck_max_change")["passed"] and m["stuck_max_change"] == 0.0, m
+    assert m["device_models"] == ["ideal", "soft_bounds"] and 0.0 <= m["acc_after_insitu_soft_bounds"] <= 1.0
+    assert {c["device"] for c in m["curve_by_model"]} == {"ideal", "soft_bounds"}
     assert abs(m["stuck_fraction_measured"] - 0.10) < 0.01
     assert [c["step"] for c in m["curve"]][0] == 0 and m["curve"][-1]["step"] == 10
     assert (tmp_path / "plots" / "t03_self_healing.png").stat().st_size > 1000
@@ -63,3 +66,15 @@ def test_t03_faults_hurt_and_track_fails_when_bypassed(tmp_path):
 def test_t03_rejects_bad_override(tmp_path):
     with pytest.raises(ValueError, match="stuck_frac"):
         t03.run(_ctx(tmp_path, stuck_frac=1.5))
+    with pytest.raises(ValueError, match="device_models"):
+        t03.run(_ctx(tmp_path, device_models=("rram",)))
+
+
+def test_t03_fails_when_stuck_devices_move(tmp_path, monkeypatch):
+    """Issue 14 mutation: stuck devices that change during in-situ updates must fail the track."""
+    from hwsim import devices
+    monkeypatch.setattr(devices, "keep_stuck", lambda new, old, stuck: new)
+    res = t03.run(_ctx(tmp_path, insitu_steps=3, eval_every=3, device_models=("ideal", "constant_step")))
+    passed, rows = evaluate(t03.SPEC, res)
+    assert not passed and not _crit(rows, "stuck_max_change")["passed"], res.metrics["by_device_model"]
+    assert all(v["stuck_max_change"] > 0 for v in res.metrics["by_device_model"].values())
