@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DictConfig
-from .energy import INPUT, Bias, Dense, EnergyModel, Node, Term, register_float_kernel
+from .energy import ACTIVATIONS, INPUT, Bias, Dense, EnergyModel, Node, Term, register_float_kernel
 from .engine import check_update
 from .eqprop_mlp import COSTS
 
@@ -174,6 +174,50 @@ class ConvPoolFloat:
 register_float_kernel(ConvPool, ConvPoolFloat)
 
 
+OUT_INITS = ("centred", "uniform")
+
+
+SN_INIT_ITERS = 500
+"""Power iterations of the first projection (from a random vector); later ones warm-start."""
+SN_MARGIN = 1e-2
+"""The projection rescales to ``sigma_power <= sn_bound / (1 + SN_MARGIN)``: the power estimate is a
+lower bound of the norm, and conv operators have clustered top singular values, so it converges
+slowly (its relative error decays roughly like 1/iterations; measured from a random vector: up to
+1e-2 after 20 iterations, 1e-3 after 100, 6e-5 after 2000); the margin keeps the true norm under
+the bound after a large weight change too. It is an empirical margin, not a proof: Track 1 checks
+the result against the exact norm of the dense operator, and :func:`conv_norm_upper_bound` gives
+a certified (looser) upper bound."""
+
+
+def conv_dense_matrix(W: torch.Tensor, in_shape: tuple[int, int, int], padding: int) -> torch.Tensor:
+    """The convolution ``x -> conv2d(x, W, padding)`` (stride 1) on ``in_shape`` as a dense
+    ``(n_out, n_in)`` matrix (one column per input basis vector): the independent reference of the
+    power iteration on small shapes (``torch.linalg.matrix_norm(M, ord=2)``)."""
+    n = math.prod(in_shape)
+    eye = torch.eye(n, dtype=W.dtype, device=W.device).reshape(n, *in_shape)
+    return F.conv2d(eye, W, padding=padding).reshape(n, -1).T
+
+
+def conv_norm_upper_bound(W: torch.Tensor, in_shape: tuple[int, int, int], padding: int) -> float:
+    """Certified upper bound of ``||conv||_2`` on ``in_shape`` (Sedghi et al. 2019): the zero-padded
+    linear convolution is a row selection of the circular convolution on the ``(H+2p) x (W+2p)``
+    torus applied to the zero-embedded input (no index wraps), and the circular convolution's
+    singular values are those of the ``C_out x C_in`` matrices ``K_hat(f)`` at each 2-d frequency."""
+    _, h, w = in_shape
+    k_hat = torch.fft.fft2(W.detach().double(), s=(h + 2 * padding, w + 2 * padding))
+    return float(torch.linalg.svdvals(k_hat.permute(2, 3, 0, 1)).max())
+
+
+def pool_lipschitz_note() -> str:
+    """Why the reported bound covers the pooled coupling."""
+    return ("Lipschitz bound of a coupling = ||conv||_2 on its actual input shape (stride 1, zero padding): "
+            "the drive s_pre -> P(conv(s_pre)) + b has Lipschitz constant <= ||conv||_2 because non-overlapping "
+            "max pooling P is 1-Lipschitz in the 2-norm (|max a_w - max b_w| <= max |a_w - b_w| <= ||a_w - b_w||_2 "
+            "per window, windows disjoint, a cropped ragged edge is a projection) and the bias cancels; the hard "
+            "sigmoid is 1-Lipschitz; the feedback conv^T(U(s_post)) has norm <= ||conv||_2 for a fixed routing U "
+            "(U places each pooled unit at a distinct position: an isometry), the routing itself depends on s_pre.")
+
+
 @dataclass(frozen=True)
 class ConvConfig(DictConfig):
     """Architecture and dynamics of a :class:`ConvEqProp`.
@@ -184,6 +228,15 @@ class ConvConfig(DictConfig):
         kernel, padding, pool: convolution size, zero padding and pooling window of every conv layer.
         n_out: classes (the output node, dense-coupled to the last feature map).
         cost, ce_scale, update, init_gain: as :class:`~models.eqprop_mlp.EqPropConfig`.
+        out_init: ``"centred"`` (default): the rows of the dense output weights are made zero-mean
+            and the output bias starts in the middle of the output box, so no output unit starts
+            below its clamp; ``"uniform"``: the plain ``U(-g/sqrt(fan_in), g/sqrt(fan_in))`` of the
+            other layers (see :class:`ConvEqProp` for why it leaves dead output units).
+        out_activation: box of the output node (:data:`models.energy.ACTIVATIONS`).
+        sn_bound: spectral normalisation: every coupling (each convolution, as an operator on its
+            actual input shape, and the dense output matrix) is rescaled to operator 2-norm
+            ``<= sn_bound`` (see :meth:`ConvEqProp.constrain_`); ``None``: off.
+        sn_iters: power iterations per projection (warm-started from the previous vector).
     """
 
     in_shape: tuple[int, int, int] = (1, 28, 28)
@@ -196,6 +249,10 @@ class ConvConfig(DictConfig):
     ce_scale: float = 4.0
     update: str = "async"
     init_gain: float = 1.0
+    out_init: str = "uniform"
+    out_activation: str = "hard_sigmoid"
+    sn_bound: float | None = None
+    sn_iters: int = 50
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "in_shape", tuple(int(d) for d in self.in_shape))
@@ -212,6 +269,15 @@ class ConvConfig(DictConfig):
         if self.cost not in COSTS:
             raise ValueError(f"ConvConfig.cost={self.cost!r}; allowed: {COSTS}")
         check_update(self.update, "ConvConfig.update")
+        if self.sn_bound is not None and not (isinstance(self.sn_bound, (int, float)) and self.sn_bound > 0):
+            raise ValueError(f"ConvConfig.sn_bound={self.sn_bound!r}: need a float > 0 (the operator-norm bound "
+                             "of every coupling) or None (no spectral normalisation)")
+        if int(self.sn_iters) < 1:
+            raise ValueError(f"ConvConfig.sn_iters={self.sn_iters} must be >= 1 (power iterations per projection)")
+        if self.out_init not in OUT_INITS:
+            raise ValueError(f"ConvConfig.out_init={self.out_init!r}; allowed: {OUT_INITS}")
+        if self.out_activation not in ACTIVATIONS:
+            raise ValueError(f"ConvConfig.out_activation={self.out_activation!r}; allowed: {tuple(ACTIVATIONS)}")
         _, h, w = self.in_shape
         for i, _c in enumerate(self.channels):
             h, w = (h + 2 * self.padding - self.kernel + 1) // self.pool, (w + 2 * self.padding - self.kernel + 1) // self.pool
@@ -244,7 +310,7 @@ class ConvEqProp(EnergyModel, nn.Module):
             self.nodes.append(Node(math.prod(shape), shape=shape))
             self.terms.append(term)
         self.fc = nn.Linear(math.prod(shape), cfg.n_out)
-        self.nodes.append(Node(cfg.n_out))
+        self.nodes.append(Node(cfg.n_out, cfg.out_activation))
         last = len(self.nodes) - 1
         self.terms += [Dense(post=last, pre=last - 1, weight="fc.weight"), Bias(node=last, bias="fc.bias")]
         with torch.no_grad():
@@ -253,10 +319,113 @@ class ConvEqProp(EnergyModel, nn.Module):
                 bound = cfg.init_gain / math.sqrt(fan_in)
                 mod.weight.uniform_(-bound, bound, generator=gen)
                 mod.bias.uniform_(-bound, bound, generator=gen)
+            if cfg.out_init == "centred":
+                self.fc.weight.sub_(self.fc.weight.mean(dim=1, keepdim=True))
+                lo, hi = self.nodes[-1].bounds
+                self.fc.bias.fill_(0.5 * (lo + hi))
+        self._sn_seen: tuple = ()
+        if cfg.sn_bound is not None:
+            for i, t in enumerate(self.conv_terms):
+                v = torch.randn(1, *t.in_shape, generator=gen)
+                self.register_buffer(f"_sn_v{i}", v / v.norm(), persistent=False)
+            self.constrain_(n_iter=SN_INIT_ITERS)
 
     @property
     def n_in(self) -> int:
         return math.prod(self.config.in_shape)
+
+    # ------------------------------------------------------------------ spectral normalisation
+    @property
+    def conv_terms(self) -> list[ConvPool]:
+        return [t for t in self.terms if isinstance(t, ConvPool)]
+
+    def conv_operator_norm(self, i: int, n_iter: int | None = None, tol: float = 1e-7,
+                           v0: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
+        """Power-iteration estimate of ``||conv_i||_2``, the convolution of layer ``i`` (stride 1,
+        its zero padding) as a linear map on its actual input shape ``(C_in, H, W)``: iterates
+        ``v <- conv^T(conv(v)) / ||.||`` (``conv_transpose2d`` is the exact adjoint at stride 1)
+        until the estimate changes by less than ``tol`` (relative) or after ``n_iter`` steps.
+        The estimate ``||conv(v)||`` (unit ``v``) is a lower bound of the norm that converges to it.
+        Returns ``(sigma, v)``."""
+        t = self.conv_terms[i]
+        W = self.convs[i].weight.detach()
+        v = v0 if v0 is not None else getattr(self, f"_sn_v{i}", None)
+        if v is None:
+            v = torch.randn(1, *t.in_shape, dtype=W.dtype, device=W.device)
+        v = v.to(W.dtype) / v.norm()
+        sigma = 0.0
+        with torch.no_grad():
+            for _ in range(n_iter or self.config.sn_iters):
+                u = F.conv2d(v, W, padding=t.padding)
+                new = float(u.norm())
+                v = F.conv_transpose2d(u, W, padding=t.padding)
+                nv = v.norm()
+                if nv == 0:
+                    return 0.0, v
+                v = v / nv
+                done = abs(new - sigma) <= tol * max(new, 1e-30)
+                sigma = new
+                if done:
+                    break
+            sigma = max(sigma, float(F.conv2d(v, W, padding=t.padding).norm()))
+        return sigma, v
+
+    @torch.no_grad()
+    def constrain_(self, n_iter: int | None = None) -> dict[str, float]:
+        """Spectral normalisation (a projection, applied in place): each conv weight is rescaled by
+        ``min(1, sn_bound / (sigma (1 + SN_MARGIN)))`` with ``sigma`` its :meth:`conv_operator_norm`
+        (power iteration, warm-started), the dense output weight by ``min(1, sn_bound / ||W_fc||_2)`` (exact SVD).
+        Biases are untouched (they do not enter the Lipschitz constant). No-op without ``sn_bound``.
+
+        :meth:`drive` calls it whenever a weight changed since the last projection (PyTorch version
+        counters), so every relaxation, EqProp step and BPTT unroll runs on projected weights (the
+        training loops need no hook: an optimiser step, then the next ``drive`` projects). After the
+        last step of a training run, call it before reading the weights directly (backends, exports).
+        Returns the norms measured before the rescaling, by parameter name."""
+        bound = self.config.sn_bound
+        if bound is None:
+            return {}
+        out = {}
+        for i, conv in enumerate(self.convs):
+            sigma, v = self.conv_operator_norm(i, n_iter)
+            getattr(self, f"_sn_v{i}").copy_(v.to(getattr(self, f"_sn_v{i}").dtype))
+            out[f"convs.{i}.weight"] = sigma
+            if sigma * (1 + SN_MARGIN) > bound:
+                conv.weight.mul_(bound / (sigma * (1 + SN_MARGIN)))
+        sigma = float(torch.linalg.matrix_norm(self.fc.weight.detach().double(), ord=2))
+        out["fc.weight"] = sigma
+        if sigma > bound:
+            self.fc.weight.mul_(bound / sigma)
+        self._sn_seen = self._weight_versions()
+        return out
+
+    def _weight_versions(self) -> tuple:
+        return tuple((p.data_ptr(), p._version) for p in [c.weight for c in self.convs] + [self.fc.weight])
+
+    def drive(self, x: torch.Tensor) -> list:
+        if self.config.sn_bound is not None and self._weight_versions() != self._sn_seen:
+            self.constrain_()
+        return super().drive(x)
+
+    @torch.no_grad()
+    def lipschitz(self, n_iter: int = 200) -> dict[str, float]:
+        """The Lipschitz bounds of the couplings as the network uses them now, by parameter name
+        (``sigma_power`` per conv at its input shape; ``fc.weight`` exact), and ``"feedforward"``:
+        their product, a Lipschitz constant of the first feed-forward sweep ``x -> s_out`` (hard
+        sigmoid and non-overlapping max pooling are 1-Lipschitz in the 2-norm; see
+        :func:`pool_lipschitz_note`). ``"<name>_fft"``: the certified upper bound
+        :func:`conv_norm_upper_bound` of each convolution."""
+        out: dict[str, float] = {}
+        prod = 1.0
+        for i, t in enumerate(self.conv_terms):
+            sigma, _ = self.conv_operator_norm(i, n_iter, tol=1e-9)
+            out[f"convs.{i}.weight"] = sigma
+            out[f"convs.{i}.weight_fft"] = conv_norm_upper_bound(self.convs[i].weight.detach(), t.in_shape, t.padding)
+            prod *= sigma
+        fc = float(torch.linalg.matrix_norm(self.fc.weight.detach().double(), ord=2))
+        out["fc.weight"] = fc
+        out["feedforward"] = prod * fc
+        return out
 
     @property
     def update(self) -> str:
