@@ -10,7 +10,9 @@ batch of MNIST images (16 patch tokens, 4 heads, 1 block, float32, 1 thread) by
 Each (method, d, T) runs in a fresh subprocess with the glibc settings of Track 35
 (:data:`tracks.t35_memory_scaling.MALLOC_ENV`: buffers >= 64 KiB are mmapped, so the resident set
 follows live bytes); memory = peak RSS during one step minus the RSS before it (after a warm-up
-step), time = median of ``--repeats`` steps. Prints a table and the ratios (to EqProp) from this run.
+step), time = median of ``--repeats`` steps. Prints a table and the ratios (to EqProp) from this run,
+with the 1-minute load average at the end of each probe (step times on a shared machine are only
+comparable between rows of similar load).
 
 Usage::
 
@@ -67,7 +69,8 @@ def probe(spec: dict) -> dict:
     g = grads_of(net, x, y, ts)
     peak = _kib("VmHWM")
     del g
-    return {**spec, "seconds": statistics.median(times), "step_mib": (peak - base) / 1024}
+    return {**spec, "seconds": statistics.median(times), "step_mib": (peak - base) / 1024,
+            "load1": os.getloadavg()[0]}
 
 
 def main(argv=None) -> int:
@@ -95,12 +98,13 @@ def main(argv=None) -> int:
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
                 print(json.dumps(rows[-1]), flush=True)
     print(f"machine: {describe_machine_short()}; batch {a.batch}, 1 thread, float32")
-    print(f"{'d':>4s} {'T':>4s} {'method':9s} {'s/step':>8s} {'MiB':>8s} {'time/EqProp':>12s} {'mem/EqProp':>11s}")
+    print(f"{'d':>4s} {'T':>4s} {'method':9s} {'s/step':>8s} {'MiB':>8s} {'time/EqProp':>12s} {'mem/EqProp':>11s} "
+          f"{'load1':>6s}")
     for r in rows:
         eq = next(e for e in rows if e["method"] == "eqprop" and e["d"] == r["d"] and e["T"] == r["T"])
         mem = f"{r['step_mib'] / eq['step_mib']:11.2f}" if eq["step_mib"] >= 0.05 else f"{'n/a':>11s}"  # below page noise
         print(f"{r['d']:4d} {r['T']:4d} {r['method']:9s} {r['seconds']:8.3f} {r['step_mib']:8.2f} "
-              f"{r['seconds'] / eq['seconds']:12.2f} {mem}")
+              f"{r['seconds'] / eq['seconds']:12.2f} {mem} {r['load1']:6.1f}")
     return 0
 
 
