@@ -66,6 +66,8 @@ from .solvers import SOLVERS, RelaxInfo
 TOKENIZATIONS = {"patch7": (7, 7), "rows": (1, 28)}
 """MNIST as a sequence: 16 tokens of 7x7 patches, or 28 tokens of one image row (28 pixels)."""
 IMAGE = (28, 28)
+EXIT_CRITERIA = ("abs", "rel")
+"""Per-sample early-exit tests of :meth:`EnergyTransformer.relax_early_exit`."""
 
 
 def tokenize(x: torch.Tensor, patch: tuple[int, int], image: tuple[int, int] = IMAGE) -> torch.Tensor:
@@ -471,11 +473,15 @@ class EnergyTransformer(EnergyModel, nn.Module):
             if n > self.config.max_norm:
                 w.mul_(self.config.max_norm / n)
 
-    def relax_early_exit(self, x: torch.Tensor, *, eps: float, max_steps: int,
-                         damping: float | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def relax_early_exit(self, x: torch.Tensor, *, eps: float, max_steps: int, damping: float | None = None,
+                         criterion: str = "abs") -> tuple[list[torch.Tensor], torch.Tensor]:
         """Free phase with per-sample early exit: a sample stops being updated after the first step
-        whose residual ``max |s_new - s|`` is ``<= eps``; returns ``(state, steps)`` (``steps`` =
-        sweeps each sample ran, ``max_steps`` for those that never reached ``eps``)."""
+        whose residual ``r_k = max |s_new - s|`` is ``<= eps`` (``criterion="abs"``) or ``<= eps * r_1``
+        (``"rel"``: relative to the sample's first-sweep residual, i.e. to how far it moved from the
+        zero start); returns ``(state, steps)`` (``steps`` = sweeps each sample ran, ``max_steps`` for
+        those that never reached ``eps``)."""
+        if criterion not in EXIT_CRITERIA:
+            raise ValueError(f"criterion={criterion!r}; allowed: {EXIT_CRITERIA}")
         dmp = self.config.damping if damping is None else damping
         with torch.no_grad():
             sweep = self.sweeper(self.drive(x))
@@ -485,8 +491,10 @@ class EnergyTransformer(EnergyModel, nn.Module):
             for k in range(1, max_steps + 1):
                 new = [(1 - dmp) * a + dmp * b for a, b in zip(sweep(s), s)]
                 res = torch.stack([(a - b).abs().amax(dim=1) for a, b in zip(new, s)]).amax(dim=0)
+                if k == 1:
+                    scale = res.clamp_min(torch.finfo(res.dtype).tiny) if criterion == "rel" else torch.ones_like(res)
                 s = [torch.where(active[:, None], a, b) for a, b in zip(new, s)]
-                done = active & (res <= eps)
+                done = active & (res <= eps * scale)
                 steps[done] = k
                 active &= ~done
                 if not bool(active.any()):
