@@ -29,9 +29,12 @@ implicit (DEQ) gradient (``T`` free sweeps, then the adjoint at the reached stat
 subprocess per method and repeat (see :func:`measure`). Criteria: ``tf_mem_ratio_t30 <= 0.5`` and
 flatness ``tf_{eqprop,implicit}_slope_ratio <= 0.02`` (least-squares bytes per sweep over BPTT's; a
 max/min growth ratio was too noisy here: EqProp's ~1.2 MiB step read 1.07-1.28 MiB across T).
-Measured 2026-11-30 (one repeat, load ~12 on 2 cores): EqProp 1.28 / 1.07 / 1.23 MiB, implicit
-8.1 / 8.1 / 8.0 MiB, BPTT 15.4 / 44.4 / 147.0 MiB at T = 10 / 30 / 100; an EqProp step that keeps its
-trajectory (``eqprop_variant="keep_trajectory"``) 4.8 / 7.4 / 16.4 MiB (slope 8.8 % of BPTT's: fails).
+Measured 2026-11-30 (``run_suite.py --track 35 --quick --set 'tf_t_values=[10,30,100]'``, one repeat,
+load ~20 on 2 cores, 513 s): EqProp 1.36 / 1.32 / 1.26 MiB, implicit 9.38 / 9.38 / 9.37 MiB, BPTT
+15.3 / 44.2 / 146.9 MiB at T = 10 / 30 / 100 (1.53 MB per sweep); EqProp / BPTT at T=30 0.030,
+slope ratios EqProp -0.0007, implicit -0.0001; an EqProp step that keeps its trajectory
+(``eqprop_variant="keep_trajectory"``) 4.8 / 7.4 / 16.4 MiB (slope 8.8 % of BPTT's: fails).
+Quick variant: transformer T in {10, 30, 60}.
 
 Metrics: ``mem_ratio_t30`` (EqProp / BPTT step bytes at T=30), ``eqprop_mem_growth`` (max / min over
 T of EqProp's step bytes), ``bptt_mem_growth``, ``bptt_bytes_per_sweep`` (least-squares slope), a
@@ -79,7 +82,7 @@ SPEC = TrackSpec(
               Criterion("tf_mem_ratio_t30", "<=", 0.5), Criterion("tf_eqprop_slope_ratio", "<=", TF_SLOPE_MAX),
               Criterion("tf_implicit_slope_ratio", "<=", TF_SLOPE_MAX)),
     est_seconds_full=90.0,
-    est_seconds_quick=30.0,
+    est_seconds_quick=55.0,
 )
 
 SIZES = (784, 512, 10)
@@ -132,7 +135,7 @@ class Config:
             raise ValueError(f"eqprop_variant={self.eqprop_variant!r} is invalid; allowed: {list(EQPROP_VARIANTS)}")
 
 
-QUICK = Config(t_values=T_QUICK, repeats=REPEATS_QUICK)
+QUICK = Config(t_values=T_QUICK, repeats=REPEATS_QUICK, tf_t_values=(10, 30, 60))
 FULL = Config()
 
 
