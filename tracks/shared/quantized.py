@@ -55,6 +55,7 @@ from ..harness.threads import torch_threads
 from ..harness.plots import figure
 from ..harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from ..data import load_dataset
+from .quantized_checks import narrow_acc_check, weight_code_violations
 
 log = logging.getLogger("eqprop_hwsim.tracks.quantized")
 
@@ -63,6 +64,11 @@ TARGET_GAP_PT = {"int8": 0.3, "int4": 1.0, "ternary": 1.5}
 CRITERION_GAP_PT = {"int8": 1.5, "int4": 2.5, "ternary": 3.5}
 """Pass thresholds: looser than the targets (the quick variant tests 500 images: 1 image = 0.2 pt)."""
 UPDATE_COSINE_MIN = 0.9
+CONV_UPDATE_COSINE_MIN = 0.7
+"""Conv: the first layer's 3x3x1 kernels get a coarser integer update (measured 0.76-0.94 at 1500 images)."""
+NARROW_ACC_BITS = {"int8": 12, "int4": 12, "ternary": 9}
+"""Accumulator bits of the overflow replays: narrow enough that every preset overflows on real images
+(ternary codes are +-1: 12 bits would not overflow in the first conv layer, 9 x 128 < 2**11)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,21 +87,49 @@ class QuantTrackConfig:
     n_nudge_steps: int = 10     # sweeps per nudged phase
     scratch: int = 1            # seeds (the first ones) that also train on chip from scratch
     bypass_quantizer: bool = False  # the simulated paths use the float model (the failure test)
+    narrow_acc_bits: int = 0    # accumulator bits of the overflow replays (0: NARROW_ACC_BITS of the preset)
+    n_narrow: int = 50          # test images of the overflow replays
+    # conv part (tracks/shared/quantized_conv.py): the small conv net on Fashion-MNIST 14x14
+    conv: bool = True
+    conv_seeds: int = 1         # the first conv_seeds seeds of the run also run the conv part
+    conv_channels: tuple = (8, 16)
+    conv_n_train: int = 3000
+    conv_n_test: int = 2000
+    conv_epochs: int = 2        # float EqProp pre-training (Adam conv_lr)
+    conv_ft_epochs: int = 1     # float SGD / on-chip fine-tuning at conv_ft_lr
+    conv_optimizer: str = "sgd"  # float pre-training ("sgd" without momentum, or "adam")
+    conv_lr: float = 0.2
+    conv_ft_lr: float = 0.05
+    conv_n_bitexact: int = 50   # test images of the numba-vs-torch conv replays
 
     def __post_init__(self) -> None:
         for f in ("hidden", "n_train", "n_test", "epochs", "ft_epochs", "batch_size", "n_free_steps",
-                  "n_nudge_steps"):
+                  "n_nudge_steps", "n_narrow", "conv_n_train", "conv_n_test", "conv_epochs", "conv_ft_epochs",
+                  "conv_n_bitexact"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f}={getattr(self, f)} is invalid; allowed: an int >= 1")
         if self.scratch < 0:
             raise ValueError(f"scratch={self.scratch} is invalid; allowed: an int >= 0")
         if self.n_train > 60000 or self.n_test > 10000:
             raise ValueError(f"n_train={self.n_train}, n_test={self.n_test}: MNIST has 60000 / 10000 images")
+        if self.conv_n_train > 60000 or self.conv_n_test > 10000 or self.conv_n_bitexact > self.conv_n_test:
+            raise ValueError(f"conv_n_train={self.conv_n_train}, conv_n_test={self.conv_n_test}, conv_n_bitexact="
+                             f"{self.conv_n_bitexact}: Fashion-MNIST has 60000 / 10000 images and the bit-exact "
+                             "replays use the first conv_n_bitexact test images")
+        if self.narrow_acc_bits != 0 and not 4 <= self.narrow_acc_bits <= 20:
+            raise ValueError(f"narrow_acc_bits={self.narrow_acc_bits} is invalid; allowed: 0 (preset default) or "
+                             "4..20 (it must overflow on real images)")
+        if self.conv_optimizer not in ("sgd", "adam"):
+            raise ValueError(f"conv_optimizer={self.conv_optimizer!r} is invalid; allowed: 'sgd' or 'adam'")
+        if self.conv_seeds < 0 or not (self.conv_lr > 0 and self.conv_ft_lr > 0) or not self.conv_channels:
+            raise ValueError(f"conv_seeds={self.conv_seeds}, conv_lr={self.conv_lr}, conv_ft_lr={self.conv_ft_lr}, "
+                             f"conv_channels={self.conv_channels}: need seeds >= 0, rates > 0, >= 1 conv layer")
 
 
 # ft_epochs=2 in quick: with 1 epoch on 2000 images the ternary on-chip fine-tuning could not recover the
 # per-tensor PTQ loss (measured gap 4.1 pt; 3.7 pt with 128 hidden units); full mode keeps 1 epoch on 10k.
-QUICK = QuantTrackConfig(hidden=64, n_train=2000, n_test=1000, epochs=3, ft_epochs=2, scratch=0)
+QUICK = QuantTrackConfig(hidden=64, n_train=2000, n_test=1000, epochs=3, ft_epochs=2, scratch=0,
+                         conv_channels=(4, 8), conv_n_train=1000, conv_n_test=300, conv_epochs=2, conv_n_bitexact=20)
 FULL = QuantTrackConfig()
 
 
@@ -113,6 +147,22 @@ def make_spec(track_id: int, slug: str, name: str, preset: str) -> TrackSpec:
             Criterion("update_cosine_min", ">=", UPDATE_COSINE_MIN),
             Criterion("bitexact_mismatches", "==", 0),
             Criterion("code_range_violations", "==", 0),
+            # issue 14: the codes the integer path uses are round-to-nearest codes of the float weights
+            Criterion("weight_code_violations", "==", 0),
+            # issue 14: a narrow saturating accumulator really overflows; numba == torch == saturating reference
+            Criterion("narrow_acc_mismatches", "==", 0),
+            Criterion("narrow_acc_ref_mismatches", "==", 0),
+            Criterion("narrow_acc_ref_saturated", ">=", 1),
+            Criterion("narrow_acc_wrap_would_differ", ">=", 1),
+            # issue 12: the conv net through the integer path (tracks/shared/quantized_conv.py)
+            Criterion("conv_bitexact_mismatches", "==", 0),
+            Criterion("conv_weight_code_violations", "==", 0),
+            Criterion("conv_code_range_violations", "==", 0),
+            Criterion("conv_narrow_acc_mismatches", "==", 0),
+            Criterion("conv_narrow_acc_ref_mismatches", "==", 0),
+            Criterion("conv_narrow_acc_ref_saturated", ">=", 1),
+            Criterion("conv_narrow_acc_wrap_would_differ", ">=", 1),
+            Criterion("conv_update_cosine_min", ">=", CONV_UPDATE_COSINE_MIN),
         ),
         est_seconds_full=1200.0, est_seconds_quick=40.0,
     )
@@ -176,6 +226,7 @@ def _run_seed(preset: str, cfg: QuantTrackConfig, seed: int, data, bypass: bool,
 
     wfmt = spec.weights
     violations = 0
+    narrow_keys = ("mismatches", "overflows", "ref_mismatches", "ref_saturated", "wrap_would_differ")
     if bypass:  # the quantizer is the identity: every "simulated" path is the float model
         out["acc_ptq"] = out["acc_float"]
         net_q = copy.deepcopy(net_e)
@@ -191,6 +242,8 @@ def _run_seed(preset: str, cfg: QuantTrackConfig, seed: int, data, bypass: bool,
         out["update_cosine_start"] = out["update_cosine"]
         out["bitexact_mismatches"] = float("nan")  # no integer path to replay
         out["code_range_violations"] = violations
+        out["weight_code_violations"] = float("nan")
+        out.update({f"narrow_acc_{k}": float("nan") for k in narrow_keys})
         return out
 
     fp_ptq = FixedPointMLP.from_model(net_f, spec)
@@ -226,6 +279,13 @@ def _run_seed(preset: str, cfg: QuantTrackConfig, seed: int, data, bypass: bool,
         violations += _range_violations(hs["model"].w_codes, wfmt)
 
     # integer-path checks
+    out["weight_code_violations"] = sum(weight_code_violations(n, f) for n, f in
+                                        ((net_f, fp_ptq), (net_q, fp_qat), (net_e, fp0)))
+    nb = cfg.narrow_acc_bits or NARROW_ACC_BITS[preset]
+    n_nar = min(cfg.n_narrow, len(x_te))
+    nar = narrow_acc_check(net_f, spec, nb, x64_te[:n_nar], y_te[:n_nar], n_steps=cfg.n_free_steps, beta=cfg.beta,
+                           seed=seed)
+    out.update({f"narrow_acc_{k}": v for k, v in nar.items()})
     for fp in (fp_ptq, fp_qat, fp_on):
         violations += _range_violations(fp.w_codes + fp.fb_codes, wfmt)
     hb = spec.update.hidden_bits
@@ -276,6 +336,11 @@ def run_quantized(ctx: TrackContext, preset: str, track_id: int) -> TrackResult:
     metrics["update_cosine_worst"] = float(min(r["update_cosine_min"] for r in rows))
     metrics["bitexact_mismatches"] = float(sum(r["bitexact_mismatches"] for r in rows))
     metrics["code_range_violations"] = int(sum(r["code_range_violations"] for r in rows))
+    for k in ("weight_code_violations", "narrow_acc_mismatches", "narrow_acc_ref_mismatches"):
+        metrics[k] = float(sum(r[k] for r in rows))
+    for k in ("narrow_acc_overflows", "narrow_acc_ref_saturated", "narrow_acc_wrap_would_differ"):
+        metrics[k] = float(min(r[k] for r in rows))  # every seed must overflow / saturate
+    metrics["narrow_acc_bits"] = int(cfg.narrow_acc_bits or NARROW_ACC_BITS[preset])
     metrics["target_gap_pt"] = TARGET_GAP_PT[preset]
     metrics["target_met"] = bool(metrics["onchip_gap_pt"] <= TARGET_GAP_PT[preset])
     metrics["n_seeds"] = len(rows)
@@ -293,6 +358,14 @@ def run_quantized(ctx: TrackContext, preset: str, track_id: int) -> TrackResult:
     ]
     if bypass:
         notes.append("bypass_quantizer: the quantizer is the identity, simulated paths use the float model.")
+    if cfg.conv and cfg.conv_seeds > 0:
+        from .quantized_conv import conv_section
+
+        with torch_threads(1):
+            cm, cnotes, crows = conv_section(ctx, preset, cfg, seeds[:cfg.conv_seeds],
+                                             cfg.narrow_acc_bits or NARROW_ACC_BITS[preset], TARGET_GAP_PT[preset])
+        metrics.update(cm)
+        notes += cnotes
     artifacts = [_plot_acc(rows, names, preset, track_id, ctx), _plot_cos(rows, preset, track_id, ctx)]
     return TrackResult(metrics=metrics, artifacts=artifacts, notes=notes)
 
