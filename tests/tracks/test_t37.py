@@ -66,3 +66,25 @@ def test_t37_dynamics_that_are_not_the_energy_gradient_fail_the_gradient_criteri
     bad = t37.gradient_check(net, val_ids, c)
     assert not _crit(bad, "grad_cos_truncated"), bad
     assert np.isfinite(bad["grad_cos_full"])
+
+
+def test_tiny_shakespeare_split_by_position_and_missing_file_error(tmp_path, monkeypatch):
+    import pytest
+
+    from tracks.data import DataError
+    from tracks.data.text import CharVocab, unigram_bits
+
+    text = load_tiny_shakespeare()
+    tr, va, vocab = char_split(text)
+    assert vocab.size == 65 and len(tr) + len(va) == len(text) and abs(len(va) / len(text) - 0.1) < 1e-5
+    assert vocab.decode(tr[:14]) == "First Citizen:" and vocab.decode(va) == text[len(tr):][:len(va)]
+    assert 4.0 < unigram_bits(tr, vocab.size) < 5.0
+    monkeypatch.delenv("EQPROP_DATA", raising=False)
+    with pytest.raises(DataError, match="EQPROP_DATA"):
+        load_tiny_shakespeare(tmp_path)
+    (tmp_path / "tinyshakespeare").mkdir()
+    (tmp_path / "tinyshakespeare" / "input.txt").write_text("not shakespeare")
+    with pytest.raises(DataError, match="md5"):
+        load_tiny_shakespeare(tmp_path)
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        CharVocab.from_text("ab").encode("abc")
