@@ -402,9 +402,16 @@ class ConvEqProp(EnergyModel, nn.Module):
     def _weight_versions(self) -> tuple:
         return tuple((p.data_ptr(), p._version) for p in [c.weight for c in self.convs] + [self.fc.weight])
 
-    def drive(self, x: torch.Tensor) -> list:
+    def sn_sync_(self) -> bool:
+        """Project (:meth:`constrain_`) iff spectral normalisation is on and a weight changed since
+        the last projection; returns whether it projected. :meth:`drive` calls it."""
         if self.config.sn_bound is not None and self._weight_versions() != self._sn_seen:
             self.constrain_()
+            return True
+        return False
+
+    def drive(self, x: torch.Tensor) -> list:
+        self.sn_sync_()
         return super().drive(x)
 
     @torch.no_grad()
