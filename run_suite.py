@@ -7,8 +7,9 @@
     python run_suite.py --track 2 int8 --seeds 0 1 --out runs/mine --set 2.n_images=20
     python run_suite.py export --checkpoint net.pt --spec int8 --out net.onnx --verify 1000
     python run_suite.py sweep --kinds prog --levels 0,0.05 --precisions int8 --jobs 2
+    python run_suite.py tune --family eqprop --dataset mnist --trials 16 --out tracks/shared/tuning
 
-Subcommands: ``run`` (the default when the first argument is an option), ``export``, ``sweep``.
+Subcommands: ``run`` (the default when the first argument is an option), ``export``, ``sweep``, ``tune``.
 Exit status: 0 success (every selected track passed), 1 a track or a verification failed, 2 bad
 usage or bad input (nothing run, nothing overwritten), 130 interrupted (Ctrl-C; results so far are
 kept and marked interrupted).
@@ -73,10 +74,12 @@ def build_main_parser() -> argparse.ArgumentParser:
     """``run_suite.py {run,export,sweep} ...`` with argparse subparsers."""
     p = _Parser(prog="run_suite.py", description="eqprop-hwsim: verification tracks, ONNX export, noise sweeps. "
                 "Without a subcommand the arguments go to `run`.", epilog=_EPILOG)
-    sub = p.add_subparsers(dest="command", metavar="{run,export,sweep}")
+    sub = p.add_subparsers(dest="command", metavar="{run,export,sweep,tune}")
     _add_run_arguments(sub.add_parser("run", help="list or run tracks (default)", epilog=_EPILOG))
     _add_export_arguments(sub.add_parser("export", help="export a checkpoint to ONNX", epilog=_EPILOG))
     _add_sweep_arguments(sub.add_parser("sweep", help="analog noise sweep (resumable)", epilog=_EPILOG))
+    _add_tune_arguments(sub.add_parser("tune", help="recipe search on validation data (Optuna, resumable)",
+                                       epilog=_EPILOG))
     for sp in sub.choices.values():
         sp.__class__ = _Parser
     return p
@@ -263,33 +266,73 @@ def _floats(s: str) -> list[float]:
 
 
 def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Analog noise sweep: accuracy vs noise kind x level x precision x seed (resumable: "
-                     "appends to OUT/sweep.jsonl; a resume must have the same inputs, else it is refused).")
-    p.add_argument("--kinds", default="prog", help="comma list of noise kinds (default prog)")
-    p.add_argument("--levels", default="0,0.01,0.02,0.05,0.1,0.2", help="comma list of noise levels")
-    p.add_argument("--precisions", default="fp32,int8,int4", help="comma list of weight precisions")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="distinct seeds >= 0")
-    p.add_argument("--out", default="runs/sweep", help="sweep folder (resumed if it exists)")
-    p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (>= 1)")
-    p.add_argument("--no-resume", action="store_true", help="refuse to reuse an existing sweep.jsonl")
-    p.add_argument("--model", help="EqPropMLP checkpoint (models.checkpoint, as export takes; default: train "
-                                   "one and cache it under OUT/cache)")
-    p.add_argument("--n-test", type=int, default=None, help="test images per point, 1..10000 (default all)")
-    p.add_argument("--data-dir")
-    p.add_argument("--no-progress", action="store_true")
+    p.description = (
+        "Design-space sweep (resumable: appends to OUT/sweep.jsonl; a resume must have the same inputs, else it is "
+        "refused). Either a grid over any hardware-spec fields (--config FILE.toml, --grid FIELD=V1,V2 ..., "
+        "--set FIELD=V; see --list-fields) x models x seeds, run on Dask (--jobs N: a LocalCluster of N worker "
+        "processes; --scheduler ADDRESS: an existing cluster), writing results.csv, summary.csv, "
+        "acc_vs_<field>.png and pareto.png; or the analog noise sweep kind x level x precision x seed "
+        "(--kinds/--levels/--precisions).")
+    new = p.add_argument_group("design-space sweep")
+    new.add_argument("--config", metavar="FILE", help="sweep file (.toml or .json; e.g. examples/adc_vs_noise.toml)")
+    new.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
+                     help="swept spec field and its values (repeatable; values as JSON, null = None), e.g. "
+                          "--grid analog.adc_bits=4,6,8 --grid analog.prog_noise_std=0,0.05")
+    new.add_argument("--set", dest="fixed", action="append", default=[], metavar="FIELD=V",
+                     help="a spec field fixed for every point (repeatable), e.g. --set analog.read_noise_std=0")
+    new.add_argument("--base", help="base spec: preset name or HardwareSpec .json (default analog_pcm)")
+    new.add_argument("--scheduler", metavar="ADDRESS", help="run the points on an existing Dask scheduler "
+                     "(e.g. tcp://host:8786, one started by dask-jobqueue); default: a LocalCluster of --jobs workers")
+    new.add_argument("--insitu-steps", type=int, default=None, metavar="N",
+                     help="analog specs: also measure accuracy after N in-situ EqProp updates on the chip")
+    new.add_argument("--steps", type=int, default=None, help="relaxation sweeps per inference (default 30)")
+    new.add_argument("--list-fields", action="store_true", help="list the sweepable spec fields and exit")
+    old = p.add_argument_group("analog noise sweep")
+    old.add_argument("--kinds", default=None, help="comma list of noise kinds (default prog)")
+    old.add_argument("--levels", default=None, help="comma list of noise levels (default 0,0.01,0.02,0.05,0.1,0.2)")
+    old.add_argument("--precisions", default=None, help="comma list of weight precisions (default fp32,int8,int4)")
+    com = p.add_argument_group("both")
+    com.add_argument("--seeds", nargs="+", type=int, default=None, help="distinct seeds >= 0 (default 0 1 2)")
+    com.add_argument("--out", default="runs/sweep", help="sweep folder (resumed if it exists)")
+    com.add_argument("--jobs", type=int, default=1, help="parallel worker processes (>= 1)")
+    com.add_argument("--no-resume", action="store_true", help="refuse to reuse an existing sweep.jsonl")
+    com.add_argument("--model", action="append", default=None,
+                     help="EqPropMLP checkpoint (models.checkpoint, as export takes; repeatable in a design sweep; "
+                          "default: train one and cache it under OUT/cache)")
+    com.add_argument("--n-test", type=int, default=None, help="test images per point, 1..10000 (default all)")
+    com.add_argument("--data-dir")
+    com.add_argument("--no-progress", action="store_true")
+
+
+_DESIGN_ONLY = ("config", "grid", "fixed", "base", "scheduler", "insitu_steps", "steps")
 
 
 def _sweep(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     prog = "run_suite.py sweep"
+    if args.list_fields:
+        for path, desc in tracks.commands.sweep(list_fields=True)["fields"].items():
+            print(f"{path:<32} {desc}")
+        return EXIT_OK
+    design = any(getattr(args, k) not in (None, []) for k in _DESIGN_ONLY)
+    legacy = [f"--{k}" for k in ("kinds", "levels", "precisions") if getattr(args, k) is not None]
+    if design and legacy:
+        return _usage_error(f"{', '.join(legacy)} belong to the analog noise sweep; a design sweep names its "
+                            "fields with --grid FIELD=V1,V2 (e.g. --grid analog.prog_noise_std=0,0.05)", prog)
+    if design:
+        return _design_sweep(args, prog)
+    if args.model is not None and len(args.model) > 1:
+        return _usage_error("the analog noise sweep takes one --model; several models need a design sweep (--grid)",
+                            prog)
     try:
-        levels = _floats(args.levels)
+        levels = _floats(args.levels or "0,0.01,0.02,0.05,0.1,0.2")
     except ValueError:
         return _usage_error(f"--levels {args.levels!r}: expected a comma list of numbers, e.g. 0,0.05,0.1", prog)
     try:
         res = tracks.commands.sweep(
-            kinds=[k.strip() for k in args.kinds.split(",") if k.strip()], levels=levels,
-            precisions=[k.strip() for k in args.precisions.split(",") if k.strip()], seeds=args.seeds,
-            out=args.out, jobs=args.jobs, resume=not args.no_resume, model=args.model, n_test=args.n_test,
+            kinds=[k.strip() for k in (args.kinds or "prog").split(",") if k.strip()], levels=levels,
+            precisions=[k.strip() for k in (args.precisions or "fp32,int8,int4").split(",") if k.strip()],
+            seeds=args.seeds if args.seeds is not None else [0, 1, 2], out=args.out, jobs=args.jobs,
+            resume=not args.no_resume, model=args.model[0] if args.model else None, n_test=args.n_test,
             data_dir=args.data_dir, progress=not args.no_progress)
     except (ValueError, FileExistsError, tracks.DataError) as e:
         return _usage_error(str(e), prog)
@@ -298,6 +341,62 @@ def _sweep(args: argparse.Namespace, argv: list[str] | None = None) -> int:
               "command to resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(f"{len(res['records'])} points; summary: {res['summary_path']}; plots: {', '.join(map(str, res['plots']))}")
+    return EXIT_OK
+
+
+def _design_sweep(args: argparse.Namespace, prog: str) -> int:
+    try:
+        res = tracks.commands.sweep(
+            design=True, config=args.config, grid=args.grid, fixed=args.fixed, base=args.base, seeds=args.seeds,
+            models=args.model, n_test=args.n_test, n_steps=args.steps, insitu_steps=args.insitu_steps, out=args.out,
+            jobs=args.jobs, scheduler=args.scheduler, resume=not args.no_resume, data_dir=args.data_dir,
+            progress=not args.no_progress)
+    except (ValueError, FileExistsError, tracks.DataError) as e:
+        return _usage_error(str(e), prog)
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; finished points are kept in {args.out}/sweep.jsonl (rerun the same "
+              "command to resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    front = [r for r in res["summary"] if r.get("pareto")]
+    print(f"{len(res['records'])} points, {len(res['summary'])} configurations ({len(front)} on the accuracy-energy "
+          f"Pareto front); table: {res['csv']}; summary: {res['summary_path']}; plots: {', '.join(res['plots'])}")
+    return EXIT_OK
+
+
+def _add_tune_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Optuna search (TPE, median pruning) of a Track 25 training recipe, scored on a validation "
+                     "split of the training set (the test set is never read); resumable: the study lives in "
+                     "OUT/tune.db, the summary in OUT/<study>.json (see tracks/tune.py).")
+    p.add_argument("--family", required=True, help="eqprop, bptt or ffbp (feed-forward MLP, backprop)")
+    p.add_argument("--dataset", default="mnist", help="mnist or fashion_mnist (default mnist)")
+    p.add_argument("--trials", type=int, default=12, help="finished trials in all, resumed ones included (default 12)")
+    p.add_argument("--n-train", type=int, default=10000, help="training images per trial (default 10000)")
+    p.add_argument("--n-val", type=int, default=5000, help="validation images carved from train (default 5000)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per trial (default 3)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[784, 512, 10], help="layer widths (default 784 512 10)")
+    p.add_argument("--seed", type=int, default=0, help="sampler and initialisation seed (default 0)")
+    p.add_argument("--out", default="tracks/shared/tuning", help="study folder (resumed if it holds the study)")
+    p.add_argument("--data-dir")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _tune(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    prog = "run_suite.py tune"
+    from tracks import tune as tune_mod
+    try:
+        s = tune_mod.tune(args.family, args.dataset, args.out, n_trials=args.trials, n_train=args.n_train,
+                          n_val=args.n_val, epochs=args.epochs, sizes=tuple(args.sizes), seed=args.seed,
+                          data_dir=args.data_dir, progress=not args.no_progress)
+    except (ValueError, tracks.DataError) as e:
+        return _usage_error(str(e), prog)
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; finished trials are kept in {args.out}/tune.db (rerun the same command "
+              "to resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    b = s["best_trial"]
+    print(f"{s['study']}: best trial {b['number']} val acc {b['value']:.4f} {b['params']} "
+          f"({s['budget']['trials_finished']} trials, {s['budget']['seconds_all_runs']:.0f} s); "
+          f"summary: {args.out}/{s['study']}.json")
     return EXIT_OK
 
 
@@ -324,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 SUBCOMMANDS.update(run=_run, export=_export, sweep=_sweep)
+SUBCOMMANDS.update(tune=_tune)
 
 
 def _sigterm_as_interrupt(signum, frame):  # a batch scheduler's SIGTERM ends the run like Ctrl-C

@@ -145,8 +145,40 @@ def export_model(checkpoint: str | os.PathLike, spec: str, out: str | os.PathLik
     return info
 
 
-def sweep(**kwargs: Any) -> dict[str, Any]:
-    """Analog noise sweep (:func:`tracks.sweep.sweep_command`)."""
-    from ..sweep import sweep_command
+def sweep(*, design: bool = False, list_fields: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """``run_suite.py sweep``.
 
-    return sweep_command(**kwargs)
+    * ``list_fields``: ``{"fields": {dotted path: "Class.field: type"}}`` of every sweepable spec field
+      (:func:`tracks.sweep.space.spec_fields`).
+    * ``design``: a design-space sweep (:func:`tracks.sweep.design.design_sweep`) from ``config`` (a .toml /
+      .json file) and the command-line ``grid`` (``["FIELD=V1,V2", ...]``), ``fixed`` (``["FIELD=V", ...]``),
+      ``base``, ``seeds``, ``models`` (checkpoint paths), ``n_test``, ``n_steps``, ``insitu_steps`` on top;
+      ``out``, ``jobs``, ``scheduler``, ``resume``, ``data_dir``, ``progress`` as given.
+    * otherwise the analog noise sweep (:func:`tracks.sweep.sweep_command`) with ``kwargs``.
+
+    Raises:
+        ValueError: bad usage, naming the option and the fix (before any work).
+    """
+    if list_fields:
+        from ..sweep.space import spec_fields
+
+        return {"fields": spec_fields()}
+    if not design:
+        from ..sweep import sweep_command
+
+        return sweep_command(**kwargs)
+    from ..sweep.design import config_from_args, design_sweep
+    from ..sweep.space import parse_assignment
+
+    grid = [parse_assignment(g, many=True) for g in kwargs.pop("grid", ()) or ()]
+    fixed = [parse_assignment(f, many=False) for f in kwargs.pop("fixed", ()) or ()]
+    insitu_steps = kwargs.pop("insitu_steps", None)
+    models = kwargs.pop("models", None)
+    cfg = config_from_args(kwargs.pop("config", None), grid=grid, fixed=fixed, base=kwargs.pop("base", None),
+                           seeds=kwargs.pop("seeds", None), n_test=kwargs.pop("n_test", None),
+                           n_steps=kwargs.pop("n_steps", None), models=list(models) if models else None)
+    if insitu_steps is not None:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, insitu={**cfg.insitu, "steps": insitu_steps})
+    return design_sweep(cfg, **kwargs)

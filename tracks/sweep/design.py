@@ -394,7 +394,7 @@ def _run_dask(todo, evaluate, context, shared, write, *, jobs, scheduler, retrie
     from distributed import Client, LocalCluster, as_completed
 
     cluster = None
-    with dask.config.set({"distributed.worker.daemon": False, "distributed.logging.distributed": "error"}):
+    with dask.config.set({"distributed.worker.daemon": False}):
         if scheduler is None:
             cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None,
                                    silence_logs=logging.ERROR, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
@@ -406,11 +406,33 @@ def _run_dask(todo, evaluate, context, shared, write, *, jobs, scheduler, retrie
                 raise ValueError(f"--scheduler {scheduler}: cannot connect ({e}); give the address of a running Dask "
                                  "scheduler, e.g. tcp://host:8786") from None
         try:
-            shared_f = client.scatter([shared], broadcast=True)[0]   # once, to every worker
-            futs = [client.submit(evaluate, p, context, shared_f, key=f"sweep-point-{_short(point_key(p))}",
-                                  retries=retries, pure=False) for p in todo]
-            for f in as_completed(futs):
-                write(f.result())
+            client.wait_for_workers(jobs if cluster is not None else 1, timeout=600)
+            shared_f = None
+            left = {point_key(p): p for p in todo}
+            for attempt in range(retries + 1):
+                if not left:
+                    break
+                if shared_f is None or shared_f.status != "finished":
+                    shared_f = client.scatter([shared], broadcast=True)[0]   # once to every worker (again only
+                                                                            # if every copy was lost)
+                futs = {client.submit(evaluate, p, context, shared_f, key=f"sweep-point-{_short(k)}-{attempt}",
+                                      retries=retries, pure=False): k for k, p in left.items()}
+                lost = []
+                for f in as_completed(futs):
+                    if f.status == "finished":
+                        write(f.result())
+                        del left[futs[f]]
+                    elif f.status == "error":
+                        f.result()   # the point's own exception (after its retries): raise it
+                    else:   # cancelled: its inputs (the scattered data) were lost with a worker
+                        lost.append(futs[f])
+                if lost:
+                    log.warning("%d point(s) lost their scattered inputs with a worker; re-scattering and re-running",
+                                len(lost))
+                    shared_f = None
+            if left:
+                raise RuntimeError(f"{len(left)} point(s) could not be evaluated: their workers kept dying "
+                                   f"({retries + 1} attempts); see the Dask worker logs")
         finally:
             client.close()
             if cluster is not None:
@@ -567,10 +589,12 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, metric: str = "accur
 # ------------------------------------------------------------------------ the command
 def design_sweep(cfg: SweepConfig, *, out: str | os.PathLike = "runs/sweep", jobs: int = 1,
                  scheduler: str | None = None, resume: bool = True, data_dir: str | None = None,
-                 progress: bool = True, retries: int = 2) -> dict[str, Any]:
+                 progress: bool = True, retries: int = 2, evaluate: Callable = None) -> dict[str, Any]:
     """Run a design-space sweep into ``out`` (``sweep.jsonl``, ``results.csv``, ``summary.csv``,
     ``summary.json``, ``acc_vs_<field>.png``, ``pareto.png``); returns ``{"records", "summary", "plots",
     "summary_path", "csv"}``. Everything is validated before any training or evaluation.
+
+    ``evaluate`` replaces :func:`evaluate_design_point` (a wrapper of it, for tests of the executors).
 
     Raises:
         ValueError: a bad setting or point (naming the field), model, data or resume
@@ -628,7 +652,7 @@ def design_sweep(cfg: SweepConfig, *, out: str | os.PathLike = "runs/sweep", job
               "data_sha256": _sha256_arrays(x_test, y_test), "n_test": int(y_test.shape[0])}
     if pl.insitu["steps"]:
         inputs["insitu_data_sha256"] = _sha256_arrays(shared["x_train"].numpy(), shared["y_train"].numpy())
-    records = run_points(pl.points, evaluate_design_point, context, shared, jsonl, jobs=jobs, scheduler=scheduler,
+    records = run_points(pl.points, evaluate or evaluate_design_point, context, shared, jsonl, jobs=jobs, scheduler=scheduler,
                          resume=resume, progress=progress, inputs=inputs, retries=retries)
     rows = summarize_design(records)
     csv_path = write_results_csv(records, out / "results.csv")
