@@ -83,6 +83,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter
+
+import numpy as np
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -107,6 +109,15 @@ MULTIPLIER_BITS = 31
 UPDATE_ACC_BITS = 32
 """Width of the update product accumulator ``P`` (outer products summed over the batch): our
 modelling choice (8x8-bit products of 100 samples need < 2**21)."""
+
+EVENTS = ("macs", "acc", "requant", "pool", "clamp")
+"""Datapath events of the integer simulator, per value: ``macs`` (weight x state products, dense:
+a conv at every pre-pool position, a transposed conv over the un-pooled routed map), ``acc``
+(accumulator values through the overflow rule), ``requant`` (values requantised, the nudge
+included; a deterministic requantisation of a per-phase accumulator counts once per phase),
+``pool`` (window maxima: pooled outputs, forward and routing), ``clamp`` (state updates). Each
+event costs the primitive ops of the datapath model (module docstring); the events are what
+:mod:`hwsim.op_probe` counts in an instrumented run of :func:`hwsim.torch_mirror.torch_relax`."""
 
 HASH_ROUND_OPS = (("mult", 32, 32, 3), ("xor", 32, 0, 4), ("shift", 32, 0, 4))
 """(op, bits, bits_b, count) of one per-element round of :func:`quant.rng.hash_u32_scalar`."""
@@ -150,6 +161,9 @@ class Counts:
     ops: Counter = field(default_factory=Counter)
     read_bits: int = 0
     write_bits: int = 0
+    events: Counter = field(default_factory=Counter)
+    """Datapath events (:data:`EVENTS`): what an instrumented simulator run can count
+    (:mod:`hwsim.op_probe`), independently of the per-event op table above."""
 
     def add(self, op: str, dtype: str, bits: int, n: int, bits_b: int = 0) -> None:
         if n:
@@ -157,12 +171,16 @@ class Counts:
 
     def __add__(self, other: "Counts") -> "Counts":
         return Counts(self.macs + other.macs, self.ops + other.ops, self.read_bits + other.read_bits,
-                      self.write_bits + other.write_bits)
+                      self.write_bits + other.write_bits, self.events + other.events)
 
     def scaled(self, k: int) -> "Counts":
         """These counts repeated ``k`` times."""
         return Counts(self.macs * k, Counter({o: n * k for o, n in self.ops.items()}),
-                      self.read_bits * k, self.write_bits * k)
+                      self.read_bits * k, self.write_bits * k, Counter({e: n * k for e, n in self.events.items()}))
+
+    def event_counts(self) -> dict[str, int]:
+        """``{"macs": ..., "acc": ..., "requant": ..., "pool": ..., "clamp": ...}`` (:data:`EVENTS`)."""
+        return {"macs": int(self.macs), **{e: int(self.events.get(e, 0)) for e in EVENTS[1:]}}
 
     @property
     def mults(self) -> int:
@@ -305,6 +323,17 @@ class _Matrix:
     n_scales: int
     n_weights: int = 0
     """Stored weights read per use when not ``n_out * n_in`` (a conv kernel reused at every position)."""
+    n_acc: int = 0
+    """Accumulator values formed (bias add, overflow, requantisation) when not ``n_out``: a conv's
+    pooled outputs (forward) or the pre node's units (transposed conv)."""
+    pool: int = 0
+    """Max-pooling window side ``q`` of a conv forward / routing convolution (0: none)."""
+    n_bias: int = 0
+    """Stored biases read per use when not ``n_acc`` (a conv: one per channel)."""
+
+    @property
+    def outputs(self) -> int:
+        return self.n_acc or self.n_out
 
 
 def _quantized_matrix(w, spec, sparsity: str) -> _Matrix:
@@ -399,16 +428,24 @@ class ConvPoolOps:
       weight-gradient convolution (``conv2d_weight``): ``4 conv`` products, also for an input coupling.
 
     The ``C_out C_in k k`` kernel is read once per use (not per position); bias reads are not counted.
-    Integer specs are refused: their counts follow the integer ConvPool of ``hwsim.fixed_point``
-    (issue 12, not yet modelled here).
+    Integer specs (the integer ConvPool of ``hwsim.fixed_point`` / ``hwsim.torch_mirror``): the same
+    MACs (dense: the transposed conv multiplies the zeros of the un-pooled routed map too; a chip
+    that skips them needs ``1 / q**2`` of it); each conv evaluation (forward, routing) is followed by
+    ``q**2 - 1`` compares per pooled output at ``acc_bits`` (the first maximum); the forward
+    accumulator adds the channel bias, overflows and is requantised per pooled output (per-channel
+    multipliers of the kernel codes), the feedback accumulator per unit of ``pre`` (multipliers of
+    ``Fq``, the kernel transposed and quantised per input channel). The on-chip update
+    (``hwsim.onchip``): per phase a routing conv of the pre codes with the current kernel codes and
+    the product of the routed post map with the pre patches (dense, ``conv`` products each:
+    ``4 conv`` MACs as in fp32); one bias register per channel (the channel's summed differences).
     """
 
     @staticmethod
     def accumulators(t, matrix) -> list[_Acc]:
         m = matrix(t, False)
-        out = [_Acc(t.post, t.pre, m)]
+        out = [_Acc(t.post, t.pre, m, bias=t.bias is not None and m.n_acc > 0)]
         if t.pre != INPUT:
-            out += [_Acc(t.pre, t.post, m, route="tbd"), _Acc(t.pre, t.post, m)]   # routing conv, transposed conv
+            out += [_Acc(t.pre, t.post, m, route="tbd"), _Acc(t.pre, t.post, matrix(t, True))]   # routing, transposed conv
         return out
 
     @staticmethod
@@ -453,11 +490,10 @@ def _matrix_info(model, spec: HardwareSpec, sparsity: str):
 
     def matrix(name, transposed: bool) -> _Matrix:
         if not isinstance(name, str):   # a conv term: pre-pool outputs x taps, the kernel read once
-            if not dp.is_float:
-                raise UnsupportedError(f"backend {BACKEND!r}: {name} is counted for float specs only (the integer "
-                                       f"ConvPool counts follow hwsim.fixed_point; spec {spec.name!r})")
             n_out, k, c_out = _conv_size(name, _node_sizes(g))
-            return _Matrix(n_out, k, n_out * k, (0,) * n_out, 0, n_weights=c_out * k)
+            if dp.is_float:
+                return _Matrix(n_out, k, n_out * k, (0,) * n_out, 0, n_weights=c_out * k)
+            return _conv_int_matrix(model, name, spec, sparsity, transposed, _node_sizes(g))
         if has_weights:
             w = model.get_parameter(name).detach()
             w = w.t() if transposed else w
@@ -478,27 +514,28 @@ def _matrix_info(model, spec: HardwareSpec, sparsity: str):
     for t, k in zip(g.terms, kernels):
         for a in k.accumulators(t, matrix):
             if a.route == "tbd":
-                a = dataclasses.replace(a, route=_routing_reuse(g, post=a.src, pre=a.node))
+                a = dataclasses.replace(a, route=_routing_reuse(g, post=a.src, pre=a.node, integer=not dp.is_float))
             accs[a.node].append(a)
     for t in g.terms:
         if isinstance(t, Bias):
             host = next((j for j, a in enumerate(accs[t.node]) if a.src != t.node and not a.bias
-                         and a.matrix.n_out == g.nodes[t.node].size and _is_forward(g, t.node, a)), None)
+                         and a.matrix.outputs == g.nodes[t.node].size and _is_forward(g, t.node, a)), None)
             if host is None:
                 raise UnsupportedError(f"backend {BACKEND!r}: {t} has no Dense term into node {t.node} to fold into")
             accs[t.node][host] = dataclasses.replace(accs[t.node][host], bias=True)
     return dp, g, accs
 
 
-def _routing_reuse(g, post: int, pre: int) -> str:
+def _routing_reuse(g, post: int, pre: int, integer: bool = False) -> str:
     """When ``ConvPoolFloat``'s feedback into ``pre`` recomputes ``conv(s_pre)``: it reuses the indices
     of the post node's forward if that ran on the same ``s_pre`` tensor earlier in the relaxation.
     async: post's group before pre's -> never; after -> only the first sweep of a phase (the cache
     is per relaxation). sync (all from the old state, nodes in index order): post < pre -> never,
-    else every sweep."""
+    else every sweep. Integer datapath: the routes are the window maxima of the post node's forward
+    conv of the same pre codes whenever it exists in the phase; sync: the same sweep's (never apart)."""
     groups = g.schedule()
     if len(groups) == 1:
-        return "never" if post < pre else "every"
+        return "never" if post < pre or integer else "every"
     gi = {i: k for k, grp in enumerate(groups) for i in grp}
     return "never" if gi[post] < gi[pre] else "first"
 
@@ -509,8 +546,36 @@ def _routing_first(dp, g, accs, B) -> Counts:
     for node_accs in accs:
         for a in node_accs:
             if a.route == "first":
-                _accumulate(c, dp, a.matrix, B, bias=False)
+                _route(c, dp, a.matrix, B)
     return c
+
+
+def _route(c: Counts, dp: _Datapath, m: _Matrix, B: int) -> None:
+    """A routing convolution: the conv of ``s_pre`` and (integer) its window maxima; no accumulator."""
+    _accumulate(c, dp, m, B, bias=False, overflow=False)
+
+
+def _conv_int_matrix(model, t, spec, sparsity: str, transposed: bool, sizes) -> _Matrix:
+    """Integer ConvPool accumulator (the lowering of ``hwsim.fixed_point.ConvPoolInt``): forward (or
+    routing) conv with per-channel multipliers of the kernel codes expanded to the pooled units, or
+    (``transposed``) the feedback conv with those of ``Fq`` expanded to the pre node's units."""
+    n_out, k, c_out = _conv_size(t, sizes)
+    w = model.get_parameter(t.weight).detach().double().numpy()
+    per_ch = spec.weights.granularity == "per_channel"
+    if transposed:
+        w = np.ascontiguousarray(w.transpose(1, 0, 2, 3))
+    q = quantize_weights(w, spec)
+    nnz_taps = int((np.asarray(q.codes) != 0).sum()) if sparsity == "codes" else w.size
+    hc, wc = t.conv_shape
+    pairs = requant_params(q, spec)
+    chans = w.shape[0]
+    if len(pairs) == 1:
+        pairs = pairs * chans
+    mb = [0 if m == 1 else int(m).bit_length() for m, _ in pairs]
+    units = (sizes[t.pre] if transposed else sizes[t.post]) // chans
+    mbits = tuple(b for b in mb for _ in range(units))
+    return _Matrix(n_out, k, hc * wc * nnz_taps, mbits, chans if per_ch else 1, n_weights=c_out * k,
+                   n_acc=len(mbits), pool=0 if transposed else int(t.pool), n_bias=0 if transposed else c_out)
 
 
 def _is_forward(g, node: int, a: _Acc) -> bool:
@@ -536,6 +601,7 @@ def _round(c: Counts, dp: _Datapath, width: int, n: int, rounding: str) -> None:
 def _requant(c: Counts, dp: _Datapath, mbits: Sequence[int], in_bits: int, times: int = 1) -> None:
     """Requantise ``times`` values per entry of ``mbits`` (row multiplier widths; 0 = pure shift)
     from ``in_bits`` wide."""
+    c.events["requant"] += len(mbits) * times
     for mb, k in Counter(mbits).items():
         n = k * times
         if mb:
@@ -545,21 +611,30 @@ def _requant(c: Counts, dp: _Datapath, mbits: Sequence[int], in_bits: int, times
         _round(c, dp, width, n, dp.rounding)
 
 
-def _accumulate(c: Counts, dp: _Datapath, m: _Matrix, B: int, bias: bool) -> None:
-    """``A = ovf(W s (+ b))`` for ``B`` samples: MACs, bias add, overflow, weight/scale/bias reads."""
+def _accumulate(c: Counts, dp: _Datapath, m: _Matrix, B: int, bias: bool, overflow: bool = True) -> None:
+    """``A = ovf(W s (+ b))`` for ``B`` samples: MACs, (conv) window maxima, bias add, overflow,
+    weight/scale/bias reads; ``overflow=False``: the products (and pooling) only (a routing conv)."""
     dense = m.n_out * m.n_in
+    n_acc, n_bias = m.outputs, (m.n_bias or m.outputs)
     c.macs += B * dense
     if dp.is_float:  # addmm: K mults and K adds per output (the bias / previous term is one of them)
         c.add("mult", "fp", 32, B * dense)
         c.add("add", "fp", 32, B * dense)
-        c.read_bits += (m.n_weights or dense) * 32 + (m.n_out * 32 if bias else 0)
+        c.read_bits += (m.n_weights or dense) * 32 + (n_bias * 32 if bias else 0)
         return
     if not dp.ternary:
         c.add("mult", "int", dp.w_bits, B * m.nnz, dp.s_bits)
-    c.add("add", "int", dp.acc_bits, B * m.nnz + (B * m.n_out if bias else 0))
+    c.add("add", "int", dp.acc_bits, B * m.nnz + (B * n_acc if bias else 0))
+    if m.pool:                                              # first maximum of each q x q window
+        c.add("cmp", "int", dp.acc_bits, B * n_acc * (m.pool ** 2 - 1))
+        c.events["pool"] += B * n_acc
+    c.read_bits += (m.n_weights or dense) * dp.w_bits + m.n_scales * FP32_SCALE_BITS
+    if not overflow:
+        return
+    c.events["acc"] += B * n_acc
     if dp.saturate:
-        c.add("cmp", "int", dp.acc_bits, 2 * B * m.n_out)
-    c.read_bits += dense * dp.w_bits + m.n_scales * FP32_SCALE_BITS + (m.n_out * dp.acc_bits if bias else 0)
+        c.add("cmp", "int", dp.acc_bits, 2 * B * n_acc)
+    c.read_bits += n_bias * dp.acc_bits if bias else 0
 
 
 
@@ -584,7 +659,9 @@ def _node_update(dp, g, accs, B, i: int, nudged: bool) -> Counts:
     n = g.nodes[i].size
     n_rq = 0
     for a in accs[i]:
-        if a.route in ("first", "never"):
+        if a.route is not None:
+            if a.route == "every":
+                _route(c, dp, a.matrix, B)
             continue
         if not a.static:
             _accumulate(c, dp, a.matrix, B, bias=a.bias)
@@ -604,6 +681,7 @@ def _node_update(dp, g, accs, B, i: int, nudged: bool) -> Counts:
     if not dp.is_float:
         c.add("add", "int", w, B * n * (n_rq - 1))              # sum of the requantised terms
     c.add("cmp", dp.dtype, w, 2 * B * n)                        # hard sigmoid clamp
+    c.events["clamp"] += B * n
     return c
 
 
@@ -697,6 +775,9 @@ def _update(dp, g, spec, B: int) -> Counts:
     n_w = sum(k.weights(t, sizes) for t, k in zip(g.terms, kernels))
     n_b = sum(sizes[t.node] for t in g.terms if isinstance(t, Bias))
     for t, k in zip(g.terms, kernels):
+        if not dp.is_float and k is ConvPoolOps:
+            n_w, n_b = _conv_int_update(c, dp, t, sizes, B, n_w, n_b)
+            continue
         if isinstance(t, Bias):
             n_out = sizes[t.node]
             c.add("add", dt, sb + (0 if dp.is_float else 1), B * n_out)  # d = s2 - s1 (bias product)
@@ -737,6 +818,30 @@ def _update(dp, g, spec, B: int) -> Counts:
     c.add("cmp", "int", dp.w_bits, 2 * n_w)                 # clamp the code
     c.write_bits += dp.w_bits * n_w
     return c
+
+
+def _conv_int_update(c: Counts, dp: _Datapath, t, sizes, B: int, n_w: int, n_b: int) -> tuple[int, int]:
+    """The on-chip conv kernel update (``hwsim.onchip``): per phase a routing conv (with pooling) of the
+    pre codes and the routed-map x patch product; the channel bias product. Returns ``(n_w, n_b)``
+    with the conv biases moved from the weights (``ConvPoolOps.weights``) to the bias registers."""
+    n_out, k, c_out = _conv_size(t, sizes)
+    conv = n_out * k                       # MACs of one conv evaluation per sample
+    n_post = sizes[t.post]
+    q2 = int(t.pool) ** 2
+    c.macs += B * 4 * conv
+    if not dp.ternary:
+        c.add("mult", "int", dp.w_bits, 2 * B * conv, dp.s_bits)                              # routing convs
+    c.add("add", "int", dp.acc_bits, 2 * B * conv)
+    c.add("cmp", "int", dp.acc_bits, 2 * B * n_post * (q2 - 1))
+    c.events["pool"] += 2 * B * n_post
+    c.add("mult", "int", dp.s_bits, 2 * B * conv, dp.s_bits)                                  # U (x) patches
+    c.add("add", "int", UPDATE_ACC_BITS, 2 * B * conv)
+    c.read_bits += 2 * c_out * k * dp.w_bits
+    if t.bias is not None:
+        c.add("add", "int", dp.s_bits + 1, B * n_post)          # d = c2 - c1 per unit
+        c.add("add", "int", UPDATE_ACC_BITS, B * n_post)        # summed per channel and over the batch
+        return n_w - c_out, n_b + c_out
+    return n_w, n_b
 
 
 def count_training_step(model, spec: HardwareSpec, *, n_free_steps: int, n_nudge_steps: int,
@@ -867,11 +972,15 @@ def weight_memory(model, spec: HardwareSpec) -> dict[str, int]:
             bias += math.ceil(sizes[t.node] * dp.acc_bits / 8)
             continue
         if not isinstance(t, Dense):   # a ConvPool: the C_out x C_in k k kernel and C_out biases
-            if not dp.is_float:
-                raise UnsupportedError(f"backend {BACKEND!r}: {t} is counted for float specs only (spec {spec.name!r})")
             _, k, c_out = _conv_size(t, sizes)
             code += math.ceil(c_out * k * dp.w_bits / 8)
             bias += math.ceil(c_out * dp.acc_bits / 8) if t.bias is not None else 0
+            if not dp.is_float:   # per-channel scales; the feedback kernel Fq (C_in x C_out k k), per input channel
+                per_ch = spec.weights.granularity == "per_channel"
+                scale += math.ceil((c_out if per_ch else 1) * FP32_SCALE_BITS / 8)
+                if t.pre != INPUT:
+                    feedback += math.ceil(c_out * k * dp.w_bits / 8)
+                    feedback += math.ceil((t.in_shape[0] if per_ch else 1) * FP32_SCALE_BITS / 8)
             if spec.update is not None:
                 hidden += math.ceil(c_out * k * spec.update.hidden_bits / 8)
             continue
