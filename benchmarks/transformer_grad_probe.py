@@ -7,6 +7,8 @@ batches and, per batch, reports for the symmetric estimate at each ``--betas``:
 * the worst parameter tensor's cosine and L2 relative error against the implicit gradient (adjoint at
   the free fixed point by GMRES, rtol 1e-12; Track 14 measured implicit == BPTT to 1e-13);
 * the free and nudged residuals (is any phase not converged?);
+* ``relu``: Hopfield memories (``relu(Xi s_t + c)``) whose pre-activation changes sign between the
+  free state and either nudged state (the other kink of the energy);
 * ``flips``: units whose box status (strictly inside [-1, 1] or clamped at a bound) differs between
   the free state and either nudged state. The dynamics are piecewise linear in the clamp: a nudged
   equilibrium on the other side of a kink makes the finite-beta contrast differ from the derivative at
@@ -35,7 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from models.gradients import compare_grads, implicit_grads  # noqa: E402
-from models.transformer import EnergyTransformer, TransformerConfig  # noqa: E402
+from models.transformer import EnergyTransformer, TokenHopfield, TransformerConfig  # noqa: E402
 from tracks.data import load_dataset  # noqa: E402
 
 
@@ -53,11 +55,22 @@ def _status(s: torch.Tensor) -> torch.Tensor:
     return torch.where(s >= 1.0, 1, torch.where(s <= -1.0, -1, 0))
 
 
+def _relu_status(net, s: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Sign of every Hopfield memory's pre-activation ``Xi s_t + c`` (the kink of its relu)."""
+    out = []
+    for t in net.terms:
+        if isinstance(t, TokenHopfield):
+            S = s[t.tokens].reshape(s[t.tokens].shape[0], t.n_tokens, t.d_model)
+            out.append(S @ net.get_parameter(t.weight).t() + net.get_parameter(t.bias) > 0)
+    return out
+
+
 def probe_batch(net, x, y, *, betas, tol: float, max_steps: int, solver: str) -> list[dict]:
     t0 = time.perf_counter()
     s, info = net.free_phase(x, n_steps=max_steps, tol=tol, method=solver)
     g_ref = implicit_grads(net, x, y, free_state=s, tol=1e-12)
     st0 = [_status(t) for t in s]
+    rl0 = _relu_status(net, s)
     rows = []
     for beta in betas:
         drive = net.drive(x)
@@ -67,8 +80,10 @@ def probe_batch(net, x, y, *, betas, tol: float, max_steps: int, solver: str) ->
         cmp = compare_grads(ge, g_ref)
         worst = min(cmp, key=lambda r: r["cosine"])
         flips = sum(int(((_status(a) != b0) | (_status(c) != b0)).sum()) for a, c, b0 in zip(sm, sp, st0))
+        relu_flips = sum(int(((a != b0) | (c != b0)).sum())
+                         for a, c, b0 in zip(_relu_status(net, sm), _relu_status(net, sp), rl0))
         rows.append({"beta": beta, "cos_worst": worst["cosine"], "worst_param": worst["param"],
-                     "relerr_worst": max(r["rel_error"] for r in cmp), "flips": flips,
+                     "relerr_worst": max(r["rel_error"] for r in cmp), "flips": flips, "relu_flips": relu_flips,
                      "clamped_free": int(sum(int((b0 != 0).sum()) for b0 in st0)),
                      "free_residual": float(info.residual.max()), "free_steps": int(info.steps.max()),
                      "nudged_residual": float(torch.maximum(im.residual.max(), ip.residual.max())),
@@ -93,7 +108,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(a.seed)  # the draw of tracks/t14_transformer_eqprop._gradients
     idx = [rng.choice(x_all.shape[0], size=a.batch_size, replace=False) for _ in range(max(a.batches) + 1)]
     net = EnergyTransformer(TransformerConfig(d_model=64, n_heads=4, damping=0.0), seed=a.seed).double()
-    print(f"{'batch':>5s} {'beta':>8s} {'cos_worst':>11s} {'relerr':>8s} {'flips':>5s} {'clamped':>7s} "
+    print(f"{'batch':>5s} {'beta':>8s} {'cos_worst':>11s} {'relerr':>8s} {'flips':>5s} {'relu':>4s} {'clamped':>7s} "
           f"{'free_res':>9s} {'nudge_res':>9s} {'steps':>5s} worst tensor")
     out = []
     for b in a.batches:
@@ -101,7 +116,7 @@ def main(argv=None) -> int:
         y = torch.as_tensor(y_all[idx[b]])
         for r in probe_batch(net, x, y, betas=a.betas, tol=a.tol, max_steps=a.max_steps, solver=a.solver):
             out.append({"batch": b, **r})
-            print(f"{b:5d} {r['beta']:8.0e} {r['cos_worst']:11.7f} {r['relerr_worst']:8.4f} {r['flips']:5d} "
+            print(f"{b:5d} {r['beta']:8.0e} {r['cos_worst']:11.7f} {r['relerr_worst']:8.4f} {r['flips']:5d} {r['relu_flips']:4d} "
                   f"{r['clamped_free']:7d} {r['free_residual']:9.1e} {r['nudged_residual']:9.1e} {r['free_steps']:5d} "
                   f"{r['worst_param']}", flush=True)
     print(json.dumps({"bench": "transformer_grad_probe", "solver": a.solver, "tol": a.tol, "rows": out}))
