@@ -8,7 +8,7 @@ from tracks import base
 from tracks.shared.quantized import QUICK
 from tracks.harness.stats import mean_ci95
 
-TINY = {"n_train": 300, "n_test": 200, "hidden": 32, "epochs": 1, "ft_epochs": 1}
+TINY = {"n_train": 300, "n_test": 200, "hidden": 32, "epochs": 1, "ft_epochs": 1, "conv": False}  # conv: test_quantized_conv.py
 TRACKS = {"int8": "tracks.t16_int8", "int4": "tracks.t19_int4", "ternary": "tracks.t04_ternary"}
 REQUIRED = ("acc_float", "acc_ptq", "acc_qat", "acc_onchip", "onchip_gap_pt", "update_cosine_min")
 
