@@ -316,5 +316,7 @@ def _plot(table, curves, ctx: TrackContext) -> str:
             sel = [r for r in curves if r["seed"] == seed and r["method"] == meth]
             ax.plot([r["epoch"] for r in sel], [r["test_acc"] for r in sel], {"eqprop": "-o", "bptt": "--s"}.get(meth, ":^"),
                     label=f"{meth} seed {seed}")
-        ax.set_xlabel("epoch"); ax.set_ylabel("test accuracy"); ax.legend(fontsize=7)
+        ax.set_xlabel("epoch"); ax.set_ylabel("test accuracy")
+        if curves:
+            ax.legend(fontsize=7)
     return str(path.relative_to(ctx.out_dir))
