@@ -889,6 +889,10 @@ def bptt_macs(model, *, n_steps: int, batch_size: int = 1, update: str = "async"
     through the node updates it depends on; each reached matmul costs its weight gradient (one
     product of the same size) and, when its input state needs a gradient (not the initial zero
     state, not ``x``), its input gradient (another). A reached static term costs its weight gradient.
+    A ConvPool coupling is a product of ``conv`` MACs each way (the pooled conv forward, the
+    transposed conv of the routed map), plus the routing conv (forward only: its output gives the
+    pooling indices, no gradient) where the float kernel recomputes it (:func:`_bptt_route_recomputed`);
+    pooling and un-pooling cost nothing, as in torch's FLOP counter.
 
     >>> bptt_macs((20, 7, 5, 3), n_steps=3, batch_size=4)["backward"]
     2080
@@ -903,13 +907,21 @@ def bptt_macs(model, *, n_steps: int, batch_size: int = 1, update: str = "async"
     # per node: its dynamic inputs (source node, macs) and its static terms' macs
     dyn: list[list[tuple[int, int]]] = [[] for _ in range(n)]
     static: list[int] = [0] * n
+    conv_kernels = _conv_kernels()
+    routing: list[int] = [0] * n   # per node: routing convs recomputed at its update (forward only)
     for t in g.terms:
-        if not isinstance(t, (Dense, Bias)):
-            raise UnsupportedError(f"backend 'bptt op counter' has no kernel for interaction term {t}; "
-                                   "it supports: Bias, Dense")
-        if not isinstance(t, Dense):
+        if isinstance(t, Bias):
             continue
-        m = sizes[t.post] * sizes[t.pre]
+        if isinstance(t, Dense):
+            m = sizes[t.post] * sizes[t.pre]
+        elif type(t) in conv_kernels:
+            n_out, k, _ = _conv_size(t, sizes)
+            m = n_out * k
+            if t.pre != INPUT and _bptt_route_recomputed(g, t.post, t.pre, update):
+                routing[t.pre] += m
+        else:
+            raise UnsupportedError(f"backend 'bptt op counter' has no kernel for interaction term {t}; "
+                                   "it supports: Bias, Dense, ConvPool")
         if t.pre == INPUT:
             static[t.post] += m
         else:
@@ -925,7 +937,7 @@ def bptt_macs(model, *, n_steps: int, batch_size: int = 1, update: str = "async"
             for i in group:
                 ins = [(snap[src], m) for src, m in dyn[i]]
                 nodes.append((i, ins))
-                forward += sum(m for _, m in ins)
+                forward += sum(m for _, m in ins) + routing[i]
                 cur[i] = len(nodes) - 1
     needed = set()
     stack = [cur[n - 1]]
@@ -945,6 +957,17 @@ def bptt_macs(model, *, n_steps: int, batch_size: int = 1, update: str = "async"
                 stack.append(src)
     backward += sum(static[i] for i in static_needed)   # static weight gradients (x needs none)
     return {"forward": B * forward, "backward": B * backward, "total": B * (forward + backward)}
+
+
+def _bptt_route_recomputed(g, post: int, pre: int, update: str) -> bool:
+    """BPTT steps with ``net.step`` (a new sweeper, so a new routing cache, every sweep): the feedback
+    into ``pre`` reuses the post node's pooling indices only when the post node's forward ran earlier
+    in the same sweep on the same ``s_pre``: async, post's group before pre's; sync, ``post < pre``."""
+    groups = schedule_groups(update, g.interaction_edges(), len(g.nodes))
+    if len(groups) == 1:
+        return not post < pre
+    gi = {i: k for k, grp in enumerate(groups) for i in grp}
+    return not gi[post] < gi[pre]
 
 
 def weight_memory(model, spec: HardwareSpec) -> dict[str, int]:

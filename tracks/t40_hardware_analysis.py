@@ -30,7 +30,8 @@ registering a builder with :func:`register_row_builder`; its row must carry the 
 
 Conv (issue 12): ``conv_flop_counter_match`` -- the small conv EqProp net of :mod:`tracks.shared.conv_small`
 (seeded weights, MNIST 14x14): analytic MACs of a free phase and a symmetric EqProp step
-(:class:`hwsim.opcount.ConvPoolOps`) vs FlopCounterMode FLOPs / 2 of the real ``ConvEqProp`` runs;
+(:class:`hwsim.opcount.ConvPoolOps`) and a BPTT gradient (``hwsim.opcount.bptt_macs``) vs
+FlopCounterMode FLOPs / 2 of the real ``ConvEqProp`` runs;
 ``conv_int_event_count_match``: the integer conv counts (:class:`hwsim.opcount.ConvPoolOps`, integer
 specs) vs the instrumented integer conv simulator (torch mirror: ``conv_int_t``, ``pool_first_max_t``,
 ``conv_feedback_t``; on-chip conv kernel update), phase by phase as for the MLP;
@@ -258,9 +259,10 @@ def event_cross_check(net, spec_name: str, x: torch.Tensor, y: torch.Tensor, ana
 
 
 def conv_cross_check(net, x: torch.Tensor, y: torch.Tensor, analytic_n_free_steps: int) -> list[dict]:
-    """ConvEqProp (``hwsim.opcount.ConvPoolOps``): analytic MACs of a free phase and of a symmetric EqProp
+    """ConvEqProp (``hwsim.opcount.ConvPoolOps``): analytic MACs of a free phase, of a symmetric EqProp
     step (conv forward, routing convolutions as the float kernel recomputes them, transposed conv,
-    ``conv2d_weight`` contrast) vs FlopCounterMode FLOPs / 2 of the real runs with ``N_FREE_STEPS``."""
+    ``conv2d_weight`` contrast) and of a BPTT gradient (``hwsim.opcount.bptt_macs``) vs FlopCounterMode
+    FLOPs / 2 of the real runs with ``N_FREE_STEPS``."""
     fp, B = get_preset("fp32"), x.shape[0]
     runs = [
         ("conv_free_phase", opcount.count_inference(net, fp, n_steps=analytic_n_free_steps, batch_size=B).macs,
@@ -270,6 +272,9 @@ def conv_cross_check(net, x: torch.Tensor, y: torch.Tensor, analytic_n_free_step
                                                          batch_size=B).macs,
          lambda: net.eqprop_grads(x, y, beta=BETA, mode=NUDGING, n_free_steps=N_FREE_STEPS,
                                   n_nudge_steps=N_NUDGE_STEPS)),
+        ("conv_bptt_step", opcount.bptt_macs(net, n_steps=analytic_n_free_steps, batch_size=B,
+                                             update=net.config.update)["total"],
+         lambda: bptt_grads(net, x, y, n_steps=N_FREE_STEPS)),
     ]
     rows = []
     for name, analytic, fn in runs:

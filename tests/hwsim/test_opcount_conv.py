@@ -9,6 +9,7 @@ from hwsim import op_probe
 from hwsim import opcount as oc
 from hwsim.fixed_point import FixedPointMLP
 from hwsim.onchip import update_torch
+from models.gradients import bptt_grads
 from models.conv import ConvConfig, ConvEqProp
 from models.engine import UnsupportedError
 from quant import get_preset
@@ -106,6 +107,18 @@ def test_conv_integer_closed_forms():
     assert step.phases["update"].macs == 4 * conv0 + 4 * conv1 + 2 * fc
 
 
-def test_conv_bptt_refuses():
-    with pytest.raises(UnsupportedError, match="bptt op counter.*ConvPool"):
-        oc.bptt_macs(_net(), n_steps=2)
+@pytest.mark.parametrize("update,padding", [("async", 1), ("sync", 1), ("async", 0)])
+def test_conv_bptt_macs_match_flop_counter(update, padding):
+    """BPTT through T sweeps (models.gradients.bptt_grads): analytic forward + backward == FLOPs / 2."""
+    net = _net(update, padding)
+    B = 4
+    x, y = torch.rand(B, net.n_in), torch.randint(0, 3, (B,))
+    for T in (1, 3):
+        r = oc.bptt_macs(net, n_steps=T, batch_size=B, update=update)
+        assert 2 * r["total"] == _flops(lambda: bptt_grads(net, x, y, n_steps=T)), T
+    # T = 1 from the zero state, forward: the drive conv0; node 0: transposed conv1 + its routing conv1 (node 0
+    # is updated before node 1, so recomputed); output: fc; node 1: conv1 + fc^T
+    if (update, padding) == ("async", 1):
+        conv0, conv1, fc = 3 * 18 * 81, 4 * 27 * 16, 3 * 16
+        r1 = oc.bptt_macs(net, n_steps=1, batch_size=1, update="async")
+        assert r1["forward"] == conv0 + (conv1 + conv1) + (conv1 + fc) + fc

@@ -47,7 +47,7 @@ def test_t40_passes_and_reports(tmp_path):
     assert not any(k.startswith("mult_") and k.endswith("x8") for k in tern["ops_inference"])  # none
     assert tern["energy_pj_inference_zero_skip"] < tern["energy_pj_inference"]
     assert m["conv_flop_counter_match"] == 1.0 and {r["run"] for r in m["conv_flop_cross_check"]} == {
-        "conv_free_phase", "conv_eqprop_step"}
+        "conv_free_phase", "conv_eqprop_step", "conv_bptt_step"}
     assert m["conv_macs_per_inference"] > 0 and m["conv_weight_bytes_fp32"] == 4 * (8 * 9 + 8 + 16 * 72 + 16 + 10 * 64 + 10)
     assert res.artifacts == ["plots/t40_energy_per_phase.png"]
     assert (tmp_path / res.artifacts[0]).stat().st_size > 0
