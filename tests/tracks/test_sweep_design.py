@@ -155,3 +155,27 @@ def test_digital_specs_and_cli_config(tmp_path, tiny, capsys):
     assert w[8]["weight_bytes"] > w[2]["weight_bytes"]               # and memory
     assert w[8]["energy_pj"] > w[2]["energy_pj"] > 0
     assert "Pareto front" in out.out
+
+
+def test_existing_scheduler_and_insitu_learning(tmp_path, tiny, monkeypatch):
+    """--scheduler: an existing cluster (here an in-process one) gives the serial records; in-situ EqProp on
+    the analog chip reaches the conductances (a huge learning rate wrecks the accuracy, a small one does not)."""
+    from distributed import LocalCluster
+
+    ins = {"steps": 3, "batch_size": 20, "n_train": 200, "n_free_steps": 8, "n_nudge_steps": 4}
+    cfg = _cfg(tiny, grid={"analog.prog_noise_std": [0.0]}, seeds=[0], insitu={**ins, "lr": 1e-4})
+    serial = design.design_sweep(cfg, out=tmp_path / "s", progress=False)["records"]
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        remote = design.design_sweep(cfg, out=tmp_path / "r", scheduler=cluster.scheduler_address,
+                                     progress=False)["records"]
+    assert remote == serial
+    r = serial[0]
+    assert abs(r["accuracy_insitu"] - r["accuracy"]) < 0.05          # tiny steps: about the transferred chip
+    big = design.design_sweep(dataclasses.replace(cfg, insitu={**ins, "lr": 200.0}), out=tmp_path / "b",
+                              progress=False)["records"][0]
+    assert big["accuracy"] == r["accuracy"]                          # same ex-situ chip
+    assert big["accuracy_insitu"] < r["accuracy"] - 0.2               # the updates reached the devices
+    assert (tmp_path / "b" / "pareto_insitu.png").exists()
+    monkeypatch.setattr(design, "CONNECT_TIMEOUT_S", 2)
+    with pytest.raises(ValueError, match="--scheduler tcp://127.0.0.1:1: cannot connect"):
+        design.design_sweep(cfg, out=tmp_path / "x", scheduler="tcp://127.0.0.1:1", progress=False)

@@ -68,6 +68,8 @@ CONFIG_KEYS = ("base", "grid", "points", "set", "seeds", "models", "n_test", "n_
                "adc_preact_range", "insitu", "cost", "dataset")
 INSITU_KEYS = {"steps": 0, "batch_size": 100, "lr": 0.01, "beta": 0.5, "mode": "symmetric", "n_train": 10000,
                "n_free_steps": 20, "n_nudge_steps": 8}
+CONNECT_TIMEOUT_S = 30
+"""Seconds to wait for a ``--scheduler`` to answer."""
 DEFAULT_MODEL = {"sizes": [784, 256, 10], "n_train": 20000, "epochs": 2, "lr": [0.2, 0.1]}
 
 
@@ -401,7 +403,7 @@ def _run_dask(todo, evaluate, context, shared, write, *, jobs, scheduler, retrie
             client = Client(cluster)
         else:
             try:
-                client = Client(scheduler, timeout=30)
+                client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
             except (OSError, TimeoutError) as e:
                 raise ValueError(f"--scheduler {scheduler}: cannot connect ({e}); give the address of a running Dask "
                                  "scheduler, e.g. tcp://host:8786") from None
