@@ -260,9 +260,14 @@ def run(ctx: TrackContext) -> TrackResult:
                               "acc_ci95": acc_h, "token_acc_mean": tok_m})
             metrics[f"{m}_{task}_acc_train_len"] = metrics[f"{m}_{task}_acc_n{c.n_train[i]}_mean"] \
                 if c.n_train[i] in c.n_test[i] else float("nan")
-        rr = [r["settle"]["spearman_r"] for r in rs]
-        metrics[f"settle_{task}_spearman_r_mean"], metrics[f"settle_{task}_spearman_r_ci95"] = mean_ci95(rr)
-        metrics[f"settle_{task}_spearman_p_max"] = max(r["settle"]["spearman_p"] for r in rs)
+        # r is undefined (NaN) for a seed whose iteration counts (or difficulties) are all equal
+        ok = [r["settle"] for r in rs if np.isfinite(r["settle"]["spearman_r"])]
+        metrics[f"settle_{task}_spearman_r_mean"], metrics[f"settle_{task}_spearman_r_ci95"] = \
+            mean_ci95([r["spearman_r"] for r in ok])
+        metrics[f"settle_{task}_spearman_p_max"] = max((r["spearman_p"] for r in ok), default=float("nan"))
+        metrics[f"settle_{task}_n_seeds_defined"] = len(ok)
+        metrics[f"settle_{task}_per_seed"] = [{"spearman_r": r["settle"]["spearman_r"], "spearman_p": r["settle"]["spearman_p"],
+                                               "mean_steps": r["settle"]["mean_steps"]} for r in rs]
         metrics[f"settle_{task}_mean_steps"] = float(np.mean([r["settle"]["mean_steps"] for r in rs]))
         metrics[f"settle_{task}_frac_capped"] = float(np.mean([r["settle"]["frac_capped"] for r in rs]))
         metrics[f"n_params_{task}"] = {"eqprop": n_params[task][0], "baseline": n_params[task][1]}
@@ -274,8 +279,8 @@ def run(ctx: TrackContext) -> TrackResult:
         beats = c.baseline and all(metrics[f"eqprop_{task}_acc_n{n}_mean"] > metrics[f"baseline_{task}_acc_n{n}_mean"]
                                    for n in c.n_test[i])
         r_m = metrics[f"settle_{task}_spearman_r_mean"]
-        metrics[f"plan_success_{task}"] = float(bool(r_m > 0) and metrics[f"settle_{task}_spearman_p_max"] < 0.01
-                                                and beats)
+        metrics[f"plan_success_{task}"] = float(bool(r_m > 0) and len(ok) == len(rs)
+                                                and metrics[f"settle_{task}_spearman_p_max"] < 0.01 and beats)
     metrics["plan_success"] = float(any(metrics[f"plan_success_{t}"] for t in c.tasks))
     metrics["accuracy_table"] = table
     metrics["wall_s"] = time.monotonic() - t0
