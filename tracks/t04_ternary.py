@@ -2,7 +2,12 @@
 
 Float EqProp vs post-training quantisation, QAT, and on-chip integer EqProp fine-tuning in the
 fixed-point simulator under the ``ternary`` preset, on real MNIST; see :mod:`tracks.shared.quantized` for the
-procedure, the metrics and the settings.
+procedure, the metrics and the settings. Conv (issue 12, ``conv_`` metrics,
+:mod:`tracks.shared.quantized_conv`): a small conv EqProp net on Fashion-MNIST 14x14 through the integer
+path (numba conv, transposed conv and max-pool routing bit-exact against the torch int64 mirror; tie
+rule: first maximum of the window in row-major order) and fine-tuned on chip; its gap to float EqProp
+is reported against the issue target (``conv_target_met``). Issue 14: weight codes checked against
+their float weights (round to nearest), overflow replays with a narrow saturating accumulator.
 """
 from __future__ import annotations
 
