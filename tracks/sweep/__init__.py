@@ -1,7 +1,10 @@
-"""Analog noise sweeps: grid, resumable parallel runner, CI summaries, plots (:mod:`.engine`).
+"""Sweeps of the simulated chip.
 
-Used by tracks 3 and 17 and by ``run_suite.py sweep``; see :mod:`tracks.sweep.engine` for the
-record format and the resume rule.
+* :mod:`.engine`: the analog noise sweep (kind x level x precision x seed), used by tracks 3 and 17 and
+  by ``run_suite.py sweep --kinds ...``; the record format and the resume rule.
+* :mod:`.design`: design-space sweeps over any hardware-spec field (:mod:`.space`) x models x seeds on
+  Dask, with energy / latency / weight-memory estimates (:mod:`.cost`), CSV tables, CI-band and Pareto
+  plots (``run_suite.py sweep --config examples/adc_vs_noise.toml``).
 """
 from .engine import *  # noqa: F401,F403
 from .engine import (FULL_MODEL, NOISE_KINDS, QUICK_MODEL, SweepMismatchError, SweepPoint, analog_for_point, cached_mlp,  # noqa: F401

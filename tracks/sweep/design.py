@@ -577,9 +577,15 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, metric: str = "accur
             ax.plot([r["energy_pj_mean"] for r in front], [100 * r[f"{metric}_mean"] for r in front], "-s",
                     label=f"{model}: Pareto front")
             for r in front:
-                ax.annotate(_names(r["fields"]), (r["energy_pj_mean"], 100 * r[f"{metric}_mean"]), fontsize=6,
-                            xytext=(3, -8), textcoords="offset points")
-        ax.set_xscale("log")
+                ax.annotate(", ".join(f"{k.split('.')[-1]}={_label(v)}" for k, v in r["fields"].items()),
+                            (r["energy_pj_mean"], 100 * r[f"{metric}_mean"]), fontsize=6, xytext=(3, -8),
+                            textcoords="offset points")
+        es = [r["energy_pj_mean"] for r in rows if r.get("energy_pj_mean")]
+        if es and max(es) / min(es) > 20:   # log axis only where the energies span decades
+            ax.set_xscale("log")
+        else:
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
+        ax.margins(x=0.25, y=0.08)
         ax.set_xlabel("estimated energy per inference (pJ)")
         ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
         ax.set_title("accuracy vs energy (mean over seeds, 95% CI)", fontsize=9)
