@@ -174,9 +174,6 @@ class ConvPoolFloat:
 register_float_kernel(ConvPool, ConvPoolFloat)
 
 
-OUT_INITS = ("centred", "uniform")
-
-
 SN_INIT_ITERS = 500
 """Power iterations of the first projection (from a random vector); later ones warm-start."""
 SN_MARGIN = 1e-2
@@ -228,11 +225,11 @@ class ConvConfig(DictConfig):
         kernel, padding, pool: convolution size, zero padding and pooling window of every conv layer.
         n_out: classes (the output node, dense-coupled to the last feature map).
         cost, ce_scale, update, init_gain: as :class:`~models.eqprop_mlp.EqPropConfig`.
-        out_init: ``"centred"`` (default): the rows of the dense output weights are made zero-mean
-            and the output bias starts in the middle of the output box, so no output unit starts
-            below its clamp; ``"uniform"``: the plain ``U(-g/sqrt(fan_in), g/sqrt(fan_in))`` of the
-            other layers (see :class:`ConvEqProp` for why it leaves dead output units).
-        out_activation: box of the output node (:data:`models.energy.ACTIVATIONS`).
+        out_activation: box of the output node (:data:`models.energy.ACTIVATIONS`). ``"hard_sigmoid"``
+            [0, 1] (default; the integer backends support only this box): the MSE target 0 lies on
+            the clamp, so an output unit pushed below ``-beta`` for every input gets no nudge and
+            never recovers (dead class). ``"hard_tanh"`` [-1, 1]: targets 0 and 1 lie inside the box,
+            an overshoot below 0 is pushed back (the choice of Tracks 13 / 34; measured there).
         sn_bound: spectral normalisation: every coupling (each convolution, as an operator on its
             actual input shape, and the dense output matrix) is rescaled to operator 2-norm
             ``<= sn_bound`` (see :meth:`ConvEqProp.constrain_`); ``None``: off.
@@ -249,7 +246,6 @@ class ConvConfig(DictConfig):
     ce_scale: float = 4.0
     update: str = "async"
     init_gain: float = 1.0
-    out_init: str = "uniform"
     out_activation: str = "hard_sigmoid"
     sn_bound: float | None = None
     sn_iters: int = 50
@@ -274,8 +270,6 @@ class ConvConfig(DictConfig):
                              "of every coupling) or None (no spectral normalisation)")
         if int(self.sn_iters) < 1:
             raise ValueError(f"ConvConfig.sn_iters={self.sn_iters} must be >= 1 (power iterations per projection)")
-        if self.out_init not in OUT_INITS:
-            raise ValueError(f"ConvConfig.out_init={self.out_init!r}; allowed: {OUT_INITS}")
         if self.out_activation not in ACTIVATIONS:
             raise ValueError(f"ConvConfig.out_activation={self.out_activation!r}; allowed: {tuple(ACTIVATIONS)}")
         _, h, w = self.in_shape
@@ -319,10 +313,6 @@ class ConvEqProp(EnergyModel, nn.Module):
                 bound = cfg.init_gain / math.sqrt(fan_in)
                 mod.weight.uniform_(-bound, bound, generator=gen)
                 mod.bias.uniform_(-bound, bound, generator=gen)
-            if cfg.out_init == "centred":
-                self.fc.weight.sub_(self.fc.weight.mean(dim=1, keepdim=True))
-                lo, hi = self.nodes[-1].bounds
-                self.fc.bias.fill_(0.5 * (lo + hi))
         self._sn_seen: tuple = ()
         if cfg.sn_bound is not None:
             for i, t in enumerate(self.conv_terms):

@@ -130,6 +130,7 @@ class Config:
     beta: float = 0.5                # nudging strength
     nudging: str = "symmetric"       # EqProp nudging mode
     cost: str = "mse"                # output cost of the EqProp net ("mse" or "ce")
+    out_activation: str = "hard_tanh"  # box of the EqProp output node (see the module doc: dead output units)
     lr: float = 1e-3                 # Adam learning rate of EqProp
     bp_lr: float = 1e-3              # Adam learning rate of the BP baseline
     lr_schedule: str = "cosine"      # per-epoch schedule of both ("constant" or "cosine")
@@ -315,7 +316,8 @@ def gradient_check(c: Config, ctx: TrackContext, seed: int) -> tuple[dict[str, A
     """Runs on the CPU whatever ``ctx.device``: the implicit gradient's GMRES is scipy on numpy arrays."""
     dev = torch.device("cpu")
     x, y = _grad_batch(c.grad_images, seed, ctx.data_dir, dev)
-    net = ConvEqProp(ConvConfig(channels=c.grad_channels, kernel=5), seed=seed).double().to(dev)
+    net = ConvEqProp(ConvConfig(channels=c.grad_channels, kernel=5, out_activation=c.out_activation),
+                     seed=seed).double().to(dev)
     m: dict[str, Any] = {"grad_channels": list(c.grad_channels), "grad_images": c.grad_images}
     t0 = time.perf_counter()
     s, info = net.free_phase(x, n_steps=GRAD_MAX_STEPS, tol=GRAD_TOL)
@@ -411,7 +413,8 @@ def run(ctx: TrackContext) -> TrackResult:
             p = DATASETS[ds]
             data = _load(ds, ctx, c)
             metrics[f"{p}_n_train"], metrics[f"{p}_n_test"] = len(data["y_tr"]), len(data["y_te"])
-            rows = compare_methods(lambda s: ConvEqProp(ConvConfig(channels=c.channels, kernel=5, cost=c.cost), seed=s),
+            rows = compare_methods(lambda s: ConvEqProp(ConvConfig(channels=c.channels, kernel=5, cost=c.cost,
+                                                                             out_activation=c.out_activation), seed=s),
                                    data, c, seeds, ctx, ds)
             acc_rows += rows
             summarize(rows, p, metrics)

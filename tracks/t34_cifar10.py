@@ -89,6 +89,7 @@ class Config:
     beta: float = 0.5                # nudging strength
     nudging: str = "symmetric"       # EqProp nudging mode
     cost: str = "mse"                # output cost of the EqProp net
+    out_activation: str = "hard_tanh"  # box of the EqProp output node (Track 13's module doc: dead output units)
     lr: float = 1e-3                 # Adam learning rate of EqProp
     bp_lr: float = 1e-3              # Adam learning rate of the BP baseline
     lr_schedule: str = "cosine"      # per-epoch schedule ("constant" or "cosine")
@@ -163,7 +164,8 @@ def run(ctx: TrackContext) -> TrackResult:
         raise ValueError("t34: ctx.seeds is empty; give at least one seed")
     seeds = tuple(ctx.seeds[:c.n_seeds])
     data, variant, aug = _load(ctx, c)
-    cfg = ConvConfig(in_shape=(3, 32, 32), channels=c.channels, kernel=3, padding=1, cost=c.cost)
+    cfg = ConvConfig(in_shape=(3, 32, 32), channels=c.channels, kernel=3, padding=1, cost=c.cost,
+                     out_activation=c.out_activation)
     rows = compare_methods(lambda s: ConvEqProp(cfg, seed=s), data, c, seeds, ctx, "cifar10",
                            augment=aug, budget_s=c.budget_s)
     metrics: dict[str, Any] = {"variant": variant, "channels": list(c.channels), "epochs": c.epochs,

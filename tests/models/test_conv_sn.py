@@ -47,7 +47,8 @@ def test_sn_keeps_every_coupling_below_the_bound_after_updates(monkeypatch):
     for step in range(3):
         for i in range(2):
             assert _exact(net, i) <= bound * (1 + 1e-5), (step, i)
-        assert float(torch.linalg.matrix_norm(net.fc.weight.detach(), ord=2)) <= bound * (1 + 1e-12)
+        # step 0: projected in float32 at construction (rounding ~1e-8), later steps in float64
+        assert float(torch.linalg.matrix_norm(net.fc.weight.detach(), ord=2)) <= bound * (1 + 1e-6)
         with torch.no_grad():  # an optimiser-like in-place update that leaves the bound
             for p in (net.convs[0].weight, net.convs[1].weight, net.fc.weight):
                 p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(step), dtype=p.dtype))
@@ -114,5 +115,5 @@ def test_bad_sn_settings_are_refused():
         ConvConfig(sn_bound=0.0)
     with pytest.raises(ValueError, match="sn_iters"):
         ConvConfig(sn_bound=1.0, sn_iters=0)
-    with pytest.raises(ValueError, match="out_init"):
-        ConvConfig(out_init="zeros")
+    with pytest.raises(ValueError, match="out_activation"):
+        ConvConfig(out_activation="relu")
