@@ -558,13 +558,16 @@ class AnalogCrossbarMLP:
         """Augmented ``[W_k | b_k]`` (float64) per array after weight quantisation: what is programmed."""
         return _float_targets(self.net, self.arrays, self.fmt)
 
-    def program(self, weights: Sequence[torch.Tensor] | None = None) -> None:
+    def program(self, weights: Sequence[torch.Tensor] | None = None, *, headroom: float = 1.0) -> None:
         """Program ``weights`` (augmented ``[W|b]`` per array; default :meth:`target_weights`).
 
         Draws programming noise once (rng ``step = program_count``), applies the fixed stuck map
-        and the drift to ``t_inference_s``.
+        and the drift to ``t_inference_s``. ``headroom`` >= 1 maps ``w_max = headroom * max|A_k|`` to
+        ``g_max`` (room for in-situ learning to grow weights, e.g. 2 when training from scratch).
         """
         a = self.analog
+        if not (isinstance(headroom, (int, float)) and math.isfinite(headroom) and headroom >= 1.0):
+            raise ValueError(f"headroom={headroom!r} is invalid; allowed: a float >= 1")
         weights = self.target_weights() if weights is None else [torch.as_tensor(w, dtype=torch.float64) for w in weights]
         if len(weights) != self.n_arrays:
             raise ValueError(f"weights has {len(weights)} arrays; expected {self.n_arrays} (one per crossbar array)")
@@ -577,7 +580,7 @@ class AnalogCrossbarMLP:
             exp = self.array_shape(i)
             if tuple(A.shape) != exp:
                 raise ValueError(f"weights[{i}] has shape {tuple(A.shape)}; expected {exp} ([W | b])")
-            w_max = float(A.abs().max()) if A.numel() else 0.0
+            w_max = float(A.abs().max()) * headroom if A.numel() else 0.0
             w_max = w_max if w_max > 0 else 1.0
             self.w_max.append(w_max)
             for side, tgt in ((0, A.clamp_min(0.0)), (1, (-A).clamp_min(0.0))):
