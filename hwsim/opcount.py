@@ -10,7 +10,14 @@ raises :class:`models.engine.UnsupportedError`): a ``Dense`` term is a forward a
 node's first forward accumulator. Terms that read only the input are *static* (the drive: once per
 phase). The dense MACs per sweep and per drive come from the float kernels
 (:meth:`models.energy.EnergyModel.sweep_macs`), the phases from :mod:`models.engine`
-(:data:`PHASES`). Below, the MLP's closed forms.
+(:data:`PHASES`). Below, the MLP's closed forms; the conv coupling (fp32 and integer) in
+:class:`ConvPoolOps`.
+
+**Datapath events** (:data:`EVENTS`, :meth:`Counts.event_counts`): products, accumulator values,
+requantised values, window maxima and state clamps. Their primitive ops below are this module's
+datapath model (like the energy table, stated, not measured); the events themselves are measured in
+an instrumented run of the integer simulator (:mod:`hwsim.op_probe`) and must equal these counts
+(Track 40 ``int_event_count_match`` / ``conv_int_event_count_match``; ``tests/hwsim/test_opcount_conv.py``).
 
 Notation: widths ``n_0 .. n_L`` (``n_0`` the input), weight ``W_i`` of shape ``(n_i, n_{i-1})``
 for ``i = 1..L`` (``EqPropMLP.layers[i-1]``), batch ``B``.
