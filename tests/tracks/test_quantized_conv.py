@@ -136,3 +136,18 @@ def test_conv_settings_are_checked():
         dataclasses.replace(QUICK, narrow_acc_bits=40)
     with pytest.raises(ValueError, match="conv_optimizer"):
         dataclasses.replace(QUICK, conv_optimizer="rmsprop")
+
+
+def test_sign_flipped_conv_update_fails_the_track(tmp_path, monkeypatch):
+    """Mutation: the on-chip (numba) conv kernel update goes against the EqProp contrast (signs swapped):
+    the update cosine criterion and the numba-vs-torch replay of the on-chip steps both fail."""
+    import hwsim.onchip as onchip
+
+    orig = onchip._conv_product_nb
+    monkeypatch.setattr(onchip, "_conv_product_nb", lambda P, post, route, pre, sign, *rest:
+                        orig(P, post, route, pre, -sign, *rest))
+    m, passed, crit = _run("int4", tmp_path)
+    assert not passed
+    assert not crit["conv_update_cosine_min"] and m["conv_update_cosine_min"] < 0, m["conv_update_cosine_min"]
+    assert not crit["conv_bitexact_mismatches"]
+    assert crit["update_cosine_min"]  # the dense MLP path is untouched
