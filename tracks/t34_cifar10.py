@@ -89,7 +89,7 @@ class Config:
     beta: float = 0.5                # nudging strength
     nudging: str = "symmetric"       # EqProp nudging mode
     cost: str = "mse"                # output cost of the EqProp net
-    out_activation: str = "hard_tanh"  # box of the EqProp output node (Track 13's module doc: dead output units)
+    out_activation: str = "hard_sigmoid"  # EqProp output box; "hard_tanh" (Track 13 doc: dead output units) not measured here
     lr: float = 1e-3                 # Adam learning rate of EqProp
     bp_lr: float = 1e-3              # Adam learning rate of the BP baseline
     lr_schedule: str = "cosine"      # per-epoch schedule ("constant" or "cosine")
@@ -193,6 +193,7 @@ def run(ctx: TrackContext) -> TrackResult:
              f"{metrics['n_test']} test images{'' if c.n_test is None else ' (fixed random subset, seed 0)'}",
              f"ConvEqProp 3-{'-'.join(map(str, c.channels))} 3x3 pad 1, {c.epochs} epoch(s) "
              f"(done: {metrics['epochs_done']}), seeds {list(seeds)}, T1={c.t1} T2={c.t2} beta={c.beta} {c.nudging} "
-             f"{c.cost}, Adam lr {c.lr}; BP {list(c.bp_activations)} Adam lr {c.bp_lr}; pass bar "
+             f"{c.cost}, output {c.out_activation}, Adam lr {c.lr}; BP {list(c.bp_activations)} Adam lr {c.bp_lr}; "
+             f"pass bar "
              f"{c.required_acc:.2f} (chance {CHANCE:.2f})"]
     return TrackResult(metrics=metrics, artifacts=[str(plot.relative_to(ctx.out_dir))], notes=notes)
