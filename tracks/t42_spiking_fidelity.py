@@ -141,7 +141,9 @@ class T42Config:
                              "(the criterion is measured at T=64)")
 
 
-QUICK = T42Config(n_train=5000, n_test=500, n_brian=2, hidden=64, epochs=2, conv_n_train=1500, conv_epochs=1,
+# quick conv net: 3000 images x 2 epochs (the recipe of the tests' fixture; measured float 79.8 %, spiking
+# T=64 82.6 % on 500 test images). 1500 x 1 gave a 54 % net (spiking 51 %, gap 0.03: fails the 1-point bound).
+QUICK = T42Config(n_train=5000, n_test=500, n_brian=2, hidden=64, epochs=2, conv_n_train=3000, conv_epochs=2,
                   conv_n_test=500, conv_n_brian=1)
 FULL = T42Config(n_train=10000, n_test=10000, n_brian=10, hidden=128, epochs=3)  # measured: 333 s CPU
 
