@@ -241,3 +241,31 @@ def test_energy_table_values_and_scaling():
     assert energy.op_energy_pj("cmp", "int", 32) == energy.op_energy_pj("add", "int", 32)
     assert energy.synop_energy_pj(8) == energy.op_energy_pj("add", "int", 8)
     assert energy.memory_read_energy_pj(64, "dram", "low") == 1300.0
+
+
+@pytest.mark.parametrize("kind,update", [("mlp", "async"), ("mlp", "sync"), ("deep", "async"), ("skip", "async")])
+def test_integer_events_equal_the_instrumented_simulator(kind, update):
+    """Integer events (accumulators, requantisations, clamps, products) of a free phase and of a nudged
+    phase == those of the instrumented torch mirror (hwsim.op_probe), incl. a static skip coupling
+    (its own accumulator once per phase, its requantisation held) and the deterministic drive."""
+    import numpy as np
+
+    from hwsim import op_probe
+    from models.skip_mlp import SkipEqPropMLP
+    from tracks.data import load_dataset
+
+    sizes = {"mlp": (784, 12, 10), "deep": (784, 12, 8, 10), "skip": (784, 12, 10)}[kind]
+    cls = SkipEqPropMLP if kind == "skip" else EqPropMLP
+    net = cls(EqPropConfig(sizes=sizes, update=update), seed=0)
+    spec = get_preset("int8")
+    fp = FixedPointMLP.from_model(net, spec)
+    x, y = load_dataset("mnist", "test")
+    B, T1, T2 = 4, 5, 3
+    xc = fp.quantize_input(x[:B].astype(np.float64))
+    s, ev = op_probe.relax_events(fp, xc, n_steps=T1)
+    assert ev == oc.count_inference(net, spec, n_steps=T1, batch_size=B).total.event_counts()
+    _, ev2 = op_probe.relax_events(fp, xc, s0=s, beta=0.3, y=y[:B], n_steps=T2)
+    r = oc.count_training_step(net, spec, n_free_steps=T1, n_nudge_steps=T2, nudging="one_sided", batch_size=B)
+    assert ev2 == (r.phases["b2"] + oc.count_inference(net, spec, n_steps=1, batch_size=B).phases["drive"]).event_counts()
+    with pytest.raises(ValueError, match="deterministic"):
+        op_probe.relax_events(FixedPointMLP.from_model(net, spec.replace(rounding="stochastic")), xc, n_steps=1)
