@@ -86,6 +86,7 @@ def test_real_path_passes_the_conv_and_narrow_accumulator_criteria(tmp_path):
     assert m["conv_onchip_gap_pt"] == pytest.approx(100 * (m["conv_acc_float"] - m["conv_acc_onchip"]))
     assert m["conv_target_met"] == int(m["conv_onchip_gap_pt"] <= 1.0)
     assert "conv_target_met" not in crit and "conv_onchip_gap_pt" not in crit  # reported, not a criterion
+    assert (tmp_path / "plots" / "t19_int4_conv_accuracy.png").stat().st_size > 1000
 
 
 def test_floor_rounded_weight_codes_fail_the_track(tmp_path, monkeypatch):

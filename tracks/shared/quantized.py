@@ -114,11 +114,11 @@ class QuantTrackConfig:
     n_narrow: int = 50          # test images of the overflow replays
     # conv part (tracks/shared/quantized_conv.py): the small conv net on Fashion-MNIST 14x14
     conv: bool = True
-    conv_seeds: int = 3         # the first conv_seeds seeds of the run also run the conv part
+    conv_seeds: int = 1         # the first conv_seeds seeds of the run also run the conv part (CPU budget)
     conv_channels: tuple = (8, 16)
     conv_n_train: int = 6000
     conv_n_test: int = 2000
-    conv_epochs: int = 3        # float EqProp pre-training (Adam conv_lr)
+    conv_epochs: int = 3        # float EqProp pre-training (conv_optimizer at conv_lr)
     conv_ft_epochs: int = 1     # float SGD / on-chip fine-tuning at conv_ft_lr
     conv_optimizer: str = "sgd"  # float pre-training ("sgd" without momentum, or "adam")
     conv_lr: float = 0.2
@@ -189,7 +189,7 @@ def make_spec(track_id: int, slug: str, name: str, preset: str) -> TrackSpec:
             Criterion("conv_narrow_acc_wrap_would_differ", ">=", 1),
             Criterion("conv_update_cosine_min", ">=", CONV_UPDATE_COSINE_MIN),
         ),
-        est_seconds_full=1200.0, est_seconds_quick=40.0,
+        est_seconds_full=1500.0, est_seconds_quick=60.0,  # conv part: ~+300 s full, ~+20 s quick (CPU time, quiet)
     )
 
 
@@ -392,6 +392,10 @@ def run_quantized(ctx: TrackContext, preset: str, track_id: int) -> TrackResult:
         metrics.update(cm)
         notes += cnotes
     artifacts = [_plot_acc(rows, names, preset, track_id, ctx), _plot_cos(rows, preset, track_id, ctx)]
+    if cfg.conv and cfg.conv_seeds > 0:
+        from .quantized_conv import plot_conv
+
+        artifacts.append(plot_conv(crows, preset, track_id, ctx))
     return TrackResult(metrics=metrics, artifacts=artifacts, notes=notes)
 
 

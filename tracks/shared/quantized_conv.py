@@ -190,6 +190,24 @@ def load_conv_data(data_dir, n_train: int, n_test: int, seed: int):
     return downsample(x[idx]), y[idx], downsample(xt[:n_test]), yt[:n_test]
 
 
+def plot_conv(rows, preset: str, track_id: int, ctx) -> str:
+    """Bar chart of the conv paths' test accuracy (mean over seeds, seeds as dots); path relative to out_dir."""
+    from ..harness.plots import figure
+
+    keys = [k for k in ("acc_float", "acc_ptq", "acc_ptq_per_tensor_start", "acc_onchip") if k in rows[0]]
+    path = ctx.plots_dir / f"t{track_id:02d}_{preset}_conv_accuracy.png"
+    with figure(path, figsize=(7, 4), dpi=110) as (fig, _axes):
+        ax = _axes[0][0]
+        ax.bar(range(len(keys)), [100 * np.mean([r[k] for r in rows]) for k in keys], color="tab:green")
+        for i, k in enumerate(keys):
+            ax.plot([i] * len(rows), [100 * r[k] for r in rows], "k.", ms=4)
+        ax.set_xticks(range(len(keys)), [k.replace("acc_", "").replace("_per_tensor_start", " (on-chip start)")
+                                         for k in keys])
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"Track {track_id} ({preset}): conv net, {DATA_VARIANT}")
+    return str(path.relative_to(ctx.out_dir))
+
+
 def conv_section(ctx, preset: str, cfg, seeds, narrow_bits: int, target_gap_pt: float) -> tuple[dict, list[str], list]:
     """Run :func:`conv_seed` for ``seeds``; returns ``(conv_ metrics, notes, per-seed rows)``."""
     from ..harness.stats import mean_ci95
