@@ -1,65 +1,100 @@
 """Named, documented training recipes (hyperparameters) that tracks share.
 
-A recipe is a :class:`models.train.TrainConfig` under a stable name ``<dataset>_<sizes>_<method>``;
-take one with :func:`get_recipe` (optionally changing fields, e.g. ``epochs`` or ``seed``) and train
-with :func:`models.train.train`. All recipes here are for ``EqPropMLP(EqPropConfig(sizes=(784, 512,
-10)))`` with its defaults (hard sigmoid ``clamp(a, 0, 1)``, MSE cost, async updates, default init),
-T1 = 30 free sweeps, T2 = 10 nudged sweeps, symmetric nudging, batch 100.
+A recipe is a :class:`models.train.TrainConfig` under a stable name ``<dataset>_<sizes>_<method>``
+(:func:`recipe_name`); take one with :func:`get_recipe` (optionally changing fields, e.g. ``epochs``
+or ``seed``) and train with :func:`models.train.train`. The recipes of Track 25 are for widths
+784-512-10 (one hidden layer):
 
-Evidence (a 25-minute search on 10k MNIST training images, 2 epochs = 200 updates, scored on the
-first 2000 *test* images -- so these hyperparameters saw that slice; the tracks themselves use a
-validation split -- machine heavily loaded; ``RECIPE_NOTES`` has the numbers per recipe):
-Adam with per-layer rates (5e-4, 2.5e-4) learned fastest for EqProp (90.2 % after 200 updates) against
-SGD momentum 0.9 lr (0.05, 0.025) (89.2 %), plain SGD lr (0.5, 0.25) (89.4 %) and Adam (2e-3, 1e-3)
-(82.6 %). BPTT through the same 30 free sweeps learns slower with every optimizer tried: SGD momentum
-0.9 lr (0.05, 0.025) 82.7 %, Adam (5e-4, 2.5e-4) 75.6 % (81.8 % with the output biases initialised
-to +0.5, which the model's default init does not do), plain SGD lr (0.5, 0.25) 52.3 %: an output
-unit whose pre-activation is below 0 gets no gradient through the clamp, while EqProp's +-beta
-nudge still moves units with pre-activation in (-beta, 0).
+* ``*_eqprop``: ``EqPropMLP`` (hard sigmoid ``clamp(a, 0, 1)``, MSE cost, async updates, default
+  init) trained by EqProp, T1 = 30 free sweeps, T2 = 10 nudged sweeps, symmetric nudging, Adam,
+  per-layer rates, cosine schedule, batch 100;
+* ``*_bptt``: the same ``EqPropMLP`` trained by backprop through its 30 free sweeps;
+* ``*_ffbp``: the same-width feed-forward ``models.ff_mlp.FeedForwardMLP`` (ReLU) trained by ordinary
+  backprop, cross-entropy, Adam, cosine schedule, batch 100.
+
+Where the numbers come from: every recipe is the best trial of an Optuna study run by
+``run_suite.py tune`` (:mod:`tracks.tune`) and saved in ``tracks/shared/tuning/<study>.json``
+(search space, budget, every trial, best trial) beside its SQLite storage ``tune.db`` (the study
+resumes from it). The studies score each trial on a validation split carved from the *training* set
+(``train_val_split(train, n_val=5000, seed=0)``, the split Track 25 plots its curves on); the test
+set was never read. The recipes are read from those files at import, so the values of record and
+the study cannot drift apart; :data:`RECIPE_NOTES` names file, trial, score and budget. (The earlier
+recipes, chosen by scoring on the first 2000 test images, are gone.)
+
+A dataset without a study of its own for a method reuses the MNIST study's recipe (its note says so).
 
 >>> cfg = get_recipe("mnist_784_512_10_eqprop", epochs=2, seed=1)
->>> cfg.method, cfg.epochs, cfg.seed, cfg.n_free_steps, cfg.n_nudge_steps, cfg.nudging
-('eqprop', 2, 1, 30, 10, 'symmetric')
->>> sorted(RECIPES) == sorted(RECIPE_NOTES)
+>>> cfg.method, cfg.epochs, cfg.seed, cfg.n_free_steps, cfg.n_nudge_steps, cfg.nudging, cfg.optimizer
+('eqprop', 2, 1, 30, 10, 'symmetric', 'adam')
+>>> get_recipe("mnist_784_512_10_ffbp").method
+'backprop'
+>>> sorted(RECIPES) == sorted(RECIPE_NOTES) == sorted(RECIPE_SOURCES)
 True
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
+from typing import Any
 
 from models.train import TrainConfig
 
 SIZES = (784, 512, 10)
+TUNING_DIR = Path(__file__).resolve().parent / "tuning"
+DEFAULT_EPOCHS = 10  # the studies score a few epochs; tracks set their own with get_recipe(..., epochs=)
 
-_COMMON = dict(batch_size=100, n_free_steps=30, n_nudge_steps=10, nudging="symmetric", momentum=0.0,
-               lr_schedule="cosine")
 
-RECIPES: dict[str, TrainConfig] = {
-    "mnist_784_512_10_eqprop": TrainConfig(method="eqprop", optimizer="adam", lr=(5e-4, 2.5e-4), beta=0.5,
-                                           epochs=5, **_COMMON),
-    "mnist_784_512_10_bptt": TrainConfig(method="bptt", optimizer="sgd", lr=(0.05, 0.025), beta=0.5,
-                                         epochs=5, **{**_COMMON, "momentum": 0.9}),
-    "fmnist_784_512_10_eqprop": TrainConfig(method="eqprop", optimizer="adam", lr=(5e-4, 2.5e-4), beta=0.5,
-                                            epochs=5, **_COMMON),
-    "fmnist_784_512_10_bptt": TrainConfig(method="bptt", optimizer="sgd", lr=(0.05, 0.025), beta=0.5,
-                                          epochs=5, **{**_COMMON, "momentum": 0.9}),
-}
+def recipe_name(prefix: str, method: str, sizes: tuple[int, ...] = SIZES) -> str:
+    """``<prefix>_<sizes>_<method>``, e.g. ``recipe_name("mnist", "ffbp") == "mnist_784_512_10_ffbp"``."""
+    return f"{prefix}_{'_'.join(map(str, sizes))}_{method}"
+
+
+def load_study(name: str, tuning_dir: Path = TUNING_DIR) -> dict[str, Any]:
+    """The summary JSON of study ``name`` written by :func:`tracks.tune.tune`."""
+    path = tuning_dir / f"{name}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no study {path}; run `run_suite.py tune` (see tracks/tune.py) to make it")
+    return json.loads(path.read_text())
+
+
+def _from_study(name: str, study: str) -> tuple[TrainConfig, str, dict[str, Any]]:
+    s = load_study(study)
+    cfg = TrainConfig.from_dict({**s["recipe"], "epochs": DEFAULT_EPOCHS, "seed": 0})
+    b, bt = s["budget"], s["best_trial"]
+    rel = f"tracks/shared/tuning/{study}.json"
+    note = (f"{rel}: best of {b['trials_finished']} trials ({b['trials_pruned']} pruned), trial {bt['number']}, "
+            f"validation accuracy {bt['value']:.4f} after {b['epochs_per_trial']} epochs of "
+            f"{b['train_images_per_trial']} training images, scored on {b['val_images']} validation images "
+            f"carved from train; {b['seconds_all_runs']:.0f} s of search; params {bt['params']}")
+    if study != name:
+        note = f"no study of its own: reuses {study}. " + note
+    source = {"study_file": rel, "trial": bt["number"], "val_acc": bt["value"], "budget": b, "study": study}
+    return cfg, note, source
+
+
+#: recipe name -> study it comes from (itself, or the MNIST study where a dataset has none)
+_STUDIES = {recipe_name(p, m): recipe_name(p, m) for p in ("mnist", "fmnist") for m in ("eqprop", "bptt", "ffbp")}
+for _n, _s in list(_STUDIES.items()):
+    if not (TUNING_DIR / f"{_s}.json").exists():
+        _STUDIES[_n] = recipe_name("mnist", _n.rsplit("_", 1)[1])
+
+RECIPES: dict[str, TrainConfig] = {}
 """name -> TrainConfig (the hyperparameters of record)."""
-
-RECIPE_NOTES: dict[str, str] = {
-    "mnist_784_512_10_eqprop": "Adam (5e-4, 2.5e-4), beta 0.5, cosine: 88.2 / 90.2 % val after 1 / 2 epochs of 10k.",
-    "mnist_784_512_10_bptt": ("SGD momentum 0.9 (0.05, 0.025), cosine: 80.7 / 82.7 % val after 1 / 2 epochs of 10k "
-                              "(best of 4 optimizers tried for BPTT; beta unused)."),
-    "fmnist_784_512_10_eqprop": "MNIST recipe reused unchanged (no separate search).",
-    "fmnist_784_512_10_bptt": "MNIST BPTT recipe reused unchanged.",
-}
-"""name -> where the numbers come from."""
+RECIPE_NOTES: dict[str, str] = {}
+"""name -> where the numbers come from (study file, trial, score, budget)."""
+RECIPE_SOURCES: dict[str, dict[str, Any]] = {}
+"""name -> the same as data: ``study_file``, ``trial``, ``val_acc``, ``budget``, ``study``."""
+for _n, _s in _STUDIES.items():
+    if (TUNING_DIR / f"{_s}.json").exists():
+        RECIPES[_n], RECIPE_NOTES[_n], RECIPE_SOURCES[_n] = _from_study(_n, _s)
 
 
 def get_recipe(name: str, **changes) -> TrainConfig:
     """The recipe ``name`` with ``changes`` applied (validated by ``TrainConfig``)."""
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; valid: {sorted(RECIPES)}")
+        raise ValueError(f"unknown recipe {name!r}; valid: {sorted(RECIPES)} (a missing tuned recipe: run "
+                         "`run_suite.py tune`, see tracks/tune.py)")
     unknown = set(changes) - set(TrainConfig.__dataclass_fields__)
     if unknown:
         raise ValueError(f"get_recipe: unknown TrainConfig fields {sorted(unknown)}; "
@@ -77,3 +112,4 @@ def register_recipe(name: str, cfg: TrainConfig, note: str, *, overwrite: bool =
         raise ValueError("register_recipe: give a note saying where the hyperparameters come from")
     RECIPES[name] = cfg
     RECIPE_NOTES[name] = note
+    RECIPE_SOURCES[name] = {"study_file": None, "note": note}
