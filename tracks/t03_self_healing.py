@@ -60,7 +60,7 @@ SPEC = TrackSpec(
         Criterion("fault_gap_points", ">=", 2.0),
         Criterion("stuck_max_change", "<=", 0.0),
     ),
-    est_seconds_full=3600.0,
+    est_seconds_full=1500.0,
     est_seconds_quick=60.0,
 )
 

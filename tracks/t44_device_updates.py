@@ -25,7 +25,8 @@ Criteria (each can fail; tests break the path each names):
   finest (the pulse quantisation is really applied).
 
 Reported: every point's accuracy (mean and 95 % CI over seeds), ``sym_minus_one_sided_<model>``
-(points), plots ``t44_asymmetry.png``, ``t44_dw_min.png``, ``t44_nudging.png``.
+(points), plots ``t44_asymmetry.png``, ``t44_dw_min.png``, ``t44_nudging.png`` and
+``t44_device_response.png`` (the pulse response of each pulsed model).
 
 Settings: :class:`Config` (``QUICK`` / ``FULL``).
 """
@@ -196,6 +197,26 @@ def _plot_nudging(path: Path, models, acc) -> Path:
     return path
 
 
+def _plot_response(path: Path, models) -> Path:
+    """Pulse response of 3 devices of each pulsed model (aihwkit-style: up pulses, then down pulses)."""
+    from hwsim.devices import response_curve
+    pulsed = [m for m in models if m != "ideal"]
+    with figure(path, figsize=(6.5, 3.8), dpi=120) as (fig, axes):
+        ax = axes[0][0]
+        for j, m in enumerate(pulsed):
+            spec = chip_spec(m)
+            n = int(round(1.5 / spec.dw_min))
+            r = response_curve(spec, n, n_devices=3, backend="numba")
+            for d in range(r.shape[1]):
+                ax.plot(np.arange(r.shape[0]), r[:, d], color=f"C{j}", lw=0.8, label=m if d == 0 else None)
+        ax.set_xlabel("pulse number (up, then down)")
+        ax.set_ylabel("conductance / g_max")
+        ax.set_title("device pulse response (3 devices per model, hwsim.devices)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return path
+
+
 def run(ctx: TrackContext) -> TrackResult:
     c = ctx.settings(QUICK, FULL)
     with torch_threads(c.torch_threads):
@@ -240,6 +261,8 @@ def _run(ctx: TrackContext, c: Config) -> TrackResult:
                    title="in-situ EqProp from scratch vs pulse step"),
         _plot_nudging(ctx.plots_dir / "t44_nudging.png", list(c.models), nud),
     ]
+    if any(m != "ideal" for m in c.models):
+        plots.append(_plot_response(ctx.plots_dir / "t44_device_response.png", c.models))
     metrics = {
         "acc_ideal_symmetric": ideal,
         "asym_drop_points": 100.0 * (a0 - asym[i_max][0]),
