@@ -38,7 +38,7 @@ def test_track1_fails_when_sn_target_is_not_contracting(tmp_path):
 def test_track1_conv_section_bounds_the_couplings(tmp_path):
     (passed, rows), res = _run(tmp_path, epochs=1, n_train=200, **CONV_SMALL)
     m = res.metrics
-    for metric in ("conv_sigma_ratio_max_sn", "conv_power_rel_err_max"):
+    for metric in ("conv_sigma_ratio_max_sn", "conv_est_rel_err_max"):
         assert _row(rows, metric)["passed"], m[metric]
     assert m["conv_sigma_ratio_max_no_sn"] > 1.0  # the same init without SN leaves the bound
     assert all(f >= s for f, s in zip(m["conv_fft_bound_final_sn"], m["conv_sigma_final_sn"]))
