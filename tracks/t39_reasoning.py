@@ -29,6 +29,15 @@ inputs and answers recomputed by independent reference code; a generator that le
 the input fails it); EqProp learns (``eqprop_copying_acc_train_len >= 0.9``, exact match at the
 training size). Everything else is a reported figure.
 
+Measured (``run_suite.py --track 39 --quick --set n_seeds=3 --set steps=300``: d=32, 300 steps x 32,
+seeds 0-2, exact match mean +- 95 % CI; 1370 s wall on the shared 2-core machine at load ~25):
+parity N=8 EqProp 0.435 +- 0.088 / BP 0.445 +- 0.154, N=16 0.474 / 0.438 (both at chance); addition
+N=4 0.104 +- 0.059 / 0.120 +- 0.078 (token accuracy 0.63 / 0.68), N=8 0.003 / 0.013; copying N=8
+1.000 / 1.000, N=16 0.607 +- 0.818 / 1.000 (token 0.966); sorting N=5 0.125 +- 0.019 / 0.906 +- 0.051,
+N=8 0.000 / 0.003. Every plan target missed; iterations vs difficulty per seed: parity r = 0.585,
+0.096, undefined (all instances took the same sweeps); addition -0.084 / 0.056 / 0.125; sorting
+mean 0.012 (84 % of sorting instances hit the 100-sweep cap); plan success criterion missed.
+
 Variants (CPU): ``QUICK`` 1 seed, d=32, 150 steps per task, sizes parity 8 -> 8/16, addition 4 ->
 4/8, copying 8 -> 8/16, sorting 5 -> 5/8 (< 60 s). ``FULL`` 3 seeds, d=64, 800 steps, parity 10 ->
 10/20, addition 5 -> 5/10, copying 10 -> 10/20, sorting 6 -> 6/8 (the reduced CPU variant: the
