@@ -174,7 +174,7 @@ class Config:
 FULL = Config()
 QUICK = Config(grad_channels=(4, 8), grad_images=4, channels=(8, 16), n_seeds=1, n_train=1500, n_val=1000,
                n_val_eval=500, n_test=1000, epochs=2, batch_size=50, beta=0.2, lr=3e-3, bp_lr=3e-3,
-               bp_activations=("relu",))
+               bp_activations=("relu",), out_activation="hard_sigmoid")  # the measured quick recipe
 
 
 # ----------------------------------------------------------------------------- the BP baseline
