@@ -57,6 +57,10 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--quick", action="store_true", help="quick mode (smaller data, fewer steps)")
     run.add_argument("--out", metavar="DIR", help="output folder (default: new runs/YYYYmmdd-HHMMSS); "
                      "an existing non-empty folder is refused")
+    run.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR: its finished tracks "
+                     "(passed or failed) are kept, the others run, its trained models are loaded from "
+                     "DIR/model_cache; the seeds, --quick, --set, --device and data folder must be the run's own "
+                     "(else exit 2 naming the difference)")
     run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="S",
                      help="distinct seeds >= 0 (default 0 1 2)")
     run.add_argument("--data-dir", metavar="DIR", help="dataset root (also exported as EQPROP_DATA)")
@@ -200,25 +204,40 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         tracks.resolve_overrides(unique, overrides, quick=args.quick)  # before any folder is made
     except tracks.ConfigError as e:
         return _usage_error(str(e))
-    try:
-        out = tracks.prepare_out_dir(args.out)
-    except tracks.OutDirError as e:
-        return _usage_error(str(e))
+    if args.resume:
+        if args.out and os.path.abspath(args.out) != os.path.abspath(args.resume):
+            return _usage_error(f"--out {args.out} and --resume {args.resume} name different folders; a resume "
+                                "writes into the run it continues: drop --out")
+        try:
+            tracks.runner.check_resume(args.resume, **tracks.runner.run_inputs(
+                quick=args.quick, seeds=args.seeds, data_dir=data_dir, device=args.device, overrides=overrides))
+        except tracks.runner.ResumeMismatchError as e:
+            return _usage_error(str(e))
+        out = args.resume
+    else:
+        try:
+            out = tracks.prepare_out_dir(args.out)
+        except tracks.OutDirError as e:
+            return _usage_error(str(e))
     table = _Table(unique)
     table.header()
     t0 = time.perf_counter()
     try:
         suite = tracks.run_tracks(
             unique, out, quick=args.quick, seeds=args.seeds, data_dir=data_dir, device=args.device,
-            overrides=overrides, progress=not args.no_progress, argv=["run_suite.py", *argv], on_done=table.row)
+            overrides=overrides, progress=not args.no_progress, argv=["run_suite.py", *argv], on_done=table.row,
+            resume=bool(args.resume))
     except KeyboardInterrupt:
         print(f"\ninterrupted: results of the finished tracks are in {out} (marked interrupted; tracks not run "
-              "count as not passed)", file=sys.stderr)
+              f"count as not passed); continue it with the same command plus --resume {out}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (tracks.ConfigError, tracks.OutDirError, ValueError) as e:  # validated above; kept for races
         return _usage_error(str(e))
     n_pass = sum(r.passed for r in suite.tracks)
     print(f"\n{n_pass}/{len(suite.tracks)} tracks passed in {time.perf_counter() - t0:.1f} s")
+    if args.resume:
+        kept = [r.id for r in suite.tracks if r.resumed]
+        print(f"resumed {out}: kept {kept or 'none'} from the earlier session (not rerun)")
     for r in suite.failed:
         print(f"  FAILED {r.id} {r.slug}: {r.failure or 'criteria not met'}")
     print(f"results: {suite.results_path}\nreport:  {suite.report_path}")

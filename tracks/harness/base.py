@@ -107,6 +107,14 @@ class TrackContext:
     progress: bool = True
     overrides: dict[str, Any] = field(default_factory=dict)
     config: Any = None  # the validated typed config (set by the runner); None: built from overrides
+    #: the run's shared :class:`tracks.harness.model_cache.ModelCache` (``<out>/model_cache``); the runner
+    #: hands every track the same one, so a model one track trained is loaded by the next
+    model_cache: Any = None
+
+    def __post_init__(self) -> None:
+        if self.model_cache is None:
+            from .model_cache import CACHE_DIR_NAME, ModelCache
+            self.model_cache = ModelCache(Path(self.out_dir) / CACHE_DIR_NAME)
 
     def settings(self, quick_cfg: Any, full_cfg: Any) -> Any:
         """The track's typed config: ``self.config`` when the runner resolved it, else the mode's

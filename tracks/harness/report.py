@@ -115,7 +115,12 @@ def render_report(results: dict[str, Any]) -> str:
                f"mode {'quick' if suite.get('quick') else 'full'}, seeds {suite.get('seeds')}, "
                f"device {suite.get('device')}; version {suite.get('version')}"
                + (f", commit {suite['commit']}" if suite.get("commit") else "") + ".")
-    out += ["", f"Command: `{' '.join(str(a) for a in suite.get('argv', []))}`", "", "## Machine", ""]
+    out += ["", f"Command: `{' '.join(str(a) for a in suite.get('argv', []))}`"]
+    for r in suite.get("resumes") or []:
+        out += ["", f"Resumed {r.get('at')} (`{' '.join(str(a) for a in r.get('argv', []))}`, commit "
+                f"{r.get('commit')}; the run was {r.get('previous_state')}): kept tracks {r.get('kept')} "
+                f"(not rerun), ran {r.get('rerun')}."]
+    out += ["", "## Machine", ""]
     out += _machine_lines(suite.get("machine", {}) or {})
     out += ["", "## Summary", "", "| id | name | result | seconds | key criterion |",
             "| --- | --- | --- | --- | --- |"]
@@ -124,7 +129,8 @@ def render_report(results: dict[str, Any]) -> str:
         key = _criterion_text(crit[0]) if crit else ""
         if t.get("failure"):
             key = t["failure"].splitlines()[0][:200]
-        out.append(f"| [{t['id']}](#{_anchor(t)}) | {_cell(t['name'])} | {_status(t['passed'], t)} | "
+        out.append(f"| [{t['id']}](#{_anchor(t)}) | {_cell(t['name'])} | {_status(t['passed'], t)}"
+                   f"{' (resumed)' if t.get('resumed') else ''} | "
                    f"{t.get('seconds', 0):.1f} | {_cell(key)} |")
     for t in tracks:
         out += [""] + _track_section(t)
@@ -137,7 +143,10 @@ def _track_section(t: dict[str, Any]) -> list[str]:
     if t.get("claim"):
         out += [f"**Claim.** {t['claim']}", ""]
     est = t.get("est_seconds")
-    out += [f"Ran in {fmt_seconds(t.get('seconds'))}" + (f" (estimate {fmt_seconds(est)})." if est else "."), ""]
+    out += [f"Ran in {fmt_seconds(t.get('seconds'))}" + (f" (estimate {fmt_seconds(est)})." if est else ".")
+            + (" Kept from an earlier session of this run (resumed, not rerun)." if t.get("resumed") else "")
+            + (" Model cache: {trained} trained, {loaded} loaded, {corrupt} corrupt (retrained).".format(
+               **t["model_cache"]) if t.get("model_cache") and any(t["model_cache"].values()) else ""), ""]
     if t.get("failure"):
         out += [f"**Failure.** {t['failure']}", ""]
     crit = t.get("criteria") or []

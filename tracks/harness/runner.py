@@ -15,6 +15,19 @@ complete suite can pass.
      "tracks": [{"id", "slug", "name", "claim", "passed", "criteria", "metrics", "artifacts",
                  "seconds", "notes", "failure", "traceback"}]}
 
+Resume (``run_tracks(..., resume=True)``, ``run_suite.py --all --resume DIR``): an interrupted or
+killed run continues in its own folder. Tracks whose row in ``DIR/results.json`` is finished (passed or
+failed, ``not_run`` false) are kept as they are, marked ``"resumed": true``, and not rerun; the others
+run. The run's inputs (quick, seeds, ``--set`` overrides, data folder, device) must equal the recorded
+ones, else :class:`ResumeMismatchError` names the differing input and nothing is touched. Each resume
+appends ``{"at", "argv", "commit", "previous_state", "kept", "rerun"}`` to ``suite["resumes"]``.
+Models trained before the interruption are in ``DIR/model_cache`` and are loaded, not retrained
+(a training killed mid-way restarts from scratch: there is no per-epoch checkpoint).
+
+Every track gets the same ``ctx.model_cache`` (:class:`tracks.harness.model_cache.ModelCache` in
+``<out>/model_cache``); each row records its cache use as ``"model_cache": {"trained", "loaded",
+"corrupt"}``.
+
 Every track gets the same ``ctx.out_dir`` (the suite folder) and ``ctx.plots_dir`` (``<out>/plots``);
 tracks prefix their file names with ``tNN_`` so they do not collide, and return the paths in
 ``TrackResult.artifacts`` (recorded relative to the suite folder).
@@ -50,6 +63,7 @@ import numpy as np
 from .registry import Track, get_track
 from .base import TrackContext, TrackResult, evaluate
 from .machine import describe_machine
+from .model_cache import CACHE_DIR_NAME, ModelCache
 
 log = logging.getLogger("eqprop_hwsim.tracks")
 
@@ -61,6 +75,11 @@ DEFAULT_RUNS_ROOT = Path("runs")
 
 class OutDirError(ValueError):
     """The output folder exists and is not empty (results are never overwritten)."""
+
+
+class ResumeMismatchError(ValueError):
+    """A resume's inputs differ from the run it continues (the message names the input), or the folder
+    holds no run to resume."""
 
 
 def json_safe(obj: Any) -> Any:
@@ -108,6 +127,8 @@ class TrackRun:
     traceback: str | None = None
     est_seconds: float | None = None  # the spec's estimate for this mode, for the report
     not_run: bool = False  # the suite stopped (interrupted or killed) before this track ran
+    resumed: bool = False  # kept from an earlier session of this run folder (--resume), not rerun
+    model_cache: dict[str, int] | None = None  # {"trained", "loaded", "corrupt"} entries of the shared cache
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(dataclasses.asdict(self))
@@ -276,13 +297,14 @@ def run_tracks(
     argv: Sequence[str] | None = None,
     on_start: Callable[[Track], None] | None = None,
     on_done: Callable[[TrackRun], None] | None = None,
+    resume: bool = False,
 ) -> SuiteResult:
     """Run ``tracks`` in order and write ``results.json`` and ``report.md`` into ``out_dir``.
 
     Args:
         tracks: :class:`tracks.Track` objects, ids or slugs (resolved with :func:`tracks.get_track`).
         out_dir: output folder; ``None`` makes a new timestamped folder under ``runs/``. An existing
-            non-empty folder is refused (:class:`OutDirError`).
+            non-empty folder is refused (:class:`OutDirError`) unless ``resume``.
         quick: the tracks' quick mode (smaller data, fewer steps).
         seeds: seeds handed to every track.
         data_dir: dataset root handed to tracks (see :func:`tracks.data.load_dataset`).
@@ -292,7 +314,10 @@ def run_tracks(
             is written (:func:`tracks.harness.config.resolve_overrides`; ``ID.KEY`` scopes to one track).
         argv: recorded in ``results.json`` (defaults to ``sys.argv``).
         on_start: called with each track before it runs.
-        on_done: called with each :class:`TrackRun` as it finishes (a CLI prints a row here).
+        on_done: called with each :class:`TrackRun` as it finishes (a CLI prints a row here); kept
+            (resumed) tracks are reported here too, before the first track runs.
+        resume: continue the run in ``out_dir`` (see the module docstring): finished tracks are kept,
+            the others run; the inputs must equal the recorded ones.
 
     Returns:
         The :class:`SuiteResult`; its ``passed`` is True when every track ran and passed.
@@ -300,6 +325,7 @@ def run_tracks(
     Raises:
         tracks.harness.config.ConfigError: an override is unknown or of the wrong type (nothing written).
         ValueError: repeated or negative seeds, an unavailable device (nothing written).
+        ResumeMismatchError: ``resume`` and the folder holds no run, or its inputs differ (nothing written).
         OutDirError: the output folder exists and is not empty, or cannot be created.
         KeyboardInterrupt: after ``results.json`` / ``report.md`` were marked ``"state": "interrupted"``.
     """
@@ -312,29 +338,54 @@ def run_tracks(
     seeds = check_seeds(seeds)
     check_device(device)
     configs = resolve_overrides(resolved, dict(overrides or {}), quick=quick)  # before any work
-    out = prepare_out_dir(out_dir)
-    handler = logging.FileHandler(out / LOG_FILE, encoding="utf-8")
+    inputs = run_inputs(quick=quick, seeds=seeds, data_dir=data_dir, device=device, overrides=overrides)
+    if resume:
+        if out_dir is None:
+            raise ResumeMismatchError("resume needs the folder of the run to continue (--resume DIR)")
+        previous = check_resume(out_dir, **inputs)
+        out = Path(out_dir)
+    else:
+        previous = None
+        out = prepare_out_dir(out_dir)
+    handler = logging.FileHandler(out / LOG_FILE, encoding="utf-8")  # appends on resume
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root_logger = logging.getLogger("eqprop_hwsim")
     root_logger.addHandler(handler)  # records what the logger's level lets through (the CLI sets INFO)
+    argv = list(sys.argv if argv is None else argv)
     try:
-        suite = {
-            "version": _version(), "started": _now(), "finished": None, "state": "running",
-            "argv": list(sys.argv if argv is None else argv), "machine": describe_machine(),
-            "commit": _git_commit(), "out_dir": str(out), "quick": quick, "seeds": list(seeds),
-            "device": device, "data_dir": data_dir, "overrides": json_safe(dict(overrides or {})),
-        }
-        # every selected track is listed from the start as "not run": a killed suite never reads as passed
-        result = SuiteResult(out_dir=out, suite=suite, tracks=[_not_run(t, quick) for t in resolved])
+        rows = [_not_run(t, quick) for t in resolved]
+        if previous is None:
+            suite = {
+                "version": _version(), "started": _now(), "finished": None, "state": "running",
+                "argv": argv, "machine": describe_machine(),
+                "commit": _git_commit(), "out_dir": str(out), "quick": quick, "seeds": list(seeds),
+                "device": device, "data_dir": data_dir, "data_root": inputs["data_root"],
+                "overrides": json_safe(dict(overrides or {})), "resumes": [],
+            }
+        else:
+            suite, rows = _resume_rows(previous, resolved, rows, argv)
+            log.info("resuming %s: kept %s, running %s", out, suite["resumes"][-1]["kept"],
+                     suite["resumes"][-1]["rerun"])
+        result = SuiteResult(out_dir=out, suite=suite, tracks=rows)
         _write(result, write_report)
+        cache = ModelCache(out / CACHE_DIR_NAME)
+        if on_done is not None:
+            for run in result.tracks:
+                if run.resumed:
+                    on_done(run)
         try:
             for i, track in enumerate(resolved):
+                if result.tracks[i].resumed:
+                    continue
                 if on_start is not None:
                     on_start(track)
                 ctx = TrackContext(out_dir=out, quick=quick, seeds=seeds, data_dir=data_dir, device=device,
                                    progress=progress, overrides=dict(overrides or {}),
-                                   config=configs.get(track.module))
+                                   config=configs.get(track.module), model_cache=cache)
+                n_events = len(cache.events)
                 run = run_one(track, ctx)
+                run.model_cache = {e: sum(ev["event"] == e for ev in cache.events[n_events:])
+                                   for e in ("trained", "loaded", "corrupt")}
                 result.tracks[i] = run
                 _write(result, write_report)
                 if on_done is not None:
@@ -354,6 +405,83 @@ def run_tracks(
     finally:
         root_logger.removeHandler(handler)
         handler.close()
+
+
+def run_inputs(*, quick: bool, seeds: Sequence[int], data_dir: str | None, device: str,
+               overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The inputs a resume must repeat, as recorded in ``results.json``; ``data_root`` is the data
+    folder the tracks read (``data_dir``, else ``$EQPROP_DATA``, else None)."""
+    root = data_dir or os.environ.get("EQPROP_DATA") or None
+    return {"quick": bool(quick), "seeds": [int(s) for s in seeds], "device": str(device),
+            "overrides": json.loads(json.dumps(json_safe(dict(overrides or {})))),
+            "data_root": None if root is None else os.path.abspath(root)}
+
+
+def check_resume(out_dir: str | os.PathLike, **inputs: Any) -> dict[str, Any]:
+    """The ``results.json`` of the run in ``out_dir`` if it can be resumed with ``inputs``
+    (:func:`run_inputs`'s keys); else :class:`ResumeMismatchError` naming the problem and the fix.
+
+    A recorded run without ``data_root`` (written before resume existed) is compared on the other
+    inputs only.
+    """
+    path = Path(out_dir) / RESULTS_FILE
+    if not Path(out_dir).is_dir():
+        raise ResumeMismatchError(f"--resume {out_dir}: no such folder; give the folder of an earlier run "
+                                  "(it holds results.json)")
+    if not path.is_file():
+        raise ResumeMismatchError(f"--resume {out_dir}: no {RESULTS_FILE} there, so no run to continue; "
+                                  "start a new run with --out instead")
+    try:
+        previous = load_results(path)
+        suite = previous["suite"]
+        previous["tracks"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ResumeMismatchError(f"--resume {out_dir}: {RESULTS_FILE} is unreadable ({type(e).__name__}: {e}); "
+                                  "start a new run with --out") from None
+    names = {"quick": "--quick", "seeds": "--seeds", "device": "--device", "overrides": "--set",
+             "data_root": "--data-dir / EQPROP_DATA"}
+    for k, flag in names.items():
+        if k == "data_root" and k not in suite:
+            continue
+        if k == "overrides":
+            old = suite.get(k) or {}
+        else:
+            old = suite.get(k)
+        if old != inputs[k]:
+            raise ResumeMismatchError(
+                f"--resume {out_dir}: {k} differs ({flag}): the run used {old!r}, this resume gives "
+                f"{inputs[k]!r}; resume with the same {flag}, or start a new run with --out")
+    return previous
+
+
+_TRACKRUN_FIELDS = {f.name for f in dataclasses.fields(TrackRun)}
+
+
+def _resume_rows(previous: dict[str, Any], resolved: list[Track], rows: list[TrackRun],
+                 argv: list[str]) -> tuple[dict[str, Any], list[TrackRun]]:
+    """The suite dict and rows of a resumed run: finished rows of the selected tracks kept, rows of
+    tracks this resume did not select kept as recorded (after the selected ones)."""
+    suite = dict(previous["suite"])
+    by_key = {(r.get("id"), r.get("slug")): r for r in previous["tracks"]}
+    kept, rerun = [], []
+    for i, t in enumerate(resolved):
+        old = by_key.pop((t.id, t.slug), None)
+        if old is not None and not old.get("not_run", False):
+            rows[i] = TrackRun(**{k: v for k, v in old.items() if k in _TRACKRUN_FIELDS})
+            rows[i].resumed = True
+            kept.append(t.id)
+        else:
+            rerun.append(t.id)
+    for old in by_key.values():  # tracks of the earlier session that this resume did not select
+        rows.append(TrackRun(**{k: v for k, v in old.items() if k in _TRACKRUN_FIELDS}))
+    suite.setdefault("resumes", [])
+    suite["resumes"] = [*suite["resumes"], {"at": _now(), "argv": argv, "commit": _git_commit(),
+                                            "previous_state": suite.get("state"), "kept": kept, "rerun": rerun}]
+    if suite["resumes"][-1]["commit"] != suite.get("commit"):
+        log.warning("resume on commit %s; the run started on %s (kept tracks ran on the older code)",
+                    suite["resumes"][-1]["commit"], suite.get("commit"))
+    suite.update(state="running", finished=None)
+    return suite, rows
 
 
 def check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
