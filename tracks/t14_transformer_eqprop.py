@@ -32,6 +32,13 @@ Variants (one machine with 2 shared cores; measured 2026-11-29, 1 torch thread: 
 * ``QUICK`` (< 60 s): 2 batches of 8 images, betas 0.1 and 0.001 only; d=32, 2000 training images,
   1 epoch, 1000 test images, one seed.
 
+DEQ baseline (2026-11-30, ``run_suite.py --track 14 --set 'parts=["accuracy"]' --set acc_d_model=64
+--set n_train=4000 --set n_test=2000 --set epochs=1``, 3 seeds, 1149 s at load ~20-25 on 2 cores):
+test accuracy EqProp 78.17 % +- 1.52 (77.5 / 78.3 / 78.7), BP 78.13 % +- 1.37, DEQ 78.08 % +- 1.27
+(77.5 / 78.3 / 78.45); train cost 0.3647 / 0.3673 / 0.3672 (seed 0); test iterations to 1e-3: 7.85 /
+8.12 / 8.11. BP and DEQ train nearly the same model: 20 free sweeps reach the fixed point (~8 sweeps
+to 1e-3), where BPTT through the free phase equals the implicit gradient.
+
 Measured (2026-11-29, FULL gradient part, ``--set 'parts=["gradients"]'``, 100 batches, 804 s): free
 phase to residual <= 9.9e-13 in a median of 39 sweeps; worst-tensor cosine median / worst over batches
 vs BPTT: beta 0.5: 0.897 / 0.792, 0.1: 0.984 / 0.969, 0.01: 0.99845 / 0.9951, 0.001: 0.9999953 /
