@@ -92,7 +92,7 @@ SPEC = TrackSpec(
     claim=("A looped transformer block whose attention and MLP are energy terms, trained by true EqProp: "
            "its symmetric EqProp estimate matches BPTT and the implicit gradient per parameter tensor "
            "(cosine >= 0.999 at beta = 0.001, free phase converged), and it reaches the test accuracy of the "
-           "same block trained by BP through its free phase on MNIST."),
+           "same block trained by BP through its free phase and by implicit differentiation (DEQ) on MNIST."),
     criteria=(Criterion("cos_bptt_worst_margin", ">=", 0.0), Criterion("cos_implicit_worst_margin", ">=", 0.0),
               Criterion("free_residual_max", "<=", 1e-9), Criterion("eqprop_acc_margin", ">=", 0.0),
               Criterion("bp_gap_margin", ">=", 0.0), Criterion("deq_gap_margin", ">=", 0.0)),
