@@ -52,10 +52,10 @@ def test_eqprop_estimates_the_truncated_gradient_and_per_position_energy_descend
     s_free, res = net.free_phase(x, 200)
     assert res < 1e-10
     s, d = torch.zeros_like(s_free), net.drive(x)
-    e = [float(net.energy(s, x, s_free).sum())]
+    e = [float(net.energy(s, x, s_free).detach().sum())]
     for _ in range(15):
         s = net.sweep(s, d, past=s_free)
-        e.append(float(net.energy(s, x, s_free).sum()))
+        e.append(float(net.energy(s, x, s_free).detach().sum()))
     assert all(b <= a + 1e-12 for a, b in zip(e, e[1:])), e
 
 
