@@ -550,6 +550,8 @@ def plot_vs_field(rows: Sequence[dict[str, Any]], field: str, path: Path, metric
                          dtype=float) * 100
             ax.plot(xs, m, marker="o", label=name)
             ax.fill_between(xs, m - h, m + h, alpha=0.2)
+        if numeric and all(isinstance(v, int) for v in order) and len(order) <= 16:
+            ax.set_xticks(order)
         if not numeric:
             ax.set_xticks(range(len(order)))
             ax.set_xticklabels([_label(v) for v in order])
