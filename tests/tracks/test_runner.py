@@ -191,3 +191,117 @@ def test_report_regenerates_from_results(registered, tmp_path):
     suite = run_tracks([registered(_sum_of_squares_track())], tmp_path / "out")
     assert render_report(load_results(suite.out_dir)) == suite.report_path.read_text()
     assert math.isfinite(suite.tracks[0].seconds)
+
+
+# ---------------------------------------------------------------- resume and the shared model cache
+def _counting_track(tid, log, *, fail=False, interrupt_first=False, cache_key=None):
+    """Appends its id to ``log`` each run; optionally fails its criterion, raises KeyboardInterrupt on its
+    first run (a Ctrl-C mid-track), or trains a tiny net through ``ctx.model_cache`` first."""
+    def run(ctx):
+        log.append(tid)
+        if cache_key is not None:
+            from models.eqprop_mlp import EqPropConfig, EqPropMLP
+
+            def train():
+                log.append(f"train{tid}")
+                return EqPropMLP(EqPropConfig(sizes=(5, 4, 2)), seed=0)
+            ctx.model_cache.get_or_train(cache_key, train, label="tiny")
+        if interrupt_first and log.count(tid) == 1:
+            raise KeyboardInterrupt
+        return TrackResult(metrics={"x": 0 if fail else 1})
+
+    m = types.ModuleType(f"test_track_{tid}")
+    m.SPEC = TrackSpec(id=tid, slug=f"count_{tid}", name=f"Count {tid}", claim="x is 1.",
+                       criteria=(Criterion("x", "==", 1),), est_seconds_full=1, est_seconds_quick=1)
+    m.run = run
+    return m
+
+
+def test_resume_keeps_finished_tracks_and_runs_the_rest(registered, tmp_path):
+    calls = []
+    a, c = registered(_counting_track(911, calls)), registered(_counting_track(912, calls, fail=True))
+    b, d = registered(_counting_track(913, calls, interrupt_first=True)), registered(_counting_track(914, calls))
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_tracks([a, c, b, d], out, seeds=(0,))
+    first = json.loads((out / "results.json").read_text())
+    assert first["suite"]["state"] == "interrupted" and [r["not_run"] for r in first["tracks"]] == [False, False,
+                                                                                                     True, True]
+    with pytest.raises(OutDirError):  # without resume the folder is refused, as before
+        run_tracks([a, c, b, d], out, seeds=(0,))
+    suite = run_tracks([a, c, b, d], out, seeds=(0,), resume=True, argv=["resume"])
+    assert calls == [911, 912, 913, 913, 914]  # 911 and 912 (passed, failed) were not rerun
+    assert [r.resumed for r in suite.tracks] == [True, True, False, False]
+    assert [r.passed for r in suite.tracks] == [True, False, True, True] and not suite.passed  # 912 failed
+    data = json.loads((out / "results.json").read_text())
+    assert data["suite"]["state"] == "complete" and data["suite"]["argv"] != ["resume"]
+    (res,) = data["suite"]["resumes"]
+    assert res["kept"] == [911, 912] and res["rerun"] == [913, 914] and res["previous_state"] == "interrupted"
+    assert res["argv"] == ["resume"]
+    report = (out / "report.md").read_text()
+    assert "FAIL (resumed)" in report and "kept tracks [911, 912]" in report
+    # a finished run resumed again reruns nothing
+    suite = run_tracks([a, c, b, d], out, seeds=(0,), resume=True)
+    assert len(calls) == 5 and all(r.resumed for r in suite.tracks)
+
+
+@pytest.mark.parametrize("change, word", [({"seeds": (1,)}, "seeds"), ({"quick": True}, "quick"),
+                                          ({"data_dir": "OTHER"}, "data_root"), ({}, "device")])
+def test_resume_with_other_inputs_refused(registered, tmp_path, change, word):
+    from tracks.harness.runner import ResumeMismatchError, check_resume, run_inputs
+    calls = []
+    t = registered(_counting_track(915, calls, interrupt_first=True))
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_tracks([t], out, seeds=(0,), data_dir=str(tmp_path))
+    before = (out / "results.json").read_bytes()
+    kw = dict(seeds=(0,), data_dir=str(tmp_path), quick=False, device="cpu")
+    if change.get("data_dir") == "OTHER":
+        change = {"data_dir": str(tmp_path / "other")}
+    if word == "device":  # no second device here (run_tracks checks it exists): test the comparison directly
+        with pytest.raises(ResumeMismatchError, match="device differs"):
+            check_resume(out, **run_inputs(**{**kw, "device": "cuda"}, overrides=None))
+    else:
+        with pytest.raises(ResumeMismatchError, match=f"{word} differs"):
+            run_tracks([t], out, resume=True, **{**kw, **change})
+    with pytest.raises(ResumeMismatchError, match="overrides differs"):
+        check_resume(out, **run_inputs(**kw, overrides={"n_test": 5}))
+    assert (out / "results.json").read_bytes() == before and calls == [915]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ResumeMismatchError, match="no results.json"):
+        run_tracks([t], tmp_path / "empty", resume=True, **kw)
+
+
+def test_model_cache_shared_between_tracks_and_kept_across_resume(registered, tmp_path):
+    calls, key = [], {"dataset": "none", "sizes": [5, 4, 2], "seed": 0}
+    p = registered(_counting_track(916, calls, cache_key=key))
+    q = registered(_counting_track(917, calls, cache_key=key, interrupt_first=True))
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_tracks([p, q], out, seeds=(0,))
+    assert calls == [916, "train916", 917]  # 917 loaded 916's model, then was interrupted
+    suite = run_tracks([p, q], out, seeds=(0,), resume=True)
+    assert calls == [916, "train916", 917, 917]  # resumed 917 loaded the model again: trained once per run
+    assert suite.passed and suite.tracks[0].resumed
+    assert suite.tracks[0].model_cache == {"trained": 1, "loaded": 0, "corrupt": 0}
+    assert suite.tracks[1].model_cache == {"trained": 0, "loaded": 1, "corrupt": 0}
+    assert "1 trained, 0 loaded" in suite.report_path.read_text()
+
+
+def test_cli_resume(registered, tmp_path, capsys):
+    import run_suite
+    calls = []
+    registered(_counting_track(918, calls))
+    registered(_counting_track(919, calls, interrupt_first=True))
+    out = str(tmp_path / "run")
+    assert run_suite.main(["--track", "918", "919", "--seeds", "0", "--out", out, "--no-progress"]) == 130
+    assert "--resume" in capsys.readouterr().err
+    assert run_suite.main(["--track", "918", "919", "--seeds", "0", "1", "--resume", out]) == 2
+    assert "seeds differs" in capsys.readouterr().err
+    assert run_suite.main(["--track", "918", "919", "--seeds", "0", "--resume", out, "--out", str(tmp_path)]) == 2
+    assert "drop --out" in capsys.readouterr().err
+    assert run_suite.main(["--track", "918", "919", "--seeds", "0", "--resume", str(tmp_path / "nope")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert calls == [918, 919]
+    assert run_suite.main(["--track", "918", "919", "--seeds", "0", "--resume", out, "--no-progress"]) == 0
+    assert calls == [918, 919, 919] and "kept [918]" in capsys.readouterr().out
