@@ -95,9 +95,11 @@ def test_pooled_coupling_and_feedforward_sweep_respect_the_reported_bounds():
     assert 0 < float(r) <= lip["feedforward"] * (1 + 1e-9)
 
 
-def test_eqprop_matches_bptt_and_implicit_with_sn_binding():
+@pytest.mark.parametrize("out_activation", ["hard_sigmoid", "hard_tanh"])
+def test_eqprop_matches_bptt_and_implicit_with_sn_binding(out_activation):
     net = ConvEqProp(ConvConfig(in_shape=(1, 12, 12), channels=(4, 6), kernel=3, n_out=3, init_gain=3.0,
-                                sn_bound=0.8), seed=0).double()
+                                sn_bound=0.8, out_activation=out_activation), seed=0).double()
+    assert net.nodes[-1].bounds == {"hard_sigmoid": (0.0, 1.0), "hard_tanh": (-1.0, 1.0)}[out_activation]
     pre = ConvEqProp(ConvConfig(in_shape=(1, 12, 12), channels=(4, 6), kernel=3, n_out=3, init_gain=3.0), seed=0)
     assert not torch.allclose(pre.convs[0].weight.double(), net.convs[0].weight)  # the projection changed it
     g = torch.Generator().manual_seed(1)
