@@ -5,7 +5,8 @@ claims that the energy at the fixed point (and the time to settle) tells in-dist
 from out-of-distribution (OOD) ones better than the softmax does. This track measures it.
 
 Models: :class:`models.eqprop_mlp.EqPropMLP` (MSE cost, async) trained by EqProp with the sweep's
-cached trainer (:func:`tracks.sweep.cached_mlp`, symmetric nudging, plain SGD), one per training seed,
+trainer (:func:`tracks.sweep.train_mlp`, symmetric nudging, plain SGD, through the run's model cache
+``ctx.model_cache``: trained once per run), one per training seed,
 on MNIST and on Fashion-MNIST. Scores per test input, all from the free phase
 (:mod:`models.scores`): ``energy`` E at the fixed point, ``phi``, ``settling_steps`` (sweeps until
 ``max |step(s) - s| <= tol``), and the baselines ``max_softmax`` (for this MSE model: the output
@@ -170,11 +171,18 @@ def _noised(raw: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, n
 
 
 def _train(ds: str, seed: int, c: Config, ctx: TrackContext):
-    from tracks.sweep import cached_mlp
+    """The EqPropMLP of (``ds``, seed): trained once per run through the run's model cache
+    (``ctx.model_cache``; another track or a resumed run with the same key loads it)."""
+    from tracks.harness.model_cache import training_key
+    from tracks.sweep import train_mlp
     x, y = load_dataset(ds, "train", ctx.data_dir)
     n = c.n_train or len(x)
-    net, _ = cached_mlp(Path(ctx.out_dir) / "cache", c.sizes, torch.as_tensor(x[:n]), torch.as_tensor(y[:n]),
-                        progress=ctx.progress, epochs=c.epochs, lr=tuple(c.lr), seed=seed)
+    xs, ys = torch.as_tensor(x[:n]), torch.as_tensor(y[:n])
+    key = training_key(dataset=ds, x=x[:n], y=y[:n], model={"class": "EqPropMLP", "sizes": list(c.sizes)},
+                       trainer="tracks.sweep.train_mlp", recipe={"epochs": c.epochs, "lr": list(c.lr)}, seed=seed)
+    net = ctx.model_cache.get_or_train(
+        key, lambda: train_mlp(c.sizes, xs, ys, progress=ctx.progress, epochs=c.epochs, lr=tuple(c.lr), seed=seed),
+        label=f"mlp_{SHORT[ds]}", train_config={"trainer": "tracks.sweep.train_mlp"}, metrics={"n_train": n})
     return net.double()
 
 
@@ -225,7 +233,8 @@ def _run(ctx: TrackContext, c: Config) -> TrackResult:
     out = Path(ctx.out_dir) / "t36"
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
-    notes = [f"EqPropMLP {list(c.sizes)} (MSE, async) trained by EqProp (tracks.sweep.cached_mlp, SGD lr "
+    notes = [f"EqPropMLP {list(c.sizes)} (MSE, async) trained by EqProp "
+             f"(tracks.sweep.train_mlp via the run model cache, SGD lr "
              f"{list(c.lr)}, {c.epochs} epoch(s), {c.n_train or 60000} images) per seed {list(seeds)}; free phase "
              f"up to {c.n_steps} sweeps, settling tol {c.tol:g}; {metrics['n_test']} inputs per set.",
              "orientation fixed a priori (low energy / high Phi / fast settling / high max-softmax / wide margin "

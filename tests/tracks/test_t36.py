@@ -90,3 +90,23 @@ def test_t36_config_is_validated(tmp_path):
 def test_t36_is_discovered():
     tr = tracks.get_track(36)
     assert not tr.broken and tr.spec.slug == "ood_energy" and tr.config(True) is t36.QUICK
+
+
+def test_t36_trains_each_seed_once_per_run_through_the_model_cache(tmp_path, monkeypatch):
+    import tracks.sweep as sweep
+    real, calls = sweep.train_mlp, []
+
+    def counting(*a, **kw):
+        calls.append(kw["seed"])
+        return real(*a, **kw)
+    monkeypatch.setattr(sweep, "train_mlp", counting)
+    c = t36.QUICK.__class__(**{**TINY, "n_train": 300})
+    ctx = _ctx(tmp_path)
+    a = t36._train("mnist", 0, c, ctx)
+    b = t36._train("mnist", 0, c, TrackContext(out_dir=tmp_path, quick=True))  # another track, same run folder
+    assert calls == [0] and all(np.array_equal(p.detach(), q.detach()) for p, q in zip(a.parameters(), b.parameters()))
+    t36._train("mnist", 1, c, ctx)
+    t36._train("mnist", 0, t36.QUICK.__class__(**{**TINY, "n_train": 301}), ctx)  # another training slice
+    assert calls == [0, 1, 0]
+    assert sorted(p.name.split("_")[0] + "_" + p.name.split("_")[1] for p in (tmp_path / "model_cache").glob("*.pt")) \
+        == ["mlp_mnist"] * 3

@@ -70,6 +70,25 @@ def array_digest(*arrays: Any) -> str:
     return h.hexdigest()
 
 
+def training_key(*, dataset: str, x: Any, y: Any, model: dict[str, Any], trainer: str, recipe: dict[str, Any],
+                 seed: int, device: str = "cpu", split: str = "train") -> dict[str, Any]:
+    """The shared key layout, so two tracks training the same model get the same entry.
+
+    ``dataset``/``split`` name the data, ``x``/``y`` the exact training slice (hashed with
+    :func:`array_digest`, with its length), ``model`` the model class and config (e.g. ``{"class":
+    "EqPropMLP", "sizes": [784, 512, 10]}``), ``trainer`` the dotted name of the training function,
+    ``recipe`` its settings (epochs, lr, beta, batch size, ...), ``seed`` the training seed, ``device``
+    where it trains (float results differ between devices).
+
+    >>> k = training_key(dataset="d", x=np.zeros((2, 3)), y=np.zeros(2), model={"sizes": [3, 2]},
+    ...                  trainer="t.train", recipe={"epochs": 1}, seed=0)
+    >>> k["n"], len(k["data_sha256"])
+    (2, 64)
+    """
+    return {"dataset": str(dataset), "split": str(split), "n": int(len(x)), "data_sha256": array_digest(x, y),
+            "model": model, "trainer": str(trainer), "recipe": recipe, "seed": int(seed), "device": str(device)}
+
+
 def code_versions() -> dict[str, str]:
     """Versions that can change trained weights: this package, torch, numpy, the checkpoint format."""
     import torch
