@@ -46,6 +46,20 @@ vs BPTT: beta 0.5: 0.897 / 0.792, 0.1: 0.984 / 0.969, 0.01: 0.99845 / 0.9951, 0.
 misses the 0.999 target (the plan's 0.99 holds): states within beta of the [-1, 1] box edges make the
 finite-beta estimate biased at O(beta) even with symmetric nudging.
 
+All three nudging modes (2026-11-30, ``run_suite.py --track 14 --set 'parts=["gradients"]'``, 100
+batches, 1356 s at load ~20; symmetric rows reproduce the figures above; free residual <= 9.9e-13,
+nudged <= 1.0e-12; implicit = BPTT to every printed digit), worst-tensor cosine vs BPTT, median /
+worst over batches (L2 relative error median / worst):
+
+======  ==================================  ==================================  ==================================
+beta    symmetric                           one-sided                           random sign
+======  ==================================  ==================================  ==================================
+0.5     0.8967 / 0.7922 (0.548 / 0.635)     0.8869 / 0.8124 (0.472 / 0.593)     0.7449 / 0.2519 (0.706 / 1.027)
+0.1     0.9842 / 0.9688 (0.186 / 0.260)     0.9657 / 0.9190 (0.268 / 0.489)     0.9544 / 0.8746 (0.308 / 0.492)
+0.01    0.99845 / 0.99510 (0.058 / 0.103)   0.99767 / 0.98679 (0.069 / 0.171)   0.99708 / 0.98388 (0.077 / 0.181)
+0.001   0.9999953 / 0.99843 (0.0032 / 0.057)  0.9999962 / 0.99664 (0.0032 / 0.083)  0.9999937 / 0.99592 (0.0040 / 0.091)
+======  ==================================  ==================================  ==================================
+
 Why the worst batch misses 0.999 (``benchmarks/transformer_grad_probe.py``, measured 2026-11-30 on
 the first 40 batches of the same draw): not the free phase's convergence. Batch 37 (worst, 0.9989225 at
 beta 0.001) and batch 9 (0.9990433) give the same cosine to 7 digits with free and nudged phases
