@@ -81,7 +81,7 @@ SPEC = TrackSpec(
     criteria=(Criterion("mem_ratio_t30", "<=", 0.5), Criterion("eqprop_mem_growth", "<=", 1.2),
               Criterion("tf_mem_ratio_t30", "<=", 0.5), Criterion("tf_eqprop_slope_ratio", "<=", TF_SLOPE_MAX),
               Criterion("tf_implicit_slope_ratio", "<=", TF_SLOPE_MAX)),
-    est_seconds_full=90.0,
+    est_seconds_full=180.0,
     est_seconds_quick=55.0,
 )
 
