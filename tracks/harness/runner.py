@@ -11,9 +11,9 @@ complete suite can pass.
 ``results.json`` (DESIGN section 7)::
 
     {"suite": {"version", "started", "finished", "state", "argv", "machine", "commit", "out_dir",
-               "quick", "seeds", "device", "overrides", "passed"},
+               "quick", "seeds", "device", "data_dir", "data_root", "overrides", "resumes", "passed"},
      "tracks": [{"id", "slug", "name", "claim", "passed", "criteria", "metrics", "artifacts",
-                 "seconds", "notes", "failure", "traceback"}]}
+                 "seconds", "notes", "failure", "traceback", "not_run", "resumed", "model_cache"}]}
 
 Resume (``run_tracks(..., resume=True)``, ``run_suite.py --all --resume DIR``): an interrupted or
 killed run continues in its own folder. Tracks whose row in ``DIR/results.json`` is finished (passed or
