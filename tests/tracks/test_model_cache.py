@@ -119,3 +119,15 @@ def test_array_digest_sees_every_byte_and_the_shape():
 def test_context_has_a_cache_in_the_run_folder(tmp_path):
     ctx = TrackContext(out_dir=tmp_path)
     assert ctx.model_cache.root == tmp_path / "model_cache"
+
+
+def test_training_metrics_stored_and_returned_on_load(tmp_path):
+    cache, train = ModelCache(tmp_path), Trainer()
+
+    def train_with_history():
+        return train(), {"history": [{"epoch": 1, "val_acc": 0.5}], "val_acc": 0.5}
+    net, m = cache.get_or_train(KEY, train_with_history, metrics={"n_train": 10}, with_metrics=True)
+    net2, m2 = cache.get_or_train(KEY, train_with_history, with_metrics=True)
+    assert train.calls == 1 and m == m2 == {"n_train": 10, "history": [{"epoch": 1, "val_acc": 0.5}], "val_acc": 0.5}
+    with pytest.raises(TypeError, match="model or \\(model, metrics dict\\)"):
+        cache.get_or_train({**KEY, "seed": 3}, lambda: (train(), 1, 2))

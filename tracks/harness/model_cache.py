@@ -172,14 +172,20 @@ class ModelCache:
         return {e: sum(ev["event"] == e for ev in self.events) for e in ("trained", "loaded", "corrupt")}
 
     def get_or_train(self, key: dict[str, Any], train_fn: Callable[[], Any], *, label: str = "model",
-                     train_config: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None):
+                     train_config: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                     with_metrics: bool = False):
         """The model of ``key``: loaded from the cache if a sound entry exists, else ``train_fn()``,
-        saved, and returned.
+        saved, and returned (``(model, metrics)`` when ``with_metrics``).
 
         Args:
             key: JSON-able dict of everything that defines the model (data set, ``array_digest`` of the
                 training slice, sizes/config, recipe, seed, trainer name).
-            train_fn: returns the trained model (a class :mod:`models.checkpoint` can save).
+            train_fn: returns the trained model (a class :mod:`models.checkpoint` can save), or
+                ``(model, metrics)`` with a dict of what training measured (history, validation
+                accuracy: tensors, numbers, lists, dicts), stored in the checkpoint and returned again
+                when the model is loaded.
+            with_metrics: return ``(model, metrics)`` (the stored ``metrics`` merged with what
+                ``train_fn`` returned) instead of the model.
             label: file-name prefix (``[A-Za-z0-9_-]``), e.g. ``"mlp_mnist"``.
             train_config, metrics: stored in the checkpoint beside the key (the key is stored as the
                 checkpoint's ``train_config["cache_key"]``).
@@ -197,13 +203,13 @@ class ModelCache:
             problem = self._check(ckpt, side, full)
             if problem is None:
                 try:
-                    model, _ = load_checkpoint(ckpt)
+                    model, meta = load_checkpoint(ckpt)
                 except CheckpointError as e:
                     problem = str(e)
                 else:
                     log.info("model cache: loaded %s", ckpt)
                     self.events.append({"label": label, "hash": h, "event": "loaded"})
-                    return model
+                    return (model, dict(meta.get("metrics") or {})) if with_metrics else model
             msg = (f"model cache entry {ckpt} is corrupt ({problem}); moved aside to *.corrupt and retraining "
                    "(a corrupt entry is never used)")
             log.warning(msg)
@@ -214,15 +220,21 @@ class ModelCache:
                     os.replace(p, p.with_name(p.name + ".corrupt"))
         t0 = time.perf_counter()
         model = train_fn()
+        trained_metrics: dict[str, Any] = {}
+        if isinstance(model, tuple):
+            if len(model) != 2 or not isinstance(model[1], dict):
+                raise TypeError("train_fn returned a tuple; expected a model or (model, metrics dict)")
+            model, trained_metrics = model
         seconds = time.perf_counter() - t0
+        all_metrics = {**(metrics or {}), **trained_metrics}
         self.root.mkdir(parents=True, exist_ok=True)
         save_checkpoint(ckpt, model, train_config={**(train_config or {}), "cache_key": full},
-                        metrics=metrics, overwrite=True)
+                        metrics=all_metrics, overwrite=True)
         _write_text_atomic(side, json.dumps({"key": full, "sha256": _sha256_file(ckpt),
                                              "seconds": round(seconds, 3)}, indent=1, sort_keys=True) + "\n")
         log.info("model cache: trained %s in %.1f s", ckpt, seconds)
         self.events.append({"label": label, "hash": h, "event": "trained"})
-        return model
+        return (model, all_metrics) if with_metrics else model
 
     @staticmethod
     def _check(ckpt: Path, side: Path, full: dict[str, Any]) -> str | None:
