@@ -131,3 +131,58 @@ def test_training_metrics_stored_and_returned_on_load(tmp_path):
     assert train.calls == 1 and m == m2 == {"n_train": 10, "history": [{"epoch": 1, "val_acc": 0.5}], "val_acc": 0.5}
     with pytest.raises(TypeError, match="model or \\(model, metrics dict\\)"):
         cache.get_or_train({**KEY, "seed": 3}, lambda: (train(), 1, 2))
+
+
+def _mnist_slice(n=120):
+    from tracks.data import load_dataset
+    x, y = load_dataset("mnist", "train")
+    return torch.from_numpy(x[:n]), torch.from_numpy(y[:n])
+
+
+def _resumable_trainer(x, y, epochs_run, stop_after=None):
+    from models.train import TrainConfig, train
+
+    def train_fn(resumable):
+        net = EqPropMLP(EqPropConfig(sizes=(784, 12, 10)), seed=0)
+        cfg = TrainConfig(method="eqprop", epochs=3, batch_size=40, optimizer="sgd", lr=(0.1, 0.05), beta=0.5,
+                          nudging="symmetric", n_free_steps=6, n_nudge_steps=3, seed=0)
+
+        def cb(epoch, history):
+            epochs_run.append(epoch)
+            if stop_after is not None and epoch + 1 == stop_after:
+                raise KeyboardInterrupt  # the run is killed after this epoch's checkpoint
+        train(net, x, y, cfg, checkpoint=resumable.path, resume=True,
+              epoch_callback=resumable.chain(cb).epoch_callback, progress=False)
+        return net
+    return train_fn
+
+
+def test_interrupted_training_continues_from_its_last_epoch(tmp_path):
+    x, y = _mnist_slice()
+    key = {"dataset": "mnist", "data_sha256": array_digest(x, y), "sizes": [784, 12, 10], "seed": 0}
+    ref_epochs: list = []
+    ref = ModelCache(tmp_path / "ref").get_or_train(key, _resumable_trainer(x, y, ref_epochs))
+    assert ref_epochs == [0, 1, 2]
+    cache, epochs = ModelCache(tmp_path / "run"), []
+    with pytest.raises(KeyboardInterrupt):
+        cache.get_or_train(key, _resumable_trainer(x, y, epochs, stop_after=2))
+    assert epochs == [0, 1] and not cache.paths(key)[0].exists() and list((tmp_path / "run").glob("*.partial.pt"))
+    net = ModelCache(tmp_path / "run").get_or_train(key, _resumable_trainer(x, y, epochs))  # the resumed run
+    assert epochs == [0, 1, 2]  # only the last epoch was trained again
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), ref.parameters()))  # = uninterrupted training
+    assert not list((tmp_path / "run").glob("*.partial*"))
+
+
+def test_corrupt_partial_checkpoint_discarded_not_used(tmp_path):
+    x, y = _mnist_slice()
+    key = {"dataset": "mnist", "data_sha256": array_digest(x, y), "seed": 0}
+    cache, epochs = ModelCache(tmp_path), []
+    with pytest.raises(KeyboardInterrupt):
+        cache.get_or_train(key, _resumable_trainer(x, y, epochs, stop_after=2))
+    (partial,) = tmp_path.glob("*.partial.pt")
+    raw = bytearray(partial.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    partial.write_bytes(bytes(raw))
+    with pytest.warns(CorruptCacheWarning, match="partial checkpoint SHA-256"):
+        cache.get_or_train(key, _resumable_trainer(x, y, epochs))
+    assert epochs == [0, 1, 0, 1, 2]  # trained from the start

@@ -12,7 +12,8 @@ atomically (temporary file, then rename) and the sidecar last, so a killed train
 An entry whose checkpoint is missing, whose bytes do not match the sidecar's SHA-256, whose sidecar
 key differs from the key asked for, or which does not load, is *corrupt*: it is logged and warned
 about (``CorruptCacheWarning``), moved aside to ``*.corrupt``, and the model is trained again; a
-corrupt entry is never used.
+corrupt entry is never used. A ``train_fn`` taking ``resumable`` gets a per-epoch running checkpoint
+(:class:`Resumable`): a training killed mid-way continues from its last finished epoch.
 
 >>> import tempfile, warnings
 >>> from models.eqprop_mlp import EqPropConfig, EqPropMLP
@@ -146,6 +147,46 @@ def _write_text_atomic(path: Path, text: str) -> None:
             os.unlink(tmp)
 
 
+class Resumable:
+    """Handed to a ``train_fn(resumable)`` that can train in epochs: pass ``checkpoint=r.path,
+    resume=True, epoch_callback=r.epoch_callback`` to :func:`models.train.train`. Training writes a
+    running checkpoint ``<entry>.partial.pt`` after every epoch and the callback records its SHA-256 in
+    ``<entry>.partial.json``; a training killed mid-way continues from its last epoch on the next call
+    (a resumed run), and a partial checkpoint whose bytes do not match is discarded with a warning."""
+
+    def __init__(self, path: Path, user_callback: Callable[..., Any] | None = None):
+        self.path = path
+        self.sidecar = path.with_suffix(".json")
+        self._user = user_callback
+
+    def epoch_callback(self, epoch: int, history: Any) -> None:
+        if self.path.is_file():
+            _write_text_atomic(self.sidecar, json.dumps({"sha256": _sha256_file(self.path), "epoch": epoch + 1}))
+        if self._user is not None:
+            self._user(epoch, history)
+
+    def chain(self, callback: Callable[..., Any] | None) -> "Resumable":
+        """Also call ``callback(epoch, history)`` after each epoch (after the checksum is recorded)."""
+        self._user = callback
+        return self
+
+    def check(self) -> str | None:
+        """None if there is no partial checkpoint or it is sound, else what is wrong."""
+        if not self.path.exists():
+            return None
+        try:
+            meta = json.loads(self.sidecar.read_text(encoding="utf-8"))
+            ok = _sha256_file(self.path) == meta["sha256"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return f"partial checkpoint without a readable checksum ({type(e).__name__})"
+        return None if ok else "partial checkpoint SHA-256 differs from the one recorded after its epoch"
+
+    def discard(self) -> None:
+        for p in (self.path, self.sidecar):
+            if p.exists():
+                p.unlink()
+
+
 class ModelCache:
     """Train-once cache of :mod:`models.checkpoint` models in ``root`` (created on first write)."""
 
@@ -180,7 +221,9 @@ class ModelCache:
         Args:
             key: JSON-able dict of everything that defines the model (data set, ``array_digest`` of the
                 training slice, sizes/config, recipe, seed, trainer name).
-            train_fn: returns the trained model (a class :mod:`models.checkpoint` can save), or
+            train_fn: ``train_fn()`` or, if it has a parameter named ``resumable``,
+                ``train_fn(resumable=Resumable)`` (per-epoch running checkpoint, see :class:`Resumable`);
+                returns the trained model (a class :mod:`models.checkpoint` can save), or
                 ``(model, metrics)`` with a dict of what training measured (history, validation
                 accuracy: tensors, numbers, lists, dicts), stored in the checkpoint and returned again
                 when the model is loaded.
@@ -219,7 +262,27 @@ class ModelCache:
                 if p.exists():
                     os.replace(p, p.with_name(p.name + ".corrupt"))
         t0 = time.perf_counter()
-        model = train_fn()
+        import inspect
+        try:
+            takes_resumable = "resumable" in inspect.signature(train_fn).parameters
+        except (TypeError, ValueError):
+            takes_resumable = False
+        resumable = None
+        if takes_resumable:
+            self.root.mkdir(parents=True, exist_ok=True)
+            resumable = Resumable(ckpt.with_name(ckpt.stem + ".partial.pt"))
+            problem = resumable.check()
+            if problem is not None:
+                msg = f"model cache: {resumable.path}: {problem}; discarded, training from the start"
+                log.warning(msg)
+                warnings.warn(msg, CorruptCacheWarning, stacklevel=2)
+                self.events.append({"label": label, "hash": h, "event": "corrupt"})
+                resumable.discard()
+            elif resumable.path.exists():
+                log.info("model cache: continuing the interrupted training %s", resumable.path)
+            model = train_fn(resumable=resumable)
+        else:
+            model = train_fn()
         trained_metrics: dict[str, Any] = {}
         if isinstance(model, tuple):
             if len(model) != 2 or not isinstance(model[1], dict):
@@ -232,6 +295,8 @@ class ModelCache:
                         metrics=all_metrics, overwrite=True)
         _write_text_atomic(side, json.dumps({"key": full, "sha256": _sha256_file(ckpt),
                                              "seconds": round(seconds, 3)}, indent=1, sort_keys=True) + "\n")
+        if resumable is not None:
+            resumable.discard()  # the finished entry replaces the running checkpoint
         log.info("model cache: trained %s in %.1f s", ckpt, seconds)
         self.events.append({"label": label, "hash": h, "event": "trained"})
         return (model, all_metrics) if with_metrics else model
