@@ -21,8 +21,9 @@ failed, ``not_run`` false) are kept as they are, marked ``"resumed": true``, and
 run. The run's inputs (quick, seeds, ``--set`` overrides, data folder, device) must equal the recorded
 ones, else :class:`ResumeMismatchError` names the differing input and nothing is touched. Each resume
 appends ``{"at", "argv", "commit", "previous_state", "kept", "rerun"}`` to ``suite["resumes"]``.
-Models trained before the interruption are in ``DIR/model_cache`` and are loaded, not retrained
-(a training killed mid-way restarts from scratch: there is no per-epoch checkpoint).
+Models trained before the interruption are in ``DIR/model_cache`` and are loaded, not retrained; a
+training killed mid-way continues from its last epoch when its ``train_fn`` takes ``resumable``
+(:class:`tracks.harness.model_cache.Resumable`), else it restarts from scratch.
 
 Every track gets the same ``ctx.model_cache`` (:class:`tracks.harness.model_cache.ModelCache` in
 ``<out>/model_cache``); each row records its cache use as ``"model_cache": {"trained", "loaded",
