@@ -305,3 +305,19 @@ def test_cli_resume(registered, tmp_path, capsys):
     assert calls == [918, 919]
     assert run_suite.main(["--track", "918", "919", "--seeds", "0", "--resume", out, "--no-progress"]) == 0
     assert calls == [918, 919, 919] and "kept [918]" in capsys.readouterr().out
+
+
+def test_resume_of_a_run_recorded_before_resume_existed(registered, tmp_path):
+    calls = []
+    a, b = registered(_counting_track(920, calls)), registered(_counting_track(921, calls, interrupt_first=True))
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_tracks([a, b], out, seeds=(0,))
+    data = json.loads((out / "results.json").read_text())
+    for k in ("resumes", "data_root"):
+        del data["suite"][k]
+    for r in data["tracks"]:
+        del r["resumed"], r["model_cache"]
+    (out / "results.json").write_text(json.dumps(data))
+    suite = run_tracks([a, b], out, seeds=(0,), resume=True)
+    assert suite.passed and calls == [920, 921, 921] and [r.resumed for r in suite.tracks] == [True, False]
