@@ -6,7 +6,7 @@ from models.conv import ConvEqProp
 from tracks import get_track
 from tracks.harness.base import TrackContext, evaluate
 
-CONV_SMALL = {"conv_n_train": 600, "conv_n_test": 300, "conv_channels": (4, 8), "conv_log_every": 4}
+CONV_SMALL = {"conv_n_train": 400, "conv_n_test": 200, "conv_channels": (4, 8), "conv_log_every": 4}
 
 
 def _run(tmp_path, **overrides):
