@@ -394,7 +394,8 @@ class ConvEqProp(EnergyModel, nn.Module):
     def constrain_(self, n_iter: int | None = None) -> dict[str, float]:
         """Spectral normalisation (a projection, applied in place): each conv weight is rescaled by
         ``min(1, sn_bound / (sigma (1 + SN_MARGIN)))`` with ``sigma`` its :meth:`conv_operator_norm`
-        (power iteration, warm-started, refined by Lanczos), the dense output weight by ``min(1, sn_bound / ||W_fc||_2)`` (exact SVD).
+        (power iteration, warm-started, refined by Lanczos), the dense output weight by
+        ``min(1, sn_bound / ||W_fc||_2)`` (exact SVD).
         Biases are untouched (they do not enter the Lipschitz constant). No-op without ``sn_bound``.
 
         :meth:`drive` calls it whenever a weight changed since the last projection (PyTorch version

@@ -212,12 +212,14 @@ def _conv_section(c: Config, ctx: TrackContext, seed: int, metrics: dict, notes:
                          f"({len(curve)} measurements); accuracy on the first {c.conv_n_test} test images (15 sweeps).")
         log.info("t01 conv %s: sigma_max %.4f acc %.4f", tag, worst, metrics[f"conv_test_acc_{tag}"])
     metrics["conv_sn_bound"] = bound
-    notes.append(pool_lipschitz_note() + f" Without SN the convolutions peaked at {metrics['conv_sigma_max_no_sn']:.3f} "
-                 f"(bound {bound:g}), feed-forward Lipschitz bound {metrics['conv_lipschitz_ff_no_sn']:.3f} vs "
-                 f"{metrics['conv_lipschitz_ff_sn']:.3f} with SN; test accuracy {metrics['conv_test_acc_no_sn']:.3f} "
-                 f"vs {metrics['conv_test_acc_sn']:.3f}; free-phase residual after {CONVERGENCE_STEPS} sweeps (first 200 test "
-                 f"images): {metrics['conv_free_residual_no_sn']:.1e} without SN, {metrics['conv_free_residual_sn']:.1e} "
-                 "with SN (not a criterion: a norm bound >= 1 per coupling does not make the EqProp dynamics contract).")
+    m = metrics
+    notes.append(pool_lipschitz_note() + f" Without SN the convolutions peaked at {m['conv_sigma_max_no_sn']:.3f} "
+                 f"(bound {bound:g}), feed-forward Lipschitz bound {m['conv_lipschitz_ff_no_sn']:.3f} vs "
+                 f"{m['conv_lipschitz_ff_sn']:.3f} with SN; test accuracy {m['conv_test_acc_no_sn']:.3f} "
+                 f"vs {m['conv_test_acc_sn']:.3f}; free-phase residual after {CONVERGENCE_STEPS} sweeps (first 200 "
+                 f"test images): {m['conv_free_residual_no_sn']:.1e} without SN, {m['conv_free_residual_sn']:.1e} "
+                 "with SN (not a criterion: a norm bound >= 1 per coupling does not make the EqProp dynamics "
+                 "contract).")
     return curves
 
 

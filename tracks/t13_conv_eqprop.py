@@ -57,7 +57,8 @@ inside [-1, 1], so an overshoot below 0 is pushed back by every sample. Before /
 0.770 (none stuck at -1). In the reduced Track 13 run (2000 training images, 1 epoch, first 2000
 test images, seeds 0 / 1 / 2) ``hard_tanh`` was *worse*: MNIST EqProp 0.5675 / 0.3415 / 0.6955
 against ``hard_sigmoid`` 0.6395 / 0.5330 / 0.6575, Fashion-MNIST 0.5735 / 0.3490 / 0.5450 against
-0.6295 / 0.5020 / 0.6315. The absorbing state is removed but seed 1 still trails: NOT FIXED; the default stays ``hard_sigmoid`` (also the only box the integer backends
+0.6295 / 0.5020 / 0.6315. The absorbing state is removed but seed 1 still trails: NOT FIXED; the
+default stays ``hard_sigmoid`` (also the only box the integer backends
 support). Untried: SGD with layer-wise rates (Laborieux et al.'s recipe) or Adam warm-up, which
 attack the measured cause (the size of the early output-layer steps).
 

@@ -89,7 +89,7 @@ class Config:
     beta: float = 0.5                # nudging strength
     nudging: str = "symmetric"       # EqProp nudging mode
     cost: str = "mse"                # output cost of the EqProp net
-    out_activation: str = "hard_sigmoid"  # EqProp output box; "hard_tanh" (Track 13 doc: dead output units) not measured here
+    out_activation: str = "hard_sigmoid"  # EqProp output box ("hard_tanh": Track 13 doc; not measured here)
     lr: float = 1e-3                 # Adam learning rate of EqProp
     bp_lr: float = 1e-3              # Adam learning rate of the BP baseline
     lr_schedule: str = "cosine"      # per-epoch schedule ("constant" or "cosine")

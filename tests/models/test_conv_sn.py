@@ -5,9 +5,7 @@ The power-iteration norm of each convolution is checked against the dense matrix
 at ``<= sn_bound`` after optimiser-like in-place updates, and only because of the projection; EqProp
 still equals BPTT / the implicit gradient with the constraint binding.
 """
-import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -86,7 +84,8 @@ def test_pooled_coupling_and_feedforward_sweep_respect_the_reported_bounds():
     def ff(v):
         h = v
         for i, tt in enumerate(net.conv_terms):
-            z = F.max_pool2d(F.conv2d(h.reshape(-1, *tt.in_shape), net.convs[i].weight), 2) + net.convs[i].bias[:, None, None]
+            z = F.max_pool2d(F.conv2d(h.reshape(-1, *tt.in_shape), net.convs[i].weight), 2)
+            z = z + net.convs[i].bias[:, None, None]
             h = z.clamp(0, 1).flatten(1)
         return h @ net.fc.weight.T
 

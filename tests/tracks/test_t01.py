@@ -1,6 +1,5 @@
 """Track 1 passes with spectral normalisation and fails when SN does not bound the norm below 1;
 its conv section fails when the conv projection is disabled."""
-import pytest
 
 from models.conv import ConvEqProp
 from tracks import get_track
