@@ -193,7 +193,7 @@ def _plot_nudging(path: Path, models, acc) -> Path:
         ax.set_ylabel("test accuracy (%)")
         ax.set_title("in-situ EqProp from scratch per device model")
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
     return path
 
 
