@@ -14,6 +14,11 @@ step), time = median of ``--repeats`` steps. Prints a table and the ratios (to E
 with the 1-minute load average at the end of each probe (step times on a shared machine are only
 comparable between rows of similar load).
 
+Measured 2026-11-30 (``--repeats 3``, batch 32, load 6.2-6.9 on 2 cores through the whole run, so
+the times are comparable with each other but not with an idle machine): time / EqProp BPTT 1.09-1.31,
+implicit 0.87-1.11; memory / EqProp BPTT 31-50x (42.5 / 69.9 MiB at d=64 T=30/50, 81.3 / 133.3 at
+d=128), implicit 6.1-7.8x (8.7 / 16.6 MiB, flat in T), EqProp 1.1-1.4 / 2.6 MiB (flat in T).
+
 Usage::
 
     OMP_NUM_THREADS=1 EQPROP_DATA=/work/shared/data .venv/bin/python benchmarks/bench_transformer.py [--batch 32]
