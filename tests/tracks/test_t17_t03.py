@@ -47,7 +47,7 @@ def test_t17_injects_noise_and_fails_when_bypassed(tmp_path):
 
 
 def test_t03_faults_hurt_and_track_fails_when_bypassed(tmp_path):
-    res = t03.run(_ctx(tmp_path, insitu_steps=10, eval_every=5, device_models=("ideal", "soft_bounds")))
+    res = t03.run(_ctx(tmp_path, conv=False, insitu_steps=10, eval_every=5, device_models=("ideal", "soft_bounds")))
     _, rows = evaluate(t03.SPEC, res)
     m = res.metrics
     assert _crit(rows, "fault_gap_points")["passed"], m
@@ -57,7 +57,8 @@ def test_t03_faults_hurt_and_track_fails_when_bypassed(tmp_path):
     assert abs(m["stuck_fraction_measured"] - 0.10) < 0.01
     assert [c["step"] for c in m["curve"]][0] == 0 and m["curve"][-1]["step"] == 10
     assert (tmp_path / "plots" / "t03_self_healing.png").stat().st_size > 1000
-    broken = t03.run(_ctx(tmp_path, disable_noise=True, insitu_steps=2, eval_every=2))
+    assert "conv_recovered_fraction" not in m and not _crit(rows, "conv_stuck_max_change")["passed"]  # conv=False
+    broken = t03.run(_ctx(tmp_path, conv=False, disable_noise=True, insitu_steps=2, eval_every=2))
     passed, rows_b = evaluate(t03.SPEC, broken)
     assert not passed and not _crit(rows_b, "fault_gap_points")["passed"]
     assert broken.metrics["stuck_fraction_measured"] == 0.0
@@ -68,13 +69,17 @@ def test_t03_rejects_bad_override(tmp_path):
         t03.run(_ctx(tmp_path, stuck_frac=1.5))
     with pytest.raises(ValueError, match="device_models"):
         t03.run(_ctx(tmp_path, device_models=("rram",)))
+    with pytest.raises(ValueError, match="conv_stuck_frac"):
+        t03.run(_ctx(tmp_path, conv_stuck_frac=-0.1))
+    with pytest.raises(ValueError, match="conv_lrs"):
+        t03.run(_ctx(tmp_path, conv_lrs=(0.1, 0.0)))
 
 
 def test_t03_fails_when_stuck_devices_move(tmp_path, monkeypatch):
     """Issue 14 mutation: stuck devices that change during in-situ updates must fail the track."""
     from hwsim import devices
     monkeypatch.setattr(devices, "keep_stuck", lambda new, old, stuck: new)
-    res = t03.run(_ctx(tmp_path, insitu_steps=3, eval_every=3, device_models=("ideal", "constant_step")))
+    res = t03.run(_ctx(tmp_path, conv=False, insitu_steps=3, eval_every=3, device_models=("ideal", "constant_step")))
     passed, rows = evaluate(t03.SPEC, res)
     assert not passed and not _crit(rows, "stuck_max_change")["passed"], res.metrics["by_device_model"]
     assert all(v["stuck_max_change"] > 0 for v in res.metrics["by_device_model"].values())
