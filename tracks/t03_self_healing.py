@@ -44,6 +44,7 @@ injection (the failure test); ``conv=False`` skips the conv section (its criteri
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -146,6 +147,8 @@ def heal_one_seed(net, x_tr, y_tr, x_te, y_te, *, seed: int, stuck_frac: float, 
 
 
 CONV_BETA, CONV_T1, CONV_T2, CONV_BATCH = 0.2, 15, 5, 50
+_CONV_NETS: dict = {}
+"""(channels, n_train, epochs, lr, seed, data dir) -> the ex-situ trained conv net (runs in one process share it)."""
 
 
 def conv_heal(net, x_tr, y_tr, x_val, y_val, *, seed: int, stuck_frac: float, steps: int, lr: float,
@@ -186,10 +189,14 @@ def conv_section(ctx: TrackContext, c: Config, seeds) -> tuple[dict, list[str]]:
     per_seed = []
     for seed in seeds:
         seed = int(seed)
-        net = ConvEqProp(small_conv_config(c.conv_channels), seed=seed)
-        train_float(net, x[:n_tr], y[:n_tr], epochs=c.conv_epochs, optimizer="sgd", lr=c.conv_lr, seed=seed,
-                    progress=ctx.progress)
-        net = net.double().eval()
+        key = (tuple(c.conv_channels), n_tr, c.conv_epochs, c.conv_lr, seed, str(ctx.data_dir))
+        if key not in _CONV_NETS:
+            net = ConvEqProp(small_conv_config(c.conv_channels), seed=seed)
+            train_float(net, x[:n_tr], y[:n_tr], epochs=c.conv_epochs, optimizer="sgd", lr=c.conv_lr, seed=seed,
+                        progress=ctx.progress)
+            _CONV_NETS.clear()   # one net at a time: bounded memory
+            _CONV_NETS[key] = net.double().eval()
+        net = copy.deepcopy(_CONV_NETS[key])
         with torch.no_grad():
             acc_float = float((net.predict(xte, n_steps=CONV_T1) == yte).double().mean())
         acc_clean = _chips(net, seed, stuck, faulty=False).accuracy(xte, yte, n_steps=CONV_T1)
