@@ -227,6 +227,7 @@ def conv_section(ctx: TrackContext, c: Config, seeds) -> tuple[dict, list[str]]:
          "conv_stuck_fraction_measured": mean("stuck_fraction_measured"),
          "conv_per_seed": per_seed, "conv_n_test": int(len(xte)), "conv_n_seeds": len(per_seed),
          "conv_seconds": time.time() - t0}
+    _conv_plot(per_seed, ctx.plots_dir / "t03_conv_self_healing.png")
     notes = [f"conv: 1-{'-'.join(map(str, c.conv_channels))} conv EqProp net on {DATA_VARIANT}, float EqProp SGD "
              f"{c.conv_lr} x {c.conv_epochs} epochs on {n_tr} training images; PCM chip with {100 * stuck:g} % stuck "
              f"devices + drift; in-situ {c.conv_insitu_steps} batches of {CONV_BATCH} per rate {list(c.conv_lrs)}, "
@@ -236,6 +237,24 @@ def conv_section(ctx: TrackContext, c: Config, seeds) -> tuple[dict, list[str]]:
              f"{[r['lr_chosen'] for r in per_seed]}, largest stuck-device change {m['conv_stuck_max_change']:g} "
              f"({m['conv_seconds']:.0f} s)"]
     return m, notes
+
+
+def _conv_plot(per_seed: list[dict], path: Path) -> Path:
+    """Per seed: float net, clean chip, faulty chip, faulty chip after in-situ EqProp (test accuracy)."""
+    labels = ("float net", "clean chip", "faulty chip", "after in-situ")
+    keys = ("acc_float", "acc_clean", "acc_faulty", "acc_after_insitu")
+    with figure(path, figsize=(5.5, 3.8), dpi=120) as (_fig, axes):
+        ax = axes[0][0]
+        width = 0.8 / len(per_seed)
+        for j, r in enumerate(per_seed):
+            ax.bar(np.arange(len(keys)) + j * width, [100 * r[k] for k in keys], width,
+                   label=f"seed {r['seed']} (lr {r['lr_chosen']:g})")
+        ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, labels)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title("conv EqProp net on a faulty crossbar")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+    return path
 
 
 def _plot(results, path: Path, by_model: dict | None = None) -> Path:
@@ -392,6 +411,7 @@ def _run(ctx: TrackContext, c: Config) -> TrackResult:
         "curve_by_model": [{"device": m, "seed": r["seed"], **c} for m, rs in by_model.items() for r in rs
                            for c in r["curve"]],
     }
+    artifacts = [str(plot)]
     out = Path(ctx.out_dir) / "t03"
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
@@ -406,9 +426,10 @@ def _run(ctx: TrackContext, c: Config) -> TrackResult:
         conv_m, conv_notes = conv_section(ctx, c, seeds)
         metrics.update(conv_m)
         notes += conv_notes
+        artifacts.append(str(ctx.plots_dir / "t03_conv_self_healing.png"))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
     if disable:
         notes.append("fault and drift injection disabled by the disable_noise setting (failure test)")
     if math.isnan(rec):
         notes.append("no accuracy gap between the clean and faulty chip: recovered_fraction undefined (nan)")
-    return TrackResult(metrics=metrics, artifacts=[str(plot)], notes=notes)
+    return TrackResult(metrics=metrics, artifacts=artifacts, notes=notes)

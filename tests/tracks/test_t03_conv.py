@@ -25,6 +25,7 @@ def test_conv_faults_hurt_stuck_hold_and_bypass_fails(tmp_path):
     assert rows["conv_stuck_max_change"]["passed"] and m["conv_stuck_max_change"] == 0.0
     assert abs(m["conv_stuck_fraction_measured"] - 0.05) < 0.01
     assert m["conv_per_seed"][0]["lr_chosen"] == 0.1 and "conv: 1-8-16" in notes[0]
+    assert (tmp_path / "plots" / "t03_conv_self_healing.png").stat().st_size > 1000
     m_b, rows_b, _ = _conv(tmp_path, disable_noise=True, conv_insitu_steps=1)
     assert not rows_b["conv_fault_gap_points"]["passed"] and abs(m_b["conv_fault_gap_points"]) < 2.0, m_b
     assert m_b["conv_stuck_fraction_measured"] == 0.0
