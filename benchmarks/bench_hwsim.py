@@ -1,15 +1,25 @@
-"""Inference throughput: numba FixedPointMLP (int8) vs float32 torch EqPropMLP, measured in one run.
+"""Inference throughput on TRAINED weights: numba FixedPointMLP (int8) vs float32 torch EqPropMLP.
 
-Same 784-512-10 network (float weights; the fixed-point copy quantised from them), same MNIST test
-images, T free sweeps, same batch size. Timings are interleaved over ``--repeats`` rounds and the best
-round of each path is kept (the machine may be shared). The fixed-point path is timed twice: with all
-T sweeps (``early_exit=False``, the like-for-like ratio) and with ``early_exit=True`` (stops once no
-code changes: exact for deterministic rounding). In the same run the numba states are checked bit
-for bit against the torch int64 mirror on a slice, and the early-exit predictions against the full
-ones. The last line is JSON.
+The network is a 784-512-10 ``EqPropMLP`` trained by EqProp on real MNIST (``--train-n`` training
+images, ``--epochs``; cached as a checkpoint in ``--out`` and reused when its key matches) or loaded
+with ``--model CKPT``. The fixed-point copy is quantised from it (``--preset``). Both paths run the
+same MNIST test images (``--n``, batch ``--batch``, T = ``--steps`` free sweeps).
 
-    .venv/bin/python benchmarks/bench_hwsim.py              # 2000 test images, batch 1000, T=30
-    .venv/bin/python benchmarks/bench_hwsim.py --n 10000    # the full test set
+Protocol, per thread count (``--threads``, default 1 and 2; torch and numba set alike):
+``--rounds`` (default 7) interleaved rounds, each timing float32 torch, fixed point with all T sweeps
+(``early_exit=False``, the like-for-like ratio) and fixed point with early exit. Reported: median
+samples/s, IQR and min-max of the wall time per path, the ratio of the medians and the median (and
+range) of the per-round paired ratios, the load average before and after. All ratios come from this
+one run. The machine may be shared: the load average is printed beside every ratio.
+
+Exactness, on the measured outputs (the process exits 1 when one fails):
+* the output-layer codes of every timed fixed-point run equal the torch int64 mirror
+  (``hwsim.torch_mirror.torch_relax``, an independent implementation) on the same images;
+* early-exit output codes equal the all-T output codes (exact for deterministic rounding);
+* every round gives the same codes.
+
+    .venv/bin/python benchmarks/bench_hwsim.py                      # train (cached), 1 and 2 threads
+    .venv/bin/python benchmarks/bench_hwsim.py --model ckpt.pt --n 10000
 """
 from __future__ import annotations
 
@@ -29,99 +39,168 @@ import torch  # noqa: E402
 import quant  # noqa: E402
 from hwsim.fixed_point import FixedPointMLP  # noqa: E402
 from hwsim.torch_mirror import torch_relax  # noqa: E402
+from models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from models.eqprop_mlp import EqPropConfig, EqPropMLP  # noqa: E402
-from models.skip_mlp import SkipEqPropMLP  # noqa: E402
+from models.train import TrainConfig, evaluate, train  # noqa: E402
 from tracks.data import load_dataset  # noqa: E402
 from tracks.harness.machine import describe_machine  # noqa: E402
+
+SIZES = (784, 512, 10)
+
+
+def loadavg() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def trained_model(a, data_dir) -> tuple[EqPropMLP, str]:
+    """The trained float network: ``--model``, else the cached checkpoint in ``--out``, else train it."""
+    if a.model:
+        p = Path(a.model)
+        if not p.is_file():
+            raise SystemExit(f"--model {p}: no such file; pass a checkpoint written by models.checkpoint.save_checkpoint")
+        net, _ = load_checkpoint(p)
+        if not isinstance(net, EqPropMLP) or tuple(net.config.sizes)[0] != 784:
+            raise SystemExit(f"--model {p}: a {type(net).__name__} {getattr(net.config, 'sizes', '?')}; "
+                             "expected an EqPropMLP with 784 inputs (MNIST)")
+        return net.float(), str(p)
+    cfg = TrainConfig(method="eqprop", epochs=a.epochs, batch_size=100, lr=0.05, momentum=0.9, seed=0)
+    ckpt = Path(a.out) / f"eqprop_mlp_784-512-10_mnist{a.train_n}_e{a.epochs}_seed0.pt"
+    if ckpt.is_file():
+        net, _ = load_checkpoint(ckpt)
+        return net.float(), str(ckpt)
+    x, y = load_dataset("mnist", "train", data_dir)
+    xt, yt = torch.from_numpy(x[:a.train_n]), torch.from_numpy(y[:a.train_n])
+    net = EqPropMLP(EqPropConfig(sizes=SIZES), seed=0).float()
+    print(f"training {SIZES} by EqProp on {a.train_n} MNIST images, {a.epochs} epoch(s) (cached in {ckpt}) ...",
+          flush=True)
+    t0 = time.perf_counter()
+    train(net, xt, yt, cfg, progress=False)
+    print(f"  trained in {time.perf_counter() - t0:.1f} s", flush=True)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(ckpt, net, train_config=cfg.to_dict(), epoch=a.epochs)
+    return net, str(ckpt)
+
+
+def stats(times: list[float], n: int) -> dict:
+    t = np.asarray(times)
+    q1, med, q3 = np.percentile(t, [25, 50, 75])
+    return {"median_s": round(float(med), 4), "iqr_s": [round(float(q1), 4), round(float(q3), 4)],
+            "min_s": round(float(t.min()), 4), "max_s": round(float(t.max()), 4),
+            "samples_per_s": round(n / float(med), 1), "runs_s": [round(float(v), 4) for v in t]}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=2000, help="number of MNIST test images")
+    ap.add_argument("--n", type=int, default=2000, help="number of MNIST test images per timed run")
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=30, help="free-phase sweeps T")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds per thread count")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--preset", default="int8")
-    ap.add_argument("--check-n", type=int, default=200, help="images for the torch-mirror bit-exact check")
+    ap.add_argument("--model", default=None, help="checkpoint of a trained EqPropMLP (else train one, cached)")
+    ap.add_argument("--train-n", type=int, default=20000, help="MNIST training images when training here")
+    ap.add_argument("--epochs", type=int, default=2, help="epochs when training here")
+    ap.add_argument("--out", default="runs/bench_hwsim", help="output folder (model cache, result JSON)")
     ap.add_argument("--data-dir", default=None)
     a = ap.parse_args()
+    if a.batch < 1 or a.n < a.batch or a.rounds < 1 or a.steps < 1 or min(a.threads) < 1:
+        ap.error("need --batch >= 1, --n >= --batch, --rounds >= 1, --steps >= 1, --threads >= 1")
+    if max(a.threads) > numba.config.NUMBA_NUM_THREADS:
+        ap.error(f"--threads {max(a.threads)} exceeds NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}")
 
     data_dir = a.data_dir
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     if data_dir is None and "EQPROP_DATA" not in os.environ and (shared / "mnist").is_dir():
         data_dir = shared  # the team's shared copy, as tests/conftest.py does
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    net, model_src = trained_model(a, data_dir)
     x, y = load_dataset("mnist", "test", data_dir)
     x, y = x[:a.n], y[:a.n]
-    net = EqPropMLP(EqPropConfig(sizes=(784, 512, 10)), seed=0).float()
     fp = FixedPointMLP.from_model(net, quant.get_preset(a.preset))
-    # the generic term path: the same network plus the skip coupling input -> output (SkipEqPropMLP)
-    net_skip = SkipEqPropMLP(EqPropConfig(sizes=(784, 512, 10)), seed=0).float()
-    fp_skip = FixedPointMLP.from_model(net_skip, quant.get_preset(a.preset))
+    if fp.spec.rounding == "stochastic":
+        ap.error(f"--preset {a.preset} rounds stochastically: early exit and the exactness checks need deterministic rounding")
     xt = torch.from_numpy(x)
     codes = fp.quantize_input(x)
-    fp.relax(codes[:8], n_steps=2)  # numba compilation outside the timings
-    fp_skip.relax(codes[:8], n_steps=2)
-    net.predict(xt[:8], n_steps=2)
 
     def run_float():
-        return np.concatenate([net.predict(xt[i:i + a.batch], n_steps=a.steps).numpy()
-                               for i in range(0, a.n, a.batch)])
+        with torch.no_grad():
+            return torch.cat([net.free_phase(xt[i:i + a.batch], n_steps=a.steps)[0][-1]
+                              for i in range(0, a.n, a.batch)]).numpy()
 
     def run_fixed(early: bool):
-        return fp.predict(codes, n_steps=a.steps, batch_size=a.batch, early_exit=early)
+        return np.concatenate([fp.relax(codes[i:i + a.batch], n_steps=a.steps, early_exit=early)[0][-1]
+                               for i in range(0, a.n, a.batch)])
 
-    def run_fixed_skip():
-        return fp_skip.predict(codes, n_steps=a.steps, batch_size=a.batch, early_exit=False)
+    paths = {"float32_torch": run_float, "fixed_full_T": lambda: run_fixed(False),
+             "fixed_early_exit": lambda: run_fixed(True)}
+    # reference output codes: the torch int64 mirror (independent implementation), outside the timings
+    t0 = time.perf_counter()
+    ref = np.concatenate([torch_relax(fp, torch.from_numpy(codes[i:i + a.batch]), n_steps=a.steps,
+                                      early_exit=False)[0][-1].numpy() for i in range(0, a.n, a.batch)])
+    print(f"torch int64 mirror reference on {a.n} images: {time.perf_counter() - t0:.1f} s", flush=True)
 
-    best = {"float32_torch": np.inf, "fixed_full_T": np.inf, "fixed_early_exit": np.inf, "fixed_full_T_skip_model": np.inf}
-    best_cpu = dict(best)  # process CPU seconds (all threads): less sensitive to other users' load
-    outs = {}
-    for r in range(a.repeats):
-        for name, fn in (("float32_torch", run_float), ("fixed_full_T", lambda: run_fixed(False)),
-                         ("fixed_early_exit", lambda: run_fixed(True)), ("fixed_full_T_skip_model", run_fixed_skip)):
-            t0, c0 = time.perf_counter(), time.process_time()
-            outs[name] = fn()
-            dt, dc = time.perf_counter() - t0, time.process_time() - c0
-            best[name], best_cpu[name] = min(best[name], dt), min(best_cpu[name], dc)
-            print(f"round {r}: {name:17s} {a.n / dt:9.0f} samples/s wall, {a.n / dc:9.0f} samples/CPU-s")
-    sps = {k: a.n / v for k, v in best.items()}
-    ratio_full = sps["fixed_full_T"] / sps["float32_torch"]
-    ratio_early = sps["fixed_early_exit"] / sps["float32_torch"]
-    cpu_ratio_full = best_cpu["float32_torch"] / best_cpu["fixed_full_T"]
-
-    # bit-exactness in the same run
-    c = codes[:a.check_n]
-    s_n, i_n = fp.relax(c, n_steps=a.steps, early_exit=False)
-    s_t, i_t = torch_relax(fp, torch.from_numpy(c), n_steps=a.steps, early_exit=False)
-    states_equal = all(np.array_equal(p, q.numpy()) for p, q in zip(s_n, s_t))
-    s_n, _ = fp_skip.relax(c, n_steps=a.steps, early_exit=False)
-    s_t, _ = torch_relax(fp_skip, torch.from_numpy(c), n_steps=a.steps, early_exit=False)
-    states_equal &= all(np.array_equal(p, q.numpy()) for p, q in zip(s_n, s_t))
-    early_equal = bool(np.array_equal(outs["fixed_full_T"], outs["fixed_early_exit"]))
-    acc = {k: float((v == y).mean()) for k, v in outs.items()}
-    agree = float((outs["fixed_full_T"] == outs["float32_torch"]).mean())
-    acc.pop("fixed_full_T_skip_model")  # a different network
+    results, exact = {}, {"fixed_vs_torch_mirror": True, "early_exit_vs_full_T": True, "rounds_identical": True}
+    for k in a.threads:
+        torch.set_num_threads(k)
+        numba.set_num_threads(k)
+        for fn in paths.values():  # warm-up (numba compilation, allocator) outside the timings
+            fn()
+        load0 = loadavg()
+        times = {p: [] for p in paths}
+        first = {}
+        for r in range(a.rounds):
+            for p, fn in paths.items():
+                t0 = time.perf_counter()
+                out = fn()
+                times[p].append(time.perf_counter() - t0)
+                if p == "fixed_full_T":
+                    exact["fixed_vs_torch_mirror"] &= bool(np.array_equal(out, ref))
+                    full_out = out
+                elif p == "fixed_early_exit":
+                    exact["early_exit_vs_full_T"] &= bool(np.array_equal(out, full_out))
+                if p in first:
+                    exact["rounds_identical"] &= bool(np.array_equal(out, first[p]))
+                else:
+                    first[p] = out
+            print(f"[{k} thread(s)] round {r}: " + "  ".join(f"{p} {times[p][-1]:.3f}s" for p in paths)
+                  + f"  load {loadavg()}", flush=True)
+        load1 = loadavg()
+        st = {p: stats(t, a.n) for p, t in times.items()}
+        tf = np.asarray(times["float32_torch"])
+        ratios = {}
+        for p in ("fixed_full_T", "fixed_early_exit"):
+            paired = tf / np.asarray(times[p])
+            ratios[p] = {"ratio_of_medians": round(st["float32_torch"]["median_s"] / st[p]["median_s"], 3),
+                         "paired_median": round(float(np.median(paired)), 3),
+                         "paired_min_max": [round(float(paired.min()), 3), round(float(paired.max()), 3)]}
+        acc = {"float32_torch": float((first["float32_torch"].argmax(1) == y).mean()),
+               "fixed": float((first["fixed_full_T"].argmax(1) == y).mean())}
+        results[str(k)] = {"stats": st, "ratios_fixed_over_float32": ratios, "accuracy": acc,
+                           "loadavg_before": load0, "loadavg_after": load1}
 
     m = describe_machine()
-    threads = {"torch": torch.get_num_threads(), "numba": numba.get_num_threads()}
-    print(f"machine: {m['cpu']}, {m['logical_cores']} logical cores, threads {threads}")
-    print(f"784-512-10, T={a.steps}, batch {a.batch}, {a.n} MNIST test images (random-init weights), "
-          f"preset {a.preset}")
-    for k, v in sps.items():
-        print(f"  {k:17s} {v:9.0f} samples/s" + (f"   acc {acc[k]:.4f}" if k in acc else ""))
-    print(f"ratio fixed/float32 (all T sweeps): {ratio_full:.2f}x   (early exit): {ratio_early:.2f}x   target >= 0.8x")
-    print(f"CPU-time ratio float32/fixed (all T sweeps, all threads): "
-          f"{cpu_ratio_full:.2f}x")
-    print(f"skip model (generic term path) / MLP, all T sweeps: {sps['fixed_full_T_skip_model'] / sps['fixed_full_T']:.2f}x")
-    print(f"bit-exact numba vs torch mirror (MLP and skip model) on {len(c)} images: {states_equal}; early-exit predictions == "
-          f"full-T: {early_equal}; argmax agreement fixed vs float32: {agree:.4f}")
-    print(json.dumps({"bench": "hwsim_fixed_point", "preset": a.preset, "n": a.n, "batch": a.batch,
-                      "steps": a.steps, "samples_per_s": {k: round(v, 1) for k, v in sps.items()},
-                      "ratio_full_T": round(ratio_full, 3), "cpu_time_ratio_full_T": round(cpu_ratio_full, 3), "ratio_early_exit": round(ratio_early, 3),
-                      "bit_exact_vs_torch_mirror": states_equal, "early_exit_same_predictions": early_equal,
-                      "argmax_agreement_vs_float32": agree, "accuracy": acc, "threads": threads,
-                      "machine": {"cpu": m["cpu"], "logical_cores": m["logical_cores"]}}))
-    return 0 if states_equal and early_equal else 1
+    print(f"\nmachine: {m['cpu']}, {m['logical_cores']} logical cores; SHARED machine: figures are noisy")
+    print(f"784-512-10 trained ({model_src}), T={a.steps}, batch {a.batch}, {a.n} MNIST test images, "
+          f"preset {a.preset}, {a.rounds} interleaved rounds")
+    for k, res in results.items():
+        acc = res["accuracy"]
+        print(f"--- {k} thread(s): load avg before {res['loadavg_before']} after {res['loadavg_after']}; "
+              f"test acc float32 {acc['float32_torch']:.4f}, fixed {acc['fixed']:.4f}")
+        for p, s in res["stats"].items():
+            print(f"  {p:17s} {s['samples_per_s']:9.0f} samples/s  median {s['median_s']:.3f}s  "
+                  f"IQR {s['iqr_s']}  min-max [{s['min_s']}, {s['max_s']}]")
+        for p, r in res["ratios_fixed_over_float32"].items():
+            print(f"  ratio {p:17s}/float32: {r['ratio_of_medians']:.2f}x (ratio of medians), paired per round "
+                  f"median {r['paired_median']:.2f}x range {r['paired_min_max']}   target >= 2x (all T)"
+                  f"   [load {res['loadavg_after']}]")
+    ok = all(exact.values())
+    print(f"exactness on the measured outputs ({a.n} images, output-layer codes): {exact}")
+    out = {"bench": "hwsim_fixed_point", "preset": a.preset, "n": a.n, "batch": a.batch, "steps": a.steps,
+           "rounds": a.rounds, "model": model_src, "results": results, "exact": exact,
+           "machine": {"cpu": m["cpu"], "logical_cores": m["logical_cores"]}}
+    (Path(a.out) / "bench_hwsim.json").write_text(json.dumps(out, indent=1))
+    print(json.dumps(out))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
