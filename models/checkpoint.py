@@ -40,10 +40,12 @@ class CheckpointError(ValueError):
 def _model_registry() -> dict[str, tuple[type, type]]:
     from .conv import ConvConfig, ConvEqProp
     from .eqprop_mlp import EqPropConfig, EqPropMLP
+    from .ff_mlp import FeedForwardMLP, FFConfig
     from .looped import LoopedConfig, LoopedMLP
     from .skip_mlp import SkipEqPropMLP
     return {"EqPropMLP": (EqPropMLP, EqPropConfig), "LoopedMLP": (LoopedMLP, LoopedConfig),
-            "SkipEqPropMLP": (SkipEqPropMLP, EqPropConfig), "ConvEqProp": (ConvEqProp, ConvConfig)}
+            "SkipEqPropMLP": (SkipEqPropMLP, EqPropConfig), "ConvEqProp": (ConvEqProp, ConvConfig),
+            "FeedForwardMLP": (FeedForwardMLP, FFConfig)}  # the feed-forward backprop baseline (Track 25)
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, train_config: dict[str, Any] | None = None,

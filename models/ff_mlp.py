@@ -6,8 +6,11 @@ logits out, cross-entropy loss (``TrainConfig(method="backprop")`` in :mod:`mode
 ``predict(x, n_steps=None)`` so :func:`models.train.evaluate` scores it like the EqProp models
 (``n_steps`` is ignored: there is no relaxation).
 
-It is not in the checkpoint registry of :mod:`models.checkpoint` (not a model of the hardware
-path); :func:`save_ff` / :func:`load_ff` write and read the same plain-torch layout.
+It is in the checkpoint registry of :mod:`models.checkpoint` (``save_checkpoint`` /
+``load_checkpoint``, so the run's model cache can hold it); it is not a model of the hardware path
+(export and the simulators need an EqProp model). :func:`save_ff` / :func:`load_ff` are thin wrappers
+kept for callers of the earlier API; ``load_ff`` also reads files of the earlier FF-only layout
+(``format="eqprop-hwsim.ff-checkpoint"``).
 
 >>> import torch
 >>> net = FeedForwardMLP(FFConfig(sizes=(8, 16, 3)), seed=0)
@@ -23,7 +26,6 @@ ValueError: FFConfig.sizes=(8,): need >= 2 positive widths (input, ..., output)
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from torch import nn
 from .config import DictConfig
 
 ACTIVATIONS = ("relu", "hard_sigmoid", "tanh")
-FORMAT = "eqprop-hwsim.ff-checkpoint"
+LEGACY_FORMAT = "eqprop-hwsim.ff-checkpoint"  # the earlier FF-only file layout (read by load_ff)
 
 
 @dataclass(frozen=True)
@@ -94,33 +96,31 @@ class FeedForwardMLP(nn.Module):
 
 def save_ff(path: str | os.PathLike, net: FeedForwardMLP, *, train_config: dict[str, Any] | None = None,
             metrics: dict[str, Any] | None = None, epoch: int = 0) -> Path:
-    """Atomically write ``net`` (never over an existing file)."""
-    path = Path(path)
-    if path.exists():
-        raise FileExistsError(f"checkpoint {path} already exists; choose another path")
-    payload = {"format": FORMAT, "model_class": "FeedForwardMLP", "model_config": net.config.to_dict(),
-               "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
-               "train_config": train_config, "metrics": metrics or {}, "epoch": int(epoch)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Atomically write ``net`` as a :mod:`models.checkpoint` checkpoint (never over an existing file)."""
+    from .checkpoint import save_checkpoint
+    if not isinstance(net, FeedForwardMLP):
+        raise TypeError(f"save_ff saves a FeedForwardMLP, got a {type(net).__name__}; use "
+                        "models.checkpoint.save_checkpoint for other models")
+    return save_checkpoint(path, net, train_config=train_config, metrics=metrics, epoch=epoch)
 
 
 def load_ff(path: str | os.PathLike) -> tuple[FeedForwardMLP, dict[str, Any]]:
-    """``(net, meta)`` from a file written by :func:`save_ff`."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a FeedForwardMLP checkpoint (written by models.ff_mlp.save_ff)")
-    net = FeedForwardMLP(FFConfig.from_dict(payload["model_config"]))
-    net.load_state_dict(payload["state_dict"])
-    return net, {k: v for k, v in payload.items() if k != "state_dict"}
+    """``(net, meta)`` from a checkpoint of a ``FeedForwardMLP`` (:func:`save_ff`,
+    ``save_checkpoint``, or the earlier FF-only layout)."""
+    from .checkpoint import CheckpointError, load_checkpoint
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not readable as a plain dict: let load_checkpoint give its error
+        payload = None
+    if isinstance(payload, dict) and payload.get("format") == LEGACY_FORMAT:
+        net = FeedForwardMLP(FFConfig.from_dict(payload["model_config"]))
+        net.load_state_dict(payload["state_dict"])
+        return net, {k: v for k, v in payload.items() if k != "state_dict"}
+    net, meta = load_checkpoint(path)
+    if not isinstance(net, FeedForwardMLP):
+        raise CheckpointError(f"{path} holds a {meta['model_class']}, not a FeedForwardMLP; read it with "
+                              "models.checkpoint.load_checkpoint")
+    return net, meta
 
 
 __all__ = ["FFConfig", "FeedForwardMLP", "save_ff", "load_ff", "ACTIVATIONS"]

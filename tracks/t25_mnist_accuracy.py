@@ -23,9 +23,13 @@ Cohen's d of paired samples (NaN for fewer than 2 seeds). The track runs the see
 The "stronger baseline" of a dataset is the baseline with the higher mean test accuracy;
 ``<p>_test_acc_bp`` is its accuracy, ``<p>_bp_baseline`` its name, ``<p>_bp_minus_eqprop`` the gap.
 
-Trained models are saved under ``<out_dir>/checkpoints/t25_<dataset>_<method>_seed<s>.pt`` (never
-overwritten; EqProp/BPTT read by ``models.checkpoint.load_checkpoint``, FF-BP by
-``models.ff_mlp.load_ff``).
+Models are trained through the run's model cache (``ctx.model_cache``,
+:mod:`tracks.harness.model_cache`; key: data set, hashes of the training and validation slices,
+model class and config, the recipe's full ``TrainConfig`` incl. method and seed): another track or a
+resumed run asking for the same model loads it, and a training killed mid-way continues from its
+last epoch. A ``net_hook`` bypasses the cache. The test accuracy is computed from the model either
+way. Trained models are also saved under ``<out_dir>/checkpoints/t25_<dataset>_<method>_seed<s>.pt``
+(``models.checkpoint.load_checkpoint`` reads all three methods; ``models.ff_mlp.load_ff`` the FF-BP).
 
 Cost: full = 2 datasets x seeds x 3 methods x ``epochs`` = 10 epochs of 55k images; on the 2-core
 machine one EqProp run of 10 epochs took 83 s (1 thread, quiet, 2026-11-23), BPTT about twice that,
@@ -63,7 +67,7 @@ import torch
 
 from models.checkpoint import save_checkpoint
 from models.eqprop_mlp import EqPropConfig, EqPropMLP
-from models.ff_mlp import FeedForwardMLP, FFConfig, save_ff
+from models.ff_mlp import FeedForwardMLP, FFConfig
 from models.train import evaluate, train
 
 from .harness.stats import mean_ci95, paired_test
@@ -134,22 +138,50 @@ def _make_net(method: str, seed: int) -> torch.nn.Module:
     return EqPropMLP(EqPropConfig(sizes=SIZES), seed=seed)
 
 
+def _train_key(ds: str, method: str, seed: int, data: dict[str, torch.Tensor], cfg, net: torch.nn.Module,
+               ctx: TrackContext) -> dict[str, Any]:
+    """The model-cache key of one training: data set and the hashes of its training and validation
+    slices, the model class and config, the recipe's full ``TrainConfig`` (incl. method and seed)."""
+    from .harness.model_cache import array_digest, training_key
+    return training_key(dataset=ds, x=data["x_tr"], y=data["y_tr"],
+                        model={"class": type(net).__name__, **net.config.to_dict()}, trainer="models.train.train",
+                        recipe={**cfg.to_dict(), "method": cfg.method, "t25_method": method,
+                                "val_sha256": array_digest(data["x_val"], data["y_val"])},
+                        seed=seed, device=str(ctx.torch_device))
+
+
 def _train_one(ds: str, method: str, seed: int, data: dict[str, torch.Tensor], epochs: int, ctx: TrackContext,
                hook: Callable | None, ckpt_dir: Path) -> dict[str, Any]:
+    """Train (or load from the run's model cache ``ctx.model_cache``) one (data set, method, seed).
+
+    The training goes through the cache unless a ``net_hook`` is set (a broken component must never
+    be stored or reused); the test accuracy is always computed here from the model."""
     cfg = get_recipe(recipe_name(DATASETS[ds], method), epochs=epochs, seed=seed)
     net = _make_net(method, seed).to(ctx.torch_device)
     if hook is not None:
         hook(net, method)
+        with torch_threads(TRAIN_THREADS):
+            hist = train(net, data["x_tr"], data["y_tr"], cfg, x_val=data["x_val"], y_val=data["y_val"],
+                         progress=ctx.progress)
+    else:
+        def train_fn(resumable):
+            with torch_threads(TRAIN_THREADS):
+                h = train(net, data["x_tr"], data["y_tr"], cfg, x_val=data["x_val"], y_val=data["y_val"],
+                          progress=ctx.progress, checkpoint=resumable.path, resume=True,
+                          epoch_callback=resumable.epoch_callback)
+            return net, {"history": h}
+        net, cached = ctx.model_cache.get_or_train(_train_key(ds, method, seed, data, cfg, net, ctx), train_fn,
+                                                   label=f"t25_{DATASETS[ds]}_{method}_s{seed}",
+                                                   train_config=cfg.to_dict(), with_metrics=True)
+        net = net.to(ctx.torch_device)
+        hist = cached["history"]
     with torch_threads(TRAIN_THREADS):
-        hist = train(net, data["x_tr"], data["y_tr"], cfg, x_val=data["x_val"], y_val=data["y_val"],
-                     progress=ctx.progress)
         acc = evaluate(net, data["x_te"], data["y_te"], cfg.eval_steps or cfg.n_free_steps)
     path = ckpt_dir / f"t25_{ds}_{method}_seed{seed}.pt"
     meta = {"history": hist, "test_acc": acc, "dataset": ds, "n_test": len(data["y_te"])}
-    if method == "ffbp":
-        save_ff(path, net, train_config=cfg.to_dict(), metrics=meta, epoch=epochs)
-    else:
-        save_checkpoint(path, net, train_config=cfg.to_dict(), epoch=epochs, metrics=meta)
+    # overwrite: a resumed run rewrites the same model (same key); EqProp, BPTT and FF-BP alike are
+    # models.checkpoint checkpoints (models.ff_mlp.load_ff reads the FF-BP ones too)
+    save_checkpoint(path, net, train_config=cfg.to_dict(), epoch=epochs, metrics=meta, overwrite=True)
     log.info("t25 %s %s seed %d: test acc %.4f (val %s)", ds, method, seed, acc, hist["val_acc"])
     return {"dataset": ds, "method": method, "seed": seed, "test_acc": acc, "val_acc": hist["val_acc"],
             "train_loss": hist["train_loss"], "checkpoint": str(path.relative_to(ctx.out_dir))}
