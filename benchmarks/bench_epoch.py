@@ -8,30 +8,32 @@ batch 100, SGD), each timed over the same training batches with the same loop (s
   nudged phases of ``T2 = 10`` (symmetric, ``+-beta``), contrast.
 * ``bp_ff``: plain feed-forward backprop through the same layers, one forward pass
   ``h = rho(W0 x + b0)``, ``o = rho(W1 h + b1)``, ``L = 0.5 ||o - onehot(y)||^2``, autograd.
-* ``bptt``: ``models.train.compute_grads(method="bptt")``: autograd through the 30 free sweeps.
+* ``bptt`` (only with ``--bptt``): ``models.train.compute_grads(method="bptt")``: autograd through
+  the 30 free sweeps.
 
-By default each method trains on a stated fraction of the 60k training set (``--n-train``), the
-epoch time is scaled up linearly to 60k samples, each measurement is repeated ``--repeats`` times
-(methods interleaved, so load drift hits all of them alike) and the median is reported. Prints the
-machine, a table, both ratios (EqProp / BP-FF and EqProp / BPTT; target EqProp <= 2x BP) and one
-JSON line. ``--profile`` adds a cProfile of one EqProp batch (where the time goes).
+Protocol: each method trains on the first ``--n-train`` (default 30000) training images per run (the
+epoch time is scaled linearly to 60k), for each thread count in ``--threads`` (default 1 and 2)
+``--repeats`` (default 5) runs with the methods interleaved (load drift hits all alike), after one
+untimed warm-up batch per method. Reported: median, IQR and min-max of the epoch time per method, the
+ratio of the medians and the median / range of the per-repeat paired ratios (EqProp / BP-FF, target
+<= 1.5x), the load average before and after (the machine may be shared: figures are noisy). A median
+run shorter than ``--min-seconds`` is flagged as too short to trust. ``--profile`` adds the top
+``torch.profiler`` ops (self CPU time) of a few EqProp steps: where the time goes. Last line: JSON.
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_epoch.py [--n-train 6000] [--repeats 3] [--threads 1]
+    .venv/bin/python benchmarks/bench_epoch.py [--n-train 30000] [--repeats 5] [--threads 1 2] [--profile]
 """
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
 import json
-import pstats
-import statistics
+import os
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -61,6 +63,10 @@ def eqprop_or_bptt(net, x, y, cfg):
     return compute_grads(net, x, y, cfg)
 
 
+def loadavg() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
 def time_epoch(grad_fn, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, seed: int) -> float:
     """Seconds for one pass over ``(x, y)`` in batches of ``cfg.batch_size`` (fresh net each time)."""
     net = EqPropMLP(EqPropConfig(sizes=SIZES), seed=seed)
@@ -77,31 +83,39 @@ def time_epoch(grad_fn, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, seed
     return time.perf_counter() - t0
 
 
-def profile_eqprop(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, n_batches: int = 20) -> str:
+def profile_eqprop(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, n_batches: int = 5, rows: int = 15) -> str:
+    """``torch.profiler`` table (top ops by self CPU time) of ``n_batches`` EqProp gradient steps."""
+    from torch.profiler import ProfilerActivity, profile
+
     net = EqPropMLP(EqPropConfig(sizes=SIZES), seed=0)
-    pr = cProfile.Profile()
-    pr.enable()
-    for b in range(max(1, min(n_batches, x.shape[0] // cfg.batch_size))):
-        sl = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
-        compute_grads(net, x[sl], y[sl], cfg)
-    pr.disable()
-    s = io.StringIO()
-    pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(12)
-    return s.getvalue()
+    compute_grads(net, x[:cfg.batch_size], y[:cfg.batch_size], cfg)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for b in range(max(1, min(n_batches, x.shape[0] // cfg.batch_size))):
+            sl = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
+            compute_grads(net, x[sl], y[sl], cfg)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def spread(t: list[float], scale: float) -> dict:
+    a = np.asarray(t) * scale
+    q1, med, q3 = np.percentile(a, [25, 50, 75])
+    return {"median": round(float(med), 3), "iqr": [round(float(q1), 3), round(float(q3), 3)],
+            "min": round(float(a.min()), 3), "max": round(float(a.max()), 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n-train", type=int, default=6000, help="training samples timed per epoch (scaled to 60k)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for every method")
+    ap.add_argument("--n-train", type=int, default=30000, help="training samples timed per epoch (scaled to 60k)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch.set_num_threads values")
     ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--min-seconds", type=float, default=2.0, help="flag medians shorter than this per run")
+    ap.add_argument("--bptt", action="store_true", help="also time BPTT through the 30 free sweeps (slow)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args(argv)
-    if not 0 < args.n_train <= N_FULL or args.repeats < 1 or args.threads < 1:
+    if not 0 < args.n_train <= N_FULL or args.repeats < 1 or min(args.threads) < 1:
         ap.error("need 0 < --n-train <= 60000, --repeats >= 1, --threads >= 1")
-    torch.set_num_threads(args.threads)
     x, y = load_dataset("mnist", "train", args.data_dir)
     x, y = torch.from_numpy(x[:args.n_train]), torch.from_numpy(y[:args.n_train])
     base = dict(batch_size=args.batch_size, n_free_steps=30, n_nudge_steps=10, nudging="symmetric", beta=0.5,
@@ -109,32 +123,57 @@ def main(argv: list[str] | None = None) -> int:
     methods = {
         "eqprop": (eqprop_or_bptt, TrainConfig(method="eqprop", **base)),
         "bp_ff": (ff_grads, TrainConfig(method="bptt", **base)),
-        "bptt": (eqprop_or_bptt, TrainConfig(method="bptt", **base)),
     }
-    times: dict[str, list[float]] = {m: [] for m in methods}
-    for r in range(args.repeats):
-        for m, (fn, cfg) in methods.items():
-            times[m].append(time_epoch(fn, cfg, x, y, seed=r))
+    if args.bptt:
+        methods["bptt"] = (eqprop_or_bptt, TrainConfig(method="bptt", **base))
     scale = N_FULL / args.n_train
-    med = {m: statistics.median(t) for m, t in times.items()}
-    epoch_s = {m: med[m] * scale for m in methods}
-    sps = {m: args.n_train / med[m] for m in methods}
-    ratio_ff = epoch_s["eqprop"] / epoch_s["bp_ff"]
-    ratio_bptt = epoch_s["eqprop"] / epoch_s["bptt"]
-    print(f"machine: {describe_machine_short()}")
-    print(f"784-512-10, batch {args.batch_size}, T1=30 T2=10 symmetric, torch threads {args.threads}; "
-          f"timed {args.n_train} MNIST samples x {args.repeats} repeats (median), epoch scaled to {N_FULL}")
-    print(f"{'method':8s} {'epoch_s(60k)':>13s} {'samples/s':>10s}  runs_s")
-    for m in methods:
-        print(f"{m:8s} {epoch_s[m]:13.2f} {sps[m]:10.0f}  {[round(t, 2) for t in times[m]]}")
-    print(f"ratio eqprop/bp_ff = {ratio_ff:.2f}  (target <= 2)")
-    print(f"ratio eqprop/bptt  = {ratio_bptt:.2f}")
+    results = {}
+    print(f"machine: {describe_machine_short()}  (shared machine: figures are noisy)")
+    print(f"784-512-10, batch {args.batch_size}, T1=30 T2=10 symmetric; timed {args.n_train} MNIST samples x "
+          f"{args.repeats} interleaved repeats per thread count, epoch scaled to {N_FULL}", flush=True)
+    for k in args.threads:
+        torch.set_num_threads(k)
+        for fn, cfg in methods.values():  # warm-up outside the timings
+            net = EqPropMLP(EqPropConfig(sizes=SIZES), seed=0)
+            fn(net, x[:args.batch_size], y[:args.batch_size], cfg)
+        load0 = loadavg()
+        times: dict[str, list[float]] = {m: [] for m in methods}
+        for r in range(args.repeats):
+            for m, (fn, cfg) in methods.items():
+                times[m].append(time_epoch(fn, cfg, x, y, seed=r))
+            print(f"[{k} thread(s)] repeat {r}: " + "  ".join(f"{m} {times[m][-1]:.2f}s" for m in methods)
+                  + f"  load {loadavg()}", flush=True)
+        load1 = loadavg()
+        epoch = {m: spread(t, scale) for m, t in times.items()}
+        paired = np.asarray(times["eqprop"]) / np.asarray(times["bp_ff"])
+        too_short = [m for m, t in times.items() if float(np.median(t)) < args.min_seconds]
+        res = {"epoch_s_60k": epoch, "runs_s": {m: [round(v, 3) for v in t] for m, t in times.items()},
+               "ratio_eqprop_vs_bp_ff": round(epoch["eqprop"]["median"] / epoch["bp_ff"]["median"], 3),
+               "paired_ratio_median": round(float(np.median(paired)), 3),
+               "paired_ratio_min_max": [round(float(paired.min()), 3), round(float(paired.max()), 3)],
+               "loadavg_before": load0, "loadavg_after": load1, "too_short": too_short}
+        if "bptt" in methods:
+            res["ratio_eqprop_vs_bptt"] = round(epoch["eqprop"]["median"] / epoch["bptt"]["median"], 3)
+        results[str(k)] = res
+        print(f"--- torch threads {k}: load avg before {load0} after {load1}")
+        print(f"  {'method':8s} {'epoch_s(60k) median':>20s} {'IQR':>18s} {'min-max':>18s}")
+        for m, e in epoch.items():
+            print(f"  {m:8s} {e['median']:20.2f} {str(e['iqr']):>18s} {str([e['min'], e['max']]):>18s}")
+        print(f"  ratio eqprop/bp_ff = {res['ratio_eqprop_vs_bp_ff']:.2f} (ratio of medians), paired per repeat "
+              f"median {res['paired_ratio_median']:.2f} range {res['paired_ratio_min_max']}  (target <= 1.5)"
+              f"  [load {load1}]")
+        if "bptt" in methods:
+            print(f"  ratio eqprop/bptt  = {res['ratio_eqprop_vs_bptt']:.2f}")
+        if too_short:
+            print(f"  WARNING: median run of {too_short} shorter than --min-seconds {args.min_seconds}: "
+                  "raise --n-train to trust these figures")
     if args.profile:
+        torch.set_num_threads(args.threads[0])
+        print(f"torch.profiler, 5 EqProp steps (batch {args.batch_size}), {args.threads[0]} thread(s):")
         print(profile_eqprop(x, y, methods["eqprop"][1]))
     print(json.dumps({"bench": "epoch", "machine": describe_machine_short(), "n_train_timed": args.n_train,
-                      "scaled_to": N_FULL, "batch_size": args.batch_size, "threads": args.threads,
-                      "repeats": args.repeats, "epoch_s": epoch_s, "samples_per_s": sps,
-                      "ratio_eqprop_vs_bp_ff": ratio_ff, "ratio_eqprop_vs_bptt": ratio_bptt}))
+                      "scaled_to": N_FULL, "batch_size": args.batch_size, "repeats": args.repeats,
+                      "results": results}))
     return 0
 
 
