@@ -4,7 +4,9 @@ Procedure (seed ``ctx.seeds[0]``):
 
 1. Train an :class:`EqPropMLP` on real MNIST with :func:`models.train.train` (EqProp, symmetric
    nudging); quick: 784-64-10 on 5000 images, full: 784-128-10 on 10000 (or load
-   ``--set checkpoint=PATH``). The trained model is saved as an artifact.
+   ``--set checkpoint=PATH``). Training goes through the run's model cache (``ctx.model_cache``:
+   trained once per run, loaded by a resumed run); the trained model is saved as an artifact
+   (``t42_model.pt``) either way.
 2. ``float_acc``: float64 free phase (``FLOAT_STEPS`` sweeps) on the test slice.
 3. snntorch port (:mod:`hwsim.spiking.snntorch_port`, IF, reset by subtraction, feedback by spikes,
    constant-current input) for ``T`` in 8..128: accuracy, rate vs float state (mean abs error,
@@ -164,17 +166,32 @@ def _model(ctx: TrackContext, cfg: T42Config, seed: int) -> tuple[EqPropMLP, lis
             raise ValueError(f"checkpoint {cfg.checkpoint} holds a {type(net).__name__}; the spiking ports run "
                              "an EqPropMLP (layered, hard-sigmoid): give an EqPropMLP checkpoint")
         return net, [f"model loaded from {cfg.checkpoint}"]
+    from .harness.model_cache import training_key
     x, y = load_dataset("mnist", "train", ctx.data_dir)
+    x, y = x[:cfg.n_train], y[:cfg.n_train]
     dev = ctx.torch_device
-    x, y = torch.from_numpy(x[:cfg.n_train]).to(dev), torch.from_numpy(y[:cfg.n_train]).to(dev)
     net = EqPropMLP(EqPropConfig(sizes=(784, cfg.hidden, 10)), seed=seed).to(dev)
     tcfg = TrainConfig(method="eqprop", epochs=cfg.epochs, batch_size=50, optimizer="sgd", lr=(0.1, 0.05),
                        momentum=0.0, beta=0.5, nudging="symmetric", n_free_steps=20, n_nudge_steps=8, seed=seed)
+
+    def train_fn(resumable):
+        train(net, torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev), tcfg, progress=ctx.progress,
+              checkpoint=resumable.path, resume=True, epoch_callback=resumable.epoch_callback)
+        return net
+
+    # trained once per run: another track or a resumed run with the same key loads it (a user
+    # checkpoint or model, above, is never cached)
+    key = training_key(dataset="mnist", x=x, y=y, model={"class": "EqPropMLP", **net.config.to_dict()},
+                       trainer="models.train.train", recipe=tcfg.to_dict(), seed=seed, device=str(dev))
     t0 = time.time()
-    train(net, x, y, tcfg, progress=ctx.progress)
+    n_before = ctx.model_cache.stats()["loaded"]
+    net = ctx.model_cache.get_or_train(key, train_fn, label=f"t42_mlp_h{cfg.hidden}_s{seed}",
+                                       train_config=tcfg.to_dict())
     net = net.cpu()  # the spiking ports (snntorch, Brian2) and the float reference run on the CPU
+    how = "loaded from the run's model cache" if ctx.model_cache.stats()["loaded"] > n_before else \
+        f"{time.time() - t0:.0f} s"
     notes.append(f"trained 784-{cfg.hidden}-10 by EqProp on {cfg.n_train} MNIST images, {cfg.epochs} epochs "
-                 f"({time.time() - t0:.0f} s)")
+                 f"({how})")
     path = save_checkpoint(ctx.out_dir / "t42_model.pt", net, train_config=tcfg.to_dict(), overwrite=True)
     notes.append(f"model saved to {path.name}")
     return net, notes
