@@ -16,7 +16,12 @@ Exactness, on the measured outputs (the process exits 1 when one fails):
 * the output-layer codes of every timed fixed-point run equal the torch int64 mirror
   (``hwsim.torch_mirror.torch_relax``, an independent implementation) on the same images;
 * early-exit output codes equal the all-T output codes (exact for deterministic rounding);
-* every round gives the same codes.
+* every round gives the same codes;
+* the int8 GEMM anchor (below) equals the numpy int64 product.
+
+Physical anchor (``--anchor-rounds``, default 7 per thread count): the first-layer GEMM of one batch,
+``(batch x 784) @ (784 x 512)``, as exact int8 x int8 -> int32 ``torch._int_mm``
+(:func:`hwsim.fast_int.drive_accumulator`) vs float32 ``@``, interleaved; median, IQR, min-max, ratio.
 
     .venv/bin/python benchmarks/bench_hwsim.py                      # train (cached), 1 and 2 threads
     .venv/bin/python benchmarks/bench_hwsim.py --model ckpt.pt --n 10000
@@ -37,6 +42,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import quant  # noqa: E402
+from hwsim.fast_int import Int8Operand, drive_accumulator  # noqa: E402
 from hwsim.fixed_point import FixedPointMLP  # noqa: E402
 from hwsim.torch_mirror import torch_relax  # noqa: E402
 from models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
@@ -101,6 +107,8 @@ def main() -> int:
     ap.add_argument("--train-n", type=int, default=20000, help="MNIST training images when training here")
     ap.add_argument("--epochs", type=int, default=2, help="epochs when training here")
     ap.add_argument("--out", default="runs/bench_hwsim", help="output folder (model cache, result JSON)")
+    ap.add_argument("--anchor-rounds", type=int, default=7,
+                    help="rounds of the int8 GEMM anchor (torch._int_mm vs float32 @, one batch; 0 skips)")
     ap.add_argument("--data-dir", default=None)
     a = ap.parse_args()
     if a.batch < 1 or a.n < a.batch or a.rounds < 1 or a.steps < 1 or min(a.threads) < 1:
@@ -165,6 +173,22 @@ def main() -> int:
             print(f"[{k} thread(s)] round {r}: " + "  ".join(f"{p} {times[p][-1]:.3f}s" for p in paths)
                   + f"  load {loadavg()}", flush=True)
         load1 = loadavg()
+        anchor = None
+        if a.anchor_rounds > 0:  # the physical anchor: the drive GEMM (batch x 784) @ (784 x 512), int8 vs float32
+            op, cb = Int8Operand(fp.w_codes[0]), codes[:a.batch]
+            w32t, cb32 = torch.from_numpy(fp.w_codes[0].astype(np.float32)).t(), torch.from_numpy(cb.astype(np.float32))
+            exact["int_mm_drive_vs_numpy"] = bool(np.array_equal(drive_accumulator(fp, cb, op), cb @ fp.w_codes[0].T))
+            ta = {"int8_int_mm": [], "float32_matmul": []}
+            for _ in range(a.anchor_rounds):
+                for name, fn in (("int8_int_mm", lambda: drive_accumulator(fp, cb, op)),
+                                 ("float32_matmul", lambda: cb32 @ w32t)):
+                    t0 = time.perf_counter()
+                    fn()
+                    ta[name].append(time.perf_counter() - t0)
+            anchor = {name: stats(t, a.batch) for name, t in ta.items()}
+            anchor["ratio_int8_over_float32"] = round(anchor["float32_matmul"]["median_s"]
+                                                      / anchor["int8_int_mm"]["median_s"], 3)
+            anchor["loadavg_after"] = loadavg()
         st = {p: stats(t, a.n) for p, t in times.items()}
         tf = np.asarray(times["float32_torch"])
         ratios = {}
@@ -176,7 +200,7 @@ def main() -> int:
         acc = {"float32_torch": float((first["float32_torch"].argmax(1) == y).mean()),
                "fixed": float((first["fixed_full_T"].argmax(1) == y).mean())}
         results[str(k)] = {"stats": st, "ratios_fixed_over_float32": ratios, "accuracy": acc,
-                           "loadavg_before": load0, "loadavg_after": load1}
+                           "loadavg_before": load0, "loadavg_after": load1, "int_gemm_anchor": anchor}
 
     m = describe_machine()
     print(f"\nmachine: {m['cpu']}, {m['logical_cores']} logical cores; SHARED machine: figures are noisy")
@@ -193,6 +217,13 @@ def main() -> int:
             print(f"  ratio {p:17s}/float32: {r['ratio_of_medians']:.2f}x (ratio of medians), paired per round "
                   f"median {r['paired_median']:.2f}x range {r['paired_min_max']}   target >= 2x (all T)"
                   f"   [load {res['loadavg_after']}]")
+        an = res["int_gemm_anchor"]
+        if an:
+            print(f"  anchor GEMM ({a.batch}x784 @ 784x512): int8 torch._int_mm median {an['int8_int_mm']['median_s']:.4f}s"
+                  f" min-max [{an['int8_int_mm']['min_s']}, {an['int8_int_mm']['max_s']}], float32 @ median "
+                  f"{an['float32_matmul']['median_s']:.4f}s min-max [{an['float32_matmul']['min_s']}, "
+                  f"{an['float32_matmul']['max_s']}]: int8/float32 speed {an['ratio_int8_over_float32']:.3f}x"
+                  f"   [load {an['loadavg_after']}]")
     ok = all(exact.values())
     print(f"exactness on the measured outputs ({a.n} images, output-layer codes): {exact}")
     out = {"bench": "hwsim_fixed_point", "preset": a.preset, "n": a.n, "batch": a.batch, "steps": a.steps,
