@@ -16,7 +16,7 @@ epoch time is scaled linearly to 60k), for each thread count in ``--threads`` (d
 ``--repeats`` (default 5) runs with the methods interleaved (load drift hits all alike), after one
 untimed warm-up batch per method. Reported: median, IQR and min-max of the epoch time per method, the
 ratio of the medians and the median / range of the per-repeat paired ratios (EqProp / BP-FF, target
-<= 1.5x), the load average before and after (the machine may be shared: figures are noisy). A median
+<= 1.5x), the same for process CPU time (all threads; less sensitive to other processes' load), the load average before and after (the machine may be shared: figures are noisy). A median
 run shorter than ``--min-seconds`` is flagged as too short to trust. ``--profile`` adds the top
 ``torch.profiler`` ops (self CPU time) of a few EqProp steps: where the time goes. Last line: JSON.
 
@@ -67,20 +67,20 @@ def loadavg() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def time_epoch(grad_fn, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, seed: int) -> float:
-    """Seconds for one pass over ``(x, y)`` in batches of ``cfg.batch_size`` (fresh net each time)."""
+def time_epoch(grad_fn, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[float, float]:
+    """Wall and process-CPU seconds for one pass over ``(x, y)`` in batches of ``cfg.batch_size`` (fresh net)."""
     net = EqPropMLP(EqPropConfig(sizes=SIZES), seed=seed)
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     params = dict(net.named_parameters())
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for a in range(0, x.shape[0], cfg.batch_size):
         idx = perm[a:a + cfg.batch_size]
         grads, _ = grad_fn(net, x[idx], y[idx], cfg)
         for k, p in params.items():
             p.grad = grads[k]
         opt.step()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def profile_eqprop(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, n_batches: int = 5, rows: int = 15) -> str:
@@ -138,19 +138,29 @@ def main(argv: list[str] | None = None) -> int:
             fn(net, x[:args.batch_size], y[:args.batch_size], cfg)
         load0 = loadavg()
         times: dict[str, list[float]] = {m: [] for m in methods}
+        cpu: dict[str, list[float]] = {m: [] for m in methods}
         for r in range(args.repeats):
             for m, (fn, cfg) in methods.items():
-                times[m].append(time_epoch(fn, cfg, x, y, seed=r))
-            print(f"[{k} thread(s)] repeat {r}: " + "  ".join(f"{m} {times[m][-1]:.2f}s" for m in methods)
+                w, c = time_epoch(fn, cfg, x, y, seed=r)
+                times[m].append(w)
+                cpu[m].append(c)
+            print(f"[{k} thread(s)] repeat {r}: " + "  ".join(f"{m} {times[m][-1]:.2f}s (cpu {cpu[m][-1]:.2f}s)"
+                                                            for m in methods)
                   + f"  load {loadavg()}", flush=True)
         load1 = loadavg()
         epoch = {m: spread(t, scale) for m, t in times.items()}
         paired = np.asarray(times["eqprop"]) / np.asarray(times["bp_ff"])
+        cpu_epoch = {m: spread(t, scale) for m, t in cpu.items()}
+        cpu_paired = np.asarray(cpu["eqprop"]) / np.asarray(cpu["bp_ff"])
         too_short = [m for m, t in times.items() if float(np.median(t)) < args.min_seconds]
         res = {"epoch_s_60k": epoch, "runs_s": {m: [round(v, 3) for v in t] for m, t in times.items()},
                "ratio_eqprop_vs_bp_ff": round(epoch["eqprop"]["median"] / epoch["bp_ff"]["median"], 3),
                "paired_ratio_median": round(float(np.median(paired)), 3),
                "paired_ratio_min_max": [round(float(paired.min()), 3), round(float(paired.max()), 3)],
+               "cpu_epoch_s_60k": cpu_epoch,
+               "cpu_ratio_eqprop_vs_bp_ff": round(cpu_epoch["eqprop"]["median"] / cpu_epoch["bp_ff"]["median"], 3),
+               "cpu_paired_ratio_median": round(float(np.median(cpu_paired)), 3),
+               "cpu_paired_ratio_min_max": [round(float(cpu_paired.min()), 3), round(float(cpu_paired.max()), 3)],
                "loadavg_before": load0, "loadavg_after": load1, "too_short": too_short}
         if "bptt" in methods:
             res["ratio_eqprop_vs_bptt"] = round(epoch["eqprop"]["median"] / epoch["bptt"]["median"], 3)
@@ -162,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ratio eqprop/bp_ff = {res['ratio_eqprop_vs_bp_ff']:.2f} (ratio of medians), paired per repeat "
               f"median {res['paired_ratio_median']:.2f} range {res['paired_ratio_min_max']}  (target <= 1.5)"
               f"  [load {load1}]")
+        print(f"  process-CPU-time ratio eqprop/bp_ff = {res['cpu_ratio_eqprop_vs_bp_ff']:.2f} (ratio of medians; "
+              f"eqprop {cpu_epoch['eqprop']['median']:.2f}s, bp_ff {cpu_epoch['bp_ff']['median']:.2f}s per 60k), paired "
+              f"median {res['cpu_paired_ratio_median']:.2f} range {res['cpu_paired_ratio_min_max']} (less sensitive to "
+              f"other processes' load)  [load {load1}]")
         if "bptt" in methods:
             print(f"  ratio eqprop/bptt  = {res['ratio_eqprop_vs_bptt']:.2f}")
         if too_short:
