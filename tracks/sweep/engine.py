@@ -568,10 +568,18 @@ def check_model_settings(model: dict[str, Any]) -> None:
 
 def track_model(ctx, model: dict[str, Any] | None = None, *, quick: bool | None = None
                 ) -> tuple[EqPropMLP, Path, dict[str, Any]]:
-    """The float model the analog tracks program: trained once per run dir (``ctx.out_dir/cache``).
+    """The float model the analog tracks program: trained once per run.
+
+    With the run's model cache (``ctx.model_cache``, :mod:`tracks.harness.model_cache`, which every
+    :class:`~tracks.harness.base.TrackContext` has) the model is an entry of ``<out>/model_cache``
+    under the shared key layout (:func:`~tracks.harness.model_cache.training_key`: MNIST slice hash,
+    sizes, ``tracks.sweep.train_mlp`` with epochs and lr, seed 0, device), so Tracks 3, 17 and any
+    other track asking for the same model (e.g. Track 36's seed-0 MNIST model) train it once per run
+    and a resumed run loads it. Without one (a plain object with ``out_dir``) it falls back to
+    :func:`cached_mlp` in ``ctx.out_dir/cache`` (the ``sweep`` command keeps that cache).
 
     ``model`` (a track's ``model`` setting) may change any key of :data:`QUICK_MODEL` / :data:`FULL_MODEL`.
-    Returns ``(net float32, path, settings)``.
+    Returns ``(net float32, path of its checkpoint, settings)``.
     """
     from ..data import load_dataset
     quick = ctx.quick if quick is None else quick
@@ -580,6 +588,22 @@ def track_model(ctx, model: dict[str, Any] | None = None, *, quick: bool | None 
     x, y = load_dataset("mnist", "train", data_dir=ctx.data_dir)
     n = int(settings["n_train"])
     x, y = torch.as_tensor(np.asarray(x[:n])), torch.as_tensor(np.asarray(y[:n]))
-    net, path = cached_mlp(Path(ctx.out_dir) / "cache", settings["sizes"], x, y, progress=ctx.progress,
-                           epochs=int(settings["epochs"]), lr=tuple(settings["lr"]), device=str(ctx.torch_device))
-    return net, path, settings
+    sizes, epochs, lr, dev = tuple(settings["sizes"]), int(settings["epochs"]), tuple(settings["lr"]), str(ctx.torch_device)
+    cache = getattr(ctx, "model_cache", None)
+    if cache is None:
+        net, path = cached_mlp(Path(ctx.out_dir) / "cache", sizes, x, y, progress=ctx.progress, epochs=epochs, lr=lr,
+                               device=dev)
+        return net, path, settings
+    from ..harness.model_cache import training_key
+    seed = 0  # train_mlp's default: the analog tracks vary the chip, not the float model
+    key = training_key(dataset="mnist", x=x, y=y, model={"class": "EqPropMLP", "sizes": list(sizes)},
+                       trainer="tracks.sweep.train_mlp", recipe={"epochs": epochs, "lr": list(lr)}, seed=seed,
+                       device=dev)
+    # label "mlp_mnist" as Track 36's, so the same key is the same file
+    net = cache.get_or_train(key, lambda: train_mlp(sizes, x, y, progress=ctx.progress, epochs=epochs, lr=lr,
+                                                    seed=seed, device=dev),
+                             label="mlp_mnist", train_config={"trainer": "tracks.sweep.train_mlp"},
+                             metrics={"n_train": n})
+    if not isinstance(net, EqPropMLP):
+        raise CheckpointError(f"model cache entry for {key['model']} holds a {type(net).__name__}, not an EqPropMLP")
+    return net.to(torch.float32), cache.paths(key, "mlp_mnist")[0], settings
