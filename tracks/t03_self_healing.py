@@ -263,7 +263,7 @@ def _conv_plot(per_seed: list[dict], path: Path) -> Path:
         ax.set_ylabel("test accuracy (%)")
         ax.set_title("conv EqProp net on a faulty crossbar")
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="lower left")
     return path
 
 
