@@ -16,8 +16,10 @@ epoch time is scaled linearly to 60k), for each thread count in ``--threads`` (d
 ``--repeats`` (default 5) runs with the methods interleaved (load drift hits all alike), after one
 untimed warm-up batch per method. Reported: median, IQR and min-max of the epoch time per method, the
 ratio of the medians and the median / range of the per-repeat paired ratios (EqProp / BP-FF, target
-<= 1.5x), the same for process CPU time (all threads; less sensitive to other processes' load), the load average before and after (the machine may be shared: figures are noisy). A median
-run shorter than ``--min-seconds`` is flagged as too short to trust. ``--profile`` adds the top
+<= 1.5x), the same for process CPU time (all threads; less sensitive to other processes' load),
+the passes per timed run (``--min-seconds`` rule: a method whose pass over the samples is shorter than
+``--min-seconds`` in an untimed calibration pass is timed over several consecutive passes per run), the load average before and after (the machine may be shared: figures are noisy). A median
+run still shorter than half of ``--min-seconds`` is flagged as too short to trust. ``--profile`` adds the top
 ``torch.profiler`` ops (self CPU time) of a few EqProp steps: where the time goes. Last line: JSON.
 
 Usage::
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -67,20 +70,23 @@ def loadavg() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def time_epoch(grad_fn, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[float, float]:
-    """Wall and process-CPU seconds for one pass over ``(x, y)`` in batches of ``cfg.batch_size`` (fresh net)."""
+def time_epoch(grad_fn, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, seed: int,
+               passes: int = 1) -> tuple[float, float]:
+    """Wall and process-CPU seconds per pass over ``(x, y)`` in batches of ``cfg.batch_size`` (fresh net),
+    averaged over ``passes`` consecutive passes timed as one run (enough work per timed run)."""
     net = EqPropMLP(EqPropConfig(sizes=SIZES), seed=seed)
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     params = dict(net.named_parameters())
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
     t0, c0 = time.perf_counter(), time.process_time()
-    for a in range(0, x.shape[0], cfg.batch_size):
-        idx = perm[a:a + cfg.batch_size]
-        grads, _ = grad_fn(net, x[idx], y[idx], cfg)
-        for k, p in params.items():
-            p.grad = grads[k]
-        opt.step()
-    return time.perf_counter() - t0, time.process_time() - c0
+    for _ in range(passes):
+        for a in range(0, x.shape[0], cfg.batch_size):
+            idx = perm[a:a + cfg.batch_size]
+            grads, _ = grad_fn(net, x[idx], y[idx], cfg)
+            for k, p in params.items():
+                p.grad = grads[k]
+            opt.step()
+    return (time.perf_counter() - t0) / passes, (time.process_time() - c0) / passes
 
 
 def profile_eqprop(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, n_batches: int = 5, rows: int = 15) -> str:
@@ -109,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch.set_num_threads values")
     ap.add_argument("--batch-size", type=int, default=100)
-    ap.add_argument("--min-seconds", type=float, default=2.0, help="flag medians shorter than this per run")
+    ap.add_argument("--min-seconds", type=float, default=3.0,
+                    help="each timed run lasts at least about this long: a shorter pass is repeated (calibrated once)")
     ap.add_argument("--bptt", action="store_true", help="also time BPTT through the 30 free sweeps (slow)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--profile", action="store_true")
@@ -136,12 +143,16 @@ def main(argv: list[str] | None = None) -> int:
         for fn, cfg in methods.values():  # warm-up outside the timings
             net = EqPropMLP(EqPropConfig(sizes=SIZES), seed=0)
             fn(net, x[:args.batch_size], y[:args.batch_size], cfg)
+        # --min-seconds rule: a method whose pass is shorter is timed over several passes per run
+        passes = {m: max(1, math.ceil(args.min_seconds / max(time_epoch(fn, cfg, x, y, seed=99)[0], 1e-6)))
+                  for m, (fn, cfg) in methods.items()}
+        print(f"[{k} thread(s)] passes over the {args.n_train} samples per timed run: {passes}", flush=True)
         load0 = loadavg()
         times: dict[str, list[float]] = {m: [] for m in methods}
         cpu: dict[str, list[float]] = {m: [] for m in methods}
         for r in range(args.repeats):
             for m, (fn, cfg) in methods.items():
-                w, c = time_epoch(fn, cfg, x, y, seed=r)
+                w, c = time_epoch(fn, cfg, x, y, seed=r, passes=passes[m])
                 times[m].append(w)
                 cpu[m].append(c)
             print(f"[{k} thread(s)] repeat {r}: " + "  ".join(f"{m} {times[m][-1]:.2f}s (cpu {cpu[m][-1]:.2f}s)"
@@ -152,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         paired = np.asarray(times["eqprop"]) / np.asarray(times["bp_ff"])
         cpu_epoch = {m: spread(t, scale) for m, t in cpu.items()}
         cpu_paired = np.asarray(cpu["eqprop"]) / np.asarray(cpu["bp_ff"])
-        too_short = [m for m, t in times.items() if float(np.median(t)) < args.min_seconds]
+        too_short = [m for m, t in times.items() if float(np.median(t)) * passes[m] < 0.5 * args.min_seconds]
         res = {"epoch_s_60k": epoch, "runs_s": {m: [round(v, 3) for v in t] for m, t in times.items()},
                "ratio_eqprop_vs_bp_ff": round(epoch["eqprop"]["median"] / epoch["bp_ff"]["median"], 3),
                "paired_ratio_median": round(float(np.median(paired)), 3),
@@ -161,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                "cpu_ratio_eqprop_vs_bp_ff": round(cpu_epoch["eqprop"]["median"] / cpu_epoch["bp_ff"]["median"], 3),
                "cpu_paired_ratio_median": round(float(np.median(cpu_paired)), 3),
                "cpu_paired_ratio_min_max": [round(float(cpu_paired.min()), 3), round(float(cpu_paired.max()), 3)],
-               "loadavg_before": load0, "loadavg_after": load1, "too_short": too_short}
+               "passes_per_run": passes, "loadavg_before": load0, "loadavg_after": load1, "too_short": too_short}
         if "bptt" in methods:
             res["ratio_eqprop_vs_bptt"] = round(epoch["eqprop"]["median"] / epoch["bptt"]["median"], 3)
         results[str(k)] = res
@@ -179,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         if "bptt" in methods:
             print(f"  ratio eqprop/bptt  = {res['ratio_eqprop_vs_bptt']:.2f}")
         if too_short:
-            print(f"  WARNING: median run of {too_short} shorter than --min-seconds {args.min_seconds}: "
-                  "raise --n-train to trust these figures")
+            print(f"  WARNING: median run of {too_short} shorter than half --min-seconds {args.min_seconds} "
+                  "(calibration ran under a load burst?): rerun to trust these figures")
     if args.profile:
         torch.set_num_threads(args.threads[0])
         print(f"torch.profiler, 5 EqProp steps (batch {args.batch_size}), {args.threads[0]} thread(s):")
