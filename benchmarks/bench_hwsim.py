@@ -24,8 +24,8 @@ Physical anchor (``--anchor-rounds``, default 7 per thread count): the first-lay
 ``(batch x 784) @ (784 x 512)``, as exact int8 x int8 -> int32 ``torch._int_mm``
 (:func:`hwsim.fast_int.drive_accumulator`) vs float32 ``@``, interleaved; median, IQR, min-max, ratio.
 
-    .venv/bin/python benchmarks/bench_hwsim.py                      # train (cached), 1 and 2 threads
-    .venv/bin/python benchmarks/bench_hwsim.py --model ckpt.pt --n 10000
+    .venv/bin/python benchmarks/bench_hwsim.py                      # train (cached), 10k images, 1 and 2 threads
+    .venv/bin/python benchmarks/bench_hwsim.py --model ckpt.pt --threads 1
 """
 from __future__ import annotations
 
@@ -98,7 +98,9 @@ def stats(times: list[float], n: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=2000, help="number of MNIST test images per timed run")
+    ap.add_argument("--n", type=int, default=10000, help="MNIST test images per timed run (default: the full test set)")
+    ap.add_argument("--min-seconds", type=float, default=0.2,
+                    help="warn when a path's median timed run is shorter than this (too little work to trust)")
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=30, help="free-phase sweeps T")
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds per thread count")
@@ -229,6 +231,10 @@ def main() -> int:
                   f"{an['float32_matmul']['median_s']:.4f}s min-max [{an['float32_matmul']['min_s']}, "
                   f"{an['float32_matmul']['max_s']}]: int8/float32 speed {an['ratio_int8_over_float32']:.3f}x"
                   f"   [load {an['loadavg_after']}]")
+        short = [p for p, s in res["stats"].items() if s["median_s"] < a.min_seconds]
+        if short:
+            print(f"  WARNING: median run of {short} shorter than --min-seconds {a.min_seconds}: raise --n to trust "
+                  "these figures")
     ok = all(exact.values())
     print(f"exactness on the measured outputs ({a.n} images, output-layer codes): {exact}")
     out = {"bench": "hwsim_fixed_point", "preset": a.preset, "n": a.n, "batch": a.batch, "steps": a.steps,
