@@ -588,7 +588,8 @@ def track_model(ctx, model: dict[str, Any] | None = None, *, quick: bool | None 
     x, y = load_dataset("mnist", "train", data_dir=ctx.data_dir)
     n = int(settings["n_train"])
     x, y = torch.as_tensor(np.asarray(x[:n])), torch.as_tensor(np.asarray(y[:n]))
-    sizes, epochs, lr, dev = tuple(settings["sizes"]), int(settings["epochs"]), tuple(settings["lr"]), str(ctx.torch_device)
+    sizes, epochs, lr = tuple(settings["sizes"]), int(settings["epochs"]), tuple(settings["lr"])
+    dev = str(ctx.torch_device)
     cache = getattr(ctx, "model_cache", None)
     if cache is None:
         net, path = cached_mlp(Path(ctx.out_dir) / "cache", sizes, x, y, progress=ctx.progress, epochs=epochs, lr=lr,
