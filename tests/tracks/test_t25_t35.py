@@ -31,7 +31,9 @@ def test_t35_eqprop_memory_flat_bptt_linear(tmp_path):
 
 def test_t35_fails_when_eqprop_keeps_its_trajectory(tmp_path):
     # T up to 100: a kept trajectory (100 x 100 x 522 float32 = 21 MB) dwarfs RSS noise
-    res = t35.run(_ctx(tmp_path, **{**T35_SMALL, "t_values": (10, 30, 100)}, eqprop_variant="keep_trajectory"))
+    # the transformer part is not under test here (tests/tracks/test_t35_transformer.py): smallest sizes
+    res = t35.run(_ctx(tmp_path, **{**T35_SMALL, "t_values": (10, 30, 100)}, eqprop_variant="keep_trajectory",
+                       tf_t_values=(10, 30), tf_batch_size=2, tf_d_model=8))
     passed, crit = evaluate(t35.SPEC, res)
     assert not passed
     assert res.metrics["eqprop_mem_growth"] > 1.2
