@@ -85,6 +85,7 @@ from models.solvers import RelaxInfo, fixed_point
 from hwsim import devices
 from quant import rng
 from quant.numba_ops import hash_u32 as _hash_nb  # the one numba twin of quant.rng's hash
+from quant.numba_ops import normal_f64 as _normal_nb  # and of its normal draw
 from quant.rng import tensor_id
 from quant.formats import AnalogSpec, WeightFormat
 from quant.quantizers import quantize_weights
@@ -143,16 +144,6 @@ class AnalogSimConfig:
 
 
 # --------------------------------------------------------------------------- numba kernels
-
-
-@numba.njit(cache=True)
-def _normal_nb(seed, step, tid, index):
-    """numba twin of :func:`quant.rng.normal_f64_scalar`."""
-    h0 = _hash_nb(seed, step, tid, 2 * index)
-    h1 = _hash_nb(seed, step, tid, 2 * index + 1)
-    u1 = (h0 + 0.5) / 4294967296.0
-    u2 = h1 / 4294967296.0
-    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
 
 
 @numba.njit(cache=True)

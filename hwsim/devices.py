@@ -66,6 +66,7 @@ import torch
 from quant import rng
 from quant.formats import DEVICE_MODELS, AnalogSpec
 from quant.numba_ops import hash_u32 as _hash_nb
+from quant.numba_ops import normal_f64 as _normal_nb
 from quant.rng import tensor_id
 
 MODEL_CODES = {m: i for i, m in enumerate(DEVICE_MODELS)}   # ideal 0, constant 1, linear 2, soft 3, exp 4, pow 5
@@ -190,15 +191,6 @@ def pulse_update_torch(g: torch.Tensor, d: torch.Tensor, params, spec: AnalogSpe
             gi = gi + rr * st if direction else gi - rr * st
             out[act] = gi.clamp(g_lo, 1.0)
     return out.reshape(g.shape)
-
-
-@numba.njit(cache=True)
-def _normal_nb(seed, step, tid, index):
-    h0 = _hash_nb(seed, step, tid, 2 * index)
-    h1 = _hash_nb(seed, step, tid, 2 * index + 1)
-    u1 = (h0 + 0.5) / 4294967296.0
-    u2 = h1 / 4294967296.0
-    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
 
 
 @numba.njit(cache=True)

@@ -12,6 +12,8 @@ both bit for bit.
 * :func:`requant`: the same, dispatched on the rounding code at run time.
 * :func:`overflow_scalar`: ``quant.ops.overflow(v, acc_bits, signed=True, mode)`` and the flag.
 * :func:`hash_u32`: :func:`quant.rng.hash_u32_scalar` jitted.
+* :func:`normal_f64`: :func:`quant.rng.normal_f64_scalar` on the jitted hash (the analog and device
+  kernels' one normal draw).
 
 Rounding codes (:data:`ROUNDING_CODES`): 0 nearest_even, 1 floor, 2 stochastic.
 
@@ -23,6 +25,8 @@ True
 """
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
@@ -32,6 +36,20 @@ ROUNDING_CODES = {"nearest_even": 0, "floor": 1, "stochastic": 2}
 """Integer code of each rounding mode inside numba kernels."""
 
 hash_u32 = numba.njit(cache=True)(rng.hash_u32_scalar)
+
+
+@numba.njit(cache=True)
+def normal_f64(seed, step, tid, index):
+    """numba twin of :func:`quant.rng.normal_f64_scalar` (Box-Muller on hashes ``2 index``, ``2 index + 1``).
+
+    >>> abs(normal_f64(3, 1, 7, 11) - rng.normal_f64_scalar(3, 1, 7, 11)) < 1e-15
+    True
+    """
+    h0 = hash_u32(seed, step, tid, 2 * index)
+    h1 = hash_u32(seed, step, tid, 2 * index + 1)
+    u1 = (h0 + 0.5) / 4294967296.0
+    u2 = h1 / 4294967296.0
+    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
 
 
 @numba.njit(cache=True, inline="always")

@@ -57,8 +57,8 @@ from ..harness.plots import figure
 from ..harness.runner import json_safe, make_writable_dir
 from ..harness.stats import mean_ci95
 from .cost import CostModel, analog_cost, digital_cost
-from .engine import (QUICK_MODEL, SweepMismatchError, _sha256_arrays, cached_mlp, fingerprint_diff, load_mlp,
-                     model_fingerprint, read_jsonl)
+from .engine import (QUICK_MODEL, _sha256_arrays, cached_mlp, load_mlp, model_fingerprint, open_records,
+                     read_jsonl)
 from .space import apply_fields, canonical, check_field, expand
 
 log = logging.getLogger("eqprop_hwsim.tracks.sweep.design")
@@ -331,27 +331,6 @@ def _evaluate(point, context, shared):
 
 
 # ------------------------------------------------------------------------ executors
-def _open_records(out_path: Path, inputs: dict[str, Any], resume: bool) -> dict[str, dict[str, Any]]:
-    """The reusable records of ``out_path`` (same inputs), after dropping a truncated last line;
-    :class:`SweepMismatchError` when it holds records of other inputs."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    if not resume and out_path.exists():
-        out_path.unlink()
-    old = read_jsonl(out_path)
-    other = next((r for r in old if r.get("inputs") != inputs), None)
-    if other is not None:
-        diff = fingerprint_diff(other.get("inputs") or {}, inputs) or ["(records without inputs: an older format)"]
-        raise SweepMismatchError(
-            f"{out_path} holds results of other inputs; a resume must have the same inputs. Differences: "
-            + "; ".join(diff) + ". Use a new --out folder (or delete the old one) to run these inputs")
-    done = {r["key"]: r for r in old if "key" in r}
-    if out_path.exists():
-        tmp = out_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
-        os.replace(tmp, out_path)
-    return done
-
-
 def run_points(points: Sequence[dict[str, Any]], evaluate: Callable[[dict, dict, dict], dict], context: dict[str, Any],
                shared: dict[str, Any], out_path: str | os.PathLike, *, jobs: int = 1, scheduler: str | None = None,
                resume: bool = True, progress: bool = False, inputs: dict[str, Any] | None = None,
@@ -371,7 +350,7 @@ def run_points(points: Sequence[dict[str, Any]], evaluate: Callable[[dict, dict,
     _check_int("jobs", jobs, 1)
     inputs = json.loads(json.dumps(context if inputs is None else inputs, sort_keys=True, default=str))
     out_path = Path(out_path)
-    done = _open_records(out_path, inputs, resume)
+    done = open_records(out_path, inputs, resume)
     todo = [p for p in points if point_key(p) not in done]
     log.info("design sweep %s: %d points, %d done, %d to run (%s)", out_path, len(points), len(points) - len(todo),
              len(todo), f"scheduler {scheduler}" if scheduler else f"jobs={jobs}")

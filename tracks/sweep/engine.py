@@ -332,6 +332,31 @@ def fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             if a.get(k, "(absent)") != b.get(k, "(absent)")]
 
 
+def open_records(out_path: Path, inputs: dict[str, Any], resume: bool) -> dict[str, dict[str, Any]]:
+    """The reusable records of the JSONL file ``out_path`` by key (all of the same ``inputs``), after
+    dropping a truncated last line; ``resume=False`` deletes the file first.
+
+    Raises:
+        SweepMismatchError: the file holds records of other ``inputs`` (each difference named).
+    """
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if not resume and out_path.exists():
+        out_path.unlink()
+    old = read_jsonl(out_path)
+    other = next((r for r in old if r.get("inputs") != inputs), None)
+    if other is not None:
+        diff = fingerprint_diff(other.get("inputs") or {}, inputs) or ["(records without inputs: an older format)"]
+        raise SweepMismatchError(
+            f"{out_path} holds results of other inputs; a resume must have the same inputs. Differences: "
+            + "; ".join(diff) + ". Use a new --out folder (or delete the old one) to run these inputs")
+    done = {r["key"]: r for r in old if "key" in r}
+    if out_path.exists():  # rewrite the valid records: drops a truncated last line before appending
+        tmp = out_path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+        os.replace(tmp, out_path)
+    return done
+
+
 def run_sweep(points: Sequence[SweepPoint], evaluate: Callable[[dict, dict], dict], context: dict[str, Any],
               out_path: str | os.PathLike, *, jobs: int = 1, resume: bool = True, progress: bool = False,
               inputs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -353,21 +378,7 @@ def run_sweep(points: Sequence[SweepPoint], evaluate: Callable[[dict, dict], dic
         raise ValueError(f"jobs={jobs!r} is invalid; allowed: an int >= 1")
     inputs = json.loads(json.dumps(context if inputs is None else inputs, sort_keys=True, default=str))
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    if not resume and out_path.exists():
-        out_path.unlink()
-    old = read_jsonl(out_path)
-    other = next((r for r in old if r.get("inputs") != inputs), None)
-    if other is not None:
-        diff = fingerprint_diff(other.get("inputs") or {}, inputs) or ["(records without inputs: an older format)"]
-        raise SweepMismatchError(
-            f"{out_path} holds results of other inputs; a resume must have the same inputs. Differences: "
-            + "; ".join(diff) + ". Use a new --out folder (or delete the old one) to run these inputs")
-    done = {r["key"]: r for r in old if "key" in r}
-    if out_path.exists():  # rewrite the valid records: drops a truncated last line before appending
-        tmp = out_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
-        os.replace(tmp, out_path)
+    done = open_records(out_path, inputs, resume)
     todo = [p for p in points if p.key not in done]
     log.info("sweep %s: %d points, %d already done, %d to run (jobs=%d)", out_path, len(points), len(points) - len(todo), len(todo), jobs)
     with open(out_path, "a") as fh, progress_bar(total=len(todo), enabled=progress, desc="sweep") as bar:
