@@ -1,6 +1,6 @@
 """Track 37 (char-level LM): the real path is causal, its EqProp estimate is the gradient it claims,
 and it learns more than a model trained on shuffled targets; each criterion fails on its broken path
-(leaky attention, dynamics that are not the gradient of the energy, shuffled targets)."""
+(leaky attention, dynamics that are not the gradient of the energy, shuffled targets, mis-signed estimates)."""
 import numpy as np
 import torch
 
@@ -88,3 +88,17 @@ def test_tiny_shakespeare_split_by_position_and_missing_file_error(tmp_path, mon
         load_tiny_shakespeare(tmp_path)
     with pytest.raises(ValueError, match="not in the vocabulary"):
         CharVocab.from_text("ab").encode("abc")
+
+
+def test_t37_an_estimate_with_wrong_signs_fails_the_full_gradient_criterion(monkeypatch):
+    # the skipped/mis-signed half of a learning rule: every other parameter tensor's estimate negated
+    net, _, val_ids, c = _tiny_net("causal")
+    real = t37.eqprop_grads
+
+    def half_flipped(*a, **k):
+        return {n: (-v if i % 2 else v) for i, (n, v) in enumerate(real(*a, **k).items())}
+
+    monkeypatch.setattr(t37, "eqprop_grads", half_flipped)
+    bad = t37.gradient_check(net, val_ids, c)
+    assert not _crit(bad, "grad_cos_full"), bad
+    assert not _crit(bad, "grad_cos_truncated"), bad
