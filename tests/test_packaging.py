@@ -74,6 +74,14 @@ def test_wheel_holds_every_package_and_module(wheel):
     assert not [n for n in whl.namelist() if n.startswith("tests/")]
 
 
+def test_wheel_holds_the_data_files_the_code_reads(wheel):
+    # the tuned recipes: without them a non-editable install fails Tracks 25 and 41 ("unknown recipe")
+    src, whl = wheel
+    studies = {p.relative_to(src).as_posix() for p in (src / "tracks/shared/tuning").glob("*.json")}
+    assert studies, "no tuned recipes in the source tree"
+    assert not studies - set(whl.namelist()), f"data files missing from the wheel: {sorted(studies - set(whl.namelist()))}"
+
+
 def test_wheel_metadata_entry_point_and_license(wheel):
     _, whl = wheel
     entry = next(n for n in whl.namelist() if n.endswith(".dist-info/entry_points.txt"))
