@@ -162,30 +162,34 @@ def _flops(fn) -> int:
     return int(fc.get_total_flops())
 
 
+def _phase_runs(net, x: torch.Tensor, y: torch.Tensor, analytic_n_free_steps: int, prefix: str = "") -> list:
+    """``(name, analytic fp32 MACs, run)`` of a free phase, a symmetric EqProp step and a BPTT gradient."""
+    fp, B = get_preset("fp32"), x.shape[0]
+    return [
+        (prefix + "free_phase", opcount.count_inference(net, fp, n_steps=analytic_n_free_steps, batch_size=B).macs,
+         lambda: net.free_phase(x, n_steps=N_FREE_STEPS)),
+        (prefix + "eqprop_step", opcount.count_training_step(net, fp, n_free_steps=analytic_n_free_steps,
+                                                             n_nudge_steps=N_NUDGE_STEPS, nudging=NUDGING,
+                                                             batch_size=B).macs,
+         lambda: net.eqprop_grads(x, y, beta=BETA, mode=NUDGING, n_free_steps=N_FREE_STEPS,
+                                  n_nudge_steps=N_NUDGE_STEPS)),
+        (prefix + "bptt_step", opcount.bptt_macs(net, n_steps=analytic_n_free_steps, batch_size=B,
+                                                 update=net.config.update)["total"],
+         lambda: bptt_grads(net, x, y, n_steps=N_FREE_STEPS)),
+    ]
+
+
 def cross_check(net: EqPropMLP, x: torch.Tensor, y: torch.Tensor, analytic_n_free_steps: int) -> list[dict]:
     """Analytic dense MACs (assuming ``analytic_n_free_steps``) vs FlopCounterMode FLOPs / 2 of the
     real runs with ``N_FREE_STEPS``; one row per run."""
-    fp, B = get_preset("fp32"), x.shape[0]
-    runs = [
-        ("free_phase", opcount.count_inference(net, fp, n_steps=analytic_n_free_steps, batch_size=B).macs,
-         lambda: net.free_phase(x, n_steps=N_FREE_STEPS)),
-        ("eqprop_step", opcount.count_training_step(net, fp, n_free_steps=analytic_n_free_steps,
-                                                    n_nudge_steps=N_NUDGE_STEPS, nudging=NUDGING,
-                                                    batch_size=B).macs,
-         lambda: net.eqprop_grads(x, y, beta=BETA, mode=NUDGING, n_free_steps=N_FREE_STEPS,
-                                  n_nudge_steps=N_NUDGE_STEPS)),
-        ("bptt_step", opcount.bptt_macs(net, n_steps=analytic_n_free_steps, batch_size=B,
-                                        update=net.config.update)["total"],
-         lambda: bptt_grads(net, x, y, n_steps=N_FREE_STEPS)),
-    ]
-    return _compare(net, B, runs)
+    return _compare(model_name(net.sizes), x.shape[0], _phase_runs(net, x, y, analytic_n_free_steps))
 
 
-def _compare(net, B, runs) -> list[dict]:
+def _compare(model: str, B: int, runs) -> list[dict]:
     rows = []
     for name, analytic, fn in runs:
         flops = _flops(fn)
-        rows.append({"model": model_name(net.sizes), "run": name, "batch": B, "analytic_macs": int(analytic),
+        rows.append({"model": model, "run": name, "batch": B, "analytic_macs": int(analytic),
                      "counter_flops": flops, "counter_macs": flops / 2, "match": 2 * int(analytic) == flops})
     return rows
 
@@ -204,7 +208,7 @@ def cross_check_fixed_point(net: EqPropMLP, spec_name: str, x: torch.Tensor, y: 
     upd = opcount.count_training_step(net, spec, n_free_steps=analytic_n_free_steps, n_nudge_steps=N_NUDGE_STEPS,
                                       batch_size=B).phases["update"].macs
     out: dict = {}
-    rows = _compare(net, B, [(f"fixed_point_free_phase_{spec_name}", inf.macs,
+    rows = _compare(model_name(net.sizes), B, [(f"fixed_point_free_phase_{spec_name}", inf.macs,
                               lambda: out.setdefault("free", torch_relax(fp, xc, n_steps=N_FREE_STEPS,
                                                                           early_exit=False)[0]))])
     def relax(s0, *, beta, n_steps, step_offset):
@@ -216,7 +220,7 @@ def cross_check_fixed_point(net: EqPropMLP, spec_name: str, x: torch.Tensor, y: 
     H = [torch.zeros(n, m, dtype=torch.int64).numpy() for n, m in zip(net.sizes[1:], net.sizes[:-1])]
     Hb = [torch.zeros(n, dtype=torch.int64).numpy() for n in net.sizes[1:]]
     c1, c2 = [t.numpy() for t in s1], [t.numpy() for t in s2]
-    return rows + _compare(net, B, [(f"onchip_update_{spec_name}", upd,
+    return rows + _compare(model_name(net.sizes), B, [(f"onchip_update_{spec_name}", upd,
                                      lambda: update_torch(H, Hb, xc, c1, c2, [spec] * len(H), seed=0, step=0))])
 
 
@@ -263,26 +267,8 @@ def conv_cross_check(net, x: torch.Tensor, y: torch.Tensor, analytic_n_free_step
     step (conv forward, routing convolutions as the float kernel recomputes them, transposed conv,
     ``conv2d_weight`` contrast) and of a BPTT gradient (``hwsim.opcount.bptt_macs``) vs FlopCounterMode
     FLOPs / 2 of the real runs with ``N_FREE_STEPS``."""
-    fp, B = get_preset("fp32"), x.shape[0]
-    runs = [
-        ("conv_free_phase", opcount.count_inference(net, fp, n_steps=analytic_n_free_steps, batch_size=B).macs,
-         lambda: net.free_phase(x, n_steps=N_FREE_STEPS)),
-        ("conv_eqprop_step", opcount.count_training_step(net, fp, n_free_steps=analytic_n_free_steps,
-                                                         n_nudge_steps=N_NUDGE_STEPS, nudging=NUDGING,
-                                                         batch_size=B).macs,
-         lambda: net.eqprop_grads(x, y, beta=BETA, mode=NUDGING, n_free_steps=N_FREE_STEPS,
-                                  n_nudge_steps=N_NUDGE_STEPS)),
-        ("conv_bptt_step", opcount.bptt_macs(net, n_steps=analytic_n_free_steps, batch_size=B,
-                                             update=net.config.update)["total"],
-         lambda: bptt_grads(net, x, y, n_steps=N_FREE_STEPS)),
-    ]
-    rows = []
-    for name, analytic, fn in runs:
-        flops = _flops(fn)
-        rows.append({"model": "conv 1-" + "-".join(map(str, net.config.channels)), "run": name, "batch": B,
-                     "analytic_macs": int(analytic), "counter_flops": flops, "counter_macs": flops / 2,
-                     "match": 2 * int(analytic) == flops})
-    return rows
+    return _compare("conv 1-" + "-".join(map(str, net.config.channels)), x.shape[0],
+                    _phase_runs(net, x, y, analytic_n_free_steps, prefix="conv_"))
 
 
 def _conv_metrics(c: "Config", ctx: TrackContext, seed: int, analytic_t1: int, n_check: int,

@@ -173,24 +173,15 @@ def _trained_net(ctx: TrackContext, cfg: T41Config, seed: int) -> tuple[EqPropML
         if not isinstance(net, EqPropMLP):
             raise ValueError(f"checkpoint {cfg.checkpoint} holds a {type(net).__name__}; allowed: an EqPropMLP")
         return net, f"checkpoint {cfg.checkpoint}"
-    from .harness.model_cache import training_key
+    from .harness.model_cache import train_mlp_cached
     x, y = load_dataset("mnist", "train", ctx.data_dir)
     x, y = x[:cfg.n_train], y[:cfg.n_train]
-    dev = ctx.torch_device
-    net = EqPropMLP(EqPropConfig(sizes=(784, cfg.hidden, 10)), seed=seed).to(dev)
+    net = EqPropMLP(EqPropConfig(sizes=(784, cfg.hidden, 10)), seed=seed).to(ctx.torch_device)
     tcfg = get_recipe(RECIPE, epochs=cfg.epochs, seed=seed, n_free_steps=cfg.n_steps)
-
-    def train_fn(resumable):
-        train(net, torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev), tcfg, progress=ctx.progress,
-              checkpoint=resumable.path, resume=True, epoch_callback=resumable.epoch_callback)
-        return net
-
     # trained once per run: another track or a resumed run with the same key loads it (a user
     # checkpoint, above, is never cached)
-    key = training_key(dataset="mnist", x=x, y=y, model={"class": "EqPropMLP", **net.config.to_dict()},
-                       trainer="models.train.train", recipe=tcfg.to_dict(), seed=seed, device=str(dev))
-    net = ctx.model_cache.get_or_train(key, train_fn, label=f"t41_mlp_h{cfg.hidden}_s{seed}",
-                                       train_config=tcfg.to_dict())
+    net = train_mlp_cached(ctx.model_cache, net, x, y, tcfg, dataset="mnist", seed=seed,
+                           label=f"t41_mlp_h{cfg.hidden}_s{seed}", progress=ctx.progress, train=train)
     net = net.cpu()  # exports and onnxruntime comparisons run on the CPU
     return net, f"recipe {RECIPE}, {cfg.epochs} epoch(s) on {cfg.n_train} images, seed {seed}"
 

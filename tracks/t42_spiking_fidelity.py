@@ -166,27 +166,18 @@ def _model(ctx: TrackContext, cfg: T42Config, seed: int) -> tuple[EqPropMLP, lis
             raise ValueError(f"checkpoint {cfg.checkpoint} holds a {type(net).__name__}; the spiking ports run "
                              "an EqPropMLP (layered, hard-sigmoid): give an EqPropMLP checkpoint")
         return net, [f"model loaded from {cfg.checkpoint}"]
-    from .harness.model_cache import training_key
+    from .harness.model_cache import train_mlp_cached
     x, y = load_dataset("mnist", "train", ctx.data_dir)
     x, y = x[:cfg.n_train], y[:cfg.n_train]
-    dev = ctx.torch_device
-    net = EqPropMLP(EqPropConfig(sizes=(784, cfg.hidden, 10)), seed=seed).to(dev)
+    net = EqPropMLP(EqPropConfig(sizes=(784, cfg.hidden, 10)), seed=seed).to(ctx.torch_device)
     tcfg = TrainConfig(method="eqprop", epochs=cfg.epochs, batch_size=50, optimizer="sgd", lr=(0.1, 0.05),
                        momentum=0.0, beta=0.5, nudging="symmetric", n_free_steps=20, n_nudge_steps=8, seed=seed)
-
-    def train_fn(resumable):
-        train(net, torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev), tcfg, progress=ctx.progress,
-              checkpoint=resumable.path, resume=True, epoch_callback=resumable.epoch_callback)
-        return net
-
     # trained once per run: another track or a resumed run with the same key loads it (a user
     # checkpoint or model, above, is never cached)
-    key = training_key(dataset="mnist", x=x, y=y, model={"class": "EqPropMLP", **net.config.to_dict()},
-                       trainer="models.train.train", recipe=tcfg.to_dict(), seed=seed, device=str(dev))
     t0 = time.time()
     n_before = ctx.model_cache.stats()["loaded"]
-    net = ctx.model_cache.get_or_train(key, train_fn, label=f"t42_mlp_h{cfg.hidden}_s{seed}",
-                                       train_config=tcfg.to_dict())
+    net = train_mlp_cached(ctx.model_cache, net, x, y, tcfg, dataset="mnist", seed=seed,
+                           label=f"t42_mlp_h{cfg.hidden}_s{seed}", progress=ctx.progress, train=train)
     net = net.cpu()  # the spiking ports (snntorch, Brian2) and the float reference run on the CPU
     how = "loaded from the run's model cache" if ctx.model_cache.stats()["loaded"] > n_before else \
         f"{time.time() - t0:.0f} s"

@@ -320,3 +320,26 @@ class ModelCache:
         if digest != meta["sha256"]:
             return f"checkpoint SHA-256 {digest[:12]} != recorded {str(meta['sha256'])[:12]}"
         return None
+
+
+def train_mlp_cached(cache: "ModelCache", net, x: np.ndarray, y: np.ndarray, tcfg, *, dataset: str, seed: int,
+                     label: str, progress: bool = False, train: Callable | None = None):
+    """``net`` trained on ``(x, y)`` by ``train`` (default :func:`models.train.train`; a caller passes its own
+    reference so that wrapping it, e.g. counting calls, takes effect) with ``tcfg`` through ``cache``
+    (resumable per epoch), keyed by :func:`training_key` with the net's class and config: another track
+    or a resumed run with the same data, recipe, seed and device loads it instead. Returns the net."""
+    import torch
+
+    if train is None:
+        from models.train import train
+
+    dev = next(net.parameters()).device
+
+    def train_fn(resumable):
+        train(net, torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev), tcfg, progress=progress,
+              checkpoint=resumable.path, resume=True, epoch_callback=resumable.epoch_callback)
+        return net
+
+    key = training_key(dataset=dataset, x=x, y=y, model={"class": type(net).__name__, **net.config.to_dict()},
+                       trainer="models.train.train", recipe=tcfg.to_dict(), seed=seed, device=str(dev))
+    return cache.get_or_train(key, train_fn, label=label, train_config=tcfg.to_dict())

@@ -77,7 +77,7 @@ from ..harness.threads import torch_threads
 from ..harness.plots import figure
 from ..harness.base import Criterion, TrackContext, TrackResult, TrackSpec
 from ..data import load_dataset
-from .quantized_checks import narrow_acc_check, weight_code_violations
+from .quantized_checks import narrow_acc_check, onchip_steps_mismatches, weight_code_violations
 
 log = logging.getLogger("eqprop_hwsim.tracks.quantized")
 
@@ -216,19 +216,9 @@ def _range_violations(weights, fmt) -> int:
 def _bitexact_replay(fp0, x, y, cfg, seed) -> int:
     """Differences between numba and torch over two chained on-chip steps (states, hidden, codes)."""
     specs = onchip.layer_specs_for_lr(fp0, cfg.lr, batch_size=len(x), beta_span=2 * cfg.beta)
-    st_n = st_t = onchip.OnChipState.from_fixed_point(fp0, specs)
-    xc = fp0.quantize_input(x)
-    diff = 0
-    for step in range(2):
-        kw = dict(beta=cfg.beta, n_free_steps=cfg.n_free_steps, n_nudge_steps=cfg.n_nudge_steps, seed=seed, step=step)
-        new_n, ph_n = onchip.onchip_step(st_n, xc, y, backend="numba", **kw)
-        new_t, ph_t = onchip.onchip_step(st_t, xc, y, backend="torch", **kw)
-        pairs = [(a, b) for k in ("free", "s1", "s2") for a, b in zip(ph_n[k], ph_t[k])]
-        pairs += list(zip(new_n.hidden + new_n.bias_hidden, new_t.hidden + new_t.bias_hidden))
-        pairs += list(zip(new_n.w_codes("numba"), new_t.w_codes("torch")))
-        diff += sum(int(np.sum(np.asarray(a) != np.asarray(b))) for a, b in pairs)
-        st_n, st_t = new_n, new_t
-    return diff
+    return onchip_steps_mismatches(onchip.OnChipState.from_fixed_point(fp0, specs), fp0.quantize_input(x), y,
+                                   beta=cfg.beta, n_free_steps=cfg.n_free_steps, n_nudge_steps=cfg.n_nudge_steps,
+                                   seed=seed)
 
 
 def _run_seed(preset: str, cfg: QuantTrackConfig, seed: int, data, bypass: bool, progress: bool,

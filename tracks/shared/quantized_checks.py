@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from hwsim import onchip
 from hwsim.fixed_point import FixedPointMLP
 from hwsim.torch_mirror import torch_relax
 from models.conv import ConvPool, ConvPoolFloat
@@ -138,3 +139,20 @@ def narrow_acc_check(net, spec, acc_bits: int, x: np.ndarray, y: np.ndarray, *, 
             "ref_mismatches": int(np.sum(np.asarray(s1[0]) != ref)),
             "ref_saturated": int(np.sum((acc > hi) | (acc < -hi - 1))),
             "wrap_would_differ": int(np.sum(_reference_sweep0(fp, acc, "wrap") != ref))}
+
+
+def onchip_steps_mismatches(state, xc, y, *, beta, n_free_steps, n_nudge_steps, seed, n_steps: int = 2) -> int:
+    """Two chained on-chip steps from ``state``, numba vs torch mirror: differing phase codes, hidden
+    registers and weight codes (the replay of the MLP and the conv part of Tracks 4/16/19)."""
+    st_n = st_t = state
+    diff = 0
+    for step in range(n_steps):
+        kw = dict(beta=beta, n_free_steps=n_free_steps, n_nudge_steps=n_nudge_steps, seed=seed, step=step)
+        new_n, ph_n = onchip.onchip_step(st_n, xc, y, backend="numba", **kw)
+        new_t, ph_t = onchip.onchip_step(st_t, xc, y, backend="torch", **kw)
+        pairs = [(a, b) for k in ("free", "s1", "s2") for a, b in zip(ph_n[k], ph_t[k])]
+        pairs += list(zip(new_n.hidden + new_n.bias_hidden, new_t.hidden + new_t.bias_hidden))
+        pairs += list(zip(new_n.w_codes("numba"), new_t.w_codes("torch")))
+        diff += sum(int(np.sum(np.asarray(a) != np.asarray(b))) for a, b in pairs)
+        st_n, st_t = new_n, new_t
+    return diff

@@ -73,7 +73,7 @@ from quant import get_preset
 
 from ..data import load_dataset
 from .conv_small import downsample, small_conv_config
-from .quantized_checks import narrow_acc_check, weight_code_violations
+from .quantized_checks import narrow_acc_check, onchip_steps_mismatches, weight_code_violations
 
 DATA_VARIANT = "Fashion-MNIST 14x14 (2x2 average pool)"
 BETA, T1, T2, BATCH = 0.2, 15, 5, 50
@@ -107,19 +107,9 @@ def relax_mismatches(fp: FixedPointMLP, x: np.ndarray, y: np.ndarray, *, seed: i
 def step_replay_mismatches(fp0: FixedPointMLP, x: np.ndarray, y: np.ndarray, *, lr: float, seed: int) -> int:
     """Two chained on-chip steps, numba vs torch: differing phase codes, hidden registers, weight codes."""
     specs = onchip.layer_specs_for_lr(fp0, lr, batch_size=len(x), beta_span=2 * BETA)
-    st_n = st_t = onchip.OnChipState.from_fixed_point(fp0, specs)
-    xc = fp0.quantize_input(x.astype(np.float64))
-    diff = 0
-    for step in range(2):
-        kw = dict(beta=BETA, n_free_steps=T1, n_nudge_steps=T2, seed=seed, step=step)
-        new_n, ph_n = onchip.onchip_step(st_n, xc, y.astype(np.int64), backend="numba", **kw)
-        new_t, ph_t = onchip.onchip_step(st_t, xc, y.astype(np.int64), backend="torch", **kw)
-        pairs = [(a, b) for k in ("free", "s1", "s2") for a, b in zip(ph_n[k], ph_t[k])]
-        pairs += list(zip(new_n.hidden + new_n.bias_hidden, new_t.hidden + new_t.bias_hidden))
-        pairs += list(zip(new_n.w_codes("numba"), new_t.w_codes("torch")))
-        diff += sum(int(np.sum(np.asarray(a) != np.asarray(b))) for a, b in pairs)
-        st_n, st_t = new_n, new_t
-    return diff
+    return onchip_steps_mismatches(onchip.OnChipState.from_fixed_point(fp0, specs),
+                                   fp0.quantize_input(x.astype(np.float64)), y.astype(np.int64),
+                                   beta=BETA, n_free_steps=T1, n_nudge_steps=T2, seed=seed)
 
 
 def train_float(net: ConvEqProp, x, y, *, epochs: int, optimizer: str, lr: float, seed: int, progress: bool) -> None:

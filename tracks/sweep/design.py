@@ -54,11 +54,11 @@ from models.progress import progress as progress_bar
 from quant.spec import HardwareSpec
 
 from ..harness.plots import figure
-from ..harness.runner import json_safe, make_writable_dir
+from ..harness.runner import json_safe
 from ..harness.stats import mean_ci95
 from .cost import CostModel, analog_cost, digital_cost
-from .engine import (QUICK_MODEL, _sha256_arrays, cached_mlp, load_mlp, model_fingerprint, open_records,
-                     read_jsonl)
+from .engine import (QUICK_MODEL, _sha256_arrays, cached_mlp, check_sweep_dirs, load_mlp, model_fingerprint,
+                     open_records)
 from .space import apply_fields, canonical, check_field, expand
 
 log = logging.getLogger("eqprop_hwsim.tracks.sweep.design")
@@ -599,18 +599,8 @@ def design_sweep(cfg: SweepConfig, *, out: str | os.PathLike = "runs/sweep", job
     if scheduler is not None and not isinstance(scheduler, str):
         raise ValueError(f"--scheduler {scheduler!r}: allowed: an address such as tcp://host:8786")
     pl = plan(cfg)
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise ValueError(f"--data-dir {data_dir} is not a folder")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; the sweep needs a folder")
-    try:
-        make_writable_dir(out)
-    except OSError as e:
-        raise ValueError(f"cannot write to --out {out}: {e.strerror or e} ({type(e).__name__})") from None
+    out = check_sweep_dirs(out, data_dir, resume)
     jsonl = out / "sweep.jsonl"
-    if not resume and read_jsonl(jsonl):
-        raise FileExistsError(f"{jsonl} already holds results and resume is off; use a new --out folder or resume")
     x_test, y_test = load_dataset(cfg.dataset, "test", data_dir=data_dir)
     sl = slice(None) if cfg.n_test is None else slice(0, cfg.n_test)
     x_test, y_test = np.asarray(x_test[sl]), np.asarray(y_test[sl])

@@ -455,6 +455,25 @@ def plot_sweep(rows: Sequence[dict[str, Any]], kind: str, path: str | os.PathLik
 
 
 # ------------------------------------------------------------------------ CLI entry for run_suite
+def check_sweep_dirs(out: str | os.PathLike, data_dir: str | None, resume: bool) -> Path:
+    """The sweep folder ``out`` (created, writable), after checking ``data_dir`` is a folder and that a
+    run with ``resume`` off would not overwrite results; a ValueError / FileExistsError names the fix."""
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise ValueError(f"--data-dir {data_dir} is not a folder")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; the sweep needs a folder (it writes sweep.jsonl, summary.json "
+                         "and plots there)")
+    try:
+        make_writable_dir(out)
+    except OSError as e:
+        raise ValueError(f"cannot write to --out {out}: {e.strerror or e} ({type(e).__name__})") from None
+    jsonl = out / "sweep.jsonl"
+    if not resume and read_jsonl(jsonl):
+        raise FileExistsError(f"{jsonl} already holds results and resume is off; use a new --out folder or resume")
+    return out
+
+
 def sweep_command(*, kinds: Sequence[str] = ("prog",), levels: Sequence[float] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2),
                   precisions: Sequence[str] = ("fp32", "int8", "int4"), seeds: Sequence[int] = (0, 1, 2),
                   out: str | os.PathLike = "runs/sweep", jobs: int = 1, resume: bool = True,
@@ -502,19 +521,8 @@ def sweep_command(*, kinds: Sequence[str] = ("prog",), levels: Sequence[float] =
     base_analog = get_preset(base).analog
     if base_analog is None:
         raise ValueError(f"base={base!r} has no AnalogSpec; allowed: an analog preset such as 'analog_pcm'")
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise ValueError(f"--data-dir {data_dir} is not a folder")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; the sweep needs a folder (it writes sweep.jsonl, summary.json "
-                         "and plots there)")
-    try:
-        make_writable_dir(out)
-    except OSError as e:
-        raise ValueError(f"cannot write to --out {out}: {e.strerror or e} ({type(e).__name__})") from None
+    out = check_sweep_dirs(out, data_dir, resume)
     jsonl = out / "sweep.jsonl"
-    if not resume and read_jsonl(jsonl):
-        raise FileExistsError(f"{jsonl} already holds results and resume is off; use a new --out folder or resume")
     x_test, y_test = load_dataset("mnist", "test", data_dir=data_dir)  # data errors before any training
     if model is None:
         x, y = load_dataset("mnist", "train", data_dir=data_dir)
