@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from models.train import TrainConfig, evaluate, train
+from models.train import TrainConfig, train
 
 from .data import load_dataset, train_val_split
 from .harness.threads import torch_threads
@@ -140,76 +140,81 @@ def tune(family: str, dataset: str, out: str | os.PathLike, *, n_trials: int = 1
               "val_seed": VAL_SEED, "epochs": epochs, "sampler_seed": seed,
               "search_space": {k: [v[0], list(v[1])] if v[0] == "categorical" else list(v)
                                for k, v in SEARCH_SPACE[family].items()}}
-    storage = f"sqlite:///{(out / 'tune.db').resolve()}"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=seed),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0))
-    saved = study.user_attrs.get("inputs")
-    if saved is None:
-        study.set_user_attr("inputs", inputs)
-    elif saved != json.loads(json.dumps(inputs)):
-        diff = {k: (saved.get(k), v) for k, v in json.loads(json.dumps(inputs)).items() if saved.get(k) != v}
-        raise ValueError(f"study {name} in {out / 'tune.db'} was made with other inputs {diff} (saved, now); "
-                         "rerun with the saved inputs to resume, or give another --out")
-    # a trial left RUNNING by an interrupted run is not counted (it stays RUNNING in the storage)
-    done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    n_done = len(study.get_trials(deepcopy=False, states=done_states))
-    x, y = load_dataset(dataset, "train", data_dir)  # the training split only; never "test"
-    x_tr, y_tr, x_val, y_val = train_val_split(x, y, n_val=n_val, seed=VAL_SEED)
-    x_tr, y_tr = torch.from_numpy(x_tr[:n_train]), torch.from_numpy(y_tr[:n_train])
-    x_val, y_val = torch.from_numpy(x_val), torch.from_numpy(y_val)
+    # an explicit storage whose engine is disposed on return: no SQLite connection is left for the garbage
+    # collector to finalise later, inside whatever runs next
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(out / 'tune.db').resolve()}")
+    try:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+                                    sampler=optuna.samplers.TPESampler(seed=seed),
+                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0))
+        saved = study.user_attrs.get("inputs")
+        if saved is None:
+            study.set_user_attr("inputs", inputs)
+        elif saved != json.loads(json.dumps(inputs)):
+            diff = {k: (saved.get(k), v) for k, v in json.loads(json.dumps(inputs)).items() if saved.get(k) != v}
+            raise ValueError(f"study {name} in {out / 'tune.db'} was made with other inputs {diff} (saved, now); "
+                             "rerun with the saved inputs to resume, or give another --out")
+        # a trial left RUNNING by an interrupted run is not counted (it stays RUNNING in the storage)
+        done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        n_done = len(study.get_trials(deepcopy=False, states=done_states))
+        x, y = load_dataset(dataset, "train", data_dir)  # the training split only; never "test"
+        x_tr, y_tr, x_val, y_val = train_val_split(x, y, n_val=n_val, seed=VAL_SEED)
+        x_tr, y_tr = torch.from_numpy(x_tr[:n_train]), torch.from_numpy(y_tr[:n_train])
+        x_val, y_val = torch.from_numpy(x_val), torch.from_numpy(y_val)
 
-    def objective(trial) -> float:
-        params = _suggest(trial, family)
-        cfg = recipe_from_params(family, params, epochs=epochs, seed=seed, n_layers=len(sizes) - 1)
-        net = make_net(family, sizes, seed)
+        def objective(trial) -> float:
+            params = _suggest(trial, family)
+            cfg = recipe_from_params(family, params, epochs=epochs, seed=seed, n_layers=len(sizes) - 1)
+            net = make_net(family, sizes, seed)
 
-        def report(epoch: int, hist: dict) -> None:
-            trial.report(hist["val_acc"][-1], epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-        try:
-            hist = train(net, x_tr, y_tr, cfg, x_val=x_val, y_val=y_val, progress=progress, epoch_callback=report)
-        except FloatingPointError:
-            return 0.0  # diverged: the worst score, the search moves on
-        trial.set_user_attr("val_acc_curve", hist["val_acc"])
-        return hist["val_acc"][-1]
+            def report(epoch: int, hist: dict) -> None:
+                trial.report(hist["val_acc"][-1], epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+            try:
+                hist = train(net, x_tr, y_tr, cfg, x_val=x_val, y_val=y_val, progress=progress, epoch_callback=report)
+            except FloatingPointError:
+                return 0.0  # diverged: the worst score, the search moves on
+            trial.set_user_attr("val_acc_curve", hist["val_acc"])
+            return hist["val_acc"][-1]
 
-    t0 = time.perf_counter()
-    n_new = max(0, n_trials - n_done)
-    with torch_threads(threads):
-        if n_new:
-            study.optimize(objective, n_trials=n_new)
-    seconds = time.perf_counter() - t0
-    trials = [{"number": t.number, "state": t.state.name, "value": _jsonable(t.value), "params": t.params,
-               "val_acc_curve": t.user_attrs.get("val_acc_curve", list(t.intermediate_values.values())),
-               "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
-               if t.datetime_complete and t.datetime_start else None} for t in study.trials]
-    best = study.best_trial
-    recipe = recipe_from_params(family, best.params, epochs=epochs, seed=0, n_layers=len(sizes) - 1)
-    prev = {}
-    path = out / f"{name}.json"
-    if path.exists():
-        prev = json.loads(path.read_text())
-    budget = {"trials_requested": n_trials, "trials_finished": sum(t["state"] in ("COMPLETE", "PRUNED") for t in trials),
-              "trials_pruned": sum(t["state"] == "PRUNED" for t in trials),
-              "train_images_per_trial": n_train, "val_images": n_val, "epochs_per_trial": epochs,
-              "seconds_this_run": round(seconds, 1),
-              "seconds_all_runs": round(prev.get("budget", {}).get("seconds_all_runs", 0.0) + seconds, 1),
-              "threads": threads}
-    summary = {"format": FORMAT, "study": name, "storage": str(out / "tune.db"), "inputs": inputs,
-               "data": ("training split only: tracks.data.train_val_split(train, n_val, seed=0); trials train on "
-                        "the first n_train of the rest and are scored on the n_val validation images; the test "
-                        "split is never read"),
-               "sampler": f"TPESampler(seed={seed})", "pruner": "MedianPruner(n_startup_trials=3, n_warmup_steps=0)",
-               "budget": budget, "best_trial": {"number": best.number, "value": best.value, "params": best.params},
-               "recipe": {**recipe.to_dict(), "epochs": None}, "trials": trials}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, path)
-    log.info("tune %s: best trial %d val acc %.4f %s", name, best.number, best.value, best.params)
-    return summary
+        t0 = time.perf_counter()
+        n_new = max(0, n_trials - n_done)
+        with torch_threads(threads):
+            if n_new:
+                study.optimize(objective, n_trials=n_new)
+        seconds = time.perf_counter() - t0
+        trials = [{"number": t.number, "state": t.state.name, "value": _jsonable(t.value), "params": t.params,
+                   "val_acc_curve": t.user_attrs.get("val_acc_curve", list(t.intermediate_values.values())),
+                   "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
+                   if t.datetime_complete and t.datetime_start else None} for t in study.trials]
+        best = study.best_trial
+        recipe = recipe_from_params(family, best.params, epochs=epochs, seed=0, n_layers=len(sizes) - 1)
+        prev = {}
+        path = out / f"{name}.json"
+        if path.exists():
+            prev = json.loads(path.read_text())
+        budget = {"trials_requested": n_trials, "trials_finished": sum(t["state"] in ("COMPLETE", "PRUNED") for t in trials),
+                  "trials_pruned": sum(t["state"] == "PRUNED" for t in trials),
+                  "train_images_per_trial": n_train, "val_images": n_val, "epochs_per_trial": epochs,
+                  "seconds_this_run": round(seconds, 1),
+                  "seconds_all_runs": round(prev.get("budget", {}).get("seconds_all_runs", 0.0) + seconds, 1),
+                  "threads": threads}
+        summary = {"format": FORMAT, "study": name, "storage": str(out / "tune.db"), "inputs": inputs,
+                   "data": ("training split only: tracks.data.train_val_split(train, n_val, seed=0); trials train on "
+                            "the first n_train of the rest and are scored on the n_val validation images; the test "
+                            "split is never read"),
+                   "sampler": f"TPESampler(seed={seed})", "pruner": "MedianPruner(n_startup_trials=3, n_warmup_steps=0)",
+                   "budget": budget, "best_trial": {"number": best.number, "value": best.value, "params": best.params},
+                   "recipe": {**recipe.to_dict(), "epochs": None}, "trials": trials}
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary, indent=1))
+        os.replace(tmp, path)
+        log.info("tune %s: best trial %d val acc %.4f %s", name, best.number, best.value, best.params)
+        return summary
+    finally:
+        storage.engine.dispose()
 
 
 __all__ = ["tune", "recipe_from_params", "make_net", "SEARCH_SPACE", "FAMILIES", "study_name"]
