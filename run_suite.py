@@ -1,15 +1,21 @@
 #!/usr/bin/env python
 """Run the eqprop-hwsim verification tracks (thin CLI over :mod:`tracks`; argparse subcommands).
 
-    python run_suite.py --list                 # id, slug, name, estimated time (= run_suite.py run --list)
+    python run_suite.py --list                 # id, slug, name, measured or estimated time (= run_suite.py run --list)
     python run_suite.py --list --markdown      # the README track table
     python run_suite.py --all --quick          # every track, quick mode
     python run_suite.py --track 2 int8 --seeds 0 1 --out runs/mine --set 2.n_images=20
     python run_suite.py export --checkpoint net.pt --spec int8 --out net.onnx --verify 1000
     python run_suite.py sweep --kinds prog --levels 0,0.05 --precisions int8 --jobs 2
     python run_suite.py tune --family eqprop --dataset mnist --trials 16 --out tracks/shared/tuning
+    python run_suite.py timings runs/20261130-062500   # record that run's track durations for --list
 
-Subcommands: ``run`` (the default when the first argument is an option), ``export``, ``sweep``, ``tune``.
+Subcommands: ``run`` (the default when the first argument is an option), ``export``, ``sweep``, ``tune``,
+``timings``.
+
+Settings levels: ``--quick``; the full variant, which on ``--device cpu`` is a track's CPU-reduced full
+config (``CPU_FULL``, "full (CPU-reduced)" in results.json and report.md) where the track has one, and
+its ``FULL`` config (the GPU recipe) with ``--device cuda`` or with ``--full-recipe``.
 Exit status: 0 success (every selected track passed), 1 a track or a verification failed, 2 bad
 usage or bad input (nothing run, nothing overwritten), 130 interrupted (Ctrl-C; results so far are
 kept and marked interrupted).
@@ -26,6 +32,7 @@ import time
 from typing import Callable
 
 import tracks
+import tracks.harness.timings
 
 #: subcommand name -> ``handler(parsed args, argv of the subcommand) -> exit status`` (filled below).
 SUBCOMMANDS: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {}
@@ -49,12 +56,17 @@ class _UsageExit(Exception):
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     sel = p.add_argument_group("selection")
-    sel.add_argument("--list", action="store_true", help="list tracks (id, slug, name, estimated time)")
+    sel.add_argument("--list", action="store_true", help="list tracks (id, slug, name, time: measured where a run "
+                     "was recorded with `run_suite.py timings RUN_DIR`, else the track's estimate, marked ~)")
     sel.add_argument("--markdown", action="store_true", help="with --list: print the README markdown table")
     sel.add_argument("--all", action="store_true", help="run every track")
     sel.add_argument("--track", nargs="+", metavar="ID", default=[], help="track ids or slugs to run")
     run = p.add_argument_group("run")
     run.add_argument("--quick", action="store_true", help="quick mode (smaller data, fewer steps)")
+    run.add_argument("--full-recipe", action="store_true",
+                     help="without --quick on --device cpu: run each track's FULL config (the GPU recipe, hours "
+                          "to days on a CPU for Tracks 13, 14, 34, ...) instead of its CPU-reduced full config "
+                          "(CPU_FULL, recorded as 'full (CPU-reduced)'); --device cuda always runs FULL")
     run.add_argument("--out", metavar="DIR", help="output folder (default: new runs/YYYYmmdd-HHMMSS); "
                      "an existing non-empty folder is refused")
     run.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR: its finished tracks "
@@ -78,12 +90,14 @@ def build_main_parser() -> argparse.ArgumentParser:
     """``run_suite.py {run,export,sweep} ...`` with argparse subparsers."""
     p = _Parser(prog="run_suite.py", description="eqprop-hwsim: verification tracks, ONNX export, noise sweeps. "
                 "Without a subcommand the arguments go to `run`.", epilog=_EPILOG)
-    sub = p.add_subparsers(dest="command", metavar="{run,export,sweep,tune}")
+    sub = p.add_subparsers(dest="command", metavar="{run,export,sweep,tune,timings}")
     _add_run_arguments(sub.add_parser("run", help="list or run tracks (default)", epilog=_EPILOG))
     _add_export_arguments(sub.add_parser("export", help="export a checkpoint to ONNX", epilog=_EPILOG))
     _add_sweep_arguments(sub.add_parser("sweep", help="analog noise sweep (resumable)", epilog=_EPILOG))
     _add_tune_arguments(sub.add_parser("tune", help="recipe search on validation data (Optuna, resumable)",
                                        epilog=_EPILOG))
+    _add_timings_arguments(sub.add_parser("timings", help="record a run's measured track durations for --list",
+                                          epilog=_EPILOG))
     for sp in sub.choices.values():
         sp.__class__ = _Parser
     return p
@@ -114,7 +128,15 @@ def _est(s: float) -> str:
     return tracks.report.fmt_seconds(s)
 
 
-def print_list(markdown: bool) -> int:
+def _time_cell(t: tracks.Track, variant: str, timings: dict) -> str:
+    measured = tracks.harness.timings.entry_seconds(timings, t.key, variant)
+    if measured is not None:
+        return _est(measured)
+    est = t.est_seconds(variant)
+    return "" if est is None else "~" + _est(est)
+
+
+def print_list(markdown: bool, timings_path: str | None = None) -> int:
     all_t = tracks.all_tracks()
     if markdown:
         print(tracks.track_table_markdown(all_t))
@@ -122,15 +144,33 @@ def print_list(markdown: bool) -> int:
     if not all_t:
         print("no tracks found (tracks/tNN_slug.py modules)")
         return EXIT_OK
+    try:
+        timings = tracks.harness.timings.load_timings(timings_path)
+    except tracks.harness.timings.TimingsError as e:
+        return _usage_error(str(e))
     w_slug = max(len("slug"), *(len(t.slug) for t in all_t))
     w_name = max(len("name"), *(len(t.name) for t in all_t))
-    print(f"{'id':>3}  {'slug':<{w_slug}}  {'name':<{w_name}}  {'quick':>8}  {'full':>8}")
+    print(f"{'id':>3}  {'slug':<{w_slug}}  {'name':<{w_name}}  {'quick':>9}  {'full':>9}  {'GPU recipe':>10}")
+    totals = {"quick": [0.0, 0], "full": [0.0, 0]}
     for t in all_t:
         if t.broken:
             print(f"{t.id:>3}  {t.slug:<{w_slug}}  BROKEN: {t.error.splitlines()[0]}")
             continue
-        print(f"{t.id:>3}  {t.slug:<{w_slug}}  {t.name:<{w_name}}  "
-              f"{_est(t.spec.est_seconds_quick):>8}  {_est(t.spec.est_seconds_full):>8}")
+        full_variant = t.variant(False, "cpu")
+        cells = {"quick": _time_cell(t, "quick", timings), "full": _time_cell(t, full_variant, timings)}
+        for k, v in (("quick", "quick"), ("full", full_variant)):
+            m = tracks.harness.timings.entry_seconds(timings, t.key, v)
+            totals[k][0] += m if m is not None else (t.est_seconds(v) or 0.0)
+            totals[k][1] += m is None
+        gpu = _time_cell(t, "full", timings) if t.cpu_full_config is not None else ""
+        mark = "R" if full_variant == tracks.base.CPU_FULL_VARIANT else " "
+        print(f"{t.id:>3}  {t.slug:<{w_slug}}  {t.name:<{w_name}}  {cells['quick']:>9}  {cells['full']:>8}{mark}  "
+              f"{gpu:>10}")
+    print(f"{'':>3}  {'total':<{w_slug}}  {'':<{w_name}}  {_est(totals['quick'][0]):>9}  {_est(totals['full'][0]):>9}")
+    print(f"times: measured (wall, `run_suite.py timings RUN_DIR`, {tracks.harness.timings.TIMINGS_PATH.name}) "
+          f"unless marked ~ (the track's estimate; {totals['quick'][1]} quick and {totals['full'][1]} full figures "
+          "are estimates); R: full on the CPU runs the track's CPU-reduced config (CPU_FULL); its GPU recipe (FULL) "
+          "runs with --device cuda or --full-recipe")
     return EXIT_OK
 
 
@@ -201,7 +241,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         os.environ["EQPROP_DATA"] = data_dir  # child processes and data loaders see it too
     try:
         overrides = tracks.parse_set_options(args.overrides)
-        tracks.resolve_overrides(unique, overrides, quick=args.quick)  # before any folder is made
+        tracks.resolve_overrides(unique, overrides, quick=args.quick, device=args.device,
+                                 full_recipe=args.full_recipe)  # before any folder is made
     except tracks.ConfigError as e:
         return _usage_error(str(e))
     if args.resume:
@@ -210,7 +251,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                                 "writes into the run it continues: drop --out")
         try:
             tracks.runner.check_resume(args.resume, **tracks.runner.run_inputs(
-                quick=args.quick, seeds=args.seeds, data_dir=data_dir, device=args.device, overrides=overrides))
+                quick=args.quick, seeds=args.seeds, data_dir=data_dir, device=args.device, overrides=overrides,
+                full_recipe=args.full_recipe))
         except tracks.runner.ResumeMismatchError as e:
             return _usage_error(str(e))
         out = args.resume
@@ -226,7 +268,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         suite = tracks.run_tracks(
             unique, out, quick=args.quick, seeds=args.seeds, data_dir=data_dir, device=args.device,
             overrides=overrides, progress=not args.no_progress, argv=["run_suite.py", *argv], on_done=table.row,
-            resume=bool(args.resume))
+            resume=bool(args.resume), full_recipe=args.full_recipe)
     except KeyboardInterrupt:
         print(f"\ninterrupted: results of the finished tracks are in {out} (marked interrupted; tracks not run "
               f"count as not passed); continue it with the same command plus --resume {out}", file=sys.stderr)
@@ -419,6 +461,29 @@ def _tune(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
+def _add_timings_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Record the wall seconds of every track that ran in RUN_DIR (from its results.json: variant "
+                     "quick, full or full (CPU-reduced), run folder, date, commit, machine) into the timings file "
+                     "that --list reads; entries of the same track and variant are replaced.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="folder of a run of run_suite.py (holds results.json)")
+    p.add_argument("--out", default=None, help="timings file (default: tracks/shared/tuning/timings.json)")
+    p.add_argument("--load-note", default=None, help="what the machine's load was during the run (recorded)")
+
+
+def _timings(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    prog = "run_suite.py timings"
+    try:
+        info = tracks.harness.timings.record_timings(args.run_dir, args.out, load_note=args.load_note)
+    except tracks.harness.timings.TimingsError as e:
+        return _usage_error(str(e), prog)
+    for key, variant, sec in info["recorded"]:
+        print(f"{key:<28} {variant:<20} {_est(sec):>9}")
+    for key, why in info["skipped"]:
+        print(f"{key:<28} skipped: {why}")
+    print(f"wrote {info['path']}")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` with the subcommand parser and run the command; arguments that start with an option
     (or none) go to ``run``, so ``run_suite.py --all --quick`` is ``run_suite.py run --all --quick``.
@@ -442,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 SUBCOMMANDS.update(run=_run, export=_export, sweep=_sweep)
-SUBCOMMANDS.update(tune=_tune)
+SUBCOMMANDS.update(tune=_tune, timings=_timings)
 
 
 def _sigterm_as_interrupt(signum, frame):  # a batch scheduler's SIGTERM ends the run like Ctrl-C

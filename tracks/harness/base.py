@@ -66,6 +66,8 @@ class TrackSpec:
     criteria: tuple[Criterion, ...]
     est_seconds_full: float
     est_seconds_quick: float
+    #: estimate of the CPU-reduced full variant (module ``CPU_FULL``, see :func:`variant_name`); None: no such variant
+    est_seconds_cpu_full: float | None = None
 
     def __post_init__(self) -> None:
         if not self.slug.replace("_", "").replace("-", "").isalnum():
@@ -95,6 +97,35 @@ def check_device(device: str):
     return dev
 
 
+#: the three settings levels of a track (``variant`` in results.json and report.md)
+QUICK_VARIANT, FULL_VARIANT, CPU_FULL_VARIANT = "quick", "full", "full (CPU-reduced)"
+
+
+def uses_cpu_full(device: str, full_recipe: bool = False) -> bool:
+    """Whether a non-quick run uses a track's CPU-reduced full config (module ``CPU_FULL``): on a CPU
+    device, unless ``full_recipe`` (``run_suite.py --full-recipe``) asks for the GPU recipe (``FULL``).
+    Any CUDA or MPS device runs ``FULL``.
+
+    >>> uses_cpu_full("cpu"), uses_cpu_full("cpu", full_recipe=True), uses_cpu_full("cuda:0")
+    (True, False, False)
+    """
+    return str(device).split(":")[0] == "cpu" and not full_recipe
+
+
+def variant_name(quick: bool, device: str, full_recipe: bool = False, has_cpu_full: bool = False) -> str:
+    """``"quick"``, ``"full"`` (the track's ``FULL``, the GPU recipe where it has a CPU-reduced one) or
+    ``"full (CPU-reduced)"`` (its ``CPU_FULL``).
+
+    >>> variant_name(False, "cpu", has_cpu_full=True), variant_name(False, "cuda", has_cpu_full=True)
+    ('full (CPU-reduced)', 'full')
+    >>> variant_name(True, "cpu", has_cpu_full=True), variant_name(False, "cpu")
+    ('quick', 'full')
+    """
+    if quick:
+        return QUICK_VARIANT
+    return CPU_FULL_VARIANT if has_cpu_full and uses_cpu_full(device, full_recipe) else FULL_VARIANT
+
+
 @dataclass
 class TrackContext:
     """What the runner hands a track: where to write, how hard to try, where data lives."""
@@ -110,24 +141,34 @@ class TrackContext:
     #: the run's shared :class:`tracks.harness.model_cache.ModelCache` (``<out>/model_cache``); the runner
     #: hands every track the same one, so a model one track trained is loaded by the next
     model_cache: Any = None
+    #: run the GPU recipe (``FULL``) even on the CPU (``run_suite.py --full-recipe``); default: a track's
+    #: ``CPU_FULL`` config on a CPU device
+    full_recipe: bool = False
 
     def __post_init__(self) -> None:
         if self.model_cache is None:
             from .model_cache import CACHE_DIR_NAME, ModelCache
             self.model_cache = ModelCache(Path(self.out_dir) / CACHE_DIR_NAME)
 
-    def settings(self, quick_cfg: Any, full_cfg: Any) -> Any:
-        """The track's typed config: ``self.config`` when the runner resolved it, else the mode's
-        instance (``quick_cfg`` or ``full_cfg``) with ``self.overrides`` applied and validated.
+    def settings(self, quick_cfg: Any, full_cfg: Any, cpu: Any = None) -> Any:
+        """The track's typed config: ``self.config`` when the runner resolved it, else the variant's
+        instance with ``self.overrides`` applied and validated. The variant: ``quick_cfg`` with
+        ``quick``; else ``cpu`` (the CPU-reduced full config, if the track has one) on a CPU device
+        unless ``full_recipe``; else ``full_cfg`` (the GPU recipe).
 
         Raises:
             tracks.harness.config.ConfigError: an unknown key or a value of the wrong type.
         """
-        base = quick_cfg if self.quick else full_cfg
+        base = quick_cfg if self.quick else (
+            cpu if cpu is not None and uses_cpu_full(self.device, self.full_recipe) else full_cfg)
         if self.config is not None and type(self.config) is type(base):
             return self.config
         from .config import apply_overrides
         return apply_overrides(base, self.overrides, label=f"track config {type(base).__name__}")
+
+    def variant(self, has_cpu_full: bool = False) -> str:
+        """The settings level this context selects (:func:`variant_name`)."""
+        return variant_name(self.quick, self.device, self.full_recipe, has_cpu_full)
 
     @property
     def torch_device(self):

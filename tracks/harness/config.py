@@ -203,8 +203,10 @@ def split_scoped(overrides: Mapping[str, Any], selected: Iterable[Any]) -> dict[
     return per
 
 
-def resolve_overrides(selected: Iterable[Any], overrides: Mapping[str, Any], *, quick: bool) -> dict[str, Any]:
-    """Validate ``overrides`` against every selected track's config; returns ``{module: config}``
+def resolve_overrides(selected: Iterable[Any], overrides: Mapping[str, Any], *, quick: bool, device: str = "cpu",
+                      full_recipe: bool = False) -> dict[str, Any]:
+    """Validate ``overrides`` against every selected track's config of the variant that runs (``QUICK``;
+    ``CPU_FULL`` on a CPU device unless ``full_recipe``; ``FULL``); returns ``{module: config}``
     (``None`` for a track without a typed config, which then accepts no overrides).
 
     Raises:
@@ -214,7 +216,7 @@ def resolve_overrides(selected: Iterable[Any], overrides: Mapping[str, Any], *, 
     per = split_scoped(overrides, selected)
     out: dict[str, Any] = {}
     for t in selected:
-        base = t.config(quick) if hasattr(t, "config") else None
+        base = t.config(quick, device, full_recipe) if hasattr(t, "config") else None
         ov = per[t.module]
         if base is None:
             if ov:

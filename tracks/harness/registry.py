@@ -3,7 +3,9 @@
 A track is a module ``tracks/tNN_slug.py`` (e.g. ``t02_eqprop_vs_bptt.py``) defining
 ``SPEC: TrackSpec`` and ``run(ctx: TrackContext) -> TrackResult`` (see :mod:`tracks.harness.base`),
 and optionally a typed config (``QUICK`` and ``FULL`` instances of a frozen dataclass, see
-:mod:`tracks.harness.config`). Modules are discovered with :mod:`pkgutil` on first use; nothing needs
+:mod:`tracks.harness.config`), and optionally ``CPU_FULL``, a CPU-reduced full config of the same class
+that a non-quick run on a CPU device uses instead of ``FULL`` (the GPU recipe; see
+:func:`tracks.harness.base.variant_name`). Modules are discovered with :mod:`pkgutil` on first use; nothing needs
 to be registered by hand. A module whose import fails (or whose ``SPEC`` is invalid) is listed as
 *broken* with the error instead of breaking the listing of the others, and fails when run.
 
@@ -24,7 +26,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable
 
-from .base import TrackContext, TrackResult, TrackSpec
+from .base import (CPU_FULL_VARIANT, QUICK_VARIANT, TrackContext, TrackResult, TrackSpec, uses_cpu_full,
+                   variant_name)
 
 log = logging.getLogger("eqprop_hwsim.tracks")
 
@@ -51,10 +54,30 @@ class Track:
     error: str | None = None  # import / validation failure with traceback; None when usable
     quick_config: Any = None  # the module's QUICK config instance (a frozen dataclass), if it has one
     full_config: Any = None  # the module's FULL config instance
+    cpu_full_config: Any = None  # the module's CPU_FULL config instance (CPU-reduced full), if it has one
 
-    def config(self, quick: bool) -> Any:
-        """The typed config of the mode (``QUICK`` or ``FULL``), ``None`` for a track without one."""
-        return self.quick_config if quick else self.full_config
+    def config(self, quick: bool, device: str = "cpu", full_recipe: bool = False) -> Any:
+        """The typed config of the variant (``QUICK``, ``CPU_FULL`` or ``FULL``; see :meth:`variant`),
+        ``None`` for a track without one."""
+        if quick:
+            return self.quick_config
+        if self.cpu_full_config is not None and uses_cpu_full(device, full_recipe):
+            return self.cpu_full_config
+        return self.full_config
+
+    def variant(self, quick: bool, device: str = "cpu", full_recipe: bool = False) -> str:
+        """``"quick"``, ``"full"`` or ``"full (CPU-reduced)"``."""
+        return variant_name(quick, device, full_recipe, self.cpu_full_config is not None)
+
+    def est_seconds(self, variant: str) -> float | None:
+        """The spec's estimate of ``variant`` (``None`` for a broken track)."""
+        if self.spec is None:
+            return None
+        if variant == QUICK_VARIANT:
+            return self.spec.est_seconds_quick
+        if variant == CPU_FULL_VARIANT and self.spec.est_seconds_cpu_full is not None:
+            return self.spec.est_seconds_cpu_full
+        return self.spec.est_seconds_full
 
     @property
     def broken(self) -> bool:
@@ -103,7 +126,13 @@ def _track_from_module(module: ModuleType, module_name: str, id_hint: int | None
             c is not None and not dataclasses.is_dataclass(c) for c in (quick_cfg, full_cfg)):
         return Track(spec.id, spec.slug, module_name, None, None,
                      f"{module_name}: QUICK and FULL must both be config dataclass instances (or both absent)")
-    return Track(spec.id, spec.slug, module_name, spec, run, quick_config=quick_cfg, full_config=full_cfg)
+    cpu_cfg = getattr(module, "CPU_FULL", None)
+    if cpu_cfg is not None and (full_cfg is None or type(cpu_cfg) is not type(full_cfg)):
+        return Track(spec.id, spec.slug, module_name, None, None,
+                     f"{module_name}: CPU_FULL must be an instance of FULL's config class "
+                     f"({type(full_cfg).__name__}), got {type(cpu_cfg).__name__}")
+    return Track(spec.id, spec.slug, module_name, spec, run, quick_config=quick_cfg, full_config=full_cfg,
+                 cpu_full_config=cpu_cfg)
 
 
 def _discover() -> dict[str, Track]:

@@ -11,9 +11,15 @@ complete suite can pass.
 ``results.json`` (DESIGN section 7)::
 
     {"suite": {"version", "started", "finished", "state", "argv", "machine", "commit", "out_dir",
-               "quick", "seeds", "device", "data_dir", "data_root", "overrides", "resumes", "passed"},
-     "tracks": [{"id", "slug", "name", "claim", "passed", "criteria", "metrics", "artifacts",
+               "quick", "full_recipe", "seeds", "device", "data_dir", "data_root", "overrides", "resumes",
+               "passed"},
+     "tracks": [{"id", "slug", "name", "claim", "variant", "passed", "criteria", "metrics", "artifacts",
                  "seconds", "notes", "failure", "traceback", "not_run", "resumed", "model_cache"}]}
+
+``variant`` is the settings level the track ran: ``"quick"``, ``"full"`` or ``"full (CPU-reduced)"``
+(the track's ``CPU_FULL`` config, used instead of its GPU recipe ``FULL`` on a CPU device unless
+``full_recipe``; see :func:`tracks.harness.base.variant_name`); a CPU-reduced row also starts its notes
+with that, so report.md says it next to the figures.
 
 Resume (``run_tracks(..., resume=True)``, ``run_suite.py --all --resume DIR``): an interrupted or
 killed run continues in its own folder. Tracks whose row in ``DIR/results.json`` is finished (passed or
@@ -62,7 +68,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .registry import Track, get_track
-from .base import TrackContext, TrackResult, evaluate
+from .base import CPU_FULL_VARIANT, TrackContext, TrackResult, evaluate
 from .machine import describe_machine
 from .model_cache import CACHE_DIR_NAME, ModelCache
 
@@ -130,6 +136,7 @@ class TrackRun:
     not_run: bool = False  # the suite stopped (interrupted or killed) before this track ran
     resumed: bool = False  # kept from an earlier session of this run folder (--resume), not rerun
     model_cache: dict[str, int] | None = None  # {"trained", "loaded", "corrupt"} entries of the shared cache
+    variant: str | None = None  # "quick", "full" or "full (CPU-reduced)" (None: a row written before variants)
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(dataclasses.asdict(self))
@@ -255,15 +262,15 @@ def _relative_artifacts(paths: Iterable[Any], out_dir: Path) -> tuple[list[str],
 def run_one(track: Track, ctx: TrackContext) -> TrackRun:
     """Run a single track in ``ctx``, catching its exceptions; never raises (except KeyboardInterrupt)."""
     spec = track.spec
-    est = None if spec is None else (spec.est_seconds_quick if ctx.quick else spec.est_seconds_full)
+    variant = track.variant(ctx.quick, ctx.device, ctx.full_recipe)
     base = dict(id=track.id, slug=track.slug, name=track.name, claim=spec.claim if spec else "",
-                est_seconds=est)
+                est_seconds=track.est_seconds(variant), variant=variant)
     if track.broken:
         log.error("track %s is broken: %s", track.key, track.error.splitlines()[0])
         crit = [{**c.to_dict(), "value": None, "passed": False} for c in (spec.criteria if spec else ())]
         return TrackRun(**base, passed=False, criteria=crit, metrics={}, artifacts=[], seconds=0.0,
                         failure=track.error.splitlines()[0], traceback=track.error)
-    log.info("track %s: start (quick=%s, seeds=%s, device=%s)", track.key, ctx.quick, ctx.seeds, ctx.device)
+    log.info("track %s: start (%s, seeds=%s, device=%s)", track.key, variant, ctx.seeds, ctx.device)
     t0 = time.perf_counter()
     tb = None
     try:
@@ -279,10 +286,19 @@ def run_one(track: Track, ctx: TrackContext) -> TrackRun:
     passed, criteria = evaluate(spec, result)
     artifacts, art_notes = _relative_artifacts(result.artifacts, Path(ctx.out_dir))
     run = TrackRun(**base, passed=passed, criteria=json_safe(criteria), metrics=metrics, artifacts=artifacts,
-                   seconds=round(seconds, 3), notes=[str(n) for n in result.notes] + art_notes,
+                   seconds=round(seconds, 3),
+                   notes=_variant_notes(variant) + [str(n) for n in result.notes] + art_notes,
                    failure=result.failure, traceback=tb)
     log.info("track %s: %s in %.1f s", track.key, "PASS" if passed else "FAIL", seconds)
     return run
+
+
+def _variant_notes(variant: str) -> list[str]:
+    if variant != CPU_FULL_VARIANT:
+        return []
+    return [f"variant: {CPU_FULL_VARIANT}: the track's CPU_FULL settings, sized for a 2-core CPU, not its GPU "
+            "recipe FULL (that one runs with --device cuda, or --full-recipe on the CPU); its figures are not "
+            "the GPU recipe's"]
 
 
 def run_tracks(
@@ -299,6 +315,7 @@ def run_tracks(
     on_start: Callable[[Track], None] | None = None,
     on_done: Callable[[TrackRun], None] | None = None,
     resume: bool = False,
+    full_recipe: bool = False,
 ) -> SuiteResult:
     """Run ``tracks`` in order and write ``results.json`` and ``report.md`` into ``out_dir``.
 
@@ -319,6 +336,8 @@ def run_tracks(
             (resumed) tracks are reported here too, before the first track runs.
         resume: continue the run in ``out_dir`` (see the module docstring): finished tracks are kept,
             the others run; the inputs must equal the recorded ones.
+        full_recipe: run every track's ``FULL`` config (the GPU recipe) even on a CPU device; default:
+            a track's ``CPU_FULL`` (CPU-reduced) config when ``device`` is the CPU and it has one.
 
     Returns:
         The :class:`SuiteResult`; its ``passed`` is True when every track ran and passed.
@@ -338,8 +357,10 @@ def run_tracks(
     resolved = [t if isinstance(t, Track) else get_track(t) for t in tracks]
     seeds = check_seeds(seeds)
     check_device(device)
-    configs = resolve_overrides(resolved, dict(overrides or {}), quick=quick)  # before any work
-    inputs = run_inputs(quick=quick, seeds=seeds, data_dir=data_dir, device=device, overrides=overrides)
+    configs = resolve_overrides(resolved, dict(overrides or {}), quick=quick, device=device,
+                                full_recipe=full_recipe)  # before any work
+    inputs = run_inputs(quick=quick, seeds=seeds, data_dir=data_dir, device=device, overrides=overrides,
+                        full_recipe=full_recipe)
     if resume:
         if out_dir is None:
             raise ResumeMismatchError("resume needs the folder of the run to continue (--resume DIR)")
@@ -354,12 +375,13 @@ def run_tracks(
     root_logger.addHandler(handler)  # records what the logger's level lets through (the CLI sets INFO)
     argv = list(sys.argv if argv is None else argv)
     try:
-        rows = [_not_run(t, quick) for t in resolved]
+        rows = [_not_run(t, quick, device, full_recipe) for t in resolved]
         if previous is None:
             suite = {
                 "version": _version(), "started": _now(), "finished": None, "state": "running",
                 "argv": argv, "machine": describe_machine(),
-                "commit": _git_commit(), "out_dir": str(out), "quick": quick, "seeds": list(seeds),
+                "commit": _git_commit(), "out_dir": str(out), "quick": quick, "full_recipe": bool(full_recipe),
+                "seeds": list(seeds),
                 "device": device, "data_dir": data_dir, "data_root": inputs["data_root"],
                 "overrides": json_safe(dict(overrides or {})), "resumes": [],
             }
@@ -381,7 +403,7 @@ def run_tracks(
                 if on_start is not None:
                     on_start(track)
                 ctx = TrackContext(out_dir=out, quick=quick, seeds=seeds, data_dir=data_dir, device=device,
-                                   progress=progress, overrides=dict(overrides or {}),
+                                   progress=progress, overrides=dict(overrides or {}), full_recipe=full_recipe,
                                    config=configs.get(track.module), model_cache=cache)
                 n_events = len(cache.events)
                 run = run_one(track, ctx)
@@ -409,11 +431,12 @@ def run_tracks(
 
 
 def run_inputs(*, quick: bool, seeds: Sequence[int], data_dir: str | None, device: str,
-               overrides: dict[str, Any] | None) -> dict[str, Any]:
+               overrides: dict[str, Any] | None, full_recipe: bool = False) -> dict[str, Any]:
     """The inputs a resume must repeat, as recorded in ``results.json``; ``data_root`` is the data
     folder the tracks read (``data_dir``, else ``$EQPROP_DATA``, else None)."""
     root = data_dir or os.environ.get("EQPROP_DATA") or None
-    return {"quick": bool(quick), "seeds": [int(s) for s in seeds], "device": str(device),
+    return {"quick": bool(quick), "full_recipe": bool(full_recipe), "seeds": [int(s) for s in seeds],
+            "device": str(device),
             "overrides": json.loads(json.dumps(json_safe(dict(overrides or {})))),
             "data_root": None if root is None else os.path.abspath(root)}
 
@@ -439,13 +462,15 @@ def check_resume(out_dir: str | os.PathLike, **inputs: Any) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ResumeMismatchError(f"--resume {out_dir}: {RESULTS_FILE} is unreadable ({type(e).__name__}: {e}); "
                                   "start a new run with --out") from None
-    names = {"quick": "--quick", "seeds": "--seeds", "device": "--device", "overrides": "--set",
-             "data_root": "--data-dir / EQPROP_DATA"}
+    names = {"quick": "--quick", "full_recipe": "--full-recipe", "seeds": "--seeds", "device": "--device",
+             "overrides": "--set", "data_root": "--data-dir / EQPROP_DATA"}
     for k, flag in names.items():
         if k == "data_root" and k not in suite:
             continue
         if k == "overrides":
             old = suite.get(k) or {}
+        elif k == "full_recipe":
+            old = bool(suite.get(k, False))  # a run recorded before --full-recipe existed ran without it
         else:
             old = suite.get(k)
         if old != inputs[k]:
@@ -502,13 +527,14 @@ def check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(s) for s in seeds)
 
 
-def _not_run(track: Track, quick: bool) -> TrackRun:
+def _not_run(track: Track, quick: bool, device: str = "cpu", full_recipe: bool = False) -> TrackRun:
     spec = track.spec
+    variant = track.variant(quick, device, full_recipe)
     crit = [{**c.to_dict(), "value": None, "passed": False} for c in (spec.criteria if spec else ())]
     return TrackRun(id=track.id, slug=track.slug, name=track.name, claim=spec.claim if spec else "", passed=False,
                     criteria=crit, metrics={}, artifacts=[], seconds=0.0,
                     failure="not run: the suite stopped before this track", not_run=True,
-                    est_seconds=None if spec is None else (spec.est_seconds_quick if quick else spec.est_seconds_full))
+                    est_seconds=track.est_seconds(variant), variant=variant)
 
 
 def _write(result: SuiteResult, write_report: Callable[[dict[str, Any], Path], Path]) -> None:
