@@ -66,16 +66,14 @@ from typing import Any, Callable
 import torch
 
 from models.checkpoint import save_checkpoint
-from models.eqprop_mlp import EqPropConfig, EqPropMLP
-from models.ff_mlp import FeedForwardMLP, FFConfig
-from models.train import evaluate, train
+from models.train import evaluate
 
 from .harness.stats import mean_ci95, paired_test
 from .harness.threads import torch_threads
 from .harness.plots import figure
 from .harness.base import Criterion, TrackContext, TrackResult, TrackSpec
-from .data import load_dataset, train_val_split
-from .shared.recipes import SIZES, get_recipe, recipe_name
+from .shared.headline import DATASETS, HEADLINE_EPOCHS, METHODS, TRAIN_THREADS, load_split, train_method
+from .shared.recipes import SIZES, recipe_name
 
 log = logging.getLogger("eqprop_hwsim.tracks.t25")
 
@@ -93,8 +91,6 @@ SPEC = TrackSpec(
     est_seconds_quick=45.0,
 )
 
-DATASETS = {"mnist": "mnist", "fashion_mnist": "fmnist"}  # dataset name -> metric prefix
-METHODS = ("eqprop", "bptt", "ffbp")  # metric suffixes; recipes <prefix>_784_512_10_<method>
 BASELINES = ("ffbp", "bptt")
 
 
@@ -105,7 +101,7 @@ class Config:
     n_train: int | None = None     # training images after the validation split (None: all)
     n_val: int = 5000              # validation images carved from train
     n_test: int | None = None      # test images (None: all 10k)
-    epochs: int = 10               # training epochs per run (every method)
+    epochs: int = HEADLINE_EPOCHS  # training epochs per run (every method)
     datasets: tuple[str, ...] = tuple(DATASETS)  # datasets to train on
     methods: tuple[str, ...] = METHODS           # training methods
     net_hook: Callable | None = None  # API only: hook(net, method) before training (failure tests)
@@ -128,53 +124,13 @@ QUICK = Config(n_train=2000, n_val=500, n_test=2000, epochs=3)
 FULL_EPOCHS = FULL.epochs
 REQUIRED_FULL = {"mnist": 0.985, "fmnist": 0.895, "mnist_gap": 0.003, "mnist_ffbp": 0.97}
 REQUIRED_QUICK = {"mnist": 0.80, "fmnist": 0.65, "mnist_gap": 0.05, "mnist_ffbp": 0.85}
-TRAIN_THREADS = 1  # batch-100 sweeps are too small for intra-op threads; on a shared machine OpenMP
-#                    worker spin-waiting multiplied CPU time several-fold (measured under load)
-
-
-def _make_net(method: str, seed: int) -> torch.nn.Module:
-    if method == "ffbp":
-        return FeedForwardMLP(FFConfig(sizes=SIZES), seed=seed)
-    return EqPropMLP(EqPropConfig(sizes=SIZES), seed=seed)
-
-
-def _train_key(ds: str, method: str, seed: int, data: dict[str, torch.Tensor], cfg, net: torch.nn.Module,
-               ctx: TrackContext) -> dict[str, Any]:
-    """The model-cache key of one training: data set and the hashes of its training and validation
-    slices, the model class and config, the recipe's full ``TrainConfig`` (incl. method and seed)."""
-    from .harness.model_cache import array_digest, training_key
-    return training_key(dataset=ds, x=data["x_tr"], y=data["y_tr"],
-                        model={"class": type(net).__name__, **net.config.to_dict()}, trainer="models.train.train",
-                        recipe={**cfg.to_dict(), "method": cfg.method, "t25_method": method,
-                                "val_sha256": array_digest(data["x_val"], data["y_val"])},
-                        seed=seed, device=str(ctx.torch_device))
 
 
 def _train_one(ds: str, method: str, seed: int, data: dict[str, torch.Tensor], epochs: int, ctx: TrackContext,
                hook: Callable | None, ckpt_dir: Path) -> dict[str, Any]:
-    """Train (or load from the run's model cache ``ctx.model_cache``) one (data set, method, seed).
-
-    The training goes through the cache unless a ``net_hook`` is set (a broken component must never
-    be stored or reused); the test accuracy is always computed here from the model."""
-    cfg = get_recipe(recipe_name(DATASETS[ds], method), epochs=epochs, seed=seed)
-    net = _make_net(method, seed).to(ctx.torch_device)
-    if hook is not None:
-        hook(net, method)
-        with torch_threads(TRAIN_THREADS):
-            hist = train(net, data["x_tr"], data["y_tr"], cfg, x_val=data["x_val"], y_val=data["y_val"],
-                         progress=ctx.progress)
-    else:
-        def train_fn(resumable):
-            with torch_threads(TRAIN_THREADS):
-                h = train(net, data["x_tr"], data["y_tr"], cfg, x_val=data["x_val"], y_val=data["y_val"],
-                          progress=ctx.progress, checkpoint=resumable.path, resume=True,
-                          epoch_callback=resumable.epoch_callback)
-            return net, {"history": h}
-        net, cached = ctx.model_cache.get_or_train(_train_key(ds, method, seed, data, cfg, net, ctx), train_fn,
-                                                   label=f"t25_{DATASETS[ds]}_{method}_s{seed}",
-                                                   train_config=cfg.to_dict(), with_metrics=True)
-        net = net.to(ctx.torch_device)
-        hist = cached["history"]
+    """Train (or load from the run's model cache, :func:`tracks.shared.headline.train_method`) one
+    (data set, method, seed); the test accuracy is always computed here from the model."""
+    net, hist, cfg = train_method(ds, method, seed, data, epochs, ctx, hook)
     with torch_threads(TRAIN_THREADS):
         acc = evaluate(net, data["x_te"], data["y_te"], cfg.eval_steps or cfg.n_free_steps)
     path = ckpt_dir / f"t25_{ds}_{method}_seed{seed}.pt"
@@ -185,21 +141,6 @@ def _train_one(ds: str, method: str, seed: int, data: dict[str, torch.Tensor], e
     log.info("t25 %s %s seed %d: test acc %.4f (val %s)", ds, method, seed, acc, hist["val_acc"])
     return {"dataset": ds, "method": method, "seed": seed, "test_acc": acc, "val_acc": hist["val_acc"],
             "train_loss": hist["train_loss"], "checkpoint": str(path.relative_to(ctx.out_dir))}
-
-
-def _load(ds: str, ctx: TrackContext, n_train, n_val, n_test) -> dict[str, torch.Tensor]:
-    x, y = load_dataset(ds, "train", ctx.data_dir)
-    x_tr, y_tr, x_val, y_val = train_val_split(x, y, n_val=n_val, seed=0)
-    if n_train is not None:
-        x_tr, y_tr = x_tr[:n_train], y_tr[:n_train]
-    x_te, y_te = load_dataset(ds, "test", ctx.data_dir)
-    if n_test is not None:
-        x_te, y_te = x_te[:n_test], y_te[:n_test]
-    dev = ctx.torch_device
-
-    def t(a):
-        return torch.from_numpy(a).to(dev)
-    return {"x_tr": t(x_tr), "y_tr": t(y_tr), "x_val": t(x_val), "y_val": t(y_val), "x_te": t(x_te), "y_te": t(y_te)}
 
 
 _STYLE = {"eqprop": ("o-", "C0"), "bptt": ("s--", "C1"), "ffbp": ("^:", "C2")}
@@ -267,7 +208,7 @@ def run(ctx: TrackContext) -> TrackResult:
                                "recipes": {f"{DATASETS[d]}_{m}": recipe_name(DATASETS[d], m)
                                            for d in datasets for m in methods}}
     for ds in datasets:
-        data = _load(ds, ctx, n_train, n_val, n_test)
+        data = load_split(ds, ctx, n_train, n_val, n_test)
         metrics[f"{DATASETS[ds]}_n_test"] = len(data["y_te"])
         for seed in seeds:
             for method in methods:

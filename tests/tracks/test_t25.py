@@ -75,14 +75,15 @@ def test_t25_fails_when_the_ffbp_baseline_is_not_trained(tmp_path, monkeypatch):
     small = dict(datasets=("mnist",), methods=("eqprop", "ffbp"), n_train=2000, epochs=2, n_test=1000, n_val=200)
     ok = t25.run(_ctx(tmp_path / "ok", **small))
     assert _crit(t25.SPEC, ok, "mnist_ffbp_acc_margin")["passed"]
-    real_train = t25.train
+    from tracks.shared import headline
+    real_train = headline.train
 
     def train_all_but_backprop(net, x, y, cfg, **kw):
         if cfg.method != "backprop":
             return real_train(net, x, y, cfg, **kw)
         return {"train_loss": [float("nan")] * cfg.epochs, "val_acc": [0.0] * cfg.epochs, "lr": [0.0] * cfg.epochs}
 
-    monkeypatch.setattr(t25, "train", train_all_but_backprop)
+    monkeypatch.setattr(headline, "train", train_all_but_backprop)
     res = t25.run(_ctx(tmp_path / "broken", **small))
     m = res.metrics
     assert m["mnist_test_acc_ffbp"] < 0.3  # the untrained net

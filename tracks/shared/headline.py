@@ -1,0 +1,135 @@
+"""The headline model: the Track 25 networks, trained once per run and shared by every track.
+
+The headline EqProp model is ``EqPropMLP`` 784-512-10 (one hidden layer, hard sigmoid, MSE, async
+updates) trained by the Track 25 recipe (``tracks/shared/recipes.py``: tuned on validation data) on
+all 55k training images left after carving the 5000-image validation split
+(``train_val_split(train, n_val=5000, seed=0)``), for :data:`HEADLINE_EPOCHS` epochs, one model per
+(data set, seed). Track 25 trains it (beside its baselines); the *full* variants of the hardware
+tracks (3, 4, 16, 17, 19, 36, 41, 42) start from it and evaluate on the full 10k test set, so their
+gaps are gaps below the model users care about. Every training goes through the run's model cache
+(``ctx.model_cache``) under one key (:func:`train_key`: data set, hashes of the training and
+validation slices, model class and config, the recipe's full ``TrainConfig`` incl. method and seed,
+device), so a (data set, method, recipe, seed) is trained once per run whichever track asks first;
+a resumed run loads it.
+
+>>> split = headline_split_sizes()
+>>> split
+{'n_train': 55000, 'n_val': 5000, 'n_test': 10000}
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import torch
+
+from models.eqprop_mlp import EqPropConfig, EqPropMLP
+from models.ff_mlp import FeedForwardMLP, FFConfig
+from models.train import evaluate, train
+
+from ..data import load_dataset, train_val_split
+from ..harness.threads import torch_threads
+from .recipes import SIZES, get_recipe, recipe_name
+
+log = logging.getLogger("eqprop_hwsim.tracks.headline")
+
+DATASETS = {"mnist": "mnist", "fashion_mnist": "fmnist"}  # dataset name -> recipe / metric prefix
+METHODS = ("eqprop", "bptt", "ffbp")                      # recipes <prefix>_784_512_10_<method>
+HEADLINE_EPOCHS = 10
+N_VAL = 5000
+TRAIN_THREADS = 1  # batch-100 sweeps are too small for intra-op threads; on a shared machine OpenMP
+#                    worker spin-waiting multiplied CPU time several-fold (measured under load)
+
+
+def headline_split_sizes() -> dict[str, int]:
+    """Image counts of the headline split (MNIST and Fashion-MNIST alike)."""
+    return {"n_train": 60000 - N_VAL, "n_val": N_VAL, "n_test": 10000}
+
+
+def load_split(ds: str, ctx, n_train: int | None = None, n_val: int = N_VAL,
+               n_test: int | None = None) -> dict[str, torch.Tensor]:
+    """Training / validation / test tensors of ``ds`` on ``ctx.torch_device`` (``None``: all)."""
+    if ds not in DATASETS:
+        raise ValueError(f"dataset {ds!r} is invalid; allowed: {list(DATASETS)}")
+    x, y = load_dataset(ds, "train", ctx.data_dir)
+    x_tr, y_tr, x_val, y_val = train_val_split(x, y, n_val=n_val, seed=0)
+    if n_train is not None:
+        x_tr, y_tr = x_tr[:n_train], y_tr[:n_train]
+    x_te, y_te = load_dataset(ds, "test", ctx.data_dir)
+    if n_test is not None:
+        x_te, y_te = x_te[:n_test], y_te[:n_test]
+    dev = ctx.torch_device
+
+    def t(a):
+        return torch.from_numpy(a).to(dev)
+    return {"x_tr": t(x_tr), "y_tr": t(y_tr), "x_val": t(x_val), "y_val": t(y_val), "x_te": t(x_te), "y_te": t(y_te)}
+
+
+def make_net(method: str, seed: int) -> torch.nn.Module:
+    """The untrained network of a method: FF-BP's ReLU MLP or the EqPropMLP (EqProp and BPTT)."""
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is invalid; allowed: {list(METHODS)}")
+    if method == "ffbp":
+        return FeedForwardMLP(FFConfig(sizes=SIZES), seed=seed)
+    return EqPropMLP(EqPropConfig(sizes=SIZES), seed=seed)
+
+
+def train_key(ds: str, method: str, seed: int, data: dict[str, torch.Tensor], cfg, net: torch.nn.Module,
+              ctx) -> dict[str, Any]:
+    """The model-cache key of one training: data set and the hashes of its training and validation
+    slices, the model class and config, the recipe's full ``TrainConfig`` (incl. method and seed)."""
+    from ..harness.model_cache import array_digest, training_key
+    return training_key(dataset=ds, x=data["x_tr"], y=data["y_tr"],
+                        model={"class": type(net).__name__, **net.config.to_dict()}, trainer="models.train.train",
+                        recipe={**cfg.to_dict(), "method": cfg.method, "t25_method": method,
+                                "val_sha256": array_digest(data["x_val"], data["y_val"])},
+                        seed=seed, device=str(ctx.torch_device))
+
+
+def train_method(ds: str, method: str, seed: int, data: dict[str, torch.Tensor], epochs: int, ctx,
+                 hook: Callable | None = None) -> tuple[torch.nn.Module, dict[str, Any], Any]:
+    """Train (or load from ``ctx.model_cache``) one (data set, method, seed) by its recipe.
+
+    Returns ``(net, history, recipe)``. The training goes through the cache unless ``hook`` is set
+    (``hook(net, method)`` before training: a broken component must never be stored or reused)."""
+    cfg = get_recipe(recipe_name(DATASETS[ds], method), epochs=epochs, seed=seed)
+    net = make_net(method, seed).to(ctx.torch_device)
+    if hook is not None:
+        hook(net, method)
+        with torch_threads(TRAIN_THREADS):
+            hist = train(net, data["x_tr"], data["y_tr"], cfg, x_val=data["x_val"], y_val=data["y_val"],
+                         progress=ctx.progress)
+        return net, hist, cfg
+
+    def train_fn(resumable):
+        with torch_threads(TRAIN_THREADS):
+            h = train(net, data["x_tr"], data["y_tr"], cfg, x_val=data["x_val"], y_val=data["y_val"],
+                      progress=ctx.progress, checkpoint=resumable.path, resume=True,
+                      epoch_callback=resumable.epoch_callback)
+        return net, {"history": h}
+    net, cached = ctx.model_cache.get_or_train(train_key(ds, method, seed, data, cfg, net, ctx), train_fn,
+                                               label=f"t25_{DATASETS[ds]}_{method}_s{seed}",
+                                               train_config=cfg.to_dict(), with_metrics=True)
+    return net.to(ctx.torch_device), cached["history"], cfg
+
+
+def headline_eqprop(ctx, ds: str = "mnist", seed: int = 0, *, data: dict[str, torch.Tensor] | None = None
+                    ) -> tuple[EqPropMLP, dict[str, torch.Tensor], dict[str, Any]]:
+    """The headline EqProp model of (``ds``, ``seed``), its data split and a description.
+
+    ``info``: ``description`` (one line for reports), ``recipe`` (name), ``epochs``, ``n_train``,
+    ``test_acc`` (free phase, all 10k test images, the recipe's evaluation sweeps) and ``history``.
+    """
+    data = load_split(ds, ctx) if data is None else data
+    net, hist, cfg = train_method(ds, "eqprop", seed, data, HEADLINE_EPOCHS, ctx)
+    with torch_threads(TRAIN_THREADS):
+        acc = evaluate(net, data["x_te"], data["y_te"], cfg.eval_steps or cfg.n_free_steps)
+    name = recipe_name(DATASETS[ds], "eqprop")
+    info = {"recipe": name, "epochs": HEADLINE_EPOCHS, "n_train": len(data["y_tr"]), "n_test": len(data["y_te"]),
+            "test_acc": acc, "history": hist, "sizes": list(SIZES), "seed": seed, "dataset": ds,
+            "description": (f"headline model: EqPropMLP {'-'.join(map(str, SIZES))} trained by recipe {name} "
+                            f"({HEADLINE_EPOCHS} epochs, {len(data['y_tr'])} training images, seed {seed}; "
+                            f"shared through the run's model cache), float test accuracy {acc:.4f} on "
+                            f"{len(data['y_te'])} test images")}
+    log.info("%s", info["description"])
+    return net, data, info
