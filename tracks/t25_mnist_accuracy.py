@@ -72,7 +72,8 @@ from .harness.stats import mean_ci95, paired_test
 from .harness.threads import torch_threads
 from .harness.plots import figure
 from .harness.base import Criterion, TrackContext, TrackResult, TrackSpec
-from .shared.headline import DATASETS, HEADLINE_EPOCHS, METHODS, TRAIN_THREADS, load_split, train_method
+from .shared.headline import DATASETS, HEADLINE_EPOCHS, METHODS, TRAIN_THREADS, load_split, prefetch,
+                              train_method
 from .shared.recipes import SIZES, recipe_name
 
 log = logging.getLogger("eqprop_hwsim.tracks.t25")
@@ -104,6 +105,7 @@ class Config:
     epochs: int = HEADLINE_EPOCHS  # training epochs per run (every method)
     datasets: tuple[str, ...] = tuple(DATASETS)  # datasets to train on
     methods: tuple[str, ...] = METHODS           # training methods
+    workers: int | None = None     # parallel training processes (None: the usable cores; 1: in order)
     net_hook: Callable | None = None  # API only: hook(net, method) before training (failure tests)
 
     def __post_init__(self) -> None:
@@ -111,6 +113,8 @@ class Config:
             v = getattr(self, f)
             if v is not None and v < 1:
                 raise ValueError(f"{f}={v} is invalid; allowed: an int >= 1 or null (all)")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers={self.workers} is invalid; allowed: an int >= 1 or null (the usable cores)")
         if self.n_val < 1 or self.epochs < 1:
             raise ValueError(f"n_val={self.n_val}, epochs={self.epochs} are invalid; allowed: ints >= 1")
         if not self.datasets or any(d not in DATASETS for d in self.datasets):
@@ -207,6 +211,9 @@ def run(ctx: TrackContext) -> TrackResult:
                                "sizes": list(SIZES), "hidden_layers": len(SIZES) - 2,
                                "recipes": {f"{DATASETS[d]}_{m}": recipe_name(DATASETS[d], m)
                                            for d in datasets for m in methods}}
+    if hook is None:  # independent seeds (and methods) train side by side where cores allow
+        prefetch(ctx, [(d, m, s) for d in datasets for s in seeds for m in methods], epochs, n_train=n_train,
+                 n_val=n_val, n_test=n_test, workers=c.workers)
     for ds in datasets:
         data = load_split(ds, ctx, n_train, n_val, n_test)
         metrics[f"{DATASETS[ds]}_n_test"] = len(data["y_te"])

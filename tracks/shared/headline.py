@@ -119,7 +119,11 @@ def headline_eqprop(ctx, ds: str = "mnist", seed: int = 0, *, data: dict[str, to
 
     ``info``: ``description`` (one line for reports), ``recipe`` (name), ``epochs``, ``n_train``,
     ``test_acc`` (free phase, all 10k test images, the recipe's evaluation sweeps) and ``history``.
+    The first call of a run trains the headline models of all of ``ctx.seeds`` (in parallel
+    processes where cores allow, :func:`prefetch`); later calls load them from the cache.
     """
+    if seed in ctx.seeds:  # the run's other seeds will be asked for next: train them side by side now
+        prefetch(ctx, [(ds, "eqprop", s) for s in ctx.seeds], HEADLINE_EPOCHS)
     data = load_split(ds, ctx) if data is None else data
     net, hist, cfg = train_method(ds, "eqprop", seed, data, HEADLINE_EPOCHS, ctx)
     with torch_threads(TRAIN_THREADS):
@@ -133,3 +137,92 @@ def headline_eqprop(ctx, ds: str = "mnist", seed: int = 0, *, data: dict[str, to
                             f"{len(data['y_te'])} test images")}
     log.info("%s", info["description"])
     return net, data, info
+
+
+# ------------------------------------------------------------------ parallel training of independent seeds
+def _train_in_worker(args: dict[str, Any]) -> dict[str, Any]:
+    """One training in a worker process (spawned: a fresh interpreter, one torch thread); the model
+    lands in the shared cache folder, where the parent then loads it."""
+    import time
+
+    from ..harness.base import TrackContext
+    from ..harness.model_cache import ModelCache
+
+    torch.set_num_threads(TRAIN_THREADS)
+    ctx = TrackContext(out_dir=args["out_dir"], data_dir=args["data_dir"], device=args["device"], progress=False,
+                       model_cache=ModelCache(args["cache_root"]))
+    data = load_split(args["ds"], ctx, args["n_train"], args["n_val"], args["n_test"])
+    t0 = time.perf_counter()
+    train_method(args["ds"], args["method"], args["seed"], data, args["epochs"], ctx)
+    return {k: args[k] for k in ("ds", "method", "seed")} | {"seconds": time.perf_counter() - t0,
+                                                             "events": ctx.model_cache.stats()}
+
+
+def _uncached(ctx, jobs, epochs, n_train, n_val, n_test) -> list[tuple[str, str, int]]:
+    """The jobs whose model is not in ``ctx.model_cache`` yet (by its checkpoint file)."""
+    out, splits = [], {}
+    for ds, method, seed in jobs:
+        if ds not in splits:
+            splits[ds] = load_split(ds, ctx, n_train, n_val, n_test)
+        cfg = get_recipe(recipe_name(DATASETS[ds], method), epochs=epochs, seed=seed)
+        key = train_key(ds, method, seed, splits[ds], cfg, make_net(method, seed), ctx)
+        if not ctx.model_cache.paths(key, f"t25_{DATASETS[ds]}_{method}_s{seed}")[0].exists():
+            out.append((ds, method, seed))
+    return out
+
+
+def default_workers() -> int:
+    """Processes for :func:`prefetch`: the cores this process may use (one torch thread each)."""
+    import os
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def prefetch(ctx, jobs: list[tuple[str, str, int]], epochs: int, *, n_train: int | None = None,
+             n_val: int = N_VAL, n_test: int | None = None, workers: int | None = None) -> list[dict[str, Any]]:
+    """Train the (data set, method, seed) ``jobs`` into ``ctx.model_cache`` in parallel processes.
+
+    Independent seeds are independent trainings, so on a CPU with ``workers`` > 1 cores they run
+    side by side (one torch thread each, as every training here runs); each worker trains exactly
+    what :func:`train_method` would train in this process (same data, recipe, seed, single thread:
+    the same weights, tested bit for bit) and writes it to the cache, from which the caller then loads
+    it. A job whose model is already cached costs the worker a load. Nothing happens with one worker,
+    one job, or a non-CPU device (the caller trains in order). A worker's failure is raised here
+    naming its job. Returns one record per job trained in a worker (``seconds``, cache ``events``).
+    """
+    workers = default_workers() if workers is None else int(workers)
+    if workers < 1:
+        raise ValueError(f"workers={workers} is invalid; allowed: an int >= 1")
+    if workers == 1 or len(jobs) < 2 or str(ctx.torch_device).split(":")[0] != "cpu":
+        return []
+    jobs = _uncached(ctx, jobs, epochs, n_train, n_val, n_test)
+    if len(jobs) < 2:
+        return []
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from models.progress import progress
+
+    # longest first (BPTT backpropagates through the free phase, FF-BP is cheapest), so the pool drains evenly
+    order = {"bptt": 0, "eqprop": 1, "ffbp": 2}
+    jobs = sorted(jobs, key=lambda j: order.get(j[1], 9))
+    common = {"out_dir": str(ctx.out_dir), "data_dir": ctx.data_dir, "device": str(ctx.torch_device),
+              "cache_root": str(ctx.model_cache.root), "epochs": epochs, "n_train": n_train, "n_val": n_val,
+              "n_test": n_test}
+    records = []
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool, \
+            progress(total=len(jobs), desc=f"training {len(jobs)} models in {min(workers, len(jobs))} processes",
+                     enabled=ctx.progress) as bar:
+        futs = {pool.submit(_train_in_worker, {**common, "ds": ds, "method": m, "seed": s}): (ds, m, s)
+                for ds, m, s in jobs}
+        for f in as_completed(futs):
+            try:
+                rec = f.result()
+            except Exception as e:  # noqa: BLE001  (re-raised with the job named)
+                raise RuntimeError(f"training {futs[f]} in a worker process failed: {e}") from e
+            records.append(rec)
+            log.info("prefetch: %s %s seed %d in %.1f s", rec["ds"], rec["method"], rec["seed"], rec["seconds"])
+            bar.update(1)
+    return records
