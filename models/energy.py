@@ -294,9 +294,23 @@ class EnergyModel:
         ``drive``: a precomputed ``self.drive(x)`` (the phases of one EqProp step share it).
         """
         self._check_input(x)
+        return self._relax_checked(x, s0, beta=beta, y=y, n_steps=n_steps, tol=tol, method=method,
+                                   damping=damping, record_trace=record_trace, drive=drive)
+
+    fast_relax: bool = True
+    """Relax layered Dense/Bias chains with the fused loop :func:`relax_chain` (bit-identical states
+    and diagnostics; set False on an instance to run the generic sweeper and solver instead)."""
+
+    def _relax_checked(self, x, s0, *, beta, y, n_steps, tol, method="fixed_point", damping=0.0,
+                       record_trace=False, drive=None) -> tuple[State, RelaxInfo]:
         with torch.no_grad():
             drive = self.drive(x) if drive is None else drive
             s0 = self.zero_state(x.shape[0], x) if s0 is None else [t.detach() for t in s0]
+            if (self.fast_relax and method == "fixed_point" and tol == 0.0 and damping == 0.0
+                    and not record_trace and n_steps >= 1 and chain_plan(self, drive) is not None):
+                if beta != 0.0 and y is None:
+                    raise ValueError("a nudged step (beta != 0) needs the targets y")
+                return relax_chain(self, drive, s0, beta=beta, y=y, n_steps=n_steps)
             return relax(self.sweeper(drive, beta, y), s0, max_steps=n_steps, tol=tol,
                          method=method, damping=damping, record_trace=record_trace)
 
@@ -326,8 +340,8 @@ class EnergyModel:
         with torch.no_grad():
             drive = self.drive(x)  # shared by all phases
 
-        def relax_(s0, *, beta, n_steps, step_offset):
-            return self.relax(x, s0, beta=beta, y=y, n_steps=n_steps, tol=tol, drive=drive)
+        def relax_(s0, *, beta, n_steps, step_offset):  # input checked once above
+            return self._relax_checked(x, s0, beta=beta, y=y, n_steps=n_steps, tol=tol, drive=drive)
 
         ph = run_phases(relax_, beta=beta, mode=mode, n_free_steps=n_free_steps, n_nudge_steps=n_nudge_steps,
                         free_state=free_state, generator=generator)
@@ -458,3 +472,103 @@ def one_hot(y: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
 
 def drive_dtype(drive: list) -> torch.dtype | None:
     return next((d.dtype for d in drive if d is not None), None)
+
+
+# ------------------------------------------------------------------------------ fused chain relaxation
+_BASE_METHODS = ("sweeper", "drive", "_node_contributions", "schedule", "preact")
+
+
+def chain_plan(model, drive: list | None = None) -> list | None:
+    """The weights of a layered chain, or None when :func:`relax_chain` does not apply.
+
+    Applies to a model with the base float dynamics (none of :data:`_BASE_METHODS` overridden, the
+    float kernels of :class:`Dense` / :class:`Bias` unchanged), ``async`` updates, and terms exactly
+    ``Dense(0, INPUT), Bias(0), Dense(1, 0), Bias(1), ...`` (the :class:`~models.eqprop_mlp.EqPropMLP`
+    layout); ``drive`` (if given) must hold a tensor for node 0 and a bias vector for the others.
+    Returns ``[W_0, ..., W_{L-1}]`` (``W_i`` of shape ``(n_i, n_{i-1})``).
+    """
+    cls = type(model)
+    if any(getattr(cls, m, None) is not getattr(EnergyModel, m) for m in _BASE_METHODS):
+        return None
+    if FLOAT_KERNELS.get(Dense) is not DenseFloat or FLOAT_KERNELS.get(Bias) is not BiasFloat:
+        return None
+    if getattr(model, "update", None) != "async":
+        return None
+    terms, n = model.terms, len(model.nodes)
+    if len(terms) != 2 * n:
+        return None
+    for i in range(n):
+        d, b = terms[2 * i], terms[2 * i + 1]
+        if type(d) is not Dense or type(b) is not Bias or d.post != i or d.pre != (i - 1 if i else INPUT) \
+                or b.node != i:
+            return None
+    if drive is not None:
+        if len(drive) != n or drive[0] is None or drive[0].ndim != 2:
+            return None
+        if any(d is None or d.ndim != 1 for d in drive[1:]):
+            return None
+    return [model._param(terms[2 * i].weight) for i in range(n)]
+
+
+def relax_chain(model, drive: list, s0: State, *, beta: float, y: torch.Tensor | None,
+                n_steps: int) -> tuple[State, RelaxInfo]:
+    """The fixed-point relaxation of a layered chain (:func:`chain_plan`), fused: the same torch ops
+    in the same order as :meth:`EnergyModel.sweeper` under :func:`models.solvers.fixed_point`
+    (``tol=0``, no damping, no trace), written into preallocated buffers, and an **exact
+    fixed-point exit**: once a sweep (the second or later) leaves the nodes the first update group
+    reads unchanged, bit for bit and in memory layout, every later sweep is the identity (the
+    sweep is deterministic), so the loop stops with the state and :class:`RelaxInfo` the full
+    ``n_steps`` sweeps would give. Call under ``torch.no_grad()``.
+
+    The result is bit-identical to the generic path (``tests/models/test_fast_relax.py`` checks
+    states, diagnostics, EqProp gradients and training steps for every nudging mode).
+    """
+    W = chain_plan(model, drive)
+    if W is None:
+        raise ValueError("relax_chain: the model is not a layered Dense/Bias chain with async updates "
+                         "(see models.energy.chain_plan); use EnergyModel.relax")
+    n = len(model.nodes)
+    last = n - 1
+    bounds = [nd.bounds for nd in model.nodes]
+    nudge = model.nudger(beta, y, drive_dtype(drive)) if beta != 0.0 else None
+    groups = model.schedule()
+    B = s0[0].shape[0]
+    like = drive[0]
+    # two buffer sets (ping-pong): node i's forward product (n_i, B) and feedback product (B, n_i)
+    fwd = [[torch.empty(nd.size, B, dtype=like.dtype, device=like.device) if i else None
+            for i, nd in enumerate(model.nodes)] for _ in range(2)]
+    fbk = [[torch.empty(B, nd.size, dtype=like.dtype, device=like.device) if i < last else None
+            for i, nd in enumerate(model.nodes)] for _ in range(2)]
+    bias_col = [d[:, None] if i else None for i, d in enumerate(drive)]
+    # nodes whose values determine the next sweep: all but the first group (which reads only
+    # others); the output as well if it is in the first group and reads itself through the nudge
+    watch = [i for i in range(n) if i not in groups[0] or (i == last and nudge is not None)]
+
+    def node(i: int, s: State, buf: int) -> torch.Tensor:
+        if i:
+            a = torch.addmm(bias_col[i], W[i], s[i - 1].t(), out=fwd[buf][i]).t()
+        else:
+            a = drive[0]
+        if i < last:
+            a = torch.addmm(a, s[i + 1], W[i + 1], out=fbk[buf][i])
+        if i == last and nudge is not None:
+            a = a - beta * nudge(s[i])
+        lo, hi = bounds[i]
+        return a.clamp(lo, hi) if a is drive[0] else a.clamp_(lo, hi)
+
+    s = list(s0)
+    prev = s
+    for k in range(1, n_steps + 1):
+        prev, s = s, list(s)
+        for g in groups:
+            for i in g:
+                s[i] = node(i, s, k % 2)
+        if k >= 2 and k < n_steps and all(s[i].stride() == prev[i].stride() and torch.equal(s[i], prev[i])
+                                          for i in watch):
+            prev = s  # the remaining sweeps would map s to itself
+            break
+    res = torch.stack([(a - b).abs().amax(dim=1) for a, b in zip(s, prev)], dim=0).amax(dim=0)
+    conv = res <= 0.0
+    steps = torch.full((B,), -1, dtype=torch.long)
+    steps[conv] = n_steps
+    return s, RelaxInfo(steps, conv, res, torch.zeros(B, dtype=torch.bool), [], n_steps)
