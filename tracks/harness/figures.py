@@ -1,0 +1,133 @@
+"""README figures from one run: the table of every track's criteria and key metrics, generated.
+
+The README's "Measured figures" come from one ``run_suite.py --all`` run whose ``results.json`` and
+``report.md`` are kept in the repository (``docs/results/<run>/``). This module renders that run as
+a markdown block (when, where, which commit, the command, the total time, then one row per track:
+variant, result, time, every criterion with its value and bar, and the track's key metrics) and
+writes it between the markers :data:`START` and :data:`END` of a markdown file, so the figures and
+the run cannot drift apart (``tests/test_readme.py`` regenerates the block and compares)::
+
+    python -m tracks.harness.figures docs/results/full_run            # print the block
+    python -m tracks.harness.figures docs/results/full_run --write README.md
+
+Which metrics are *key* is curated per track in :data:`KEY_METRICS` (exact metric names); a name
+the run lacks is reported on stderr (a renamed metric must not vanish from the README unnoticed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from .report import fmt_seconds, fmt_value
+
+START, END = "<!-- run-figures:start -->", "<!-- run-figures:end -->"
+
+#: key metrics per track id, shown after the criteria (exact names in the track's metrics dict)
+KEY_METRICS: dict[int, tuple[str, ...]] = {}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float) and 0 < abs(v) < 1 and not (0.999 < abs(v)):
+        return f"{v:.4g}"
+    if isinstance(v, float) and 0.999 < abs(v) < 1:
+        return f"{v:.7g}"
+    return fmt_value(v)
+
+
+def _cell(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def _track_row(t: dict[str, Any], report_link: str | None, missing: list[str]) -> str:
+    crits = "; ".join(f"{c['metric']} = {_fmt(c.get('value'))} (need {c['op']} {c['threshold']:g}"
+                      f"{'' if c.get('passed') else ', **failed**'})" for c in t.get("criteria") or [])
+    m = t.get("metrics") or {}
+    keys = []
+    for k in KEY_METRICS.get(int(t["id"]), ()):
+        if k in m:
+            keys.append(f"{k} = {_fmt(m[k])}")
+        else:
+            missing.append(f"track {t['id']}: {k}")
+    figures = crits + ("; " if crits and keys else "") + "; ".join(keys)
+    if t.get("failure"):
+        figures += f"; error: {t['failure']}"
+    name = f"[{t['id']}]({report_link}#track-{t['id']})" if report_link else str(t["id"])
+    status = "NOT RUN" if t.get("not_run") else ("PASS" if t.get("passed") else "**FAIL**")
+    variant = t.get("variant") or "n/a"
+    return f"| {name} {_cell(t['name'])} | {_cell(str(variant))} | {status} | {fmt_seconds(t.get('seconds'))} | " \
+           f"{_cell(figures)} |"
+
+
+def render(results: dict[str, Any], report_link: str | None = None, missing: list[str] | None = None) -> str:
+    """The README block (without the markers) of a ``results.json`` dict."""
+    missing = [] if missing is None else missing
+    s = results["suite"]
+    tracks = results["tracks"]
+    mach = s.get("machine") or {}
+    total = sum(float(t.get("seconds") or 0) for t in tracks)
+    n_pass = sum(bool(t.get("passed")) for t in tracks)
+    lines = [
+        f"One run: `{' '.join(s.get('argv') or [])}`, commit {s.get('commit')}, started {s.get('started')}, "
+        f"finished {s.get('finished')}; {n_pass}/{len(tracks)} tracks passed; track time {fmt_seconds(total)}. "
+        f"Machine: {mach.get('cpu')} ({mach.get('logical_cores')} logical cores), {fmt_value(mach.get('memory_gib'))} "
+        f"GiB, {mach.get('os')}, Python {mach.get('python')}, torch {(mach.get('versions') or {}).get('torch')}; "
+        f"GPU: {mach.get('gpu') or 'none'}. Seeds {s.get('seeds')}; mode {'quick' if s.get('quick') else 'full'}.",
+        "",
+        "| track | variant | result | time | criteria (value, bar) and key metrics |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [_track_row(t, report_link, missing) for t in tracks]
+    return "\n".join(lines)
+
+
+def replace_block(text: str, block: str, where: str = "markdown file") -> str:
+    """``text`` with the part between :data:`START` and :data:`END` replaced by ``block``."""
+    pat = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
+    if not pat.search(text):
+        raise ValueError(f"{where} has no {START} ... {END} block; add the two markers where the figures go")
+    return pat.sub(lambda _m: f"{START}\n{block}\n{END}", text, count=1)
+
+
+def load_results(run_dir: str | Path) -> dict[str, Any]:
+    p = Path(run_dir) / "results.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} not found: give the folder of a finished run_suite.py run (it holds results.json)")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p} is not valid JSON ({e}); the run folder is corrupt, rerun the suite") from e
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tracks.harness.figures", description=__doc__.split("\n")[0])
+    ap.add_argument("run_dir", help="folder of a finished run (results.json, report.md)")
+    ap.add_argument("--write", metavar="FILE", help="replace the block between the markers in FILE")
+    ap.add_argument("--link", default=None, help="relative link to the run's report.md (default: run_dir/report.md)")
+    a = ap.parse_args(argv)
+    try:
+        res = load_results(a.run_dir)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    missing: list[str] = []
+    block = render(res, a.link or f"{Path(a.run_dir).as_posix()}/report.md", missing)
+    for m in missing:
+        print(f"warning: key metric missing in the run: {m}", file=sys.stderr)
+    if a.write:
+        p = Path(a.write)
+        try:
+            p.write_text(replace_block(p.read_text(), block, str(p)))
+        except (OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    else:
+        print(block)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
