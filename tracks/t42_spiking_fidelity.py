@@ -2,9 +2,11 @@
 
 Procedure (seed ``ctx.seeds[0]``):
 
-1. Train an :class:`EqPropMLP` on real MNIST with :func:`models.train.train` (EqProp, symmetric
-   nudging); quick: 784-64-10 on 5000 images, full: 784-128-10 on 10000 (or load
-   ``--set checkpoint=PATH``). Training goes through the run's model cache (``ctx.model_cache``:
+1. Full (issue 14): the headline model of the seed (:func:`tracks.shared.headline.headline_eqprop`:
+   EqPropMLP 784-512-10 trained by the Track 25 recipe on 55k images, from the run's model cache);
+   quick: train an :class:`EqPropMLP` 784-64-10 on 5000 real MNIST images with :func:`models.train.train`
+   (EqProp, symmetric nudging); or load ``--set checkpoint=PATH``. Full: float and snntorch on all 10k
+   test images, Brian2 (slow) on the first ``n_brian`` (10). Training goes through the run's model cache (``ctx.model_cache``:
    trained once per run, loaded by a resumed run); the trained model is saved as an artifact
    (``t42_model.pt``) either way.
 2. ``float_acc``: float64 free phase (``FLOAT_STEPS`` sweeps) on the test slice.
@@ -112,6 +114,7 @@ class T42Config:
     poisson: bool = False         # also run Poisson input at T=64
     alt_threshold: float = 0.6    # the non-unit firing threshold of the vth_ comparisons
     checkpoint: str | None = None  # EqPropMLP checkpoint to use instead of training
+    headline: bool = False        # issue 14: use the headline model of the seed (tracks.shared.headline; full)
     model: Any = None             # API only: a trained EqPropMLP (skips training)
     snn_transform: Callable | None = None     # API only: SpikingParams -> SpikingParams (snntorch path)
     brian2_transform: Callable | None = None  # API only: SpikingParams -> SpikingParams (Brian2)
@@ -147,7 +150,8 @@ class T42Config:
 # T=64 82.6 % on 500 test images). 1500 x 1 gave a 54 % net (spiking 51 %, gap 0.03: fails the 1-point bound).
 QUICK = T42Config(n_train=5000, n_test=500, n_brian=2, hidden=64, epochs=2, conv_n_train=3000, conv_epochs=2,
                   conv_n_test=500, conv_n_brian=1)
-FULL = T42Config(n_train=10000, n_test=10000, n_brian=10, hidden=128, epochs=3)  # measured: 333 s CPU
+# full (issue 14): the headline model (784-512-10, Track 25 recipe, 55k images; n_train / hidden / epochs unused)
+FULL = T42Config(n_train=10000, n_test=10000, n_brian=10, hidden=512, epochs=3, headline=True)
 
 
 def _config(ctx: TrackContext) -> T42Config:
@@ -166,6 +170,12 @@ def _model(ctx: TrackContext, cfg: T42Config, seed: int) -> tuple[EqPropMLP, lis
             raise ValueError(f"checkpoint {cfg.checkpoint} holds a {type(net).__name__}; the spiking ports run "
                              "an EqPropMLP (layered, hard-sigmoid): give an EqPropMLP checkpoint")
         return net, [f"model loaded from {cfg.checkpoint}"]
+    if cfg.headline:
+        from .shared.headline import headline_eqprop
+        net, _data, info = headline_eqprop(ctx, "mnist", seed)
+        net = net.cpu()
+        path = save_checkpoint(ctx.out_dir / "t42_model.pt", net, overwrite=True)
+        return net, [info["description"], f"model saved to {path.name}"]
     from .harness.model_cache import train_mlp_cached
     x, y = load_dataset("mnist", "train", ctx.data_dir)
     x, y = x[:cfg.n_train], y[:cfg.n_train]

@@ -1,6 +1,13 @@
 """Shared implementation of the quantised-EqProp tracks (4 ternary, 16 INT8, 19 INT4).
 
-One run per preset, on real MNIST, for every seed of ``ctx.seeds`` (quick: the first seed only):
+One run per preset, on real MNIST, for every seed of ``ctx.seeds`` (quick: the first seed only).
+Full variant (issue 14, ``headline=True``): model ``E`` is the seed's headline model
+(:func:`tracks.shared.headline.headline_eqprop`: EqPropMLP 784-512-10 trained by the Track 25 recipe on
+55k images, from the run's model cache), no float pre-training here; every path below fine-tunes it
+``ft_epochs`` on ``ft_n_train`` images of its training split (a seeded subset, CPU budget) at SGD rate
+``ft_lr``; evaluation on all 10k test images; ``acc_start`` (the headline model in this track's
+evaluation), ``acc_headline`` (as Track 25 measured it) and ``onchip_gap_headline_pt`` (``acc_start -
+acc_onchip``) are reported beside ``onchip_gap_pt``. Quick variant: a small net pre-trained here:
 
 1. **float**: an :class:`~models.eqprop_mlp.EqPropMLP` trained by float EqProp (symmetric nudging,
    SGD, :func:`models.qat.train_qat` with the ``fp32`` spec) for ``epochs`` epochs (model ``E``), then
@@ -124,6 +131,10 @@ class QuantTrackConfig:
     conv_lr: float = 0.2
     conv_ft_lr: float = 0.05
     conv_n_bitexact: int = 50   # test images of the numba-vs-torch conv replays
+    # issue 14: full variant starts from the headline model (tracks.shared.headline.headline_eqprop)
+    headline: bool = False      # model E = the headline 784-512-10 of the seed (no float pre-training here)
+    ft_n_train: int = 0         # headline: fine-tuning images (seeded subset of the 55k headline split; 0: n_train)
+    ft_lr: tuple = ()           # SGD rate per layer of every fine-tuning path (float, QAT, on chip); (): lr
 
     def __post_init__(self) -> None:
         for f in ("hidden", "n_train", "n_test", "epochs", "ft_epochs", "batch_size", "n_free_steps",
@@ -142,6 +153,9 @@ class QuantTrackConfig:
         if self.narrow_acc_bits != 0 and not 4 <= self.narrow_acc_bits <= 20:
             raise ValueError(f"narrow_acc_bits={self.narrow_acc_bits} is invalid; allowed: 0 (preset default) or "
                              "4..20 (it must overflow on real images)")
+        if self.ft_n_train < 0 or self.ft_n_train > 55000 or (self.ft_lr and not all(r > 0 for r in self.ft_lr)):
+            raise ValueError(f"ft_n_train={self.ft_n_train}, ft_lr={self.ft_lr}: allowed ft_n_train in [0, 55000] "
+                             "(the headline training split) and rates > 0 (or () for lr)")
         if self.conv_optimizer not in ("sgd", "adam"):
             raise ValueError(f"conv_optimizer={self.conv_optimizer!r} is invalid; allowed: 'sgd' or 'adam'")
         if self.conv_seeds < 0 or not (self.conv_lr > 0 and self.conv_ft_lr > 0) or not self.conv_channels:
@@ -153,7 +167,10 @@ class QuantTrackConfig:
 # per-tensor PTQ loss (measured gap 4.1 pt; 3.7 pt with 128 hidden units); full mode keeps 1 epoch on 10k.
 QUICK = QuantTrackConfig(hidden=64, n_train=2000, n_test=1000, epochs=3, ft_epochs=2, scratch=0,
                          conv_channels=(4, 8), conv_n_train=1000, conv_n_test=300, conv_epochs=2, conv_n_bitexact=20)
-FULL = QuantTrackConfig()
+# full (issue 14): the headline model (784-512-10, Track 25 recipe, 55k images) fine-tuned 1 epoch on 2000 of its
+# training images by every path at a small SGD rate (CPU budget); the from-scratch on-chip run keeps 784-128-10
+# on 10k images.
+FULL = QuantTrackConfig(headline=True, ft_n_train=2000, ft_lr=(0.02, 0.01))
 
 
 def make_spec(track_id: int, slug: str, name: str, preset: str) -> TrackSpec:
@@ -213,28 +230,39 @@ def _range_violations(weights, fmt) -> int:
     return bad
 
 
+def _ft_lr(cfg: QuantTrackConfig) -> tuple:
+    return tuple(cfg.ft_lr or cfg.lr)
+
+
 def _bitexact_replay(fp0, x, y, cfg, seed) -> int:
     """Differences between numba and torch over two chained on-chip steps (states, hidden, codes)."""
-    specs = onchip.layer_specs_for_lr(fp0, cfg.lr, batch_size=len(x), beta_span=2 * cfg.beta)
+    specs = onchip.layer_specs_for_lr(fp0, _ft_lr(cfg), batch_size=len(x), beta_span=2 * cfg.beta)
     return onchip_steps_mismatches(onchip.OnChipState.from_fixed_point(fp0, specs), fp0.quantize_input(x), y,
                                    beta=cfg.beta, n_free_steps=cfg.n_free_steps, n_nudge_steps=cfg.n_nudge_steps,
                                    seed=seed)
 
 
 def _run_seed(preset: str, cfg: QuantTrackConfig, seed: int, data, bypass: bool, progress: bool,
-              scratch: bool) -> dict:
+              scratch: bool, net_e: EqPropMLP | None = None, scratch_data=None) -> dict:
+    """One seed. ``net_e``: the starting float model (headline mode) instead of pre-training a
+    784-``hidden``-10 for ``epochs`` on ``data``; ``scratch_data``: ``(x, y)`` of the from-scratch run
+    (default: the training images of ``data``)."""
     x_tr, y_tr, x_te, y_te = data
     spec = get_preset(preset)
     sizes = (784, cfg.hidden, 10)
     qcfg = QATConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=tuple(cfg.lr), beta=cfg.beta,
                      nudging="symmetric", n_free_steps=cfg.n_free_steps, n_nudge_steps=cfg.n_nudge_steps, seed=seed)
-    ft = dataclasses.replace(qcfg, epochs=cfg.ft_epochs, seed=seed + 1)
+    ft = dataclasses.replace(qcfg, epochs=cfg.ft_epochs, lr=_ft_lr(cfg), seed=seed + 1)
     fp32 = get_preset("fp32")
     x64_te = x_te.astype(np.float64)
     out: dict = {"seed": seed}
 
-    net_e = EqPropMLP(EqPropConfig(sizes=sizes), seed=seed)
-    train_qat(net_e, x_tr, y_tr, fp32, qcfg, progress=progress)
+    if net_e is None:
+        net_e = EqPropMLP(EqPropConfig(sizes=sizes), seed=seed)
+        train_qat(net_e, x_tr, y_tr, fp32, qcfg, progress=progress)
+    else:
+        net_e = copy.deepcopy(net_e).cpu()
+        out["acc_start"] = _acc_float(net_e, x_te, y_te)
     net_f = copy.deepcopy(net_e)
     train_qat(net_f, x_tr, y_tr, fp32, ft, progress=progress)
     out["acc_float"] = _acc_float(net_f, x_te, y_te)
@@ -271,9 +299,9 @@ def _run_seed(preset: str, cfg: QuantTrackConfig, seed: int, data, bypass: bool,
     ospec = onchip.onchip_spec(spec)
     fp0 = FixedPointMLP.from_model(net_e, ospec)
     out["acc_ptq_per_tensor_start"] = float(np.mean(fp0.predict(x64_te, n_steps=cfg.n_free_steps, batch_size=1000) == y_te))
-    kw = dict(batch_size=cfg.batch_size, beta=cfg.beta, lr=tuple(cfg.lr), n_free_steps=cfg.n_free_steps,
+    kw = dict(batch_size=cfg.batch_size, beta=cfg.beta, lr=_ft_lr(cfg), n_free_steps=cfg.n_free_steps,
               n_nudge_steps=cfg.n_nudge_steps, progress=progress)
-    specs = onchip.layer_specs_for_lr(fp0, cfg.lr, batch_size=cfg.batch_size, beta_span=2 * cfg.beta)
+    specs = onchip.layer_specs_for_lr(fp0, _ft_lr(cfg), batch_size=cfg.batch_size, beta_span=2 * cfg.beta)
     xb, yb = x_tr[:cfg.batch_size].astype(np.float64), y_tr[:cfg.batch_size]
     cos0 = onchip.update_cosine(onchip.OnChipState.from_fixed_point(fp0, specs), xb, yb, beta=cfg.beta,
                                 n_free_steps=cfg.n_free_steps, n_nudge_steps=cfg.n_nudge_steps, seed=seed)
@@ -287,8 +315,10 @@ def _run_seed(preset: str, cfg: QuantTrackConfig, seed: int, data, bypass: bool,
     out["update_cosine_bias"] = [min(a, b) for a, b in zip(cos0["bias"], cos1["bias"])]
     out["onchip_layer_updates"] = hist["layer_specs"]
     if scratch:
+        xs, ys = (x_tr, y_tr) if scratch_data is None else scratch_data
         fp_s = FixedPointMLP.from_model(EqPropMLP(EqPropConfig(sizes=sizes), seed=seed + 1000), ospec)
-        hs = onchip.train_onchip(fp_s, x_tr, y_tr, epochs=cfg.epochs + cfg.ft_epochs, seed=seed + 3, **kw)
+        hs = onchip.train_onchip(fp_s, xs, ys, epochs=cfg.epochs + cfg.ft_epochs, seed=seed + 3,
+                                 **{**kw, "lr": tuple(cfg.lr)})
         out["acc_onchip_scratch"] = float(np.mean(
             hs["model"].predict(x64_te, n_steps=cfg.n_free_steps, batch_size=1000) == y_te))
         violations += _range_violations(hs["model"].w_codes, wfmt)
@@ -314,6 +344,55 @@ def _run_seed(preset: str, cfg: QuantTrackConfig, seed: int, data, bypass: bool,
     return out
 
 
+def _small_rows(ctx: TrackContext, preset: str, cfg: QuantTrackConfig, seeds, bypass: bool):
+    """Quick variant: a 784-``hidden``-10 pre-trained here on ``n_train`` seeded MNIST images."""
+    x_all, y_all = load_dataset("mnist", "train", ctx.data_dir)
+    x_te, y_te = load_dataset("mnist", "test", ctx.data_dir)
+    x_te, y_te = x_te[:cfg.n_test], y_te[:cfg.n_test]
+    rows: list = []
+    for seed in seeds:
+        idx = np.random.default_rng(seed).choice(len(x_all), size=cfg.n_train, replace=False)
+        rows.append(_run_seed(preset, cfg, seed, (x_all[idx], y_all[idx], x_te, y_te), bypass, ctx.progress,
+                              scratch=len(rows) < cfg.scratch))
+        log.info("%s seed %d: %s", preset, seed, {k: v for k, v in rows[-1].items() if k.startswith("acc")})
+    notes = [f"784-{cfg.hidden}-10 pre-trained here ({cfg.epochs} float epochs), {cfg.n_train} training images, "
+             f"{len(y_te)} test images, seeds {list(seeds)}."]
+    return rows, len(y_te), notes
+
+
+def _headline_rows(ctx: TrackContext, preset: str, cfg: QuantTrackConfig, seeds, bypass: bool):
+    """Full variant (issue 14): model E is the headline model of each seed (``headline_eqprop``, from the
+    run's model cache); every path fine-tunes it for ``ft_epochs`` on ``ft_n_train`` images of its training
+    split (a seeded subset); evaluation on the first ``n_test`` images of the test set (10k: all)."""
+    from .headline import headline_eqprop
+
+    rows: list = []
+    notes: list = []
+    n_test = 0
+    for seed in seeds:
+        net, data, info = headline_eqprop(ctx, "mnist", seed)
+        x_tr, y_tr = data["x_tr"].cpu().numpy(), data["y_tr"].cpu().numpy()
+        x_te, y_te = data["x_te"].cpu().numpy()[:cfg.n_test], data["y_te"].cpu().numpy()[:cfg.n_test]
+        perm = np.random.default_rng(seed).permutation(len(x_tr))
+        ft_idx, sc_idx = perm[:cfg.ft_n_train or cfg.n_train], perm[:cfg.n_train]
+        row = _run_seed(preset, cfg, seed, (x_tr[ft_idx], y_tr[ft_idx], x_te, y_te), bypass, ctx.progress,
+                        scratch=len(rows) < cfg.scratch, net_e=net, scratch_data=(x_tr[sc_idx], y_tr[sc_idx]))
+        row["acc_headline"] = float(info["test_acc"])
+        rows.append(row)
+        notes.append(info["description"])
+        n_test = len(y_te)
+        log.info("%s seed %d: %s", preset, seed, {k: v for k, v in row.items() if k.startswith("acc")})
+    n_ft = cfg.ft_n_train or cfg.n_train
+    notes.append(
+        f"Every path starts from the headline model (EqPropMLP 784-512-10, Track 25 recipe, 55k images) and is "
+        f"fine-tuned {cfg.ft_epochs} epoch(s) on {n_ft} of its training images (seeded subset, CPU budget) by SGD at "
+        f"lr {list(_ft_lr(cfg))}, beta {cfg.beta}: float EqProp (acc_float), QAT, on-chip integer EqProp; PTQ quantises "
+        f"the float-fine-tuned model. acc_start: the headline model itself in this track's evaluation "
+        f"({cfg.n_free_steps} sweeps); {n_test} test images, seeds {list(seeds)}. From scratch: 784-{cfg.hidden}-10 "
+        f"on {cfg.n_train} images of the same split.")
+    return rows, n_test, notes
+
+
 def run_quantized(ctx: TrackContext, preset: str, track_id: int) -> TrackResult:
     """Run the track for ``preset`` (see module docstring)."""
     cfg = _config(ctx)
@@ -322,22 +401,18 @@ def run_quantized(ctx: TrackContext, preset: str, track_id: int) -> TrackResult:
     if not seeds:
         raise ValueError("ctx.seeds is empty; allowed: at least one seed")
     with torch_threads(1):  # small matmuls: intra-op threads only add contention
-        x_all, y_all = load_dataset("mnist", "train", ctx.data_dir)
-        x_te, y_te = load_dataset("mnist", "test", ctx.data_dir)
-        x_te, y_te = x_te[:cfg.n_test], y_te[:cfg.n_test]
-        rows = []
-        for seed in seeds:
-            idx = np.random.default_rng(seed).choice(len(x_all), size=cfg.n_train, replace=False)
-            rows.append(_run_seed(preset, cfg, seed, (x_all[idx], y_all[idx], x_te, y_te), bypass, ctx.progress,
-                                  scratch=len(rows) < cfg.scratch))
-            log.info("%s seed %d: %s", preset, seed, {k: v for k, v in rows[-1].items() if k.startswith("acc")})
+        rows, n_test, headline_notes = (_headline_rows if cfg.headline else _small_rows)(ctx, preset, cfg, seeds, bypass)
 
     metrics: dict = {}
     for r in rows:
         r["onchip_gap_pt"] = 100.0 * (r["acc_float"] - r["acc_onchip"])
         r["update_cosine_min"] = float(min(r["update_cosine"] + r["update_cosine_start"]))
     names = ["acc_float", "acc_ptq", "acc_qat", "acc_onchip", "onchip_gap_pt", "update_cosine_min"]
-    names += [k for k in ("acc_onchip_scratch", "acc_ptq_per_tensor_start") if k in rows[0]]
+    names += [k for k in ("acc_onchip_scratch", "acc_ptq_per_tensor_start", "acc_start", "acc_headline") if k in rows[0]]
+    if "acc_start" in rows[0]:  # headline mode: the gap below the untouched headline model too
+        for r in rows:
+            r["onchip_gap_headline_pt"] = 100.0 * (r["acc_start"] - r["acc_onchip"])
+        names.append("onchip_gap_headline_pt")
     for k in names:
         vals = [r[k] for r in rows if k in r]
         m, h = mean_ci95(vals)
@@ -359,15 +434,19 @@ def run_quantized(ctx: TrackContext, preset: str, track_id: int) -> TrackResult:
     metrics["target_gap_pt"] = TARGET_GAP_PT[preset]
     metrics["target_met"] = bool(metrics["onchip_gap_pt"] <= TARGET_GAP_PT[preset])
     metrics["n_seeds"] = len(rows)
-    metrics["n_test"] = int(len(y_te))
+    metrics["n_test"] = int(n_test)
     metrics["n_train"] = cfg.n_train
+    metrics["model"] = "headline 784-512-10" if cfg.headline else f"784-{cfg.hidden}-10 trained here"
+    if cfg.headline:
+        metrics["ft_n_train"] = cfg.ft_n_train or cfg.n_train
     metrics["per_seed"] = [{k: (v if not isinstance(v, np.generic) else v.item()) for k, v in r.items()} for r in rows]
+    start = "the headline model" if cfg.headline else f"the float model after {cfg.epochs} epoch(s)"
     notes = [
         f"acc_onchip_scratch: on-chip EqProp from a quantised fresh initialisation for {cfg.epochs + cfg.ft_epochs} "
         f"epochs (first {cfg.scratch} seed(s) only).",
-        f"acc_onchip = on-chip EqProp fine-tuning ({cfg.ft_epochs} epoch(s)) of the per-tensor quantisation of the "
-        f"float model after {cfg.epochs} epoch(s); acc_float = float EqProp after {cfg.epochs + cfg.ft_epochs} epochs.",
-        f"784-{cfg.hidden}-10, {cfg.n_train} training images, {len(y_te)} test images, seeds {list(seeds)}.",
+        f"acc_onchip = on-chip EqProp fine-tuning ({cfg.ft_epochs} epoch(s)) of the per-tensor quantisation of "
+        f"{start}; acc_float = {start} fine-tuned the same {cfg.ft_epochs} epoch(s) by float EqProp.",
+        *headline_notes,
         f"Issue target: gap <= {TARGET_GAP_PT[preset]} pt; measured {metrics['onchip_gap_pt']:.2f} pt "
         f"({'met' if metrics['target_met'] else 'NOT met'}).",
     ]
