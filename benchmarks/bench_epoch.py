@@ -1,11 +1,15 @@
 """EqProp training epoch vs backprop epochs for 784-512-10 on real MNIST, measured in one run.
 
 Three ways to train the same ``EqPropMLP`` (784-512-10, hard sigmoid ``clamp(a, 0, 1)``, MSE,
-batch 100, SGD), each timed over the same training batches with the same loop (shuffle, gradient,
-``optimizer.step``):
+batch 100, Adam as in the tuned recipes; ``--optimizer sgd`` for plain SGD), each timed over the same
+training batches with the same loop (shuffle, gradient, ``optimizer.step``):
 
 * ``eqprop``: ``models.train.compute_grads(method="eqprop")``: free phase ``T1 = 30`` sweeps, two
-  nudged phases of ``T2 = 10`` (symmetric, ``+-beta``), contrast.
+  nudged phases of ``T2 = 10`` (symmetric, ``+-beta``), contrast. It runs the fused chain relaxation
+  (``models.energy.relax_chain``: preallocated buffers, exact fixed-point exit, the two nudged phases
+  stacked in one batch), bit-identical to the generic path (``tests/models/test_fast_relax.py``).
+* ``eqprop_ref`` (only with ``--reference``): the same on the generic sweeper + solver
+  (``fast_relax = False``), to show the fused loop's speed-up.
 * ``bp_ff``: plain feed-forward backprop through the same layers, one forward pass
   ``h = rho(W0 x + b0)``, ``o = rho(W1 h + b1)``, ``L = 0.5 ||o - onehot(y)||^2``, autograd.
 * ``bptt`` (only with ``--bptt``): ``models.train.compute_grads(method="bptt")``: autograd through
@@ -25,6 +29,7 @@ run still shorter than half of ``--min-seconds`` is flagged as too short to trus
 Usage::
 
     .venv/bin/python benchmarks/bench_epoch.py [--n-train 30000] [--repeats 5] [--threads 1 2] [--profile]
+        [--reference] [--optimizer adam|sgd]
 """
 from __future__ import annotations
 
@@ -71,11 +76,14 @@ def loadavg() -> list[float]:
 
 
 def time_epoch(grad_fn, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, seed: int,
-               passes: int = 1) -> tuple[float, float]:
+               passes: int = 1, optimizer: str = "adam", ref: bool = False) -> tuple[float, float]:
     """Wall and process-CPU seconds per pass over ``(x, y)`` in batches of ``cfg.batch_size`` (fresh net),
     averaged over ``passes`` consecutive passes timed as one run (enough work per timed run)."""
     net = EqPropMLP(EqPropConfig(sizes=SIZES), seed=seed)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    if ref:
+        net.fast_relax = False  # the generic sweeper + solver (what EqProp ran before the fused loop)
+    opt = (torch.optim.Adam(net.parameters(), lr=1e-3) if optimizer == "adam"
+           else torch.optim.SGD(net.parameters(), lr=0.01))
     params = dict(net.named_parameters())
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
     t0, c0 = time.perf_counter(), time.process_time()
@@ -118,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-seconds", type=float, default=3.0,
                     help="each timed run lasts at least about this long: a shorter pass is repeated (calibrated once)")
     ap.add_argument("--bptt", action="store_true", help="also time BPTT through the 30 free sweeps (slow)")
+    ap.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
+                    help="optimizer of every method (the tuned recipes use Adam)")
+    ap.add_argument("--reference", action="store_true",
+                    help="also time EqProp on the generic sweeper + solver (fast_relax=False): the fused loop's speed-up")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args(argv)
@@ -131,12 +143,15 @@ def main(argv: list[str] | None = None) -> int:
         "eqprop": (eqprop_or_bptt, TrainConfig(method="eqprop", **base)),
         "bp_ff": (ff_grads, TrainConfig(method="bptt", **base)),
     }
+    if args.reference:
+        methods["eqprop_ref"] = (eqprop_or_bptt, TrainConfig(method="eqprop", **base))
+    tkw = {m: dict(optimizer=args.optimizer, ref=m == "eqprop_ref") for m in methods}
     if args.bptt:
         methods["bptt"] = (eqprop_or_bptt, TrainConfig(method="bptt", **base))
     scale = N_FULL / args.n_train
     results = {}
     print(f"machine: {describe_machine_short()}  (shared machine: figures are noisy)")
-    print(f"784-512-10, batch {args.batch_size}, T1=30 T2=10 symmetric; timed {args.n_train} MNIST samples x "
+    print(f"784-512-10, batch {args.batch_size}, T1=30 T2=10 symmetric, {args.optimizer}; timed {args.n_train} MNIST samples x "
           f"{args.repeats} interleaved repeats per thread count, epoch scaled to {N_FULL}", flush=True)
     for k in args.threads:
         torch.set_num_threads(k)
@@ -144,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             net = EqPropMLP(EqPropConfig(sizes=SIZES), seed=0)
             fn(net, x[:args.batch_size], y[:args.batch_size], cfg)
         # --min-seconds rule: a method whose pass is shorter is timed over several passes per run
-        passes = {m: max(1, math.ceil(args.min_seconds / max(time_epoch(fn, cfg, x, y, seed=99)[0], 1e-6)))
+        passes = {m: max(1, math.ceil(args.min_seconds / max(time_epoch(fn, cfg, x, y, seed=99, **tkw[m])[0], 1e-6)))
                   for m, (fn, cfg) in methods.items()}
         print(f"[{k} thread(s)] passes over the {args.n_train} samples per timed run: {passes}", flush=True)
         load0 = loadavg()
@@ -152,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu: dict[str, list[float]] = {m: [] for m in methods}
         for r in range(args.repeats):
             for m, (fn, cfg) in methods.items():
-                w, c = time_epoch(fn, cfg, x, y, seed=r, passes=passes[m])
+                w, c = time_epoch(fn, cfg, x, y, seed=r, passes=passes[m], **tkw[m])
                 times[m].append(w)
                 cpu[m].append(c)
             print(f"[{k} thread(s)] repeat {r}: " + "  ".join(f"{m} {times[m][-1]:.2f}s (cpu {cpu[m][-1]:.2f}s)"
@@ -173,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                "cpu_paired_ratio_median": round(float(np.median(cpu_paired)), 3),
                "cpu_paired_ratio_min_max": [round(float(cpu_paired.min()), 3), round(float(cpu_paired.max()), 3)],
                "passes_per_run": passes, "loadavg_before": load0, "loadavg_after": load1, "too_short": too_short}
+        if "eqprop_ref" in methods:
+            res["speedup_fused_vs_generic"] = round(epoch["eqprop_ref"]["median"] / epoch["eqprop"]["median"], 3)
         if "bptt" in methods:
             res["ratio_eqprop_vs_bptt"] = round(epoch["eqprop"]["median"] / epoch["bptt"]["median"], 3)
         results[str(k)] = res
@@ -187,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
               f"eqprop {cpu_epoch['eqprop']['median']:.2f}s, bp_ff {cpu_epoch['bp_ff']['median']:.2f}s per 60k), paired "
               f"median {res['cpu_paired_ratio_median']:.2f} range {res['cpu_paired_ratio_min_max']} (less sensitive to "
               f"other processes' load)  [load {load1}]")
+        if "eqprop_ref" in methods:
+            print(f"  fused relaxation speed-up (eqprop_ref / eqprop) = {res['speedup_fused_vs_generic']:.2f}")
         if "bptt" in methods:
             print(f"  ratio eqprop/bptt  = {res['ratio_eqprop_vs_bptt']:.2f}")
         if too_short:
@@ -197,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"torch.profiler, 5 EqProp steps (batch {args.batch_size}), {args.threads[0]} thread(s):")
         print(profile_eqprop(x, y, methods["eqprop"][1]))
     print(json.dumps({"bench": "epoch", "machine": describe_machine_short(), "n_train_timed": args.n_train,
-                      "scaled_to": N_FULL, "batch_size": args.batch_size, "repeats": args.repeats,
+                      "scaled_to": N_FULL, "batch_size": args.batch_size, "repeats": args.repeats, "optimizer": args.optimizer,
                       "results": results}))
     return 0
 

@@ -47,7 +47,8 @@ from typing import Callable, ClassVar
 
 import torch
 
-from .engine import UPDATES, check_update, require_kernels, run_phases, schedule_groups  # noqa: F401
+from .engine import (UPDATES, Phases, check_update, nudge_betas, require_kernels, run_phases,  # noqa: F401
+                     schedule_groups)
 from .solvers import RelaxInfo, relax
 
 INPUT = -1
@@ -297,6 +298,10 @@ class EnergyModel:
         return self._relax_checked(x, s0, beta=beta, y=y, n_steps=n_steps, tol=tol, method=method,
                                    damping=damping, record_trace=record_trace, drive=drive)
 
+    stack_phases: bool = True
+    """With :attr:`fast_relax`, symmetric nudging relaxes its two nudged phases as one stacked batch
+    (:func:`relax_chain_pair`)."""
+
     fast_relax: bool = True
     """Relax layered Dense/Bias chains with the fused loop :func:`relax_chain` (bit-identical states
     and diagnostics; set False on an instance to run the generic sweeper and solver instead)."""
@@ -343,8 +348,22 @@ class EnergyModel:
         def relax_(s0, *, beta, n_steps, step_offset):  # input checked once above
             return self._relax_checked(x, s0, beta=beta, y=y, n_steps=n_steps, tol=tol, drive=drive)
 
-        ph = run_phases(relax_, beta=beta, mode=mode, n_free_steps=n_free_steps, n_nudge_steps=n_nudge_steps,
-                        free_state=free_state, generator=generator)
+        if (mode == "symmetric" and self.fast_relax and self.stack_phases and y is not None and tol == 0.0
+                and n_free_steps >= 1
+                and n_nudge_steps >= 1 and chain_plan(self, drive) is not None):
+            # the two nudged phases start from the same free state: relax them as one stacked batch
+            # (no diagnostics: eqprop_grads returns none)
+            b1, b2 = nudge_betas(mode, beta, generator)
+            with torch.no_grad():
+                if free_state is None:
+                    free_state, _ = relax_chain(self, drive, self.zero_state(x.shape[0], x), beta=0.0, y=y,
+                                                n_steps=n_free_steps, diagnostics=False)
+                (s1, s2), _ = relax_chain_pair(self, drive, [t.detach() for t in free_state], b1, b2, y,
+                                               n_nudge_steps, diagnostics=False)
+            ph = Phases(free_state, s1, s2, b1, b2, {})
+        else:
+            ph = run_phases(relax_, beta=beta, mode=mode, n_free_steps=n_free_steps, n_nudge_steps=n_nudge_steps,
+                            free_state=free_state, generator=generator)
         grads = self.contrast(x, ph.s1, ph.s2, ph.b1, ph.b2)
         return (grads, ph.as_dict()) if return_states else grads
 
@@ -475,7 +494,7 @@ def drive_dtype(drive: list) -> torch.dtype | None:
 
 
 # ------------------------------------------------------------------------------ fused chain relaxation
-_BASE_METHODS = ("sweeper", "drive", "_node_contributions", "schedule", "preact")
+_BASE_METHODS = ("sweeper", "drive", "_node_contributions", "schedule", "preact", "nudger")
 
 
 def chain_plan(model, drive: list | None = None) -> list | None:
@@ -510,15 +529,17 @@ def chain_plan(model, drive: list | None = None) -> list | None:
     return [model._param(terms[2 * i].weight) for i in range(n)]
 
 
-def relax_chain(model, drive: list, s0: State, *, beta: float, y: torch.Tensor | None,
-                n_steps: int) -> tuple[State, RelaxInfo]:
+def relax_chain(model, drive: list, s0: State, *, beta: float | torch.Tensor, y: torch.Tensor | None,
+                n_steps: int, diagnostics: bool = True) -> tuple[State, RelaxInfo | None]:
     """The fixed-point relaxation of a layered chain (:func:`chain_plan`), fused: the same torch ops
     in the same order as :meth:`EnergyModel.sweeper` under :func:`models.solvers.fixed_point`
     (``tol=0``, no damping, no trace), written into preallocated buffers, and an **exact
     fixed-point exit**: once a sweep (the second or later) leaves the nodes the first update group
     reads unchanged, bit for bit and in memory layout, every later sweep is the identity (the
     sweep is deterministic), so the loop stops with the state and :class:`RelaxInfo` the full
-    ``n_steps`` sweeps would give. Call under ``torch.no_grad()``.
+    ``n_steps`` sweeps would give. Call under ``torch.no_grad()``. ``beta`` may be a ``(B, 1)``
+    tensor (one strength per sample: :func:`relax_chain_pair` stacks two nudged phases).
+    ``diagnostics=False`` returns ``(s, None)`` (skips the last residual).
 
     The result is bit-identical to the generic path (``tests/models/test_fast_relax.py`` checks
     states, diagnostics, EqProp gradients and training steps for every nudging mode).
@@ -530,7 +551,8 @@ def relax_chain(model, drive: list, s0: State, *, beta: float, y: torch.Tensor |
     n = len(model.nodes)
     last = n - 1
     bounds = [nd.bounds for nd in model.nodes]
-    nudge = model.nudger(beta, y, drive_dtype(drive)) if beta != 0.0 else None
+    per_row = isinstance(beta, torch.Tensor)  # (B, 1) nudging strengths (phases stacked in one batch)
+    nudge = model.nudger(1.0 if per_row else beta, y, drive_dtype(drive)) if per_row or beta != 0.0 else None
     groups = model.schedule()
     B = s0[0].shape[0]
     like = drive[0]
@@ -558,6 +580,7 @@ def relax_chain(model, drive: list, s0: State, *, beta: float, y: torch.Tensor |
 
     s = list(s0)
     prev = s
+    fixed = False
     for k in range(1, n_steps + 1):
         prev, s = s, list(s)
         for g in groups:
@@ -565,10 +588,52 @@ def relax_chain(model, drive: list, s0: State, *, beta: float, y: torch.Tensor |
                 s[i] = node(i, s, k % 2)
         if k >= 2 and k < n_steps and all(s[i].stride() == prev[i].stride() and torch.equal(s[i], prev[i])
                                           for i in watch):
-            prev = s  # the remaining sweeps would map s to itself
+            fixed = True  # the remaining sweeps would map s to itself: residual 0 (states are finite)
             break
-    res = torch.stack([(a - b).abs().amax(dim=1) for a, b in zip(s, prev)], dim=0).amax(dim=0)
+    if not diagnostics:
+        return s, None
+    if fixed:
+        res = torch.zeros(B, dtype=s[0].dtype, device=s[0].device)
+    else:
+        res = torch.stack([(a - b).abs().amax(dim=1) for a, b in zip(s, prev)], dim=0).amax(dim=0)
     conv = res <= 0.0
     steps = torch.full((B,), -1, dtype=torch.long)
     steps[conv] = n_steps
     return s, RelaxInfo(steps, conv, res, torch.zeros(B, dtype=torch.bool), [], n_steps)
+
+
+def _stack_like(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``cat([a, b])`` along the batch, stored like ``a`` (a transposed view stays a transposed view:
+    the products then see the same operand layout as the unstacked phases)."""
+    if a.dim() == 2 and a.stride(0) == 1 and a.shape[1] > 1:
+        return torch.cat([a.t(), b.t()], dim=1).t()
+    return torch.cat([a, b], dim=0)
+
+
+def _rows(t: torch.Tensor, sl: slice) -> torch.Tensor:
+    """Rows ``sl`` of a stacked state, laid out as an unstacked phase's state."""
+    part = t[sl]
+    return part.t().contiguous().t() if t.dim() == 2 and t.stride(0) == 1 and t.shape[1] > 1 else part.contiguous()
+
+
+def relax_chain_pair(model, drive: list, s0: State, b1: float, b2: float, y: torch.Tensor,
+                     n_steps: int, diagnostics: bool = True) -> tuple[tuple[State, State], tuple]:
+    """Two nudged phases (``b1`` and ``b2``) from the same ``s0`` as **one** relaxation of the
+    stacked batch ``2B`` (half the ops, twice the rows per product), split back into the two
+    phases' states and diagnostics. Row-independent arithmetic (every product row, the nudge and
+    the clamp depend on their own sample only): bit-identical to two :func:`relax_chain` calls
+    where the BLAS computes a row of a product the same whatever the number of rows (checked by
+    ``tests/models/test_fast_relax.py``)."""
+    B = s0[0].shape[0]
+    drive2 = [_stack_like(drive[0], drive[0])] + list(drive[1:])
+    st0 = [_stack_like(t, t) for t in s0]
+    y2 = torch.cat([y, y])
+    dt = drive_dtype(drive)
+    beta = torch.cat([torch.full((B, 1), b1, dtype=dt), torch.full((B, 1), b2, dtype=dt)])
+    s, info = relax_chain(model, drive2, st0, beta=beta, y=y2, n_steps=n_steps, diagnostics=diagnostics)
+    out, infos = [], []
+    for sl in (slice(0, B), slice(B, 2 * B)):
+        out.append([_rows(t, sl) for t in s])
+        infos.append(None if info is None else RelaxInfo(info.steps[sl], info.converged[sl], info.residual[sl], info.cycling[sl], [],
+                               info.n_steps))
+    return (out[0], out[1]), (infos[0], infos[1])

@@ -116,3 +116,24 @@ def test_other_models_take_the_generic_path(mnist):
     x = mnist[0][:20]
     s_skip, _ = skip.relax(x, None, n_steps=5)  # still runs (generic path)
     assert s_skip[-1].shape == (20, 10)
+
+
+@pytest.mark.parametrize("cost", ["mse", "ce"])
+def test_stacked_pair_equals_two_generic_phases(mnist, cost):
+    """relax_chain_pair (both nudged phases in one 2B batch) = two generic relaxations, diagnostics too."""
+    from models.energy import relax_chain_pair
+
+    x, y = mnist[0][:100], mnist[1][:100]
+    fast, ref = _pair((784, 64, 10), cost=cost)
+    free, _ = ref.relax(x, None, n_steps=30)
+    with torch.no_grad():
+        (s1, s2), (i1, i2) = relax_chain_pair(fast, fast.drive(x), free, -0.4, 0.4, y, 10)
+    for s_f, i_f, b in ((s1, i1, -0.4), (s2, i2, 0.4)):
+        s_r, i_r = ref.relax(x, free, beta=b, y=y, n_steps=10)
+        assert all(torch.equal(a, c) and a.stride() == c.stride() for a, c in zip(s_f, s_r))
+        _same_info(i_f, i_r)
+    fast.stack_phases = False  # the unstacked fused path gives the same gradients as well
+    g_u = fast.eqprop_grads(x, y, beta=0.4)
+    fast.stack_phases = True
+    g_s = fast.eqprop_grads(x, y, beta=0.4)
+    assert all(torch.equal(g_u[k], g_s[k]) for k in g_u)
