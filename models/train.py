@@ -47,6 +47,11 @@ class TrainConfig:
         optimizer: ``"sgd"`` (with ``momentum``) or ``"adam"``.
         lr: learning rate, or one per layer (EqPropMLP: ``len(sizes) - 1`` values).
         lr_schedule: ``"constant"`` or ``"cosine"`` (per epoch, to 0).
+        warmup_steps: the first ``warmup_steps`` updates scale the rates linearly up from
+            ``1 / warmup_steps`` to 1 (times the schedule); 0 = none. Adam's first updates move every
+            weight by about ``lr`` in the sign of its gradient, so a hard-sigmoid output unit that is
+            on for most images can be pushed below ``-beta`` on every image within a few updates and
+            never gets a nudge again (a dead class); a warmup lets Adam's moment estimates settle first.
         weight_decay: L2 coefficient.
         beta, nudging: EqProp nudging strength and mode (``one_sided``, ``symmetric``,
             ``random_sign``).
@@ -61,6 +66,7 @@ class TrainConfig:
     optimizer: str = "sgd"
     lr: float | tuple[float, ...] = 0.05
     lr_schedule: str = "constant"
+    warmup_steps: int = 0
     momentum: float = 0.9
     weight_decay: float = 0.0
     beta: float = 0.5
@@ -82,6 +88,8 @@ class TrainConfig:
         for f in ("epochs", "batch_size", "n_free_steps", "n_nudge_steps"):
             if int(getattr(self, f)) < 1:
                 raise ValueError(f"TrainConfig.{f}={getattr(self, f)} must be >= 1")
+        if int(self.warmup_steps) < 0:
+            raise ValueError(f"TrainConfig.warmup_steps={self.warmup_steps} must be >= 0 (0 = no warmup)")
         if not self.beta > 0:
             raise ValueError(f"TrainConfig.beta={self.beta} must be > 0")
         if isinstance(self.lr, (list, tuple)):
@@ -181,6 +189,7 @@ def train(net: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
     if x_train.shape[0] != y_train.shape[0]:
         raise ValueError(f"x_train has {x_train.shape[0]} rows but y_train {y_train.shape[0]}")
     opt = make_optimizer(net, cfg)
+    base_lrs = [g["lr"] for g in opt.param_groups]  # the recipe's rates (a resumed optimizer holds scheduled ones)
     history: dict[str, list[float]] = {"train_loss": [], "val_acc": [], "lr": []}
     start_epoch = 0
     if checkpoint is not None and Path(checkpoint).exists():
@@ -188,7 +197,7 @@ def train(net: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
             raise FileExistsError(f"checkpoint {checkpoint} exists; pass resume=True to continue it or choose "
                                   "another path (it is never overwritten)")
         payload = read_checkpoint(checkpoint)
-        if payload["train_config"] != cfg.to_dict():
+        if TrainConfig.from_dict(payload["train_config"]).to_dict() != cfg.to_dict():
             raise ValueError(f"checkpoint {checkpoint} was trained with another TrainConfig; "
                              f"saved {payload['train_config']} vs now {cfg.to_dict()}")
         net.load_state_dict(payload["state_dict"])
@@ -197,14 +206,13 @@ def train(net: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
         start_epoch = int(payload["epoch"])
         history = payload["metrics"].get("history", history)
         log.info("resumed %s at epoch %d", checkpoint, start_epoch)
-    base_lrs = [g["lr"] for g in opt.param_groups]
     n = x_train.shape[0]
     n_batches = math.ceil(n / cfg.batch_size)
     bar = progress_bar(total=(cfg.epochs - start_epoch) * n_batches, enabled=progress, desc=f"train[{cfg.method}]")
     params = dict(net.named_parameters())
     for epoch in range(start_epoch, cfg.epochs):
+        f = 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs)) if cfg.lr_schedule == "cosine" else 1.0
         if cfg.lr_schedule == "cosine":
-            f = 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
             for g, lr0 in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr0 * f
         gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
@@ -215,6 +223,13 @@ def train(net: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Tra
             grads, loss = compute_grads(net, x_train[idx], y_train[idx], cfg, generator=gen)
             for k, p in params.items():
                 p.grad = grads[k]
+            step = epoch * n_batches + bi
+            if step < cfg.warmup_steps:
+                for g, lr0 in zip(opt.param_groups, base_lrs):
+                    g["lr"] = lr0 * f * (step + 1) / cfg.warmup_steps
+            elif cfg.warmup_steps and step == cfg.warmup_steps:
+                for g, lr0 in zip(opt.param_groups, base_lrs):
+                    g["lr"] = lr0 * f
             opt.step()
             if not math.isfinite(sum(float(p.detach().abs().max()) for p in params.values())):
                 raise FloatingPointError(f"weights became non-finite at epoch {epoch}, batch {bi}: lower lr "

@@ -51,7 +51,11 @@ SEARCH_SPACE: dict[str, dict[str, tuple]] = {
     "eqprop": {"lr_in": ("log", 1e-4, 3e-3), "lr_out_ratio": ("float", 0.25, 1.0), "beta": ("float", 0.1, 1.0)},
     "bptt": {"optimizer": ("categorical", ("sgd", "adam")), "lr_in": ("log", 1e-4, 1e-1),
              "lr_out_ratio": ("float", 0.25, 1.0)},
-    "ffbp": {"lr": ("log", 1e-4, 1e-2), "weight_decay": ("log", 1e-7, 1e-3)},
+    "ffbp": {"lr": ("log", 1e-4, 3e-2), "weight_decay": ("log", 1e-7, 1e-3)},
+}
+#: optional extra dimensions (``tune(extra_space=...)``, ``--warmup-choices``): e.g. the EqProp rate warmup
+EXTRA_SPACE: dict[str, dict[str, tuple]] = {
+    "eqprop": {"warmup_steps": ("categorical", (0, 550))},
 }
 _FIXED = dict(batch_size=100, n_free_steps=30, n_nudge_steps=10, nudging="symmetric", lr_schedule="cosine")
 
@@ -63,7 +67,7 @@ def study_name(dataset: str, family: str, sizes: tuple[int, ...]) -> str:
 def recipe_from_params(family: str, params: dict[str, Any], *, epochs: int, seed: int = 0,
                        n_layers: int = 2) -> TrainConfig:
     """The :class:`TrainConfig` a trial's ``params`` stand for (per-layer rates: the first layer
-    ``lr_in``, the others ``lr_in * lr_out_ratio``)."""
+    ``lr_in``, the others ``lr_in * lr_out_ratio``; ``warmup_steps`` 0 where the study did not search it)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; allowed: {FAMILIES}")
     if family == "ffbp":
@@ -72,7 +76,7 @@ def recipe_from_params(family: str, params: dict[str, Any], *, epochs: int, seed
     lr = (float(params["lr_in"]),) + (float(params["lr_in"]) * float(params["lr_out_ratio"]),) * (n_layers - 1)
     if family == "eqprop":
         return TrainConfig(method="eqprop", optimizer="adam", lr=lr, momentum=0.0, beta=float(params["beta"]),
-                           epochs=epochs, seed=seed, **_FIXED)
+                           warmup_steps=int(params.get("warmup_steps", 0)), epochs=epochs, seed=seed, **_FIXED)
     opt = params["optimizer"]
     return TrainConfig(method="bptt", optimizer=opt, lr=lr, momentum=0.9 if opt == "sgd" else 0.0,
                        epochs=epochs, seed=seed, **_FIXED)
@@ -87,9 +91,9 @@ def make_net(family: str, sizes: tuple[int, ...], seed: int) -> torch.nn.Module:
     return EqPropMLP(EqPropConfig(sizes=sizes), seed=seed)
 
 
-def _suggest(trial, family: str) -> dict[str, Any]:
+def _suggest(trial, space: dict[str, tuple]) -> dict[str, Any]:
     out = {}
-    for name, spec in SEARCH_SPACE[family].items():
+    for name, spec in space.items():
         if spec[0] == "log":
             out[name] = trial.suggest_float(name, spec[1], spec[2], log=True)
         elif spec[0] == "float":
@@ -117,6 +121,27 @@ def _check(family: str, dataset: str, n_trials: int, n_train: int, n_val: int, e
         raise ValueError(f"--sizes {list(sizes)} is invalid; allowed: 784 H [H ...] 10 with positive widths")
 
 
+def _space_json(space: dict[str, tuple]) -> dict[str, list]:
+    return {k: [v[0], list(v[1])] if v[0] == "categorical" else list(v) for k, v in space.items()}
+
+
+def _widens(old: dict[str, list], new: dict[str, list]) -> bool:
+    """Whether search space ``new`` holds ``old`` (same parameters and kinds, ranges/choices at least as wide):
+    a study may resume with a widened space (its earlier trials stay valid samples)."""
+    if set(old) != set(new):
+        return False
+    for k, o in old.items():
+        n = new[k]
+        if o[0] != n[0]:
+            return False
+        if o[0] == "categorical":
+            if not set(map(str, o[1])) <= set(map(str, n[1])):
+                return False
+        elif not (n[1] <= o[1] and n[2] >= o[2]):
+            return False
+    return True
+
+
 def _jsonable(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return None
@@ -125,12 +150,32 @@ def _jsonable(v: Any) -> Any:
 
 def tune(family: str, dataset: str, out: str | os.PathLike, *, n_trials: int = 12, n_train: int = 10000,
          n_val: int = 5000, epochs: int = 3, sizes: tuple[int, ...] = (784, 512, 10), seed: int = 0,
-         data_dir: str | os.PathLike | None = None, progress: bool = True, threads: int = 1) -> dict[str, Any]:
-    """Run (or resume) the study; returns the summary written to ``<out>/<study name>.json``."""
+         data_dir: str | os.PathLike | None = None, progress: bool = True, threads: int = 1,
+         init_seeds: tuple[int, ...] | None = None, extra_space: dict[str, tuple] | None = None,
+         enqueue: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Run (or resume) the study; returns the summary written to ``<out>/<study name>.json``.
+
+    ``init_seeds``: each trial trains one network per seed (initialisation and shuffling seed) and
+    scores the mean of their final validation accuracies (default: ``(seed,)``, one network); a
+    recipe that stalls on some initialisations (a dead output unit) then scores low. The pruner sees
+    seed ``k``'s epoch ``e`` as step ``k * epochs + e``. ``extra_space``: dimensions added to
+    :data:`SEARCH_SPACE` (e.g. :data:`EXTRA_SPACE`). ``enqueue``: parameter sets tried first (e.g.
+    the recipe in use), evaluated like any other trial. A study resumes with a *widened* search space
+    (same parameters, ranges at least as wide: :func:`_widens`); the earlier spaces are kept in the
+    summary's ``search_space_history``.
+    """
     import optuna
 
     sizes = tuple(int(n) for n in sizes)
     _check(family, dataset, n_trials, n_train, n_val, epochs, sizes, seed)
+    init_seeds = (seed,) if init_seeds is None else tuple(int(v) for v in init_seeds)
+    if not init_seeds or any(v < 0 for v in init_seeds) or len(set(init_seeds)) != len(init_seeds):
+        raise ValueError(f"--init-seeds {list(init_seeds)} is invalid; allowed: distinct integers >= 0")
+    space = {**SEARCH_SPACE[family], **(extra_space or {})}
+    for k, spec in (extra_space or {}).items():
+        if k in SEARCH_SPACE[family] or spec[0] not in ("log", "float", "categorical"):
+            raise ValueError(f"extra search dimension {k!r}: {spec} is invalid; give a new name and a kind in "
+                             "log, float, categorical")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder")
@@ -138,8 +183,9 @@ def tune(family: str, dataset: str, out: str | os.PathLike, *, n_trials: int = 1
     name = study_name(dataset, family, sizes)
     inputs = {"family": family, "dataset": dataset, "sizes": list(sizes), "n_train": n_train, "n_val": n_val,
               "val_seed": VAL_SEED, "epochs": epochs, "sampler_seed": seed,
-              "search_space": {k: [v[0], list(v[1])] if v[0] == "categorical" else list(v)
-                               for k, v in SEARCH_SPACE[family].items()}}
+              "search_space": _space_json(space)}
+    if init_seeds != (seed,):
+        inputs["init_seeds"] = list(init_seeds)
     # an explicit storage whose engine is disposed on return: no SQLite connection is left for the garbage
     # collector to finalise later, inside whatever runs next
     storage = optuna.storages.RDBStorage(f"sqlite:///{(out / 'tune.db').resolve()}")
@@ -149,9 +195,20 @@ def tune(family: str, dataset: str, out: str | os.PathLike, *, n_trials: int = 1
                                     sampler=optuna.samplers.TPESampler(seed=seed),
                                     pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0))
         saved = study.user_attrs.get("inputs")
+        history = study.user_attrs.get("search_space_history", [])
+        now = json.loads(json.dumps(inputs))
+        if saved is not None and saved != now and {k for k in set(saved) | set(now) if saved.get(k) != now.get(k)} \
+                == {"search_space"} and _widens(saved["search_space"], now["search_space"]):
+            history = history + [saved["search_space"]]
+            study.set_user_attr("search_space_history", history)
+            study.set_user_attr("inputs", now)
+            log.info("tune %s: search space widened from %s to %s", name, saved["search_space"], now["search_space"])
+            saved = now
         if saved is None:
             study.set_user_attr("inputs", inputs)
-        elif saved != json.loads(json.dumps(inputs)):
+            for params in enqueue or []:
+                study.enqueue_trial(params)
+        elif saved != now:
             diff = {k: (saved.get(k), v) for k, v in json.loads(json.dumps(inputs)).items() if saved.get(k) != v}
             raise ValueError(f"study {name} in {out / 'tune.db'} was made with other inputs {diff} (saved, now); "
                              "rerun with the saved inputs to resume, or give another --out")
@@ -164,20 +221,27 @@ def tune(family: str, dataset: str, out: str | os.PathLike, *, n_trials: int = 1
         x_val, y_val = torch.from_numpy(x_val), torch.from_numpy(y_val)
 
         def objective(trial) -> float:
-            params = _suggest(trial, family)
-            cfg = recipe_from_params(family, params, epochs=epochs, seed=seed, n_layers=len(sizes) - 1)
-            net = make_net(family, sizes, seed)
+            params = _suggest(trial, space)
+            finals, curves = [], []
+            for k, s in enumerate(init_seeds):
+                cfg = recipe_from_params(family, params, epochs=epochs, seed=s, n_layers=len(sizes) - 1)
+                net = make_net(family, sizes, s)
 
-            def report(epoch: int, hist: dict) -> None:
-                trial.report(hist["val_acc"][-1], epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned()
-            try:
-                hist = train(net, x_tr, y_tr, cfg, x_val=x_val, y_val=y_val, progress=progress, epoch_callback=report)
-            except FloatingPointError:
-                return 0.0  # diverged: the worst score, the search moves on
-            trial.set_user_attr("val_acc_curve", hist["val_acc"])
-            return hist["val_acc"][-1]
+                def report(epoch: int, hist: dict, k=k) -> None:
+                    trial.report(hist["val_acc"][-1], k * epochs + epoch)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned()
+                try:
+                    hist = train(net, x_tr, y_tr, cfg, x_val=x_val, y_val=y_val, progress=progress,
+                                 epoch_callback=report)
+                except FloatingPointError:
+                    return 0.0  # diverged: the worst score, the search moves on
+                finals.append(hist["val_acc"][-1])
+                curves.append(hist["val_acc"])
+            trial.set_user_attr("val_acc_curve", curves[0] if len(curves) == 1 else curves)
+            if len(finals) > 1:
+                trial.set_user_attr("val_acc_per_seed", dict(zip(map(str, init_seeds), finals)))
+            return sum(finals) / len(finals)
 
         t0 = time.perf_counter()
         n_new = max(0, n_trials - n_done)
@@ -186,6 +250,8 @@ def tune(family: str, dataset: str, out: str | os.PathLike, *, n_trials: int = 1
                 study.optimize(objective, n_trials=n_new)
         seconds = time.perf_counter() - t0
         trials = [{"number": t.number, "state": t.state.name, "value": _jsonable(t.value), "params": t.params,
+                   **({"val_acc_per_seed": t.user_attrs["val_acc_per_seed"]} if "val_acc_per_seed" in t.user_attrs
+                      else {}),
                    "val_acc_curve": t.user_attrs.get("val_acc_curve", list(t.intermediate_values.values())),
                    "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
                    if t.datetime_complete and t.datetime_start else None} for t in study.trials]
@@ -206,6 +272,9 @@ def tune(family: str, dataset: str, out: str | os.PathLike, *, n_trials: int = 1
                             "the first n_train of the rest and are scored on the n_val validation images; the test "
                             "split is never read"),
                    "sampler": f"TPESampler(seed={seed})", "pruner": "MedianPruner(n_startup_trials=3, n_warmup_steps=0)",
+                   **({"search_space_history": history} if history else {}),
+                   **({"objective": f"mean final validation accuracy over init seeds {list(init_seeds)}"}
+                      if len(init_seeds) > 1 else {}),
                    "budget": budget, "best_trial": {"number": best.number, "value": best.value, "params": best.params},
                    "recipe": {**recipe.to_dict(), "epochs": None}, "trials": trials}
         tmp = path.with_suffix(".json.tmp")
@@ -218,3 +287,56 @@ def tune(family: str, dataset: str, out: str | os.PathLike, *, n_trials: int = 1
 
 
 __all__ = ["tune", "recipe_from_params", "make_net", "SEARCH_SPACE", "FAMILIES", "study_name"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tracks.tune``: ``run_suite.py tune``'s options plus ``--init-seeds``, ``--warmup-choices``
+    (adds ``warmup_steps`` to the EqProp search space) and ``--enqueue JSON`` (parameter sets tried first).
+    The Fashion-MNIST EqProp study of record::
+
+        python -m tracks.tune --family eqprop --dataset fashion_mnist --trials 8 --n-train 55000 --epochs 1 \\
+            --init-seeds 1 2 --warmup-choices 0 550 --out tracks/shared/tuning \\
+            --enqueue '{"lr_in": 0.0006903521707993515, "lr_out_ratio": 0.9441974787194958, "beta": 0.16393245237809825, "warmup_steps": 0}' \\
+                      '{"lr_in": 0.0006903521707993515, "lr_out_ratio": 0.9441974787194958, "beta": 0.16393245237809825, "warmup_steps": 550}'
+    """
+    import argparse
+    import sys
+    p = argparse.ArgumentParser(prog="python -m tracks.tune", description=__doc__.split("\n\n")[0])
+    p.add_argument("--family", required=True)
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--trials", type=int, default=12)
+    p.add_argument("--n-train", type=int, default=10000)
+    p.add_argument("--n-val", type=int, default=5000)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--sizes", type=int, nargs="+", default=[784, 512, 10])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-seeds", type=int, nargs="+", help="networks per trial (mean score); default: --seed")
+    p.add_argument("--warmup-choices", type=int, nargs="+", help="EqProp only: search warmup_steps over these")
+    p.add_argument("--enqueue", nargs="+", default=[], help="JSON parameter sets tried first (a new study only)")
+    p.add_argument("--out", default="tracks/shared/tuning")
+    p.add_argument("--data-dir")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    extra = None
+    if a.warmup_choices:
+        if a.family != "eqprop":
+            print("--warmup-choices is for --family eqprop only", file=sys.stderr)
+            return 2
+        extra = {"warmup_steps": ("categorical", tuple(a.warmup_choices))}
+    try:
+        enqueue = [json.loads(e) for e in a.enqueue]
+        s = tune(a.family, a.dataset, a.out, n_trials=a.trials, n_train=a.n_train, n_val=a.n_val, epochs=a.epochs,
+                 sizes=tuple(a.sizes), seed=a.seed, data_dir=a.data_dir, progress=not a.no_progress,
+                 init_seeds=tuple(a.init_seeds) if a.init_seeds else None, extra_space=extra, enqueue=enqueue)
+    except (ValueError, json.JSONDecodeError) as e:
+        print(f"python -m tracks.tune: {e}", file=sys.stderr)
+        return 2
+    b = s["best_trial"]
+    print(f"{s['study']}: best trial {b['number']} val acc {b['value']:.4f} {b['params']} "
+          f"({s['budget']['trials_finished']} trials, {s['budget']['seconds_all_runs']:.0f} s); "
+          f"summary: {a.out}/{s['study']}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
