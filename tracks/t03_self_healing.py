@@ -96,6 +96,9 @@ SPEC = TrackSpec(
 )
 
 T_INFERENCE_S = 86400.0  # read one day after programming
+HEADLINE_STEPS = 60      # full variant: in-situ batches of 100 on the headline model's chip
+HEADLINE_INSITU_LR = (0.2, 0.1)  # full variant: in-situ SGD rates per layer, fixed a priori (the SGD rates of
+#                                  tracks.sweep.train_mlp, which trained the earlier ex-situ model); never chosen on test data
 DRIFT_NU_STD = 0.02      # aihwkit PCM fit: 0.008..0.045 depending on conductance
 
 
@@ -123,26 +126,32 @@ def stuck_max_change(chip, before: list[torch.Tensor]) -> float:
 def heal_one_seed(net, x_tr, y_tr, x_te, y_te, *, seed: int, stuck_frac: float, steps: int, eval_every: int,
                   lr, beta: float, batch_size: int, disable: bool, progress: bool, control: bool = False,
                   device: str = "ideal", acc_clean: float | None = None, acc_faulty: float | None = None,
-                  mode: str = "symmetric") -> dict:
+                  mode: str = "symmetric", curve_data: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
     """Clean / faulty / in-situ accuracies and the in-situ curve for one chip seed and device update model
     (``acc_clean`` / ``acc_faulty`` given: reuse them; the device model changes only the updates, so
-    the chip before learning is the same)."""
+    the chip before learning is the same).
+
+    ``curve_data`` (x, y): the images the in-situ curve is measured on (the full variant: a validation
+    slice of the training set, so the 10k test set is read only before and after learning); ``None``:
+    the test images (then the curve's last point is ``acc_after_insitu``)."""
     clean = _chips(net, seed, stuck_frac, faulty=False, device=device)
     if acc_clean is None:
         acc_clean = clean.accuracy(x_te, y_te)
     chip = _chips(net, seed, 0.0 if disable else stuck_frac, faulty=not disable, device=device)
     if acc_faulty is None:
         acc_faulty = chip.accuracy(x_te, y_te)
+    x_c, y_c = (x_te, y_te) if curve_data is None else curve_data
     before = [g.clone() for g in chip.gp + chip.gm]
     lrs = list(lr) + [lr[-1]] * (chip.n_layers - len(lr))
     gen = torch.Generator().manual_seed(1000 + seed)
-    curve = [{"step": 0, "accuracy": acc_faulty}]
+    curve = [{"step": 0, "accuracy": acc_faulty if curve_data is None else chip.accuracy(x_c, y_c)}]
     for t in progress_bar(range(1, steps + 1), enabled=progress, desc=f"in-situ seed {seed} {device}"):
         idx = torch.randint(0, x_tr.shape[0], (batch_size,), generator=gen)
         g = chip.eqprop_grads(x_tr[idx], y_tr[idx], beta=beta, n_free_steps=20, n_nudge_steps=8, mode=mode)
         chip.apply_update([-lrs[i] * gi for i, gi in enumerate(g)])
         if t % eval_every == 0 or t == steps:
-            curve.append({"step": t, "accuracy": chip.accuracy(x_te, y_te)})
+            curve.append({"step": t, "accuracy": chip.accuracy(x_c, y_c)})
+    acc_after = curve[-1]["accuracy"] if curve_data is None else chip.accuracy(x_te, y_te)
     acc_clean_insitu = None
     if control:  # the same in-situ learning on the fault-free chip: how much is just more training
         gen = torch.Generator().manual_seed(1000 + seed)
@@ -152,7 +161,7 @@ def heal_one_seed(net, x_tr, y_tr, x_te, y_te, *, seed: int, stuck_frac: float, 
             clean.apply_update([-lrs[i] * gi for i, gi in enumerate(g)])
         acc_clean_insitu = clean.accuracy(x_te, y_te)
     return {"seed": seed, "device": device, "acc_clean": acc_clean, "acc_clean_after_insitu": acc_clean_insitu,
-            "acc_faulty": acc_faulty, "acc_after_insitu": curve[-1]["accuracy"],
+            "acc_faulty": acc_faulty, "acc_after_insitu": acc_after,
             "stuck_fraction_measured": chip.stuck_fraction(), "stuck_max_change": stuck_max_change(chip, before),
             "curve": curve}
 
@@ -267,7 +276,8 @@ def _conv_plot(per_seed: list[dict], path: Path) -> Path:
     return path
 
 
-def _plot(results, path: Path, by_model: dict | None = None) -> Path:
+def _plot(results, path: Path, by_model: dict | None = None, curve_on: str = "test") -> Path:
+    """In-situ curves (accuracy on ``curve_on`` images) against the clean / faulty chip's test accuracy."""
     with figure(path, ncols=2 if by_model else 1, figsize=(11.0 if by_model else 5.5, 3.8), dpi=120) as (fig, _axes):
         ax = _axes[0][0]
         for i, r in enumerate(results):
@@ -279,7 +289,7 @@ def _plot(results, path: Path, by_model: dict | None = None) -> Path:
             ax.hlines(100 * r["acc_clean"], 0, st[-1], color="C2", linestyles=":",
                       label="fault-free chip" if i == 0 else None)
         ax.set_xlabel("in-situ EqProp steps (batches)")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel(f"accuracy (%), curve on {curve_on} images")
         ax.set_title(f"self-healing on a faulty crossbar ({results[0]['device']} updates)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -292,7 +302,7 @@ def _plot(results, path: Path, by_model: dict | None = None) -> Path:
             r0 = results[0]
             ax.axhline(100 * r0["acc_clean"], color="k", ls=":", lw=1, label="fault-free chip")
             ax.set_xlabel("in-situ EqProp steps (batches)")
-            ax.set_ylabel("test accuracy (%)")
+            ax.set_ylabel(f"accuracy (%), curve on {curve_on} images")
             ax.set_title("recovery per device update model (hwsim.devices)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
@@ -314,6 +324,9 @@ class Config:
     disable_noise: bool = False      # bypass fault and drift injection (the failure test)
     torch_threads: int = 1           # torch threads while the track runs
     model: dict = dataclasses.field(default_factory=dict)  # ex-situ model settings (tracks.sweep.track_model)
+    headline: bool = False           # start from the headline model of each seed (tracks.shared.headline; all
+    #                                  its test images, in-situ batches from its 55k training images; `model` unused)
+    curve_n_val: int = 1000          # headline: validation images (training set) the in-situ curve is measured on
     conv: bool = True                # the conv section (conv_ metrics, conv_section)
     conv_channels: tuple[int, ...] = (8, 16)
     conv_n_train: int = 3000         # ex-situ (and in-situ) training images of the conv net, MNIST 14x14
@@ -326,7 +339,7 @@ class Config:
     conv_lrs: tuple[float, ...] = (0.05, 0.1, 0.2)  # candidate in-situ rates (chosen on the validation slice)
 
     def __post_init__(self) -> None:
-        for f in ("n_test", "insitu_steps", "torch_threads"):
+        for f in ("n_test", "insitu_steps", "torch_threads", "curve_n_val"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f}={getattr(self, f)} is invalid; allowed: an int >= 1")
         if self.eval_every is not None and self.eval_every < 1:
@@ -352,7 +365,15 @@ class Config:
 QUICK = Config(n_test=1000, insitu_steps=60, eval_every=20, control=False,
                device_models=("ideal", "constant_step", "soft_bounds"),
                conv_n_test=500, conv_insitu_steps=30, conv_lrs=(0.1, 0.2))
-FULL = Config()
+FULL = Config(headline=True, insitu_steps=HEADLINE_STEPS, eval_every=HEADLINE_STEPS // 3, curve_n_val=500, lr=HEADLINE_INSITU_LR,
+              device_models=("ideal", "soft_bounds"), control=False,
+              conv_insitu_steps=60, conv_lrs=(0.05, 0.1))
+"""The full variant starts from the headline model (issue 14) and is sized for the 60-minute suite on a
+2-core CPU: every chip accuracy on all 10k test images costs ~15-27 s of CPU (784-512-10, 30 noisy
+sweeps), so the full variant reads the test set three times per seed plus once per extra device model,
+runs :data:`HEADLINE_STEPS` in-situ batches (curve on a validation slice), two device update models
+(``ideal``, the criterion, and the pulsed ``soft_bounds``) and no fault-free control, and the conv
+section 60 in-situ batches per rate at two rates."""
 
 
 def run(ctx: TrackContext) -> TrackResult:
@@ -364,27 +385,53 @@ def run(ctx: TrackContext) -> TrackResult:
 def _run(ctx: TrackContext, c: Config) -> TrackResult:
     disable = c.disable_noise
     stuck_frac = c.stuck_frac
-    net, _, settings = track_model(ctx, c.model)
-    net = net.double()
     seeds = tuple(ctx.seeds[:1]) if ctx.quick else tuple(ctx.seeds)
     n_test = c.n_test
     steps = c.insitu_steps
     eval_every = c.eval_every if c.eval_every is not None else max(1, steps // 10)
-    lr = tuple(c.lr if c.lr is not None else settings["lr"])
     beta = c.beta
-    xte, yte = load_dataset("mnist", "test", data_dir=ctx.data_dir)
-    xte, yte = torch.as_tensor(np.asarray(xte[:n_test]), dtype=torch.float64), torch.as_tensor(np.asarray(yte[:n_test]))
-    xtr, ytr = load_dataset("mnist", "train", data_dir=ctx.data_dir)
-    n_tr = int(settings["n_train"])  # in-situ data: the same training images the model saw ex situ
-    xtr, ytr = torch.as_tensor(np.asarray(xtr[:n_tr]), dtype=torch.float64), torch.as_tensor(np.asarray(ytr[:n_tr]))
+    curve_data = None
+    if c.headline:  # issue 14: the model users care about, one per seed, all its test images
+        from .shared.headline import headline_eqprop
+        nets, data, infos = {}, None, []
+        for s in seeds:
+            net_s, data, info = headline_eqprop(ctx, "mnist", int(s), data=data)
+            nets[s] = copy.deepcopy(net_s).cpu().double().eval()
+            infos.append(info)
+        if c.lr is None:
+            raise ValueError("headline=True needs the in-situ rates lr (the headline model was trained by Adam; "
+                             f"e.g. --set 3.lr='{list(HEADLINE_INSITU_LR)}')")
+        lr = tuple(c.lr)
+        xte, yte = data["x_te"][:n_test].cpu().double(), data["y_te"][:n_test].cpu()
+        xtr, ytr = data["x_tr"].cpu(), data["y_tr"].cpu()  # float32; the chip reads float64 batches
+        curve_data = (data["x_val"][:c.curve_n_val].cpu().double(), data["y_val"][:c.curve_n_val].cpu())
+        model_note = (f"ex-situ model per seed: {infos[0]['description']} (seed {seeds[0]}; float test accuracy "
+                      f"per seed {[round(i['test_acc'], 4) for i in infos]}); in-situ batches from its "
+                      f"{len(ytr)} training images, curve on {len(curve_data[1])} validation images")
+        acc_float = [float(i["test_acc"]) for i in infos]
+    else:
+        net, _, settings = track_model(ctx, c.model)
+        nets = {s: net.double() for s in seeds}
+        lr = tuple(c.lr if c.lr is not None else settings["lr"])
+        xte, yte = load_dataset("mnist", "test", data_dir=ctx.data_dir)
+        xte, yte = (torch.as_tensor(np.asarray(xte[:n_test]), dtype=torch.float64),
+                    torch.as_tensor(np.asarray(yte[:n_test])))
+        xtr, ytr = load_dataset("mnist", "train", data_dir=ctx.data_dir)
+        n_tr = int(settings["n_train"])  # in-situ data: the same training images the model saw ex situ
+        xtr, ytr = (torch.as_tensor(np.asarray(xtr[:n_tr]), dtype=torch.float64),
+                    torch.as_tensor(np.asarray(ytr[:n_tr])))
+        model_note = (f"ex-situ model: EqPropMLP {list(settings['sizes'])} trained by EqProp (tracks.sweep.train_mlp) "
+                      f"on {n_tr} MNIST images, {settings['epochs']} epoch(s)")
+        acc_float = None
     models = tuple(dict.fromkeys(c.device_models))
     by_model: dict[str, list[dict]] = {}
     for j, model in enumerate(models):
         by_model[model] = [heal_one_seed(
-            net, xtr, ytr, xte, yte, seed=s, stuck_frac=stuck_frac, steps=steps, eval_every=eval_every, lr=lr,
+            nets[s], xtr, ytr, xte, yte, seed=s, stuck_frac=stuck_frac, steps=steps, eval_every=eval_every, lr=lr,
             beta=beta, batch_size=100, disable=disable, progress=ctx.progress, control=c.control and j == 0,
             device=model, acc_clean=None if j == 0 else by_model[models[0]][k]["acc_clean"],
-            acc_faulty=None if j == 0 else by_model[models[0]][k]["acc_faulty"]) for k, s in enumerate(seeds)]
+            acc_faulty=None if j == 0 else by_model[models[0]][k]["acc_faulty"], curve_data=curve_data)
+            for k, s in enumerate(seeds)]
     results = by_model[models[0]]
 
     def mean(k):
@@ -393,7 +440,8 @@ def _run(ctx: TrackContext, c: Config) -> TrackResult:
     (c_m, c_h), (f_m, f_h), (a_m, a_h) = mean("acc_clean"), mean("acc_faulty"), mean("acc_after_insitu")
     gap = c_m - f_m
     rec = (a_m - f_m) / gap if gap > 0 else float("nan")
-    plot = _plot(results, ctx.plots_dir / "t03_self_healing.png", by_model if len(models) > 1 else None)
+    plot = _plot(results, ctx.plots_dir / "t03_self_healing.png", by_model if len(models) > 1 else None,
+                 curve_on="test" if curve_data is None else "validation")
     per_model = {}
     for model, rs in by_model.items():
         a, h = mean_ci95([r["acc_after_insitu"] for r in rs])
@@ -415,7 +463,8 @@ def _run(ctx: TrackContext, c: Config) -> TrackResult:
         **{f"acc_after_insitu_{m}": v["acc_after_insitu"] for m, v in per_model.items()},
         "by_device_model": per_model,
         "device_specs": {m: DEVICE_PRESETS[m] for m in models},
-        "insitu_steps": steps, "n_test": int(xte.shape[0]), "n_seeds": len(seeds),
+        "insitu_steps": steps, "n_test": int(xte.shape[0]), "n_seeds": len(seeds), "headline": bool(c.headline),
+        "acc_float": float(np.mean(acc_float)) if acc_float else None, "insitu_lr": list(lr),
         "per_seed": [{k: v for k, v in r.items() if k != "curve"} for r in results],
         "curve": [{"seed": r["seed"], **c} for r in results for c in r["curve"]],
         "curve_by_model": [{"device": m, "seed": r["seed"], **c} for m, rs in by_model.items() for r in rs
@@ -425,7 +474,8 @@ def _run(ctx: TrackContext, c: Config) -> TrackResult:
     out = Path(ctx.out_dir) / "t03"
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
-    notes = [f"faults: {100 * stuck_frac:g} % of devices stuck (half at g_min, half at g_max), drift read at "
+    notes = [model_note + f"; {int(xte.shape[0])} test images",
+             f"faults: {100 * stuck_frac:g} % of devices stuck (half at g_min, half at g_max), drift read at "
              f"{T_INFERENCE_S:g} s with nu spread {DRIFT_NU_STD} and global compensation; in-situ EqProp "
              f"{steps} batches of 100, lr {lr}, beta {beta}, symmetric nudging, on the noisy chip",
              "device update models (hwsim.devices, aihwkit defaults, dw_min = 1/1200 of the range, <= 31 pulses): "
