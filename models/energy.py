@@ -282,7 +282,8 @@ class EnergyModel:
         if x.dtype != dt:
             raise ValueError(f"input dtype {x.dtype} != model dtype {dt}; "
                              "convert one of them (e.g. model.double() and x.double())")
-        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        if x.is_floating_point() and x.numel() and not all(map(math.isfinite, map(float, torch.aminmax(x)))):
+            # (min and max propagate NaN and show +-inf: one pass instead of an elementwise mask)
             raise ValueError("input contains NaN or infinite values; clean the data (e.g. torch.nan_to_num) first")
 
     def relax(self, x: torch.Tensor, s0: State | None = None, *, beta: float = 0.0,
@@ -472,8 +473,9 @@ class EnergyModel:
         with torch.no_grad():
             for t, k in zip(self.terms, self._kernels()):
                 diff = k.contrast if hasattr(k, "contrast") else functools.partial(dphi_difference, k)
+                fresh = k is DenseFloat or k is BiasFloat  # their contrasts are new tensors: scale in place
                 for name, g in diff(t, self._param, x, s1, s2).items():
-                    g = g * (scale / bsz)
+                    g = g.mul_(scale / bsz) if fresh else g * (scale / bsz)
                     out[name] = out[name] + g if name in out else g
         return out
 

@@ -137,3 +137,27 @@ def test_stacked_pair_equals_two_generic_phases(mnist, cost):
     fast.stack_phases = True
     g_s = fast.eqprop_grads(x, y, beta=0.4)
     assert all(torch.equal(g_u[k], g_s[k]) for k in g_u)
+
+
+def test_contrast_in_place_scaling_is_exact(mnist):
+    """EnergyModel.contrast scales the kernels' fresh contrasts in place: same bits as ``g * c``."""
+    from models.energy import FLOAT_KERNELS
+
+    x, y = mnist[0][:100], mnist[1][:100]
+    net = EqPropMLP(EqPropConfig(sizes=(784, 64, 10)), seed=0)
+    _, st = net.eqprop_grads(x, y, beta=0.5, return_states=True)
+    got = net.contrast(x, st["s1"], st["s2"], st["b1"], st["b2"])
+    c = -1.0 / (st["b2"] - st["b1"]) / x.shape[0]
+    with torch.no_grad():
+        for t in net.terms:
+            for name, g in FLOAT_KERNELS[type(t)].contrast(t, net._param, x, st["s1"], st["s2"]).items():
+                assert torch.equal(got[name], g * c), name
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_input_refused(mnist, bad):
+    x = mnist[0][:8].clone()
+    x[3, 100] = bad
+    net = EqPropMLP(EqPropConfig(sizes=(784, 16, 10)), seed=0)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        net.eqprop_grads(x, mnist[1][:8], beta=0.5)
