@@ -112,7 +112,7 @@ SPEC = TrackSpec(
     criteria=(Criterion("cos_bptt_worst_margin", ">=", 0.0), Criterion("cos_implicit_worst_margin", ">=", 0.0),
               Criterion("free_residual_max", "<=", 1e-9), Criterion("eqprop_acc_margin", ">=", 0.0),
               Criterion("bp_gap_margin", ">=", 0.0), Criterion("deq_gap_margin", ">=", 0.0)),
-    est_seconds_full=60000.0, est_seconds_quick=60.0,
+    est_seconds_full=60000.0, est_seconds_quick=60.0, est_seconds_cpu_full=180.0,
 )
 
 BETA_GRID = (0.5, 0.1, 0.01, 0.001)
@@ -174,6 +174,13 @@ QUICK = Config(n_batches=2, batch_size=8, betas=(0.1, 0.001), max_steps=1500, ac
 FULL = Config()
 REDUCED = dataclasses.replace(FULL, acc_d_model=64, n_train=10000, epochs=1)
 """The reduced full variant of the README figure (``--set acc_d_model=64 --set n_train=10000 --set epochs=1``)."""
+CPU_FULL = dataclasses.replace(FULL, n_batches=5, batch_size=8, acc_d_model=32, n_train=2000, n_test=2000, epochs=1,
+                               n_seeds=3, required_acc=QUICK.required_acc, required_gap=QUICK.required_gap)
+"""The CPU-reduced full variant ("full (CPU-reduced)"), what ``run_suite.py --all`` runs on ``--device cpu``
+(FULL is the GPU recipe: ``--device cuda``, or ``--full-recipe`` on the CPU): gradients on 5 batches of 8 at
+every beta and mode (the 0.999 bar unchanged); accuracy at d=32, 2000 training images, 1 epoch, 2000 test
+images, 3 seeds, EqProp / BPTT / DEQ, judged by the quick bars (EqProp >= 0.5, gaps <= 15 pt): the 97 % and
+1 pt bars belong to the GPU recipe."""
 
 
 def _gradients(c: Config, seed: int, data_dir, device) -> tuple[dict, list[dict]]:
@@ -297,7 +304,7 @@ def _accuracy(c: Config, seeds, data_dir, device) -> tuple[dict, list[dict]]:
 
 
 def run(ctx: TrackContext) -> TrackResult:
-    c = ctx.settings(QUICK, FULL)
+    c = ctx.settings(QUICK, FULL, cpu=CPU_FULL)
     device = ctx.torch_device
     seeds = tuple(ctx.seeds[: c.n_seeds])
     gm, rows, am, curves = {"gradient_table": []}, [], {}, []
@@ -313,6 +320,10 @@ def run(ctx: TrackContext) -> TrackResult:
              f"{c.n_test or 10000} test images, seeds {list(seeds)}; BP = BPTT through the same "
              f"{c.n_free_steps}-sweep free phase, same optimiser; DEQ = implicit gradient (adjoint by GMRES, tol 1e-6) "
              f"at the state after the same {c.n_free_steps} free sweeps, same optimiser"]
+    if ctx.variant(has_cpu_full=True) == "full (CPU-reduced)":
+        notes.append(f"full (CPU-reduced): {c.n_batches} gradient batches, small accuracy run, thresholds "
+                     f"{c.required_acc:g} / {c.required_gap:g} (the quick bars; the GPU recipe's are "
+                     f"{FULL.required_acc:g} / {FULL.required_gap:g})")
     if ctx.quick:
         notes.append("quick: 2 gradient batches, betas 0.1 / 0.001, small accuracy run (thresholds lowered)")
     artifacts = [_plot(gm["gradient_table"], curves, ctx)]

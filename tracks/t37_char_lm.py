@@ -88,7 +88,7 @@ SPEC = TrackSpec(
            "against the plan's targets."),
     criteria=(Criterion("eqprop_bpc_below_unigram", ">=", 0.5), Criterion("causal_max_logit_diff", "<=", 1e-6),
               Criterion("grad_cos_truncated", ">=", 0.99), Criterion("grad_cos_full", ">=", 0.9)),
-    est_seconds_full=2400.0, est_seconds_quick=55.0,
+    est_seconds_full=2400.0, est_seconds_quick=55.0, est_seconds_cpu_full=165.0,
 )
 
 
@@ -137,6 +137,10 @@ class Config:
 
 QUICK = Config(d_model=32, ctx=32, steps=150, n_val=64, n_seeds=1, n_settle=16, n_sample=120, grad_steps=100)
 FULL = Config()
+CPU_FULL = dataclasses.replace(QUICK, n_seeds=3)
+"""The CPU-reduced full variant ("full (CPU-reduced)"), what ``run_suite.py --all`` runs on ``--device cpu``
+(FULL, d=64 / ctx 64 / 1500 steps, runs with ``--device cuda`` or ``--full-recipe``): the quick model and
+budget (d=32, ctx 32, 150 steps) with 3 seeds; the criteria and bars are the track's own (unchanged)."""
 
 
 def make_model(c: Config, vocab: int, seed: int) -> CausalEnergyTransformer:
@@ -272,7 +276,7 @@ def generate(step_logits, prompt_ids, n: int, ctx: int, temperature: float, seed
 
 
 def run(ctx: TrackContext) -> TrackResult:
-    c = ctx.settings(QUICK, FULL)
+    c = ctx.settings(QUICK, FULL, cpu=CPU_FULL)
     dev = ctx.torch_device
     seeds = tuple(ctx.seeds[: c.n_seeds])
     text = load_tiny_shakespeare(ctx.data_dir)

@@ -80,7 +80,7 @@ SPEC = TrackSpec(
     criteria=(Criterion("eqprop_abs_spearman_r_margin", ">=", 0.2), Criterion("eqprop_spearman_p_max", "<=", 0.01),
               Criterion("eqprop_early_exit_acc_loss_max", "<=", 0.005),
               Criterion("eqprop_compute_saved_mean", ">=", 0.2)),
-    est_seconds_full=2700.0, est_seconds_quick=60.0,
+    est_seconds_full=2700.0, est_seconds_quick=60.0, est_seconds_cpu_full=180.0,
 )
 
 
@@ -115,6 +115,11 @@ class Config:
 
 QUICK = Config(d_model=32, n_train=1500, n_test=500, epochs=1, n_seeds=1, max_steps=60, methods=("eqprop", "implicit"))
 FULL = Config()
+CPU_FULL = dataclasses.replace(QUICK, n_test=1000, n_seeds=3)
+"""The CPU-reduced full variant ("full (CPU-reduced)"), what ``run_suite.py --all`` runs on ``--device cpu``
+(FULL runs with ``--device cuda`` or ``--full-recipe``): the quick models and budget (d=32, 1500 training
+images, 1 epoch, EqProp and DEQ, cap 60 sweeps) with 3 seeds and 1000 test images; the criteria and bars
+are the track's own (unchanged)."""
 
 
 DIFFICULTY = ("margin", "entropy", "wrong")
@@ -156,7 +161,7 @@ def measure(net: EnergyTransformer, x: torch.Tensor, y: torch.Tensor, c: Config,
 
 
 def run(ctx: TrackContext) -> TrackResult:
-    c = ctx.settings(QUICK, FULL)
+    c = ctx.settings(QUICK, FULL, cpu=CPU_FULL)
     seeds = tuple(ctx.seeds[: c.n_seeds])
     x_tr, y_tr = load_dataset("mnist", "train", ctx.data_dir)
     x_te, y_te = load_dataset("mnist", "test", ctx.data_dir)

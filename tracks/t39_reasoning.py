@@ -71,7 +71,7 @@ SPEC = TrackSpec(
            "at the training length) from sound generators; accuracy vs length against a matched fixed-depth "
            "backprop transformer, iterations-to-eps vs difficulty and the plan's targets are reported (met/missed)."),
     criteria=(Criterion("generator_check_failures", "==", 0), Criterion("eqprop_copying_acc_train_len", ">=", 0.9)),
-    est_seconds_full=3000.0, est_seconds_quick=55.0,
+    est_seconds_full=3000.0, est_seconds_quick=55.0, est_seconds_cpu_full=165.0,
 )
 
 PLAN_TARGETS = {"parity": (1.0, 20), "addition": (0.95, 10), "copying": (1.0, None), "sorting": (0.9, 8)}
@@ -122,6 +122,10 @@ class Config:
 QUICK = Config(n_train=(8, 4, 8, 5), n_test=((8, 16), (4, 8), (8, 16), (5, 8)), d_model=32, steps=150, n_eval=128,
                n_seeds=1, test_steps=30, max_settle=100)
 FULL = Config()
+CPU_FULL = dataclasses.replace(QUICK, n_seeds=3)
+"""The CPU-reduced full variant ("full (CPU-reduced)"), what ``run_suite.py --all`` runs on ``--device cpu``
+(FULL runs with ``--device cuda`` or ``--full-recipe``): the quick sizes and budget (d=32, 150 steps per
+task) with 3 seeds; the criteria and bars are the track's own (unchanged)."""
 
 
 def _max_len(task, c: Config, i: int) -> int:
@@ -231,7 +235,7 @@ def evaluate_task(task, net, base, c: Config, i: int, seed: int, dev) -> dict:
 
 
 def run(ctx: TrackContext) -> TrackResult:
-    c = ctx.settings(QUICK, FULL)
+    c = ctx.settings(QUICK, FULL, cpu=CPU_FULL)
     dev = ctx.torch_device
     seeds = tuple(ctx.seeds[: c.n_seeds])
     t0 = time.monotonic()

@@ -110,8 +110,11 @@ def record_timings(run_dir: str | os.PathLike, path: str | os.PathLike | None = 
         if row.get("not_run"):
             skipped.append((key, "not run"))
             continue
-        if row.get("traceback") or not row.get("seconds"):
+        if row.get("traceback"):
             skipped.append((key, "raised an exception (its time is not the track's)"))
+            continue
+        if not isinstance(row.get("seconds"), (int, float)):
+            skipped.append((key, "no seconds recorded"))
             continue
         variant = _row_variant(row, suite)
         entry = {
