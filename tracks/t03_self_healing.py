@@ -7,6 +7,14 @@ and drift (read one day after programming, device-to-device drift exponent sprea
 compensation). Then EqProp learning continues *on the faulty chip*: free and nudged relaxations run
 through the noisy reads and every update is a conductance change (stuck devices do not move).
 
+Full variant (issue 14): the ex-situ model is the *headline model* of each seed
+(:func:`tracks.shared.headline.headline_eqprop`: EqPropMLP 784-512-10, Track 25 recipe, 55k training
+images, 10 epochs, from the run's model cache), every chip accuracy is on all 10k test images, the in-situ
+batches come from the model's 55k training images, the in-situ curve is measured on a validation slice
+(``curve_n_val`` images of the training set's validation split) and the in-situ SGD rates are
+:data:`HEADLINE_INSITU_LR`, fixed a priori. Chip seed s programs the model of seed s. The quick variant
+keeps the small ex-situ model of :func:`tracks.sweep.track_model` and 1000 test images.
+
 ``recovered_fraction = (acc_after_insitu - acc_faulty) / (acc_clean - acc_faulty)`` with
 ``acc_clean`` the same chip without faults or drift, ``acc_faulty`` the faulty chip with the
 ex-situ weights left as programmed.

@@ -11,6 +11,12 @@ measured after a 30-sweep free relaxation run entirely through crossbar reads:
   states relaxed on the noisy chip and BPTT through the float free phase
   (:func:`models.gradients.bptt_grads`), as a function of ``beta`` and read noise.
 
+Full variant (issue 14): the chips program the *headline model* of each seed
+(:func:`tracks.shared.headline.headline_eqprop`: EqPropMLP 784-512-10, Track 25 recipe, 55k training
+images, from the run's model cache; chip seed s programs the model of seed s) and are scored on all 10k
+test images; INT8 at 0 / 5 / 20 % programming noise only, no read-noise curve, gradient scan on one chip
+seed (:data:`FULL`). The quick variant keeps the small model of :func:`tracks.sweep.track_model`.
+
 Criteria: ``acc_drop_prog5 <= 1`` point (int8, 5 % programming noise); ``acc_drop_prog20 >= 2``
 points (the noise was really injected: a bypassed noise path gives 0 and fails); the noise-free
 cosine at the best beta ``>= 0.9`` (the analog EqProp estimate is a gradient at all).

@@ -7,7 +7,10 @@ from out-of-distribution (OOD) ones better than the softmax does. This track mea
 Models: :class:`models.eqprop_mlp.EqPropMLP` (MSE cost, async) trained by EqProp with the sweep's
 trainer (:func:`tracks.sweep.train_mlp`, symmetric nudging, plain SGD, through the run's model cache
 ``ctx.model_cache``: trained once per run), one per training seed,
-on MNIST and on Fashion-MNIST. Scores per test input, all from the free phase
+on MNIST and on Fashion-MNIST. The full variant (issue 14) uses the *headline models* instead
+(:func:`tracks.shared.headline.headline_eqprop`: EqPropMLP 784-512-10, Track 25 recipe, 55k training
+images, one per (data set, seed), from the run's model cache) and all 10k inputs of every set (the
+hardware paths: the first ``hw_n_test``). Scores per test input, all from the free phase
 (:mod:`models.scores`): ``energy`` E at the fixed point, ``phi``, ``settling_steps`` (sweeps until
 ``max |step(s) - s| <= tol``), and the baselines ``max_softmax`` (for this MSE model: the output
 states normalised to sum 1) and ``margin`` (top1 - top2 output state). Each score's orientation is

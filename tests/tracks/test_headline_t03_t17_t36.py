@@ -103,11 +103,11 @@ def test_t17_rejects_prog_levels_without_the_criteria_levels(tmp_path):
 
 
 def test_t36_headline_path(tmp_path, calls):
-    res = t36.run(_ctx(tmp_path, seeds=(0,), n_test=400, hw_n_test=40, n_boot=20, n_steps=40))
+    res = t36.run(_ctx(tmp_path, seeds=(0,), n_test=200, hw_n_test=40, n_boot=20, n_steps=30))
     m = res.metrics
-    assert sorted(calls) == [("fashion_mnist", 0), ("mnist", 0)] and m["headline"] and m["n_test"] == 400
+    assert sorted(calls) == [("fashion_mnist", 0), ("mnist", 0)] and m["headline"] and m["n_test"] == 200
     assert "FAKE headline mnist s0" in res.notes[0] and "FAKE headline fashion_mnist s0" in res.notes[0]
     assert np.isfinite(m["fmnist_energy_auroc_mnist"]) and 0.5 < m["acc_mnist"] <= 1.0
-    broken = t36.run(_ctx(tmp_path, seeds=(0,), n_test=300, hw_n_test=40, n_boot=20, n_steps=40, score_noise=True,
+    broken = t36.run(_ctx(tmp_path, seeds=(0,), n_test=200, hw_n_test=40, n_boot=20, n_steps=30, score_noise=True,
                           hardware=False))
     assert not _crit(evaluate(t36.SPEC, broken)[1], "energy_informative_sets")["passed"]
