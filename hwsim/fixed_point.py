@@ -158,6 +158,7 @@ def _make_requant_kernel(requant):
 # pure-Python sources of the kernels (documentation, debugging); the jitted variants are built on demand
 update_layer_kernel = _make_update_kernel(_requant_det, True, True)
 requant_kernel = _make_requant_kernel(_requant_det)
+ENGINES = ("auto", "generic", "event", "dense")
 PARALLEL_MIN_ELEMENTS = 1 << 16  # parallel=None picks the threaded kernels from B * n_l >= this
 
 
@@ -263,6 +264,273 @@ def exact_matmul(a: np.ndarray, w_by_dtype: dict, dtype, parallel: bool = False)
     if k <= THIN_MAX and a.shape[0] and n:
         return _thin_kernel("axpy", parallel)(a, wt)
     return a @ wt
+
+
+def _compact_rows(x, xi, xv, nnz):
+    """Per row of ``x``: the column indices ``xi`` and float32 values ``xv`` of its nonzeros, ``nnz``."""
+    B, K = x.shape
+    for b in numba.prange(B):
+        c = 0
+        for i in range(K):
+            v = x[b, i]
+            if v != 0:
+                xi[b, c] = i
+                xv[b, c] = v
+                c += 1
+        nnz[b] = c
+
+
+def _sparse_rows_matmul(xi, xv, nnz, wt, out, block):
+    """``out = x @ wt`` from the compacted rows (:func:`_compact_rows`): per block of ``block`` output
+    columns (the weight panel stays in cache), one axpy per nonzero input of each row."""
+    B, n = out.shape
+    for j0 in range(0, n, block):
+        j1 = min(j0 + block, n)
+        for b in numba.prange(B):
+            for j in range(j0, j1):
+                out[b, j] = 0.0
+            for c in range(nnz[b]):
+                i = xi[b, c]
+                v = xv[b, c]
+                for j in range(j0, j1):
+                    out[b, j] += v * wt[i, j]
+
+
+_compact_rows_k = numba.njit(cache=True, parallel=True)(_compact_rows)
+_sparse_rows_matmul_k = numba.njit(cache=True, parallel=True, fastmath=_EXACT_FLAGS)(_sparse_rows_matmul)
+SPARSE_BLOCK = 64  # output columns per panel: 64 float32 columns of a 784-input layer = 200 kB (L2)
+SPARSE_MAX_DENSITY = 0.0  # drive_f32 uses the sparse kernel below this fraction of nonzero inputs (0: never; it measured slower)
+
+
+def drive_f32(x_codes: np.ndarray, wt: np.ndarray, *, sparse: bool | None = None) -> np.ndarray:
+    """``x_codes @ W.T`` in float32 for integer codes whose every partial sum is an integer of
+    magnitude <= 2**24 (the caller proves it from the row bound ``max_j sum_i |W[j, i]| * max|x|
+    <= 2**24``: :func:`exact_dtype` returned float32). Each product and each partial sum is then an
+    exactly representable float32, so any summation order gives the exact integer.
+
+    Args:
+        x_codes: (B, K) integer codes.
+        wt: (K, n) float32 contiguous weight codes ``W.T``.
+        sparse: skip zero inputs (MNIST digits are ~80 % zeros) with the panel kernel
+            :func:`_sparse_rows_matmul`; ``None``: when the fraction of nonzeros is below
+            :data:`SPARSE_MAX_DENSITY`, else the float32 BLAS product (torch, whose threads follow
+            ``torch.set_num_threads``).
+    """
+    B, K = x_codes.shape
+    n = wt.shape[1]
+    if sparse is None:
+        sparse = SPARSE_MAX_DENSITY > 0 and np.count_nonzero(x_codes) < SPARSE_MAX_DENSITY * x_codes.size
+    if not sparse:
+        import torch
+
+        return (torch.from_numpy(x_codes.astype(np.float32)) @ torch.from_numpy(wt)).numpy()
+    xi, xv, nnz = np.empty((B, K), np.int32), np.empty((B, K), np.float32), np.empty(B, np.int64)
+    _compact_rows_k(x_codes, xi, xv, nnz)
+    out = np.empty((B, n), np.float32)
+    _sparse_rows_matmul_k(xi, xv, nnz, wt, out, SPARSE_BLOCK)
+    return out
+
+
+# ------------------------------------------------------------ fused two-layer sweep kernel
+
+
+FUSED_CHUNK = 8  # samples per prange iteration of fused2_kernel (its scratch arrays are allocated per chunk)
+
+
+@numba.njit(cache=True, parallel=True, fastmath=_EXACT_FLAGS)
+def fused2_kernel(pre, fbt, fb, w2t, w2, bias2, mf2, sf2, hq, sat, h0, o0, y, beta_m, beta_sh, nudge, one_code,
+                  acc_bits, rmode, sync, n_steps, dense, stop, h, o, changed, ov_run, ov_last, n_run, resid, cyc):
+    """All sweeps of a dense one-hidden-layer chain (hidden ``h``, output ``o``), deterministic rounding,
+    saturating accumulators, one sample per iteration of a ``prange`` loop (samples are independent)::
+
+        h <- clamp(pre + rq(sat(Fb @ o), mb, sb), 0, one)          (pre: requantised drive, constant)
+        o <- clamp(rq(sat(W2 @ h + bias2), mf2, sf2) [+ rq(beta * (t - o))], 0, one)
+
+    async: ``h`` first, then ``o`` from the new ``h``; sync (``sync``): both from the old state.
+
+    Exact float64 arithmetic (``fastmath`` reassociation and contraction are safe: every intermediate
+    value is an integer, or an integer times a power of two, of magnitude < 2**53): states, weights and the accumulators ``Fb @ o``, ``W2 @ h`` are float64
+    integers; the caller proves (:meth:`FixedPointMLP.fused_unsupported`) that every partial sum and
+    every hidden product ``a * mb`` is an integer of magnitude < 2**53, so each float64 add and
+    multiply below is exact; ``a * (mb * 2**-sh)`` (``hq[0]``, a power-of-two scaling of ``mb``) is
+    then the exact rational ``a * mb / 2**sh``, and ``np.rint`` (round half to even, the default FP
+    rounding mode) / ``np.floor`` of it equal :func:`quant.numba_ops.requant_det` (nearest_even /
+    floor) bit for bit. ``hq[1]``, ``hq[2]``: the saturation bounds of the accumulator, applied when
+    ``sat`` (else the caller proved that no accumulator reaches them). The output layer uses the
+    int64 requantiser itself.
+
+    * ``dense``: every sweep recomputes both products in full and every unit.
+    * not ``dense`` (event-driven): every sweep runs, but a product is recomputed only when its input
+      changed (``W2 @ h`` in full after a hidden change; ``Fb @ o`` by the exact updates
+      ``acc += Fb[:, k] * (new_k - old_k)`` over the output units that changed: an exact integer sum
+      does not depend on how it is accumulated), and the hidden units are re-evaluated only when
+      their accumulator changed, the output units only when their accumulator or codes changed (a
+      unit update is a deterministic function of those: unchanged inputs give the unchanged code and
+      the same overflow count). Bit-identical to ``dense``.
+    * ``stop``: a sample stops after its first sweep that changed no code: that state maps to itself,
+      so every later (deterministic) sweep is the identity and the result equals all ``n_steps``
+      sweeps bit for bit.
+
+    Outputs (per sample ``b``): ``h``, ``o`` final codes; ``changed[b, t]`` sweep ``t`` changed a code;
+    ``ov_run[b, l]`` overflows summed over the sweeps run, ``ov_last[b, l]`` those of the last sweep
+    run (l = 0 hidden feedback accumulator, 1 output forward accumulator); ``n_run[b]`` sweeps run;
+    ``resid[b]`` max |last state - the one before|, ``cyc[b]`` last sweep changed it and the state
+    equals the one two sweeps earlier.
+    """
+    B, n0 = h.shape
+    n1 = o.shape[1]
+    onef = float(one_code)
+    for cb in numba.prange((B + FUSED_CHUNK - 1) // FUSED_CHUNK):  # scratch arrays once per chunk of samples
+        hb = np.empty(n0, dtype=np.float64)
+        hn = np.empty(n0, dtype=np.float64)
+        prb = np.empty(n0, dtype=np.float64)
+        accb_s = np.empty(n0, dtype=np.float64)
+        accb = np.empty(n0, dtype=np.float64)
+        hm1 = np.empty(n0, dtype=np.float64)
+        hm2 = np.empty(n0, dtype=np.float64)
+        ob = np.empty(n1, dtype=np.float64)
+        on = np.zeros(n1, dtype=np.float64)
+        acc2 = np.empty(n1, dtype=np.float64)
+        old2 = np.zeros(n1, dtype=np.float64)
+        om1 = np.empty(n1, dtype=np.float64)
+        om2 = np.empty(n1, dtype=np.float64)
+        for b in range(cb * FUSED_CHUNK, min(cb * FUSED_CHUNK + FUSED_CHUNK, B)):
+            for j in range(n0):
+                hb[j] = h0[b, j]
+                prb[j] = pre[b, j]
+                accb[j] = 0.0
+            for k in range(n1):
+                ob[k] = o0[b, k]
+                acc2[k] = 0.0
+            for k in range(n1):
+                v = ob[k]
+                if v != 0:
+                    for j in range(n0):
+                        accb[j] += fbt[k, j] * v
+            for j in range(n0):
+                v = hb[j]
+                if v != 0:
+                    for k in range(n1):
+                        acc2[k] += w2t[j, k] * v
+            hm1[:] = hb
+            om1[:] = ob
+            hm2[:] = hb
+            om2[:] = ob
+            need_h = True  # the hidden accumulator changed since the hidden units were last evaluated
+            need_o = True  # likewise the output units' inputs
+            cur_ov_h = np.int64(0)
+            ovr0 = np.int64(0)
+            ovr1 = np.int64(0)
+            ovl1 = np.int64(0)
+            t_run = 0
+            for t in range(n_steps):
+                if t == n_steps - 2:
+                    hm2[:] = hb
+                    om2[:] = ob
+                if t == n_steps - 1:
+                    hm1[:] = hb
+                    om1[:] = ob
+                if dense:
+                    for j in range(n0):
+                        a = 0.0
+                        for k in range(n1):
+                            a += fb[j, k] * ob[k]
+                        accb[j] = a
+                    for k in range(n1):
+                        a = 0.0
+                        for j in range(n0):
+                            a += w2[k, j] * hb[j]
+                        acc2[k] = a
+                    need_h = True
+                ch = False
+                hid_changed = False
+                if sync:
+                    old2[:] = acc2
+                if need_h:  # hidden units, from the output state before this sweep
+                    nov = np.int64(0)
+                    if sat:
+                        for j in range(n0):
+                            a0 = accb[j]
+                            nov += (a0 < hq[1, j]) | (a0 > hq[2, j])
+                            accb_s[j] = min(max(a0, hq[1, j]), hq[2, j])
+                        src = accb_s
+                    else:
+                        src = accb
+                    diff = 0.0
+                    if rmode == 0:  # rint: round half to even (the default FP rounding mode), exact operand
+                        for j in range(n0):
+                            v = min(max(prb[j] + np.rint(src[j] * hq[0, j]), 0.0), onef)
+                            diff += abs(v - hb[j])
+                            hn[j] = v
+                    else:
+                        for j in range(n0):
+                            v = min(max(prb[j] + np.floor(src[j] * hq[0, j]), 0.0), onef)
+                            diff += abs(v - hb[j])
+                            hn[j] = v
+                    cur_ov_h = nov
+                    need_h = dense
+                    if diff != 0.0:  # a sum of |differences| >= 0 is 0 only when no code changed
+                        ch = True
+                        hid_changed = True
+                        hb, hn = hn, hb
+                        for k in range(n1):  # W2 @ h: 10 x 512 exact products, vectorised
+                            a = 0.0
+                            for j in range(n0):
+                                a += w2[k, j] * hb[j]
+                            acc2[k] = a
+                ovr0 += cur_ov_h
+                if not sync:
+                    need_o |= hid_changed
+                if need_o:  # the output update is a deterministic function of its accumulator and codes
+                    need_o = dense
+                    nov = np.int64(0)
+                    for k in range(n1):  # output units: async reads the new hidden codes, sync the old ones
+                        v = np.int64(old2[k] if sync else acc2[k]) + bias2[k]
+                        a, ov = _overflow_scalar(v, acc_bits, False)
+                        nov += ov
+                        p = _requant_det(a, mf2[k], sf2[k], rmode, 0, 0, 0, 0)
+                        if nudge:
+                            tk = one_code if y[b] == k else 0
+                            p += _requant_det(tk - np.int64(ob[k]), beta_m, beta_sh, rmode, 0, 0, 0, 0)
+                        on[k] = min(max(p, 0), one_code)
+                    ovl1 = nov
+                    for k in range(n1):
+                        d = on[k] - ob[k]
+                        if d != 0:
+                            ch = True
+                            need_h = True
+                            need_o = True
+                            if not dense:
+                                for j in range(n0):
+                                    accb[j] += fbt[k, j] * d
+                            ob[k] = on[k]
+                ovr1 += ovl1
+                if sync:
+                    need_o |= hid_changed
+                changed[b, t] = ch
+                t_run = t + 1
+                if stop and not ch:
+                    break
+            for j in range(n0):
+                h[b, j] = np.int64(hb[j])
+            for k in range(n1):
+                o[b, k] = np.int64(ob[k])
+            ov_run[b, 0] = ovr0
+            ov_run[b, 1] = ovr1
+            ov_last[b, 0] = cur_ov_h
+            ov_last[b, 1] = ovl1
+            n_run[b] = t_run
+            r = 0.0
+            same2 = True
+            if t_run == n_steps:
+                for j in range(n0):
+                    r = max(r, abs(hb[j] - hm1[j]))
+                    same2 &= hb[j] == hm2[j]
+                for k in range(n1):
+                    r = max(r, abs(ob[k] - om1[k]))
+                    same2 &= ob[k] == om2[k]
+            resid[b] = np.int64(r)
+            cyc[b] = changed[b, n_steps - 1] and t_run == n_steps and n_steps >= 2 and same2
 
 
 # ------------------------------------------------------------------------ conv (ConvPool) kernels
@@ -568,9 +836,22 @@ def _as_int_codes(a, name: str, shape: tuple, lo: int, hi: int, fix: str) -> np.
         raise ValueError(f"{name} has dtype {arr.dtype}; allowed: integer codes ({fix})")
     if arr.shape != shape:
         raise ValueError(f"{name} has shape {arr.shape}; expected {shape}")
-    if arr.size and (arr.min() < lo or arr.max() > hi):
-        raise ValueError(f"{name} has codes in [{arr.min()}, {arr.max()}]; allowed: [{lo}, {hi}] ({fix})")
-    return arr.astype(np.int64)
+    if arr.size:
+        mn, mx = _min_max(arr.reshape(-1))
+        if mn < lo or mx > hi:
+            raise ValueError(f"{name} has codes in [{mn}, {mx}]; allowed: [{lo}, {hi}] ({fix})")
+    return arr.astype(np.int64, copy=False)
+
+
+@numba.njit(cache=True)
+def _min_max(a):
+    """``(min, max)`` of a non-empty 1-D array in one pass."""
+    mn = a[0]
+    mx = a[0]
+    for v in a:
+        mn = min(mn, v)
+        mx = max(mx, v)
+    return mn, mx
 
 
 def beta_multiplier(beta: float) -> tuple[int, int]:
@@ -830,6 +1111,7 @@ class FixedPointMLP:
                          else None
                          for i, w in enumerate(self.fb_codes)]
         # conv feedback is an integer scatter (no float bound needed)
+        self._fused_ops = self._drive_cache = None  # fused2_kernel's operands, the drive GEMM's (lazy)
         self._fb_rowsum = [_rowsum(w) if self.conv[i + 1] is None else 0 for i, w in enumerate(self.fb_codes)]
 
     @staticmethod
@@ -953,7 +1235,7 @@ class FixedPointMLP:
     # ----------------------------------------------------------------------------- dynamics
     def relax(self, x_codes, s0=None, *, beta: float = 0.0, y=None, n_steps: int, seed: int = 0,
               step_offset: int = 0, early_exit: bool = True, record_trace: bool = False,
-              parallel: bool | None = None) -> tuple[list[np.ndarray], IntRelaxInfo]:
+              parallel: bool | None = None, engine: str = "auto") -> tuple[list[np.ndarray], IntRelaxInfo]:
         """Run ``n_steps`` sweeps of the integer dynamics from ``s0`` (zeros if None).
 
         Args:
@@ -966,6 +1248,13 @@ class FixedPointMLP:
             early_exit: with deterministic rounding, stop once a sweep changed no code (the state is
                 then an exact fixed point, so further sweeps are the identity).
             record_trace: ``info.trace`` = samples changed per sweep.
+            engine: ``"auto"`` (the fused kernel :func:`fused2_kernel` when it applies: one dense hidden
+                layer, no extra terms, deterministic rounding; else the generic per-layer kernels),
+                ``"generic"`` (always the per-layer kernels), ``"event"`` / ``"dense"`` (the fused
+                kernel with event-driven / full products; ``ValueError`` where it does not apply).
+                With the fused kernel, ``early_exit`` stops each sample at its own exact fixed point
+                (bit-identical to all sweeps, diagnostics included); without it every sample runs
+                all ``n_steps`` sweeps. All engines give identical codes and diagnostics.
 
         Returns:
             ``(states, info)``: list of (B, n_l) int64 codes and :class:`~models.solvers.IntRelaxInfo`
@@ -975,12 +1264,18 @@ class FixedPointMLP:
         B, L = x.shape[0], self.n_layers
         sp = self.spec
         rmode = ROUNDING_CODES[sp.rounding]
+        if engine not in ENGINES:
+            raise ValueError(f"engine={engine!r} is invalid; allowed: {ENGINES}")
+        why_not = self.fused_unsupported(B)
+        if engine in ("event", "dense") and why_not:
+            raise ValueError(f"engine={engine!r}: the fused kernel does not apply ({why_not}); use engine='auto'")
+        use_fused = engine != "generic" and not why_not
         wrap = sp.overflow == "wrap"
         # hidden-product dtype: the widest needed by any W @ c with c in [0, one_code]
         hid_bounds = [self._fwd_rowsum[i] * self.one_code for i in range(1, L)]
         hid_bounds += [r * self.one_code for r in self._fb_rowsum]
         sdt = exact_dtype(max(hid_bounds, default=0))
-        xmax = int(np.abs(x).max(initial=0))
+        xmax = max(abs(int(v)) for v in _min_max(x.reshape(-1))) if x.size else 0
         ddt = exact_dtype(self._fwd_rowsum[0] * xmax)
         log.debug("exact products: drive in %s, hidden products in %s", ddt.__name__, sdt.__name__)
         # conv products are exact integers of their operands: a sample whose operands did not change
@@ -1004,7 +1299,10 @@ class FixedPointMLP:
             return memo.get((post, route), lambda p_, r_: (
                 conv_feedback_int(p_, r_, self._fb_conv[i], self.conv[i + 1], parallel),))[0]
 
-        drive = fwd_acc(0, x, ddt, False)  # (B, n_0), computed once per phase
+        if self.conv[0] is None and ddt is np.float32 and B:
+            drive = drive_f32(x, self._drive_t())  # exact: every partial sum is an integer <= 2**24
+        else:
+            drive = fwd_acc(0, x, ddt, False)  # (B, n_0), computed once per phase
         det = rmode != 2
 
         def par(n: int) -> bool:
@@ -1031,6 +1329,9 @@ class FixedPointMLP:
                 static_acc[k] = exact_matmul(x, self._extra_t[k], exact_dtype(_rowsum(c.codes) * xmax))
                 static_val[k], o = extra_term(c, self.extra_tid[k], static_acc[k], step_offset)
                 n_over[c.node] += o
+        if use_fused:
+            return self._relax_fused(pre, s, y, bm, bsh, n_steps, early_exit, record_trace, n_over, wrap, rmode,
+                                     engine)
         dummy = np.zeros((1, 1), dtype=sdt)
         tid_fb = [tensor_id(i, rng.KIND_STATE_FB) for i in range(L)]
         tid_nudge = tensor_id(L - 1, rng.KIND_NUDGE)
@@ -1083,6 +1384,79 @@ class FixedPointMLP:
                           record_trace=record_trace)
         info.n_overflow = n_over
         return [t.astype(np.int64) for t in s], info
+
+    def fused_unsupported(self, B: int = 1) -> str:
+        """Why :func:`fused2_kernel` cannot run this network (``""`` when it can).
+
+        Besides the structure (one dense hidden layer, no extra terms, deterministic rounding,
+        saturating accumulators, async or sync groups) it proves float64 exactness: every partial
+        sum of ``Fb @ o`` and ``W2 @ h`` (at most ``rowsum(|W|) * code(1)``) and every hidden-layer
+        product ``a * mb`` (``|a| <= min(rowsum(|Fb|) * code(1), 2**(acc_bits-1))``) is an integer
+        below 2**53 (:data:`EXACT_F64`), and ``mb * 2**-sh`` is a normal float64.
+        """
+        if self.n_layers != 2 or any(g is not None for g in self.conv) or self.extra:
+            return "it needs a dense chain with one hidden layer and no extra terms"
+        if self.spec.rounding == "stochastic":
+            return "it needs deterministic rounding"
+        if self.spec.overflow == "wrap":
+            return "it needs saturating accumulators"
+        if [list(g) for g in self.groups] not in ([[0], [1]], [[0, 1]]):
+            return f"update groups {self.groups} are neither async [[0], [1]] nor sync [[0, 1]]"
+        if max(self._fwd_rowsum[1], self._fb_rowsum[0]) * self.one_code >= EXACT_F64:
+            return "its accumulators may exceed 2**53 (not exact in float64)"
+        m, sh = self.fb_requant[0]
+        a_max = min(self._fb_rowsum[0] * self.one_code, 2 ** (self.spec.acc_bits - 1))
+        if int(np.abs(m).max(initial=0)) * a_max >= EXACT_F64 or int(np.abs(sh).max(initial=0)) > 900:
+            return "its hidden requantisation products may exceed 2**53 (not exact in float64)"
+        if B < 1:
+            return "an empty batch"
+        return ""
+
+    def _hidden_rq_table(self) -> tuple[np.ndarray, bool]:
+        """(3, n_0) float64 rows for :func:`fused2_kernel`'s exact hidden requantiser: ``m * 2**-sh``
+        (exact: a power-of-two scaling of an integer < 2**53), the accumulator's saturation bounds
+        ``lo``, ``hi``; and whether saturation can occur (``rowsum(|Fb|) * code(1) > hi``)."""
+        m, sh = self.fb_requant[0]
+        hi = 2 ** (self.spec.acc_bits - 1) - 1
+        lo, hif = float(max(-hi - 1, -EXACT_F64)), float(min(hi, EXACT_F64))
+        n = len(m)
+        tab = np.stack([m.astype(np.float64) * np.ldexp(1.0, (-sh).astype(np.int32)), np.full(n, lo), np.full(n, hif)])
+        return tab, bool(self._fb_rowsum[0] * self.one_code > hi)
+
+    def _drive_t(self) -> np.ndarray:
+        """First-layer weight codes ``W.T`` (K, n) as contiguous float32, cached (the drive GEMM)."""
+        if getattr(self, "_drive_cache", None) is None:
+            self._drive_cache = np.ascontiguousarray(self.w_codes[0].T, dtype=np.float32)
+        return self._drive_cache
+
+    def _relax_fused(self, pre, s, y, bm, bsh, n_steps, early_exit, record_trace, n_over, wrap, rmode, engine):
+        """The sweeps of :meth:`relax` by :func:`fused2_kernel`; diagnostics as :func:`models.solvers.iterate`."""
+        B = pre.shape[0]
+        n0, n1 = self.sizes[1], self.sizes[2]
+        if getattr(self, "_fused_ops", None) is None:
+            f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
+            self._fused_ops = (f64(self.fb_codes[0].T), f64(self.fb_codes[0]), f64(self.w_codes[1].T),
+                               f64(self.w_codes[1]), self._hidden_rq_table())
+        fbt, fb, w2t, w2, (hq, sat) = self._fused_ops
+        mf, sf = self.fwd_requant[1]
+        h, o = np.empty((B, n0), np.int64), np.empty((B, n1), np.int64)
+        changed = np.zeros((B, n_steps), dtype=np.bool_)
+        ov_run, ov_last = np.zeros((B, 2), np.int64), np.zeros((B, 2), np.int64)
+        n_run, resid, cyc = np.zeros(B, np.int64), np.zeros(B, np.int64), np.zeros(B, np.bool_)
+        fused2_kernel(pre, fbt, fb, w2t, w2, self.bias_codes[1], mf, sf, hq, sat, s[0], s[1], y, bm, bsh, bm != 0,
+                      self.one_code, self.spec.acc_bits, rmode, self.update == "sync" or len(self.groups) == 1,
+                      n_steps, engine == "dense", bool(early_exit), h, o, changed, ov_run, ov_last, n_run, resid, cyc)
+        n = int(n_run.max())
+        ch = changed[:, :n]
+        settled = ~ch
+        steps = np.where(settled.any(axis=1), settled.argmax(axis=1) + 1, -1).astype(np.int64)
+        extra = (n - n_run)[:, None] * ov_last  # a stopped sample repeats its last sweep: same overflows
+        n_over += (ov_run + extra).sum(axis=0)
+        last = ch[:, -1]
+        info = IntRelaxInfo(steps, ~last, resid, cyc & last,
+                            [float(v) for v in ch.sum(axis=0)] if record_trace else [], n)
+        info.n_overflow = n_over
+        return [h, o], info
 
     def free_phase(self, x_codes, n_steps: int, **kw) -> tuple[list[np.ndarray], FixedPointRelaxInfo]:
         """:meth:`relax` from zeros with ``beta = 0``."""
