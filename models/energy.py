@@ -26,6 +26,13 @@ Terms today:
   (the feedback product).
 * :class:`Bias` ``s_i . b`` (static).
 
+Layered chains (``Dense(0, INPUT), Bias(0), Dense(1, 0), Bias(1), ...`` with ``async`` updates: the
+:class:`~models.eqprop_mlp.EqPropMLP`) relax through a fused loop, :func:`relax_chain` (preallocated
+buffers, exact fixed-point exit) and, for symmetric nudging, both nudged phases as one stacked batch
+(:func:`relax_chain_pair`): the same ops in the same order, bit-identical states, diagnostics and
+EqProp estimates (``tests/models/test_fast_relax.py``); ``model.fast_relax = False`` selects the
+generic path.
+
 Energy ``E = 0.5 sum_i ||s_i||^2 - Phi``; fixed points of ``s_i = rho(dPhi/ds_i)`` minimise ``E`` over
 the box (and ``E + beta L`` with the output nudge). Adding a term type (a conv coupling, attention,
 a skip coupling between state nodes) means: a dataclass here, and a kernel in each backend's table.
