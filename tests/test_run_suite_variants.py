@@ -168,3 +168,13 @@ def test_list_with_a_broken_timings_file_is_exit_2(tmp_path, monkeypatch, capsys
     bad.write_text("[")
     assert run_suite.main(["--list"]) == 2
     assert "unreadable" in capsys.readouterr().err
+
+
+def test_t13_judges_only_the_gpu_recipe_by_its_bars():
+    t13 = importlib.import_module("tracks.t13_conv_eqprop")
+    ctx = TrackContext(out_dir="unused", quick=False, device="cpu")
+    assert t13.required(ctx.variant(has_cpu_full=True)) is t13.REQUIRED_QUICK
+    ctx.full_recipe = True
+    assert t13.required(ctx.variant(has_cpu_full=True)) is t13.REQUIRED_FULL
+    with pytest.raises(ValueError, match="allowed: 'quick'"):
+        t13.required("fast")

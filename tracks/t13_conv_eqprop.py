@@ -107,7 +107,7 @@ SPEC = TrackSpec(
               Criterion("fmnist_bp_gap_margin", ">=", 0.0)),
     est_seconds_full=108000.0,
     est_seconds_quick=80.0,
-    est_seconds_cpu_full=180.0,
+    est_seconds_cpu_full=45.0,  # CPU_FULL: 40 s CPU time (user+sys, /usr/bin/time -v), 2026-11-30
 )
 
 BETA_GRID = (0.5, 0.1, 0.01, 0.001)
@@ -185,7 +185,9 @@ CPU_FULL = dataclasses.replace(QUICK, n_seeds=2, n_test=2000)
 (FULL is the GPU recipe: ``--device cuda``, or ``--full-recipe`` on the CPU). The quick net and budget (1-8-16,
 1500 training images, 2 epochs, batch 50; gradients on 1-4-8, 4 images) with 2 seeds and the first 2000 test
 images, judged by the quick bars (``REQUIRED_QUICK``: MNIST >= 0.80, Fashion-MNIST >= 0.65, gap <= 10 pt): the
-99.2 / 91.5 % and 0.5 pt bars belong to the GPU recipe."""
+99.2 / 91.5 % and 0.5 pt bars belong to the GPU recipe. Measured 2026-11-30 (seeds 0 1 2, so seeds 0 and 1;
+``/usr/bin/time -v``, 40 s CPU time, 805 s wall under load ~17 on the shared 2-core machine): pass; MNIST EqProp
+0.860 +- 0.029 vs BP (ReLU) 0.793, Fashion-MNIST 0.728 vs 0.689, worst-tensor cosine 1 - 2e-12."""
 
 
 # ----------------------------------------------------------------------------- the BP baseline
@@ -419,13 +421,24 @@ def _plot(grad_rows, acc_rows, path: Path) -> None:
         ax.set_title("training curves (validation split)")
 
 
+def required(variant: str) -> dict[str, float]:
+    """The pass bars of ``variant``: the GPU recipe's (``REQUIRED_FULL``) for ``"full"`` only; the quick and
+    the CPU-reduced variants train the small net briefly and are judged by ``REQUIRED_QUICK``.
+
+    >>> required("full")["mnist"], required("full (CPU-reduced)")["mnist"], required("quick")["mnist"]
+    (0.992, 0.8, 0.8)
+    """
+    if variant not in ("quick", "full", "full (CPU-reduced)"):
+        raise ValueError(f"variant={variant!r}; allowed: 'quick', 'full', 'full (CPU-reduced)'")
+    return REQUIRED_FULL if variant == "full" else REQUIRED_QUICK
+
+
 def run(ctx: TrackContext) -> TrackResult:
     c = ctx.settings(QUICK, FULL, cpu=CPU_FULL)
     if not ctx.seeds:
         raise ValueError("t13: ctx.seeds is empty; give at least one seed")
     seeds = tuple(ctx.seeds[:c.n_seeds])
-    variant = ctx.variant(has_cpu_full=True)
-    req = REQUIRED_FULL if variant == "full" else REQUIRED_QUICK  # the GPU recipe's bars only for the GPU recipe
+    req = required(ctx.variant(has_cpu_full=True))
     with torch_threads(TRAIN_THREADS):
         metrics, grad_rows = gradient_check(c, ctx, ctx.seeds[0])
     metrics["grad_table"] = grad_rows
