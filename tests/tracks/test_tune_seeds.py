@@ -74,3 +74,27 @@ def test_warmup_scales_the_first_updates_linearly():
     assert not torch.allclose(warm[0], plain[0], atol=1e-7)
     with pytest.raises(ValueError, match="warmup_steps"):
         TrainConfig(warmup_steps=-1)
+
+
+def test_the_fashion_mnist_eqprop_recipe_comes_from_its_own_study_on_stalling_seeds():
+    from tracks.shared import recipes
+    name = "fmnist_784_512_10_eqprop"
+    src = recipes.RECIPE_SOURCES[name]
+    assert src["study"] == name and "no study of its own" not in recipes.RECIPE_NOTES[name]
+    study = recipes.load_study(name)
+    assert study["inputs"]["dataset"] == "fashion_mnist" and study["inputs"]["init_seeds"] == [1, 2]
+    assert "warmup_steps" in study["inputs"]["search_space"]
+    # trial 0: the MNIST recipe unchanged (no warmup), the one that stalled; it is not the best
+    mnist = recipes.load_study("mnist_784_512_10_eqprop")["best_trial"]["params"]
+    t0 = study["trials"][0]
+    assert t0["params"] == {**mnist, "warmup_steps": 0}
+    assert t0["value"] < study["best_trial"]["value"] == src["val_acc"]
+    assert recipes.RECIPES[name] == tune_mod.recipe_from_params("eqprop", study["best_trial"]["params"],
+                                                                epochs=recipes.DEFAULT_EPOCHS)
+
+
+def test_a_resumed_study_does_not_draw_its_first_trials_again(tmp_path):
+    first = tune_mod.tune("ffbp", "mnist", tmp_path, n_trials=1, **TINY)
+    again = tune_mod.tune("ffbp", "mnist", tmp_path, n_trials=2, **TINY)  # TPE's random start-up phase
+    assert again["trials"][0]["params"] == first["trials"][0]["params"]
+    assert again["trials"][1]["params"] != again["trials"][0]["params"]
