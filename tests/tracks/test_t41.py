@@ -33,6 +33,8 @@ def test_t41_passes_and_reports(tmp_path):
             assert m[f"load_s_{k}_{form}"] > 0 and m[f"run_s_{k}_{form}"] > 0
         assert 0.0 <= m[f"accuracy_{k}"] <= 1.0
     assert m["accuracy_float"] > 0.15  # a (very briefly) trained model, above chance (0.1)
+    for k in ("qdq_int8", "int_int8"):  # issue 14: gaps below the float graph, in points
+        assert m[f"acc_gap_pt_{k}"] == pytest.approx(100 * (m["accuracy_float"] - m[f"accuracy_{k}"]))
     assert m["qdq_argmax_agreement_no_qdq_rewrites"] >= 0.999
     assert len(m["rows"]) == len(keys) * 2 and all(r["ort_ran"] for r in m["rows"])
     for r in m["rows"]:
