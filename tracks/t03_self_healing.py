@@ -373,7 +373,8 @@ class Config:
 QUICK = Config(n_test=1000, insitu_steps=60, eval_every=20, control=False,
                device_models=("ideal", "constant_step", "soft_bounds"),
                conv_n_test=500, conv_insitu_steps=30, conv_lrs=(0.1, 0.2))
-FULL = Config(headline=True, insitu_steps=HEADLINE_STEPS, eval_every=HEADLINE_STEPS // 3, curve_n_val=500, lr=HEADLINE_INSITU_LR,
+FULL = Config(headline=True, insitu_steps=HEADLINE_STEPS, eval_every=HEADLINE_STEPS // 3, curve_n_val=500,
+              lr=HEADLINE_INSITU_LR,
               device_models=("ideal",), control=False,
               conv_insitu_steps=60, conv_lrs=(0.05, 0.1))
 """The full variant starts from the headline model (issue 14) and is sized for the 60-minute suite on a
