@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
                     help="optimizer of every method (the tuned recipes use Adam)")
     ap.add_argument("--reference", action="store_true",
-                    help="also time EqProp on the generic sweeper + solver (fast_relax=False): the fused loop's speed-up")
+                    help="also time EqProp on the generic sweeper + solver (fast_relax=False): "
+                         "the fused loop's speed-up")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args(argv)
@@ -151,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     scale = N_FULL / args.n_train
     results = {}
     print(f"machine: {describe_machine_short()}  (shared machine: figures are noisy)")
-    print(f"784-512-10, batch {args.batch_size}, T1=30 T2=10 symmetric, {args.optimizer}; timed {args.n_train} MNIST samples x "
+    print(f"784-512-10, batch {args.batch_size}, T1=30 T2=10 symmetric, {args.optimizer}; "
+          f"timed {args.n_train} MNIST samples x "
           f"{args.repeats} interleaved repeats per thread count, epoch scaled to {N_FULL}", flush=True)
     for k in args.threads:
         torch.set_num_threads(k)
@@ -216,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"torch.profiler, 5 EqProp steps (batch {args.batch_size}), {args.threads[0]} thread(s):")
         print(profile_eqprop(x, y, methods["eqprop"][1]))
     print(json.dumps({"bench": "epoch", "machine": describe_machine_short(), "n_train_timed": args.n_train,
-                      "scaled_to": N_FULL, "batch_size": args.batch_size, "repeats": args.repeats, "optimizer": args.optimizer,
+                      "scaled_to": N_FULL, "batch_size": args.batch_size, "repeats": args.repeats,
+                      "optimizer": args.optimizer,
                       "results": results}))
     return 0
 

@@ -643,6 +643,6 @@ def relax_chain_pair(model, drive: list, s0: State, b1: float, b2: float, y: tor
     out, infos = [], []
     for sl in (slice(0, B), slice(B, 2 * B)):
         out.append([_rows(t, sl) for t in s])
-        infos.append(None if info is None else RelaxInfo(info.steps[sl], info.converged[sl], info.residual[sl], info.cycling[sl], [],
-                               info.n_steps))
+        infos.append(None if info is None else RelaxInfo(info.steps[sl], info.converged[sl], info.residual[sl],
+                                                         info.cycling[sl], [], info.n_steps))
     return (out[0], out[1]), (infos[0], infos[1])
