@@ -10,7 +10,8 @@ or ``seed``) and train with :func:`models.train.train`. The recipes of Track 25 
   per-layer rates, cosine schedule, batch 100; the Fashion-MNIST study also searched a linear rate
   warmup (``TrainConfig.warmup_steps``) and scored each trial on initialisation seeds 1 and 2, on
   which the MNIST recipe stalls on Fashion-MNIST (one output unit pushed below ``-beta`` on every
-  image by Adam's first updates gets no nudge again: a whole class at 0 %);
+  image by Adam's first updates gets no nudge again: a whole class at 0 %); its best trial takes a
+  large ``beta`` (0.90) without warmup;
 * ``*_bptt``: the same ``EqPropMLP`` trained by backprop through its 30 free sweeps;
 * ``*_ffbp``: the same-width feed-forward ``models.ff_mlp.FeedForwardMLP`` (ReLU) trained by ordinary
   backprop, cross-entropy, Adam, cosine schedule, batch 100.
