@@ -72,8 +72,8 @@ from .harness.stats import mean_ci95, paired_test
 from .harness.threads import torch_threads
 from .harness.plots import figure
 from .harness.base import Criterion, TrackContext, TrackResult, TrackSpec
-from .shared.headline import DATASETS, HEADLINE_EPOCHS, METHODS, TRAIN_THREADS, load_split, prefetch,
-                              train_method
+from .shared.headline import (DATASETS, HEADLINE_EPOCHS, METHODS, TRAIN_THREADS, load_split, prefetch,
+                              train_method)
 from .shared.recipes import SIZES, recipe_name
 
 log = logging.getLogger("eqprop_hwsim.tracks.t25")
