@@ -6,8 +6,22 @@ with ``--model CKPT``. The fixed-point copy is quantised from it (``--preset``).
 same MNIST test images (``--n``, batch ``--batch``, T = ``--steps`` free sweeps).
 
 Protocol, per thread count (``--threads``, default 1 and 2; torch and numba set alike):
-``--rounds`` (default 7) interleaved rounds, each timing float32 torch, fixed point with all T sweeps
-(``early_exit=False``, the like-for-like ratio) and fixed point with early exit. Reported: median
+``--rounds`` (default 7) interleaved rounds, each timing
+
+* ``float32_torch``: ``EqPropMLP.free_phase``, all T sweeps (drive GEMM once, then T float32 sweeps);
+* ``float32_torch_exit``: the same with ``tol`` = the smallest normal float32 (torch's own exit: the
+  batch stops once every sample's state is a fixed point of the float sweep);
+* ``fixed_full_T``: ``FixedPointMLP.relax(early_exit=False)``, every sample runs all T sweeps - with
+  the fused kernel (``hwsim.fixed_point.fused2_kernel``) these are event-driven: a product or a
+  unit update is recomputed only when its inputs changed (exact: the update is a deterministic
+  function of them); the target ratio is this path over ``float32_torch``;
+* ``fixed_dense_T``: ``engine="dense"``: every unit and every product recomputed in every sweep;
+* ``fixed_early_exit``: ``early_exit=True``: each sample stops at its own exact fixed point (bit-identical
+  to all T sweeps with deterministic rounding), compared with ``float32_torch_exit`` (exit on both
+  sides) and with ``float32_torch``.
+
+Both sides use the same thread count (``torch.set_num_threads`` and ``numba.set_num_threads``; the
+fixed point's drive GEMM runs in torch float32 BLAS, exact by the 2**24 bound). Reported: median
 samples/s, IQR and min-max of the wall time per path, the ratio of the medians and the median (and
 range) of the per-round paired ratios, the ratio of the median process-CPU times (all threads; robust
 to other processes' load, but at 2 threads it measures work, not latency), the load average. All ratios come from this
@@ -112,6 +126,8 @@ def main() -> int:
     ap.add_argument("--out", default="runs/bench_hwsim", help="output folder (model cache, result JSON)")
     ap.add_argument("--anchor-rounds", type=int, default=7,
                     help="rounds of the int8 GEMM anchor (torch._int_mm vs float32 @, one batch; 0 skips)")
+    ap.add_argument("--no-dense", action="store_true",
+                    help="skip the fixed_dense_T path (every unit and product recomputed every sweep)")
     ap.add_argument("--data-dir", default=None)
     a = ap.parse_args()
     if a.batch < 1 or a.n < a.batch or a.rounds < 1 or a.steps < 1 or min(a.threads) < 1:
@@ -133,17 +149,25 @@ def main() -> int:
     xt = torch.from_numpy(x)
     codes = fp.quantize_input(x)
 
-    def run_float():
+    def run_float(tol: float = 0.0):
         with torch.no_grad():
-            return torch.cat([net.free_phase(xt[i:i + a.batch], n_steps=a.steps)[0][-1]
+            return torch.cat([net.free_phase(xt[i:i + a.batch], n_steps=a.steps, tol=tol)[0][-1]
                               for i in range(0, a.n, a.batch)]).numpy()
 
-    def run_fixed(early: bool):
-        return np.concatenate([fp.relax(codes[i:i + a.batch], n_steps=a.steps, early_exit=early)[0][-1]
+    def run_fixed(early: bool, engine: str = "auto"):
+        return np.concatenate([fp.relax(codes[i:i + a.batch], n_steps=a.steps, early_exit=early, engine=engine)[0][-1]
                                for i in range(0, a.n, a.batch)])
 
-    paths = {"float32_torch": run_float, "fixed_full_T": lambda: run_fixed(False),
+    # float32 torch: all T sweeps; and its exact-exit path (stop once every sample's residual is <= the
+    # smallest normal float32, i.e. the batch sits at a fixed point of the float sweep)
+    tiny = float(torch.finfo(torch.float32).tiny)
+    paths = {"float32_torch": run_float, "float32_torch_exit": lambda: run_float(tiny),
+             "fixed_full_T": lambda: run_fixed(False), "fixed_dense_T": lambda: run_fixed(False, "dense"),
              "fixed_early_exit": lambda: run_fixed(True)}
+    if a.no_dense:
+        del paths["fixed_dense_T"]
+    log_engine = "fused two-layer kernel" if not fp.fused_unsupported() else "generic per-layer kernels"
+    print(f"fixed-point engine: {log_engine}", flush=True)
     # reference output codes: the torch int64 mirror (independent implementation), outside the timings
     t0 = time.perf_counter()
     ref = np.concatenate([torch_relax(fp, torch.from_numpy(codes[i:i + a.batch]), n_steps=a.steps,
@@ -169,6 +193,8 @@ def main() -> int:
                 if p == "fixed_full_T":
                     exact["fixed_vs_torch_mirror"] &= bool(np.array_equal(out, ref))
                     full_out = out
+                elif p == "fixed_dense_T":
+                    exact["dense_vs_torch_mirror"] = exact.get("dense_vs_torch_mirror", True) & bool(np.array_equal(out, ref))
                 elif p == "fixed_early_exit":
                     exact["early_exit_vs_full_T"] &= bool(np.array_equal(out, full_out))
                 if p in first:
@@ -195,15 +221,21 @@ def main() -> int:
                                                       / anchor["int8_int_mm"]["median_s"], 3)
             anchor["loadavg_after"] = loadavg()
         st = {p: stats(t, a.n) for p, t in times.items()}
-        tf = np.asarray(times["float32_torch"])
         ratios = {}
-        for p in ("fixed_full_T", "fixed_early_exit"):
-            paired = tf / np.asarray(times[p])
-            ratios[p] = {"ratio_of_medians": round(st["float32_torch"]["median_s"] / st[p]["median_s"], 3),
-                         "paired_median": round(float(np.median(paired)), 3),
-                         "paired_min_max": [round(float(paired.min()), 3), round(float(paired.max()), 3)],
-                         "cpu_time_ratio_of_medians": round(float(np.median(cpu["float32_torch"]) / np.median(cpu[p])), 3)}
+        # (fixed path, float path it is compared with): all sweeps on both sides; exact exit on both sides
+        pairs = [("fixed_full_T", "float32_torch"), ("fixed_dense_T", "float32_torch"),
+                 ("fixed_early_exit", "float32_torch_exit"), ("fixed_early_exit", "float32_torch")]
+        for p, fl in pairs:
+            if p not in times:
+                continue
+            paired = np.asarray(times[fl]) / np.asarray(times[p])
+            ratios[f"{p} / {fl}"] = {
+                "ratio_of_medians": round(st[fl]["median_s"] / st[p]["median_s"], 3),
+                "paired_median": round(float(np.median(paired)), 3),
+                "paired_min_max": [round(float(paired.min()), 3), round(float(paired.max()), 3)],
+                "cpu_time_ratio_of_medians": round(float(np.median(cpu[fl]) / np.median(cpu[p])), 3)}
         acc = {"float32_torch": float((first["float32_torch"].argmax(1) == y).mean()),
+               "float32_torch_exit": float((first["float32_torch_exit"].argmax(1) == y).mean()),
                "fixed": float((first["fixed_full_T"].argmax(1) == y).mean())}
         results[str(k)] = {"stats": st, "cpu_stats": {p: stats(t, a.n) for p, t in cpu.items()}, "ratios_fixed_over_float32": ratios, "accuracy": acc,
                            "loadavg_before": load0, "loadavg_after": load1, "int_gemm_anchor": anchor}
@@ -215,15 +247,16 @@ def main() -> int:
     for k, res in results.items():
         acc = res["accuracy"]
         print(f"--- {k} thread(s): load avg before {res['loadavg_before']} after {res['loadavg_after']}; "
-              f"test acc float32 {acc['float32_torch']:.4f}, fixed {acc['fixed']:.4f}")
+              f"test acc float32 {acc['float32_torch']:.4f} (exit {acc['float32_torch_exit']:.4f}), "
+              f"fixed {acc['fixed']:.4f}")
         for p, s in res["stats"].items():
-            print(f"  {p:17s} {s['samples_per_s']:9.0f} samples/s  median {s['median_s']:.3f}s  "
+            print(f"  {p:18s} {s['samples_per_s']:9.0f} samples/s  median {s['median_s']:.3f}s  "
                   f"IQR {s['iqr_s']}  min-max [{s['min_s']}, {s['max_s']}]")
         for p, r in res["ratios_fixed_over_float32"].items():
-            print(f"  ratio {p:17s}/float32: {r['ratio_of_medians']:.2f}x (ratio of medians), paired per round "
+            target = "   target >= 2x" if p == "fixed_full_T / float32_torch" else ""
+            print(f"  speed {p:38s}: {r['ratio_of_medians']:.2f}x (ratio of medians), paired per round "
                   f"median {r['paired_median']:.2f}x range {r['paired_min_max']}; CPU-time (all threads) "
-                  f"{r['cpu_time_ratio_of_medians']:.2f}x   target >= 2x (all T)"
-                  f"   [load {res['loadavg_after']}]")
+                  f"{r['cpu_time_ratio_of_medians']:.2f}x{target}   [load {res['loadavg_after']}]")
         an = res["int_gemm_anchor"]
         if an:
             print(f"  anchor GEMM ({a.batch}x784 @ 784x512): int8 torch._int_mm median {an['int8_int_mm']['median_s']:.4f}s"
