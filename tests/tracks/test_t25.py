@@ -72,7 +72,9 @@ def test_t25_fails_when_nudged_phase_is_skipped(tmp_path):
 
 
 def test_t25_fails_when_the_ffbp_baseline_is_not_trained(tmp_path, monkeypatch):
-    small = dict(datasets=("mnist",), methods=("eqprop", "ffbp"), n_train=2000, epochs=2, n_test=1000, n_val=200)
+    # workers=1: trained in this process, where the patched trainer applies (spawned workers import their own)
+    small = dict(datasets=("mnist",), methods=("eqprop", "ffbp"), n_train=2000, epochs=2, n_test=1000, n_val=200,
+                 workers=1)
     ok = t25.run(_ctx(tmp_path / "ok", **small))
     assert _crit(t25.SPEC, ok, "mnist_ffbp_acc_margin")["passed"]
     from tracks.shared import headline
