@@ -88,7 +88,7 @@ SPEC = TrackSpec(
            "against the plan's targets."),
     criteria=(Criterion("eqprop_bpc_below_unigram", ">=", 0.5), Criterion("causal_max_logit_diff", "<=", 1e-6),
               Criterion("grad_cos_truncated", ">=", 0.99), Criterion("grad_cos_full", ">=", 0.9)),
-    est_seconds_full=2400.0, est_seconds_quick=55.0, est_seconds_cpu_full=165.0,
+    est_seconds_full=2400.0, est_seconds_quick=55.0, est_seconds_cpu_full=135.0,
 )
 
 
@@ -137,10 +137,13 @@ class Config:
 
 QUICK = Config(d_model=32, ctx=32, steps=150, n_val=64, n_seeds=1, n_settle=16, n_sample=120, grad_steps=100)
 FULL = Config()
-CPU_FULL = dataclasses.replace(QUICK, n_seeds=3)
+CPU_FULL = dataclasses.replace(QUICK, n_seeds=3, steps=300)
 """The CPU-reduced full variant ("full (CPU-reduced)"), what ``run_suite.py --all`` runs on ``--device cpu``
-(FULL, d=64 / ctx 64 / 1500 steps, runs with ``--device cuda`` or ``--full-recipe``): the quick model and
-budget (d=32, ctx 32, 150 steps) with 3 seeds; the criteria and bars are the track's own (unchanged)."""
+(FULL, d=64 / ctx 64 / 1500 steps, runs with ``--device cuda`` or ``--full-recipe``): the quick model (d=32,
+ctx 32) trained 300 steps, 3 seeds; the criteria and bars are the track's own (unchanged). Measured 2026-11-30
+(seeds 0 1 2, ``/usr/bin/time -v``: 134 s CPU time, 1027 s wall under load ~17): pass; EqProp 4.080 bits/char
+vs backprop 3.598, 0.694 bits below the unigram entropy (bar 0.5), causal diff 0, gradient cosines 1.0000 /
+0.9990. At 150 steps (1 seed's quick budget, 3 seeds) it failed that bar: 0.473 bits below (71 s CPU)."""
 
 
 def make_model(c: Config, vocab: int, seed: int) -> CausalEnergyTransformer:
