@@ -121,7 +121,7 @@ CPU_FULL = dataclasses.replace(QUICK, d_model=64, n_test=2000, max_steps=100, n_
 images, trained on the quick budget (1500 images, 1 epoch), EqProp and DEQ, 3 seeds; the criteria and bars are
 the track's own (unchanged). Measured 2026-11-30 (seeds 0 1 2, ``/usr/bin/time -v``: 191 s CPU time (129 user +
 62 system), 1083 s wall under load ~17): pass; Spearman r(iterations, -margin) EqProp -0.440 (largest p over
-seeds below 5e-6), DEQ -0.428; early exit saves 92.6 % of the sweeps at no accuracy loss (66.5 %). With the
+seeds 9.8e-51), DEQ -0.428; early exit saves 92.6 % of the sweeps at no accuracy loss (66.5 %). With the
 quick d=32 models, cap 60 and 1000 test images (37 s CPU) it failed the p bar (largest p 0.13)."""
 
 
