@@ -44,6 +44,16 @@ FF-BP 0.9828 +- 0.0011, EqProp - FF-BP -0.0003 +- 0.0013 (paired t p = 0.62, d =
 Fashion-MNIST EqProp 0.8589 +- 0.0563 (seeds 0.892 / 0.822 / 0.798 / 0.891 / 0.892: two seeds stall
 early, the hard-sigmoid output failure mode; its recipe is the MNIST study's), FF-BP 0.8914 +- 0.0023
 (p = 0.17, d = -0.74). Targets 98.5 % and 89.5 % missed; within 0.3 pt of FF-BP on MNIST met.
+Those Fashion-MNIST figures predate its own study: the stall of seeds 1 and 2 was one dead
+hard-sigmoid output unit each (a class at 0 %, its unit below -beta on every image after Adam's first
+steps: ``benchmarks/t25_fmnist_stall/``); the Fashion-MNIST EqProp recipe now comes from a study of
+its own scored on seeds 1 and 2 (``tracks/shared/tuning/fmnist_784_512_10_eqprop.json``: beta 0.90),
+with which seeds 1 / 2 reach 88.58 / 88.35 % test. The README figures come from the end-to-end run
+(``docs/results/``).
+
+Parallel training: the (data set, method, seed) trainings are independent, so they run side by side in
+``workers`` single-thread processes (default: the usable cores; :func:`tracks.shared.headline.prefetch`,
+bit-identical to training in order) into the run's model cache, then load from it.
 
 Criteria (``*_margin`` metrics are value minus threshold, so one spec serves both variants; the
 thresholds are in the metrics as ``required_*``). Full = the project targets: EqProp test accuracy
@@ -52,7 +62,7 @@ FF-BP baseline trained (MNIST FF-BP >= 0.97, so an untrained baseline cannot mak
 small). Quick: >= 0.80 / 0.65, gap <= 0.05, FF-BP >= 0.85.
 
 Settings: :class:`Config` (``QUICK`` / ``FULL``): ``datasets``, ``methods`` (a subset leaves the other
-metrics out, so the criteria on them fail), ``n_train``, ``n_val``, ``n_test``, ``epochs``, and from
+metrics out, so the criteria on them fail), ``n_train``, ``n_val``, ``n_test``, ``epochs``, ``workers``, and from
 the API only ``net_hook`` (callable ``hook(net, method)`` applied to each new network before training:
 inject a broken component, e.g. an EqProp estimate without its nudged phase).
 """
