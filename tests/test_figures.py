@@ -24,7 +24,7 @@ def test_render_names_run_machine_criteria_and_key_metrics(monkeypatch):
     assert "commit abc123" in block and "0/1 tracks passed" in block and "AMD EPYC (2 logical cores)" in block
     row = block.splitlines()[-1]
     assert row.startswith("| [25](docs/results/x/report.md#track-25) MNIST | full | **FAIL** | 10.0 min |")
-    assert "m_margin = -0.0024 (need >= 0, **failed**)" in row and "mnist_test_acc_eqprop = 0.9826" in row
+    assert "0/1 criteria met: m_margin = -0.0024 (need >= 0, **failed**)" in row and "mnist_test_acc_eqprop = 0.9826" in row
     assert missing == ["track 25: renamed_metric"]  # a renamed metric is reported, not silently dropped
 
 

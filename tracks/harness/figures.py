@@ -3,7 +3,8 @@
 The README's "Measured figures" come from one ``run_suite.py --all`` run whose ``results.json`` and
 ``report.md`` are kept in the repository (``docs/results/<run>/``). This module renders that run as
 a markdown block (when, where, which commit, the command, the total time, then one row per track:
-variant, result, time, every criterion with its value and bar, and the track's key metrics) and
+variant, result, time, how many criteria were met, the key (first) criterion and every failed one with
+value and bar, and the track's key metrics; every criterion is in the run's ``report.md``) and
 writes it between the markers :data:`START` and :data:`END` of a markdown file, so the figures and
 the run cannot drift apart (``tests/test_readme.py`` regenerates the block and compares)::
 
@@ -27,7 +28,26 @@ from .report import fmt_seconds, fmt_value
 START, END = "<!-- run-figures:start -->", "<!-- run-figures:end -->"
 
 #: key metrics per track id, shown after the criteria (exact names in the track's metrics dict)
-KEY_METRICS: dict[int, tuple[str, ...]] = {}
+_QUANT = ("acc_headline", "acc_float", "acc_ptq", "acc_qat", "acc_onchip", "onchip_gap_pt_ci95",
+          "target_gap_pt", "update_cosine_min", "acc_onchip_scratch", "conv_acc_float", "conv_onchip_gap_pt",
+          "conv_target_gap_pt")
+KEY_METRICS: dict[int, tuple[str, ...]] = {
+    1: ("test_acc_sn", "lipschitz_max_no_sn", "test_acc_no_sn", "conv_sigma_ratio_max_sn", "conv_test_acc_sn"),
+    2: ("best_beta_1h", "min_layer_cosine_2h", "best_beta_2h", "implicit_vs_bptt_min_cosine", "free_residual_max"),
+    3: ("acc_float", "acc_clean", "acc_faulty", "acc_after_insitu", "fault_gap_points", "insitu_steps",
+        "conv_acc_clean", "conv_acc_faulty", "conv_acc_after_insitu", "conv_recovered_fraction"),
+    4: _QUANT, 16: _QUANT, 19: _QUANT,
+    13: ("min_layer_cosine_implicit", "mnist_test_acc_eqprop", "mnist_test_acc_bp_relu", "fmnist_test_acc_eqprop",
+         "fmnist_test_acc_bp_relu"),
+    14: ("cos_bptt_median", "cos_bptt_worst_one_sided", "cos_bptt_worst_random_sign", "eqprop_acc_mean",
+         "bp_acc_mean", "deq_acc_mean"),
+    17: ("acc_float_digital", "acc_chip_int8_clean", "acc_drop_prog20", "grad_cosine_best_noise0", "best_beta_noise0",
+         "best_beta_noise_max", "conv_acc_drop_prog5"),
+    25: ("mnist_test_acc_eqprop", "mnist_test_acc_eqprop_ci95", "mnist_test_acc_ffbp", "mnist_test_acc_ffbp_ci95",
+         "mnist_test_acc_bptt", "fmnist_test_acc_eqprop", "fmnist_test_acc_eqprop_ci95", "fmnist_test_acc_ffbp",
+         "fmnist_test_acc_ffbp_ci95", "fmnist_test_acc_bptt"),
+    34: ("cifar_test_acc_eqprop", "cifar_test_acc_bp_relu", "n_train", "epochs"),
+}
 
 
 def _fmt(v: Any) -> str:
@@ -43,8 +63,11 @@ def _cell(s: str) -> str:
 
 
 def _track_row(t: dict[str, Any], report_link: str | None, missing: list[str]) -> str:
-    crits = "; ".join(f"{c['metric']} = {_fmt(c.get('value'))} (need {c['op']} {c['threshold']:g}"
-                      f"{'' if c.get('passed') else ', **failed**'})" for c in t.get("criteria") or [])
+    cs = t.get("criteria") or []
+    shown = [c for i, c in enumerate(cs) if i == 0 or not c.get("passed")]  # the key criterion and every failure
+    crits = (f"{sum(bool(c.get('passed')) for c in cs)}/{len(cs)} criteria met: " if cs else "") + "; ".join(
+        f"{c['metric']} = {_fmt(c.get('value'))} (need {c['op']} {c['threshold']:g}"
+        f"{'' if c.get('passed') else ', **failed**'})" for c in shown)
     m = t.get("metrics") or {}
     keys = []
     for k in KEY_METRICS.get(int(t["id"]), ()):
@@ -77,7 +100,7 @@ def render(results: dict[str, Any], report_link: str | None = None, missing: lis
         f"GiB, {mach.get('os')}, Python {mach.get('python')}, torch {(mach.get('versions') or {}).get('torch')}; "
         f"GPU: {mach.get('gpu') or 'none'}. Seeds {s.get('seeds')}; mode {'quick' if s.get('quick') else 'full'}.",
         "",
-        "| track | variant | result | time | criteria (value, bar) and key metrics |",
+        "| track | variant | result | time | criteria (key and failed: value, bar) and key metrics |",
         "| --- | --- | --- | --- | --- |",
     ]
     lines += [_track_row(t, report_link, missing) for t in tracks]
