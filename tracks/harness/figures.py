@@ -47,6 +47,20 @@ KEY_METRICS: dict[int, tuple[str, ...]] = {
          "mnist_test_acc_bptt", "fmnist_test_acc_eqprop", "fmnist_test_acc_eqprop_ci95", "fmnist_test_acc_ffbp",
          "fmnist_test_acc_ffbp_ci95", "fmnist_test_acc_bptt"),
     34: ("cifar_test_acc_eqprop", "cifar_test_acc_bp_relu", "n_train", "epochs"),
+    35: ("eqprop_mem_growth", "bptt_mem_growth", "tf_mem_ratio_t30", "tf_implicit_over_bptt_t30"),
+    36: ("acc_mnist", "acc_fashion_mnist", "energy_auroc_fashion_mnist", "energy_auroc_gaussian", "energy_auroc_uniform",
+         "msp_auroc_fashion_mnist", "margin_auroc_fashion_mnist"),
+    37: ("eqprop_val_bpc_mean", "baseline_val_bpc_mean", "ppl_ratio_eqprop_over_baseline", "grad_cos_full",
+         "settle_spearman_r"),
+    38: ("eqprop_spearman_r_margin_mean", "eqprop_compute_saved_mean", "eqprop_acc_full_mean"),
+    39: ("eqprop_copying_acc_n16_mean", "baseline_copying_acc_n16_mean", "eqprop_parity_acc_n8_mean",
+         "eqprop_addition_acc_n4_mean", "eqprop_sorting_acc_n5_mean"),
+    40: ("energy_ratio_int8_vs_fp32", "macs_per_inference", "macs_per_train_step"),
+    41: ("accuracy_float", "accuracy_int_int8", "accuracy_int_int4", "accuracy_int_ternary", "float_max_abs_state_err",
+         "int_narrow_acc_saturations", "int_pow2_ties"),
+    42: ("float_acc", "snn_acc_t64", "rate_state_mae_t64", "brian2_seconds_per_image", "energy_ratio_snn_over_float",
+         "conv_acc_gap_t64"),
+    44: ("asym_drop_points", "dw_min_drop_points", "sym_minus_one_sided_ideal", "acc_constant_step_symmetric"),
 }
 
 
