@@ -27,3 +27,18 @@ def _seed_everything():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def registered():
+    """``add(module)`` registers a throwaway track module for the test and unregisters it afterwards."""
+    import tracks
+
+    added = []
+
+    def add(module):
+        added.append(tracks.register_track(module).id)
+        return tracks.get_track(added[-1])
+    yield add
+    for tid in added:
+        tracks.unregister_track(tid)

@@ -39,17 +39,6 @@ def _track(tid=951, cpu_full=True):
     return m
 
 
-@pytest.fixture
-def registered():
-    added = []
-
-    def add(module):
-        added.append(tracks.register_track(module).id)
-        return tracks.get_track(added[-1])
-    yield add
-    for tid in added:
-        tracks.unregister_track(tid)
-
 
 @pytest.mark.parametrize("tid", sorted(CPU_REDUCED))
 def test_conv_and_transformer_tracks_select_their_cpu_reduced_config(tid):

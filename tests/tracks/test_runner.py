@@ -50,17 +50,6 @@ def _raising_track(tid=902):
     return m
 
 
-@pytest.fixture
-def registered():
-    added = []
-
-    def add(module):
-        added.append(tracks.register_track(module).id)
-        return tracks.get_track(added[-1])
-    yield add
-    for tid in added:
-        tracks.unregister_track(tid)
-
 
 def test_registry_lookup(registered):
     t = registered(_sum_of_squares_track())
