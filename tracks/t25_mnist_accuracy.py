@@ -39,7 +39,8 @@ under a minute.
 Measured (2026-11-30, 2-core machine shared with other jobs, load 4-24, so times are not
 comparable; ``run_suite.py --track 25 --seeds 0 1 2 3 4 --set '25.datasets=["mnist"]' --set
 '25.methods=["eqprop","ffbp"]'`` and the same for ``fashion_mnist``; results in
-``docs/results/t25_5seeds/``), 10 epochs, full test set, 5 seeds: MNIST EqProp 0.9826 +- 0.0011,
+``docs/results/t25_5seeds/``; the current 5-seed figures, with the Fashion-MNIST study, are in
+``docs/results/t25_5seeds_20261130/``), 10 epochs, full test set, 5 seeds: MNIST EqProp 0.9826 +- 0.0011,
 FF-BP 0.9828 +- 0.0011, EqProp - FF-BP -0.0003 +- 0.0013 (paired t p = 0.62, d = -0.24);
 Fashion-MNIST EqProp 0.8589 +- 0.0563 (seeds 0.892 / 0.822 / 0.798 / 0.891 / 0.892: two seeds stall
 early, the hard-sigmoid output failure mode; its recipe is the MNIST study's), FF-BP 0.8914 +- 0.0023
