@@ -189,6 +189,7 @@ def _make_step(method: str, n_steps: int, x, y, seed: int, variant: str, model: 
             return keep
 
         net.sweeper = sweeper  # instance attribute: relax() iterates self.sweeper(...)
+        net.fast_relax = False  # the fused chain relaxation does not call the sweeper: use the generic path
 
     def one_step() -> None:
         if variant == "keep_trajectory":

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import tracks.t25_mnist_accuracy as t25
+from tracks.shared import headline
 from models.checkpoint import load_checkpoint
 from models.ff_mlp import FeedForwardMLP, FFConfig, load_ff, save_ff
 from tracks.harness.base import TrackContext
@@ -30,7 +31,10 @@ def _ctx(out, cache=None, seeds=(0,), **overrides):
 
 
 # ---------------------------------------------------------------- Track 25 and the FF-BP checkpoint
-T25_SMALL = dict(datasets=("mnist",), methods=("eqprop", "ffbp"), n_train=300, n_val=100, n_test=300, epochs=1)
+# workers=1: trained in this process, where the counting wrapper applies (tests/tracks/test_headline.py
+# checks that the parallel trainings equal these)
+T25_SMALL = dict(datasets=("mnist",), methods=("eqprop", "ffbp"), n_train=300, n_val=100, n_test=300, epochs=1,
+                 workers=1)
 
 
 def test_ff_mlp_is_a_registry_checkpoint(tmp_path):
@@ -45,7 +49,7 @@ def test_ff_mlp_is_a_registry_checkpoint(tmp_path):
 
 
 def test_t25_same_key_trains_once_and_metrics_match(tmp_path, monkeypatch):
-    calls = _counting(monkeypatch, t25)
+    calls = _counting(monkeypatch, headline)
     cache = ModelCache(tmp_path / "run" / "model_cache")
     first = t25.run(_ctx(tmp_path / "run", cache, **T25_SMALL))
     assert len(calls) == 2 and cache.stats() == {"trained": 2, "loaded": 0, "corrupt": 0}
@@ -62,7 +66,7 @@ def test_t25_same_key_trains_once_and_metrics_match(tmp_path, monkeypatch):
 
 
 def test_t25_net_hook_bypasses_the_cache(tmp_path, monkeypatch):
-    calls = _counting(monkeypatch, t25)
+    calls = _counting(monkeypatch, headline)
     cache = ModelCache(tmp_path / "model_cache")
     small = {**T25_SMALL, "methods": ("ffbp",)}
     for _ in range(2):
