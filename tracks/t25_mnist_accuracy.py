@@ -222,11 +222,12 @@ def run(ctx: TrackContext) -> TrackResult:
                                "sizes": list(SIZES), "hidden_layers": len(SIZES) - 2,
                                "recipes": {f"{DATASETS[d]}_{m}": recipe_name(DATASETS[d], m)
                                            for d in datasets for m in methods}}
+    splits = {ds: load_split(ds, ctx, n_train, n_val, n_test) for ds in datasets}
     if hook is None:  # independent seeds (and methods) train side by side where cores allow
         prefetch(ctx, [(d, m, s) for d in datasets for s in seeds for m in methods], epochs, n_train=n_train,
-                 n_val=n_val, n_test=n_test, workers=c.workers)
+                 n_val=n_val, n_test=n_test, workers=c.workers, splits=splits)
     for ds in datasets:
-        data = load_split(ds, ctx, n_train, n_val, n_test)
+        data = splits[ds]
         metrics[f"{DATASETS[ds]}_n_test"] = len(data["y_te"])
         for seed in seeds:
             for method in methods:

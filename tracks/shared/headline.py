@@ -122,9 +122,9 @@ def headline_eqprop(ctx, ds: str = "mnist", seed: int = 0, *, data: dict[str, to
     The first call of a run trains the headline models of all of ``ctx.seeds`` (in parallel
     processes where cores allow, :func:`prefetch`); later calls load them from the cache.
     """
-    if seed in ctx.seeds:  # the run's other seeds will be asked for next: train them side by side now
-        prefetch(ctx, [(ds, "eqprop", s) for s in ctx.seeds], HEADLINE_EPOCHS)
     data = load_split(ds, ctx) if data is None else data
+    if seed in ctx.seeds:  # the run's other seeds will be asked for next: train them side by side now
+        prefetch(ctx, [(ds, "eqprop", s) for s in ctx.seeds], HEADLINE_EPOCHS, splits={ds: data})
     net, hist, cfg = train_method(ds, "eqprop", seed, data, HEADLINE_EPOCHS, ctx)
     with torch_threads(TRAIN_THREADS):
         acc = evaluate(net, data["x_te"], data["y_te"], cfg.eval_steps or cfg.n_free_steps)
@@ -158,9 +158,10 @@ def _train_in_worker(args: dict[str, Any]) -> dict[str, Any]:
                                                              "events": ctx.model_cache.stats()}
 
 
-def _uncached(ctx, jobs, epochs, n_train, n_val, n_test) -> list[tuple[str, str, int]]:
-    """The jobs whose model is not in ``ctx.model_cache`` yet (by its checkpoint file)."""
-    out, splits = [], {}
+def _uncached(ctx, jobs, epochs, n_train, n_val, n_test, splits=None) -> list[tuple[str, str, int]]:
+    """The jobs whose model is not in ``ctx.model_cache`` yet (by its checkpoint file); ``splits``:
+    data splits already loaded, by data set (the others are loaded here)."""
+    out, splits = [], dict(splits or {})
     for ds, method, seed in jobs:
         if ds not in splits:
             splits[ds] = load_split(ds, ctx, n_train, n_val, n_test)
@@ -181,23 +182,25 @@ def default_workers() -> int:
 
 
 def prefetch(ctx, jobs: list[tuple[str, str, int]], epochs: int, *, n_train: int | None = None,
-             n_val: int = N_VAL, n_test: int | None = None, workers: int | None = None) -> list[dict[str, Any]]:
+             n_val: int = N_VAL, n_test: int | None = None, workers: int | None = None,
+             splits: dict[str, dict[str, torch.Tensor]] | None = None) -> list[dict[str, Any]]:
     """Train the (data set, method, seed) ``jobs`` into ``ctx.model_cache`` in parallel processes.
 
     Independent seeds are independent trainings, so on a CPU with ``workers`` > 1 cores they run
     side by side (one torch thread each, as every training here runs); each worker trains exactly
     what :func:`train_method` would train in this process (same data, recipe, seed, single thread:
     the same weights, tested bit for bit) and writes it to the cache, from which the caller then loads
-    it. A job whose model is already cached costs the worker a load. Nothing happens with one worker,
-    one job, or a non-CPU device (the caller trains in order). A worker's failure is raised here
-    naming its job. Returns one record per job trained in a worker (``seconds``, cache ``events``).
+    it; jobs already cached are left out. Nothing happens with one worker, one job, or a non-CPU device
+    (the caller trains in order). ``splits``: data splits the caller already loaded (by data set, for
+    these split sizes), so they are not read again. A worker's failure is raised here naming its job.
+    Returns one record per job trained in a worker (``seconds``, cache ``events``).
     """
     workers = default_workers() if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers={workers} is invalid; allowed: an int >= 1")
     if workers == 1 or len(jobs) < 2 or str(ctx.torch_device).split(":")[0] != "cpu":
         return []
-    jobs = _uncached(ctx, jobs, epochs, n_train, n_val, n_test)
+    jobs = _uncached(ctx, jobs, epochs, n_train, n_val, n_test, splits)
     if len(jobs) < 2:
         return []
     import multiprocessing as mp
